@@ -1,0 +1,378 @@
+//! Unit and property tests of the rules: money conserved on every path, terminal states
+//! final, only the buyer cancels, the protection-expiry branch, remedy and amount checks.
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use proptest::prelude::*;
+
+use super::*;
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()
+}
+
+fn usd(minor: i64) -> Money {
+    Money::new(Currency::parse("USD").unwrap(), minor)
+}
+
+fn id(s: &str) -> PartyId {
+    PartyId::parse(s).unwrap()
+}
+
+fn buyer() -> Actor {
+    Actor::new(Role::Buyer, "b1")
+}
+fn seller() -> Actor {
+    Actor::new(Role::Seller, "s1")
+}
+fn agent() -> Actor {
+    Actor::new(Role::Agent, "a1")
+}
+
+fn order(amount: i64) -> Order {
+    let Ok(Registration::Created(order)) = register(
+        None,
+        NewOrder {
+            order_id: id("o1"),
+            buyer_id: id("b1"),
+            seller_id: id("s1"),
+            amount: usd(amount),
+            protection_ends_at: t0() + Duration::days(30),
+        },
+    ) else {
+        panic!("a new order registers")
+    };
+    order
+}
+
+fn new_dispute(remedy: Remedy) -> NewDispute {
+    NewDispute {
+        order_id: id("o1"),
+        reason: Reason::NotAsDescribed,
+        remedy,
+        description: "broken".into(),
+        evidence_urls: vec![],
+    }
+}
+
+fn opened(order: &Order, remedy: Remedy) -> Change {
+    open(order, false, new_dispute(remedy), &buyer(), 3, DisputeId::new(), t0()).unwrap()
+}
+
+fn precondition(result: Result<Change, DomainError>) -> Precondition {
+    match result {
+        Err(DomainError::FailedPrecondition(p)) => p,
+        other => panic!("expected a failed precondition, got {other:?}"),
+    }
+}
+
+fn conserved(order: &Order) -> bool {
+    order.settlement.is_none_or(|s| {
+        s.refund_minor() >= 0
+            && s.release_minor() >= 0
+            && s.refund_minor() + s.release_minor() == order.amount.minor
+    })
+}
+
+#[test]
+fn registering_the_same_facts_again_changes_nothing_and_other_facts_conflict() {
+    let order = order(1000);
+    assert_eq!(register(Some(&order), order.facts()), Ok(Registration::Unchanged));
+    let mut other = order.facts();
+    other.amount = usd(999);
+    assert!(matches!(
+        register(Some(&order), other),
+        Err(DomainError::AlreadyExists { reason: "ORDER_ALREADY_EXISTS", .. })
+    ));
+}
+
+#[test]
+fn a_buyer_opens_a_dispute_awaiting_the_seller_and_the_count_grows() {
+    let change = opened(&order(1000), Remedy::FullRefund);
+    assert_eq!(change.dispute.state, DisputeState::AwaitingSeller);
+    assert_eq!(change.order.dispute_count, 1);
+    assert_eq!(change.dispute.item_return, None);
+    assert_eq!(change.settlement, None);
+}
+
+#[test]
+fn a_return_and_refund_dispute_carries_a_requested_return() {
+    let change = opened(&order(1000), Remedy::ReturnAndRefund);
+    assert_eq!(
+        change.dispute.item_return.map(|r| r.status),
+        Some(ReturnStatus::Requested)
+    );
+}
+
+#[test]
+fn nothing_can_be_returned_when_the_item_never_arrived() {
+    assert!(!Remedy::ReturnAndRefund.allowed_for(Reason::ItemNotReceived));
+    assert!(Remedy::ReturnAndRefund.allowed_for(Reason::QualityIssue));
+    assert!(Remedy::FullRefund.allowed_for(Reason::ItemNotReceived));
+}
+
+#[test]
+fn a_partial_refund_must_be_inside_the_order_amount_and_currency() {
+    let order = order(1000);
+    for bad in [usd(1000), usd(1001), usd(0)] {
+        let result = open(&order, false, new_dispute(Remedy::PartialRefund(bad)), &buyer(), 3, DisputeId::new(), t0());
+        assert!(matches!(result, Err(DomainError::InvalidArgument(_))), "{bad} accepted");
+    }
+    let eur = Money::new(Currency::parse("EUR").unwrap(), 10);
+    let result = open(&order, false, new_dispute(Remedy::PartialRefund(eur)), &buyer(), 3, DisputeId::new(), t0());
+    let Err(DomainError::InvalidArgument(violations)) = result else { panic!("{result:?}") };
+    assert_eq!(violations[0].field, "refund_amount.currency_code");
+    assert!(open(&order, false, new_dispute(Remedy::PartialRefund(usd(999))), &buyer(), 3, DisputeId::new(), t0()).is_ok());
+}
+
+#[test]
+fn only_the_orders_own_buyer_can_open() {
+    let order = order(1000);
+    for actor in [seller(), agent(), Actor::new(Role::Service, "svc")] {
+        let result = open(&order, false, new_dispute(Remedy::FullRefund), &actor, 3, DisputeId::new(), t0());
+        assert!(matches!(result, Err(DomainError::PermissionDenied { .. })));
+    }
+    let stranger = Actor::new(Role::Buyer, "b2");
+    let result = open(&order, false, new_dispute(Remedy::FullRefund), &stranger, 3, DisputeId::new(), t0());
+    assert_eq!(result, Err(DomainError::NotFound(Resource::Order)));
+}
+
+#[test]
+fn opening_is_refused_for_each_precondition_with_its_own_reason() {
+    let fresh = order(1000);
+    let late = t0() + Duration::days(31);
+    let open_at = |order: &Order, active: bool, now| {
+        open(order, active, new_dispute(Remedy::FullRefund), &buyer(), 3, DisputeId::new(), now)
+    };
+    assert_eq!(precondition(open_at(&fresh, false, late)), Precondition::ProtectionExpired);
+    assert_eq!(precondition(open_at(&fresh, false, fresh.protection_ends_at)), Precondition::ProtectionExpired);
+    let mut settled = fresh.clone();
+    settled.settle(1000, t0()).unwrap();
+    assert_eq!(precondition(open_at(&settled, false, t0())), Precondition::FundsSettled);
+    let mut closed = settled.clone();
+    closed.disputes_closed = true;
+    assert_eq!(precondition(open_at(&closed, false, t0())), Precondition::DisputesClosed);
+    let mut busy = fresh.clone();
+    busy.dispute_count = 3;
+    assert_eq!(precondition(open_at(&busy, false, t0())), Precondition::DisputeLimitReached);
+    assert!(matches!(
+        open_at(&fresh, true, t0()),
+        Err(DomainError::AlreadyExists { reason: "DISPUTE_ALREADY_OPEN", .. })
+    ));
+}
+
+#[test]
+fn cancelling_before_protection_ends_keeps_the_funds_held_and_the_order_open() {
+    let change = opened(&order(1000), Remedy::FullRefund);
+    let cancelled = cancel(&change.order, &change.dispute, &buyer(), CancelVia::Dispute, t0()).unwrap();
+    assert_eq!(cancelled.dispute.state, DisputeState::Cancelled);
+    assert_eq!(cancelled.dispute.outcome, Some(Outcome::CancelledByBuyer));
+    assert_eq!(cancelled.order.funds_state(), FundsState::Held);
+    assert_eq!(cancelled.settlement, None);
+    assert!(!cancelled.order.disputes_closed);
+    // ... so the buyer may open again.
+    assert!(open(&cancelled.order, false, new_dispute(Remedy::FullRefund), &buyer(), 3, DisputeId::new(), t0()).is_ok());
+}
+
+#[test]
+fn cancelling_after_protection_ends_releases_the_funds_and_closes_the_order() {
+    let change = opened(&order(1000), Remedy::FullRefund);
+    let late = change.order.protection_ends_at;
+    let cancelled = cancel(&change.order, &change.dispute, &buyer(), CancelVia::Dispute, late).unwrap();
+    assert_eq!(cancelled.order.funds_state(), FundsState::ReleasedToSeller);
+    assert_eq!(cancelled.settlement.map(|s| s.release_minor()), Some(1000));
+    assert!(cancelled.order.disputes_closed);
+    let again = open(&cancelled.order, false, new_dispute(Remedy::FullRefund), &buyer(), 3, DisputeId::new(), late);
+    assert_eq!(precondition(again), Precondition::DisputesClosed);
+}
+
+#[test]
+fn only_the_buyer_can_cancel_and_the_refusal_states_the_rule() {
+    let change = opened(&order(1000), Remedy::FullRefund);
+    for actor in [seller(), agent(), Actor::new(Role::Service, "svc")] {
+        for via in [CancelVia::Dispute, CancelVia::Return] {
+            let result = cancel(&change.order, &change.dispute, &actor, via, t0());
+            assert_eq!(result, Err(DomainError::ONLY_BUYER_CAN_CANCEL));
+        }
+    }
+    let DomainError::PermissionDenied { message, .. } = DomainError::ONLY_BUYER_CAN_CANCEL else { unreachable!() };
+    assert!(message.contains("only the buyer can cancel"));
+    assert!(message.contains("customer service"));
+    let stranger = Actor::new(Role::Buyer, "b2");
+    let result = cancel(&change.order, &change.dispute, &stranger, CancelVia::Dispute, t0());
+    assert_eq!(result, Err(DomainError::NotFound(Resource::Dispute)));
+}
+
+#[test]
+fn a_dispute_with_a_return_is_cancelled_through_the_return_only() {
+    let change = opened(&order(1000), Remedy::ReturnAndRefund);
+    let refused = cancel(&change.order, &change.dispute, &buyer(), CancelVia::Dispute, t0());
+    assert_eq!(precondition(refused), Precondition::ReturnInProgress);
+    let cancelled = cancel(&change.order, &change.dispute, &buyer(), CancelVia::Return, t0()).unwrap();
+    assert_eq!(cancelled.dispute.state, DisputeState::Cancelled);
+    assert_eq!(cancelled.dispute.item_return.unwrap().status, ReturnStatus::Cancelled);
+
+    let plain = opened(&order(1000), Remedy::FullRefund);
+    let refused = cancel(&plain.order, &plain.dispute, &buyer(), CancelVia::Return, t0());
+    assert_eq!(precondition(refused), Precondition::NoReturn);
+}
+
+#[test]
+fn a_received_return_can_no_longer_be_cancelled() {
+    let mut change = opened(&order(1000), Remedy::ReturnAndRefund);
+    change.dispute.item_return.as_mut().unwrap().status = ReturnStatus::Received;
+    let refused = cancel(&change.order, &change.dispute, &buyer(), CancelVia::Return, t0());
+    assert_eq!(precondition(refused), Precondition::ReturnAlreadyReceived);
+}
+
+#[test]
+fn an_agent_may_rule_any_way_but_must_say_why() {
+    for (resolution, outcome, state) in [
+        (Resolution::RefundFull, Outcome::ResolvedBuyerFavour, FundsState::RefundedToBuyer),
+        (Resolution::RefundPartial(usd(300)), Outcome::ResolvedPartial, FundsState::Split),
+        (Resolution::ReleaseToSeller, Outcome::ResolvedSellerFavour, FundsState::ReleasedToSeller),
+    ] {
+        let change = opened(&order(1000), Remedy::FullRefund);
+        let refused = resolve(&change.order, &change.dispute, &agent(), resolution, " ", t0());
+        assert!(matches!(refused, Err(DomainError::InvalidArgument(_))));
+        let resolved = resolve(&change.order, &change.dispute, &agent(), resolution, "photos prove it", t0()).unwrap();
+        assert_eq!(resolved.dispute.outcome, Some(outcome));
+        assert_eq!(resolved.order.funds_state(), state);
+        assert!(conserved(&resolved.order));
+    }
+}
+
+#[test]
+fn a_seller_may_give_money_back_but_never_take_it() {
+    let partial = opened(&order(1000), Remedy::PartialRefund(usd(400)));
+    let (o, d) = (&partial.order, &partial.dispute);
+    let refused = |r| matches!(resolve(o, d, &seller(), r, "", t0()), Err(DomainError::PermissionDenied { .. }));
+    assert!(refused(Resolution::ReleaseToSeller));
+    assert!(refused(Resolution::RefundPartial(usd(399))));
+    assert!(resolve(o, d, &seller(), Resolution::RefundPartial(usd(400)), "", t0()).is_ok());
+    assert!(resolve(o, d, &seller(), Resolution::RefundPartial(usd(999)), "", t0()).is_ok());
+    assert!(resolve(o, d, &seller(), Resolution::RefundFull, "", t0()).is_ok());
+
+    let full = opened(&order(1000), Remedy::ReturnAndRefund);
+    let refused = resolve(&full.order, &full.dispute, &seller(), Resolution::RefundPartial(usd(999)), "", t0());
+    assert!(matches!(refused, Err(DomainError::PermissionDenied { .. })));
+    // Refunding without the item back abandons the return.
+    let abandoned = resolve(&full.order, &full.dispute, &seller(), Resolution::RefundFull, "", t0()).unwrap();
+    assert_eq!(abandoned.dispute.item_return.unwrap().status, ReturnStatus::Cancelled);
+
+    let other_seller = Actor::new(Role::Seller, "s2");
+    let hidden = resolve(o, d, &other_seller, Resolution::RefundFull, "", t0());
+    assert_eq!(hidden, Err(DomainError::NotFound(Resource::Dispute)));
+    for actor in [buyer(), Actor::new(Role::Service, "svc")] {
+        let result = resolve(o, d, &actor, Resolution::RefundFull, "x", t0());
+        assert!(matches!(result, Err(DomainError::PermissionDenied { .. })));
+    }
+}
+
+#[test]
+fn settlements_conserve_money_and_refuse_out_of_range_refunds() {
+    assert!(Settlement::new(usd(10), -1, t0()).is_none());
+    assert!(Settlement::new(usd(10), 11, t0()).is_none());
+    let s = Settlement::new(usd(10), 4, t0()).unwrap();
+    assert_eq!((s.refund_minor(), s.release_minor()), (4, 6));
+}
+
+/// Every command, by every kind of actor.
+#[derive(Debug, Clone)]
+enum Command {
+    Open(Remedy),
+    Cancel(CancelVia),
+    Resolve(Resolution),
+}
+
+fn arb_actor() -> impl Strategy<Value = Actor> {
+    (0..4usize, prop::bool::ANY).prop_map(|(role, own)| {
+        let role = Role::ALL[role];
+        let id = match (role, own) {
+            (Role::Buyer, true) => "b1",
+            (Role::Seller, true) => "s1",
+            (_, true) => "staff",
+            (_, false) => "someone-else",
+        };
+        Actor::new(role, id)
+    })
+}
+
+fn arb_money() -> impl Strategy<Value = Money> {
+    (prop_oneof![Just("USD"), Just("EUR")], -5i64..1_200)
+        .prop_map(|(c, minor)| Money::new(Currency::parse(c).unwrap(), minor))
+}
+
+fn arb_command() -> impl Strategy<Value = Command> {
+    prop_oneof![
+        prop_oneof![
+            Just(Remedy::FullRefund),
+            Just(Remedy::ReturnAndRefund),
+            arb_money().prop_map(Remedy::PartialRefund)
+        ]
+        .prop_map(Command::Open),
+        prop_oneof![Just(CancelVia::Dispute), Just(CancelVia::Return)].prop_map(Command::Cancel),
+        prop_oneof![
+            Just(Resolution::RefundFull),
+            Just(Resolution::ReleaseToSeller),
+            arb_money().prop_map(Resolution::RefundPartial)
+        ]
+        .prop_map(Command::Resolve),
+    ]
+}
+
+proptest! {
+    /// Random sequences of commands by random actors at random times: after every step
+    /// money is conserved, a settled order never changes, a terminal dispute stays
+    /// terminal, only the buyer cancels and nobody settles twice.
+    #[test]
+    fn the_rules_hold_on_every_path(
+        amount in 1i64..1_000,
+        steps in prop::collection::vec((arb_command(), arb_actor(), 0i64..60), 1..40),
+    ) {
+        let mut order = order(amount);
+        let mut disputes: Vec<Dispute> = Vec::new();
+        let mut settlements = 0;
+        for (command, actor, day) in steps {
+            let now = t0() + Duration::days(day);
+            let active = disputes.iter().any(|d| !d.state.is_terminal());
+            let target = disputes.last().cloned();
+            let result = match (&command, &target) {
+                (Command::Open(remedy), _) => open(&order, active, new_dispute(*remedy), &actor, 3, DisputeId::new(), now),
+                (Command::Cancel(via), Some(d)) => cancel(&order, d, &actor, *via, now),
+                (Command::Resolve(r), Some(d)) => resolve(&order, d, &actor, *r, "ruling", now),
+                (_, None) => continue,
+            };
+            let Ok(change) = result else {
+                if let (Command::Cancel(_), Some(d)) = (&command, &target) {
+                    prop_assert!(actor.role == Role::Buyer || result == Err(DomainError::ONLY_BUYER_CAN_CANCEL));
+                    let _ = d;
+                }
+                continue;
+            };
+            if let Some(before) = target.as_ref().filter(|_| !matches!(command, Command::Open(_))) {
+                prop_assert!(!before.state.is_terminal(), "a terminal dispute changed");
+            }
+            if matches!(command, Command::Cancel(_)) {
+                prop_assert_eq!(actor.role, Role::Buyer);
+                prop_assert_eq!(actor.id.as_str(), "b1");
+            }
+            if let Some(previous) = order.settlement {
+                prop_assert_eq!(change.order.settlement, Some(previous), "a settled order changed");
+                prop_assert!(change.settlement.is_none(), "settled twice");
+            }
+            if change.settlement.is_some() {
+                settlements += 1;
+                prop_assert_eq!(change.order.settlement, change.settlement);
+            }
+            prop_assert!(settlements <= 1);
+            prop_assert!(conserved(&change.order));
+            prop_assert!(change.order.dispute_count <= 3);
+            order = change.order;
+            match command {
+                Command::Open(_) => disputes.push(change.dispute),
+                _ => *disputes.last_mut().unwrap() = change.dispute,
+            }
+            prop_assert!(disputes.iter().filter(|d| !d.state.is_terminal()).count() <= 1);
+        }
+    }
+}
