@@ -12,11 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .file_descriptor_set_path(out_dir.join("descriptor.bin"))
         .compile_with_config(
             config,
-            &[
-                PathBuf::from("proto/dispute/v1/dispute_service.proto"),
-                PathBuf::from("proto/google/rpc/status.proto"),
-                PathBuf::from("proto/google/rpc/error_details.proto"),
-            ],
+            &[PathBuf::from("proto/dispute/v1/dispute_service.proto")],
             &[PathBuf::from("proto"), well_known],
         )?;
     println!("cargo:rerun-if-changed=proto");

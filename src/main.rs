@@ -1,1 +1,44 @@
-fn main() {}
+use std::sync::Arc;
+
+use clap::Parser;
+use dispute_service::{
+    clock::SystemClock,
+    config::{Cli, Command},
+    domain::Role,
+    grpc::auth,
+    startup::{self, Application},
+    telemetry,
+};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    telemetry::init();
+    match cli.command {
+        Command::Serve(config) => {
+            let pool = startup::pool(&config.database)?;
+            if config.migrate_on_start {
+                startup::migrate(&pool).await?;
+            }
+            let app = Application::build(config, pool, Arc::new(SystemClock)).await?;
+            app.run_until_stopped(shutdown_signal()).await
+        }
+        Command::Migrate(database) => startup::migrate(&startup::pool(&database)?).await,
+        Command::Token(config) => {
+            let role = Role::from_claim(&config.role)
+                .ok_or_else(|| anyhow::anyhow!("--role must be buyer, seller, agent or service"))?;
+            println!("{}", auth::mint_hs256(&config.auth, role, &config.sub, config.ttl)?);
+            Ok(())
+        }
+    }
+}
+
+/// SIGTERM (Kubernetes) or Ctrl-C.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

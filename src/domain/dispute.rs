@@ -51,12 +51,14 @@ pub enum DisputeState {
 }
 
 impl DisputeState {
-    pub const ACTIVE: [DisputeState; 5] = [
+    pub const ALL: [DisputeState; 7] = [
         DisputeState::AwaitingSeller,
         DisputeState::Negotiating,
         DisputeState::AwaitingReturnShipment,
         DisputeState::ReturnInTransit,
         DisputeState::UnderReview,
+        DisputeState::Cancelled,
+        DisputeState::Resolved,
     ];
 
     pub fn is_terminal(self) -> bool {

@@ -1,0 +1,337 @@
+//! Protobuf <-> domain. Requests are parsed whole: every bad field is reported at once.
+//! Protobuf types go no further than `grpc/`.
+
+use chrono::{DateTime, Utc};
+use prost_types::Timestamp;
+
+use super::pb;
+use crate::{
+    clock::to_storage_precision,
+    domain::{
+        self, DisputeId, DisputeState, DomainError, FieldViolation, Money, NewDispute, NewOrder,
+        Order, Outcome, PartyId, Reason, Remedy, RequestId, Resolution, ReturnStatus,
+    },
+    store::DisputeFilter,
+};
+
+/// Collects every violation while fields are parsed.
+#[derive(Default)]
+struct Violations(Vec<FieldViolation>);
+
+impl Violations {
+    fn check<T>(&mut self, field: &str, parsed: Result<T, String>) -> Option<T> {
+        parsed.map_err(|why| self.0.push(FieldViolation::new(field, why))).ok()
+    }
+
+    fn finish<T>(self, value: impl FnOnce() -> Option<T>) -> Result<T, DomainError> {
+        match value() {
+            Some(value) if self.0.is_empty() => Ok(value),
+            _ => Err(DomainError::InvalidArgument(self.0)),
+        }
+    }
+}
+
+fn money(field: &str, value: Option<&pb::Money>, v: &mut Violations) -> Option<Money> {
+    let Some(value) = value else {
+        v.0.push(FieldViolation::new(field, "is required"));
+        return None;
+    };
+    Money::positive(&value.currency_code, value.amount_minor)
+        .map_err(|errors| {
+            for (sub, why) in errors {
+                v.0.push(FieldViolation::new(format!("{field}.{sub}"), why));
+            }
+        })
+        .ok()
+}
+
+fn timestamp(value: Option<&Timestamp>) -> Result<DateTime<Utc>, String> {
+    let value = value.ok_or("is required")?;
+    let nanos = u32::try_from(value.nanos).map_err(|_| "has negative nanos")?;
+    DateTime::from_timestamp(value.seconds, nanos)
+        .map(to_storage_precision)
+        .ok_or_else(|| "is out of range".into())
+}
+
+fn enum_value<T>(raw: i32, parse: impl Fn(i32) -> Option<T>) -> Result<T, String> {
+    parse(raw).ok_or_else(|| "must be set to one of the enum's values (not UNSPECIFIED)".into())
+}
+
+fn bounded_text(text: &str, max: usize) -> Result<String, String> {
+    if text.chars().count() > max {
+        return Err(format!("must be at most {max} characters"));
+    }
+    Ok(text.to_owned())
+}
+
+pub fn dispute_id(raw: &str) -> Result<DisputeId, DomainError> {
+    DisputeId::parse(raw).map_err(|why| DomainError::invalid("dispute_id", why))
+}
+
+pub fn order_id(raw: &str) -> Result<PartyId, DomainError> {
+    PartyId::parse(raw).map_err(|why| DomainError::invalid("order_id", why))
+}
+
+pub fn register_order(req: &pb::RegisterOrderRequest) -> Result<(NewOrder, RequestId), DomainError> {
+    let mut v = Violations::default();
+    let order_id = v.check("order_id", PartyId::parse(&req.order_id));
+    let buyer_id = v.check("buyer_id", PartyId::parse(&req.buyer_id));
+    let seller_id = v.check("seller_id", PartyId::parse(&req.seller_id));
+    let amount = money("amount", req.amount.as_ref(), &mut v);
+    let protection_ends_at = v.check("protection_ends_at", timestamp(req.protection_ends_at.as_ref()));
+    let request_id = v.check("request_id", RequestId::parse(&req.request_id));
+    v.finish(|| {
+        Some((
+            NewOrder {
+                order_id: order_id?,
+                buyer_id: buyer_id?,
+                seller_id: seller_id?,
+                amount: amount?,
+                protection_ends_at: protection_ends_at?,
+            },
+            request_id?,
+        ))
+    })
+}
+
+pub fn open_dispute(req: &pb::OpenDisputeRequest) -> Result<(NewDispute, RequestId), DomainError> {
+    let mut v = Violations::default();
+    let order_id = v.check("order_id", PartyId::parse(&req.order_id));
+    let reason = v.check("reason", enum_value(req.reason, reason_from_pb));
+    let remedy = match pb::Remedy::try_from(req.remedy) {
+        Ok(pb::Remedy::PartialRefund) => money("refund_amount", req.refund_amount.as_ref(), &mut v).map(Remedy::PartialRefund),
+        Ok(remedy @ (pb::Remedy::FullRefund | pb::Remedy::ReturnAndRefund)) => {
+            if req.refund_amount.is_some() {
+                v.0.push(FieldViolation::new("refund_amount", "must be unset unless the remedy is PARTIAL_REFUND"));
+            }
+            Some(if remedy == pb::Remedy::FullRefund { Remedy::FullRefund } else { Remedy::ReturnAndRefund })
+        }
+        Ok(pb::Remedy::Unspecified) | Err(_) => v.check("remedy", Err("must be FULL_REFUND, PARTIAL_REFUND or RETURN_AND_REFUND".into())),
+    };
+    if let (Some(reason), Some(remedy)) = (reason, remedy)
+        && !remedy.allowed_for(reason)
+    {
+        v.0.push(FieldViolation::new("remedy", "RETURN_AND_REFUND is not allowed with ITEM_NOT_RECEIVED: there is nothing to return"));
+    }
+    let description = v.check("description", bounded_text(&req.description, domain::MAX_DESCRIPTION_CHARS));
+    if req.evidence_urls.len() > domain::MAX_EVIDENCE_URLS {
+        v.0.push(FieldViolation::new("evidence_urls", format!("must have at most {} entries", domain::MAX_EVIDENCE_URLS)));
+    }
+    for (i, url) in req.evidence_urls.iter().enumerate() {
+        let field = format!("evidence_urls[{i}]");
+        if url.is_empty() {
+            v.0.push(FieldViolation::new(field, "must not be empty"));
+        } else {
+            v.check(&field, bounded_text(url, domain::MAX_EVIDENCE_URL_CHARS));
+        }
+    }
+    let request_id = v.check("request_id", RequestId::parse(&req.request_id));
+    v.finish(|| {
+        Some((
+            NewDispute {
+                order_id: order_id?,
+                reason: reason?,
+                remedy: remedy?,
+                description: description?,
+                evidence_urls: req.evidence_urls.clone(),
+            },
+            request_id?,
+        ))
+    })
+}
+
+/// The dispute id and request id that both cancel RPCs carry.
+pub fn cancel(dispute_id: &str, request_id: &str) -> Result<(DisputeId, RequestId), DomainError> {
+    let mut v = Violations::default();
+    let dispute_id = v.check("dispute_id", DisputeId::parse(dispute_id));
+    let request_id = v.check("request_id", RequestId::parse(request_id));
+    v.finish(|| Some((dispute_id?, request_id?)))
+}
+
+pub fn resolve_funds(req: &pb::ResolveFundsRequest) -> Result<(DisputeId, Resolution, String, RequestId), DomainError> {
+    let mut v = Violations::default();
+    let dispute_id = v.check("dispute_id", DisputeId::parse(&req.dispute_id));
+    let resolution = match pb::ResolveOutcome::try_from(req.outcome) {
+        Ok(pb::ResolveOutcome::RefundPartial) => {
+            money("refund_amount", req.refund_amount.as_ref(), &mut v).map(Resolution::RefundPartial)
+        }
+        Ok(outcome @ (pb::ResolveOutcome::RefundFull | pb::ResolveOutcome::ReleaseToSeller)) => {
+            if req.refund_amount.is_some() {
+                v.0.push(FieldViolation::new("refund_amount", "must be unset unless the outcome is REFUND_PARTIAL"));
+            }
+            Some(if outcome == pb::ResolveOutcome::RefundFull { Resolution::RefundFull } else { Resolution::ReleaseToSeller })
+        }
+        Ok(pb::ResolveOutcome::Unspecified) | Err(_) => {
+            v.check("outcome", Err("must be REFUND_FULL, REFUND_PARTIAL or RELEASE_TO_SELLER".into()))
+        }
+    };
+    let note = v.check("note", bounded_text(&req.note, domain::MAX_NOTE_CHARS));
+    let request_id = v.check("request_id", RequestId::parse(&req.request_id));
+    v.finish(|| Some((dispute_id?, resolution?, note?, request_id?)))
+}
+
+/// Default and largest page sizes of lists.
+pub const DEFAULT_PAGE_SIZE: usize = 50;
+pub const MAX_PAGE_SIZE: usize = 500;
+const PAGE_TOKEN_PREFIX: &str = "v1:";
+
+pub fn list_disputes(req: &pb::ListDisputesRequest) -> Result<(DisputeFilter, usize), DomainError> {
+    let mut v = Violations::default();
+    let page_size = v.check(
+        "page_size",
+        match req.page_size {
+            0 => Ok(DEFAULT_PAGE_SIZE),
+            n if n < 0 => Err("must not be negative".to_string()),
+            n => Ok((n as usize).min(MAX_PAGE_SIZE)),
+        },
+    );
+    let after = match req.page_token.as_str() {
+        "" => None,
+        token => v.check("page_token", parse_page_token(token)),
+    };
+    let optional_id = |field: &str, raw: &str, v: &mut Violations| {
+        (!raw.is_empty()).then(|| v.check(field, PartyId::parse(raw).map(|id| id.as_str().to_owned()))).flatten()
+    };
+    let order_id = optional_id("order_id", &req.order_id, &mut v);
+    let buyer_id = optional_id("buyer_id", &req.buyer_id, &mut v);
+    let seller_id = optional_id("seller_id", &req.seller_id, &mut v);
+    let state = match req.state {
+        0 => None,
+        raw => v.check("state", enum_value(raw, state_from_pb)),
+    };
+    v.finish(|| {
+        Some((
+            DisputeFilter {
+                order_id,
+                buyer_id,
+                seller_id,
+                state,
+                after,
+            },
+            page_size?,
+        ))
+    })
+}
+
+pub fn page_token(after: DisputeId) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{PAGE_TOKEN_PREFIX}{after}"))
+}
+
+fn parse_page_token(token: &str) -> Result<DisputeId, String> {
+    use base64::Engine;
+    let invalid = || "is not a token this service issued".to_string();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
+    let text = String::from_utf8(bytes).map_err(|_| invalid())?;
+    let id = text.strip_prefix(PAGE_TOKEN_PREFIX).ok_or_else(invalid)?;
+    DisputeId::parse(id).map_err(|_| invalid())
+}
+
+fn reason_from_pb(raw: i32) -> Option<Reason> {
+    match pb::DisputeReason::try_from(raw).ok()? {
+        pb::DisputeReason::ItemNotReceived => Some(Reason::ItemNotReceived),
+        pb::DisputeReason::NotAsDescribed => Some(Reason::NotAsDescribed),
+        pb::DisputeReason::QualityIssue => Some(Reason::QualityIssue),
+        pb::DisputeReason::Unspecified => None,
+    }
+}
+
+fn state_from_pb(raw: i32) -> Option<DisputeState> {
+    DisputeState::ALL.into_iter().find(|state| state_to_pb(*state) as i32 == raw)
+}
+
+fn state_to_pb(state: DisputeState) -> pb::DisputeState {
+    match state {
+        DisputeState::AwaitingSeller => pb::DisputeState::AwaitingSeller,
+        DisputeState::Negotiating => pb::DisputeState::Negotiating,
+        DisputeState::AwaitingReturnShipment => pb::DisputeState::AwaitingReturnShipment,
+        DisputeState::ReturnInTransit => pb::DisputeState::ReturnInTransit,
+        DisputeState::UnderReview => pb::DisputeState::UnderReview,
+        DisputeState::Cancelled => pb::DisputeState::Cancelled,
+        DisputeState::Resolved => pb::DisputeState::Resolved,
+    }
+}
+
+fn timestamp_to_pb(t: DateTime<Utc>) -> Timestamp {
+    Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }
+}
+
+fn money_to_pb(money: Money) -> pb::Money {
+    pb::Money {
+        currency_code: money.currency.as_str().to_owned(),
+        amount_minor: money.minor,
+    }
+}
+
+pub fn order_to_pb(order: &Order) -> pb::Order {
+    let funds_state = match order.funds_state() {
+        domain::FundsState::Held => pb::FundsState::Held,
+        domain::FundsState::ReleasedToSeller => pb::FundsState::ReleasedToSeller,
+        domain::FundsState::RefundedToBuyer => pb::FundsState::RefundedToBuyer,
+        domain::FundsState::Split => pb::FundsState::Split,
+    };
+    let part = |minor| Some(money_to_pb(Money::new(order.amount.currency, minor)));
+    pb::Order {
+        order_id: order.order_id.to_string(),
+        buyer_id: order.buyer_id.to_string(),
+        seller_id: order.seller_id.to_string(),
+        amount: Some(money_to_pb(order.amount)),
+        protection_ends_at: Some(timestamp_to_pb(order.protection_ends_at)),
+        funds_state: funds_state as i32,
+        refunded_to_buyer: order.settlement.and_then(|s| part(s.refund_minor())),
+        released_to_seller: order.settlement.and_then(|s| part(s.release_minor())),
+        settled_at: order.settlement.map(|s| timestamp_to_pb(s.settled_at)),
+        disputes_closed: order.disputes_closed,
+        dispute_count: order.dispute_count,
+    }
+}
+
+pub fn dispute_to_pb(dispute: &domain::Dispute) -> pb::Dispute {
+    let (remedy, refund_amount) = match dispute.remedy {
+        Remedy::FullRefund => (pb::Remedy::FullRefund, None),
+        Remedy::PartialRefund(refund) => (pb::Remedy::PartialRefund, Some(money_to_pb(refund))),
+        Remedy::ReturnAndRefund => (pb::Remedy::ReturnAndRefund, None),
+    };
+    let reason = match dispute.reason {
+        Reason::ItemNotReceived => pb::DisputeReason::ItemNotReceived,
+        Reason::NotAsDescribed => pb::DisputeReason::NotAsDescribed,
+        Reason::QualityIssue => pb::DisputeReason::QualityIssue,
+    };
+    let outcome = dispute.outcome.map_or(pb::DisputeOutcome::Unspecified, |outcome| match outcome {
+        Outcome::CancelledByBuyer => pb::DisputeOutcome::CancelledByBuyer,
+        Outcome::ResolvedBuyerFavour => pb::DisputeOutcome::ResolvedBuyerFavour,
+        Outcome::ResolvedPartial => pb::DisputeOutcome::ResolvedPartial,
+        Outcome::ResolvedSellerFavour => pb::DisputeOutcome::ResolvedSellerFavour,
+    });
+    let item_return = dispute.item_return.as_ref().map(|r| pb::ItemReturn {
+        status: match r.status {
+            ReturnStatus::Requested => pb::ReturnStatus::Requested,
+            ReturnStatus::AwaitingShipment => pb::ReturnStatus::AwaitingShipment,
+            ReturnStatus::InTransit => pb::ReturnStatus::InTransit,
+            ReturnStatus::Received => pb::ReturnStatus::Received,
+            ReturnStatus::Cancelled => pb::ReturnStatus::Cancelled,
+        } as i32,
+        carrier: r.carrier.clone().unwrap_or_default(),
+        tracking_number: r.tracking_number.clone().unwrap_or_default(),
+    });
+    pb::Dispute {
+        dispute_id: dispute.dispute_id.to_string(),
+        order_id: dispute.order_id.to_string(),
+        buyer_id: dispute.buyer_id.to_string(),
+        seller_id: dispute.seller_id.to_string(),
+        reason: reason as i32,
+        remedy: remedy as i32,
+        refund_amount,
+        description: dispute.description.clone(),
+        evidence_urls: dispute.evidence_urls.clone(),
+        state: state_to_pb(dispute.state) as i32,
+        outcome: outcome as i32,
+        item_return,
+        protection_ends_at: Some(timestamp_to_pb(dispute.protection_ends_at)),
+        created_at: Some(timestamp_to_pb(dispute.created_at)),
+        updated_at: Some(timestamp_to_pb(dispute.updated_at)),
+    }
+}

@@ -1,0 +1,20 @@
+//! The gRPC edge: generated types, the gate (authentication, authorization, admission),
+//! request parsing and the one error mapping. Protobuf types never leave this module.
+
+pub mod auth;
+mod convert;
+pub mod error;
+mod gate;
+pub mod policy;
+mod service;
+
+pub use gate::GateLayer;
+pub use service::DisputeApi;
+
+#[allow(clippy::all, missing_docs)]
+pub mod pb {
+    tonic::include_proto!("dispute.v1");
+}
+
+/// Descriptors of `dispute.v1`, served by reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("descriptor");

@@ -1,0 +1,98 @@
+//! Who may call what: one table, deny by default. The role check happens here, before
+//! any handler runs; ownership is checked where the order or dispute is loaded.
+
+use tonic::{Code, Status};
+
+use super::error::status;
+use crate::domain::{DomainError, Role};
+
+use Role::{Agent, Buyer, Seller, Service};
+
+/// An RPC and the roles that may call it.
+pub struct Rule {
+    pub rpc: &'static str,
+    pub roles: &'static [Role],
+}
+
+/// Every RPC of `dispute.v1.DisputeService`. An RPC missing here is refused to everyone.
+pub const POLICY: &[Rule] = &[
+    Rule { rpc: "RegisterOrder", roles: &[Service] },
+    Rule { rpc: "GetOrder", roles: &[Buyer, Seller, Agent, Service] },
+    Rule { rpc: "OpenDispute", roles: &[Buyer] },
+    Rule { rpc: "CancelDispute", roles: &[Buyer] },
+    Rule { rpc: "CancelReturn", roles: &[Buyer] },
+    Rule { rpc: "ResolveFunds", roles: &[Seller, Agent] },
+    Rule { rpc: "GetDispute", roles: &[Buyer, Seller, Agent, Service] },
+    Rule { rpc: "ListDisputes", roles: &[Buyer, Seller, Agent, Service] },
+];
+
+/// Refuses `role` calling `rpc` unless the table allows it, stating the rule.
+pub fn authorize(rpc: &str, role: Role) -> Result<(), Status> {
+    let Some(rule) = POLICY.iter().find(|rule| rule.rpc == rpc) else {
+        return Err(status(Code::PermissionDenied, "RPC_NOT_ALLOWED", format!("{rpc} is not open to any caller")));
+    };
+    if rule.roles.contains(&role) {
+        return Ok(());
+    }
+    if matches!(rpc, "CancelDispute" | "CancelReturn") {
+        return Err(DomainError::ONLY_BUYER_CAN_CANCEL.into());
+    }
+    let allowed: Vec<&str> = rule.roles.iter().map(|r| r.as_claim()).collect();
+    Err(status(
+        Code::PermissionDenied,
+        "ROLE_NOT_ALLOWED",
+        format!("{rpc} may be called only by: {}", allowed.join(", ")),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+    use prost_types::FileDescriptorSet;
+
+    use super::*;
+
+    fn proto_rpcs() -> Vec<String> {
+        let set = FileDescriptorSet::decode(crate::grpc::FILE_DESCRIPTOR_SET).unwrap();
+        set.file
+            .iter()
+            .filter(|file| file.package() == "dispute.v1")
+            .flat_map(|file| &file.service)
+            .filter(|service| service.name() == "DisputeService")
+            .flat_map(|service| &service.method)
+            .map(|method| method.name().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn every_rpc_of_the_proto_has_exactly_one_policy_entry() {
+        let rpcs = proto_rpcs();
+        assert!(rpcs.len() >= 8, "the descriptor lists the service's RPCs: {rpcs:?}");
+        for rpc in &rpcs {
+            let entries = POLICY.iter().filter(|rule| rule.rpc == rpc).count();
+            assert_eq!(entries, 1, "{rpc} has {entries} policy entries");
+        }
+        for rule in POLICY {
+            assert!(rpcs.iter().any(|rpc| rpc == rule.rpc), "{} is not in the proto", rule.rpc);
+        }
+    }
+
+    #[test]
+    fn an_rpc_without_an_entry_is_denied_to_every_role() {
+        for role in Role::ALL {
+            assert_eq!(authorize("DropAllTables", role).unwrap_err().code(), Code::PermissionDenied);
+        }
+    }
+
+    #[test]
+    fn only_buyers_reach_the_cancel_rpcs_and_others_are_told_the_rule() {
+        for rpc in ["CancelDispute", "CancelReturn"] {
+            assert!(authorize(rpc, Buyer).is_ok());
+            for role in [Seller, Agent, Service] {
+                let denied = authorize(rpc, role).unwrap_err();
+                assert_eq!(denied.code(), Code::PermissionDenied);
+                assert!(denied.message().contains("only the buyer can cancel"));
+            }
+        }
+    }
+}

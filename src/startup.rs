@@ -1,0 +1,163 @@
+//! The application: listener, pool, health, reflection, the gate, and graceful shutdown.
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use sqlx::{PgPool, postgres::PgPoolOptions};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+use tonic_health::server::HealthReporter;
+
+use crate::{
+    clock::Clock,
+    commands::Commands,
+    config::{DatabaseConfig, ServeConfig},
+    grpc::{self, DisputeApi, GateLayer, auth::Authenticator, pb::dispute_service_server::DisputeServiceServer},
+    store::{MIGRATOR, Store},
+};
+
+/// Largest request message accepted.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+const SERVICE_NAME: &str = "dispute.v1.DisputeService";
+
+/// A pool that connects on demand, so the server starts (NOT_SERVING) while the
+/// database is down and recovers when it comes back.
+pub fn pool(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
+    PgPoolOptions::new()
+        .max_connections(config.db_max_connections)
+        .acquire_timeout(config.db_acquire_timeout)
+        .connect_lazy(&config.database_url)
+        .context("DATABASE_URL is not a valid PostgreSQL URL")
+}
+
+/// Applies migrations, retrying while the database is unreachable. Replicas starting
+/// together are serialised by the migrator's advisory lock.
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    let mut attempt = 0;
+    loop {
+        match MIGRATOR.run(pool).await {
+            Ok(()) => return Ok(()),
+            Err(error) if attempt < 30 => {
+                attempt += 1;
+                tracing::warn!(%error, attempt, "migrations failed; retrying");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            Err(error) => return Err(error).context("applying migrations"),
+        }
+    }
+}
+
+pub struct Application {
+    listener: TcpListener,
+    config: ServeConfig,
+    store: Store,
+    commands: Commands,
+    authenticator: Arc<Authenticator>,
+}
+
+impl Application {
+    /// Binds the listener (port 0 picks a free one) and wires the service.
+    pub async fn build(config: ServeConfig, pool: PgPool, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+        let authenticator = Arc::new(Authenticator::from_config(&config.auth)?);
+        let listener = TcpListener::bind(config.listen_addr)
+            .await
+            .with_context(|| format!("binding {}", config.listen_addr))?;
+        let store = Store::new(pool);
+        let commands = Commands::new(store.clone(), clock, config.max_disputes_per_order);
+        Ok(Self {
+            listener,
+            config,
+            store,
+            commands,
+            authenticator,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    /// Serves until `shutdown` resolves, then reports NOT_SERVING, stops accepting,
+    /// drains in-flight calls (at most the configured grace) and closes the pool.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let health_task = tokio::spawn(watch_health(self.store.clone(), reporter.clone(), self.config.health_interval, stop_rx.clone()));
+
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(grpc::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let disputes = DisputeServiceServer::new(DisputeApi::new(self.commands.clone()))
+            .max_decoding_message_size(MAX_REQUEST_BYTES);
+
+        let addr = self.local_addr();
+        let grace = self.config.shutdown_grace;
+        let mut stopped = stop_rx.clone();
+        let signal = async move {
+            shutdown.await;
+            tracing::info!("shutdown requested; draining");
+            reporter.set_not_serving::<DisputeServiceServer<DisputeApi>>().await;
+            reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+            let _ = stop_tx.send(true);
+        };
+        let server = Server::builder()
+            .timeout(self.config.request_timeout)
+            .layer(GateLayer::new(self.authenticator.clone(), self.config.max_in_flight))
+            .add_service(health_service)
+            .add_service(reflection().build_v1()?)
+            .add_service(reflection().build_v1alpha()?)
+            .add_service(disputes)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), signal);
+        tracing::info!(%addr, "serving");
+        let drained = async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+            tokio::time::sleep(grace).await;
+        };
+        tokio::select! {
+            result = server => result.context("serving gRPC")?,
+            () = drained => tracing::warn!("in-flight calls outlived the shutdown grace; closing anyway"),
+        }
+        health_task.abort();
+        self.store.pool().close().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// SERVING only while the database answers and the schema is current.
+async fn watch_health(
+    store: Store,
+    reporter: HealthReporter,
+    interval: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut last = None;
+    loop {
+        let healthy = match store.schema_is_current().await {
+            Ok(current) => current,
+            Err(error) => {
+                tracing::warn!(%error, "health check failed");
+                false
+            }
+        };
+        if last != Some(healthy) {
+            let status = if healthy {
+                tonic_health::ServingStatus::Serving
+            } else {
+                tonic_health::ServingStatus::NotServing
+            };
+            tracing::info!(healthy, "health changed");
+            reporter.set_service_status("", status).await;
+            reporter.set_service_status(SERVICE_NAME, status).await;
+            last = Some(healthy);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+    }
+}

@@ -1,0 +1,50 @@
+//! The database spelling of domain enums. Unknown spellings are corrupt rows.
+
+use crate::domain::{DisputeState, Outcome, Reason, ReturnStatus};
+
+use super::StoreError;
+
+macro_rules! spelling {
+    ($ty:ty, $to:ident, $from:ident, { $($variant:path => $text:literal),+ $(,)? }) => {
+        pub fn $to(value: $ty) -> &'static str {
+            match value { $($variant => $text),+ }
+        }
+        pub fn $from(text: &str) -> Result<$ty, StoreError> {
+            match text {
+                $($text => Ok($variant),)+
+                other => Err(StoreError::Corrupt(format!("unknown {} {other:?}", stringify!($ty)))),
+            }
+        }
+    };
+}
+
+spelling!(Reason, reason_str, parse_reason, {
+    Reason::ItemNotReceived => "ITEM_NOT_RECEIVED",
+    Reason::NotAsDescribed => "NOT_AS_DESCRIBED",
+    Reason::QualityIssue => "QUALITY_ISSUE",
+});
+
+spelling!(DisputeState, state_str, parse_state, {
+    DisputeState::AwaitingSeller => "AWAITING_SELLER",
+    DisputeState::Negotiating => "NEGOTIATING",
+    DisputeState::AwaitingReturnShipment => "AWAITING_RETURN_SHIPMENT",
+    DisputeState::ReturnInTransit => "RETURN_IN_TRANSIT",
+    DisputeState::UnderReview => "UNDER_REVIEW",
+    DisputeState::Cancelled => "CANCELLED",
+    DisputeState::Resolved => "RESOLVED",
+});
+
+spelling!(Outcome, outcome_str, parse_outcome, {
+    Outcome::CancelledByBuyer => "CANCELLED_BY_BUYER",
+    Outcome::ResolvedBuyerFavour => "RESOLVED_BUYER_FAVOUR",
+    Outcome::ResolvedPartial => "RESOLVED_PARTIAL",
+    Outcome::ResolvedSellerFavour => "RESOLVED_SELLER_FAVOUR",
+});
+
+spelling!(ReturnStatus, return_status_str, parse_return_status, {
+    ReturnStatus::Requested => "REQUESTED",
+    ReturnStatus::AwaitingShipment => "AWAITING_SHIPMENT",
+    ReturnStatus::InTransit => "IN_TRANSIT",
+    ReturnStatus::Received => "RECEIVED",
+    ReturnStatus::Cancelled => "CANCELLED",
+});

@@ -1,0 +1,94 @@
+//! PostgreSQL: the one place SQL lives. `Store` holds the pool; the free functions take
+//! the connection of the caller's transaction so one command is one transaction.
+
+mod codec;
+mod disputes;
+mod events;
+mod idempotency;
+mod orders;
+
+pub use disputes::{DisputeFilter, has_active_dispute, insert_dispute, lock_dispute, update_dispute};
+pub use events::append_event;
+pub use idempotency::{Claim, IdempotencyKey, claim, complete};
+pub use orders::{insert_order, insert_settlement, lock_order, update_order};
+
+use sqlx::{PgPool, Postgres, Transaction, migrate::Migrator};
+use thiserror::Error;
+
+pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+pub type Tx = Transaction<'static, Postgres>;
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// The database could not be reached or gave no connection in time.
+    #[error("database unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    /// A constraint refused the write: names the constraint.
+    #[error("constraint {constraint} violated")]
+    Constraint {
+        constraint: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("database error: {0}")]
+    Database(#[source] sqlx::Error),
+    /// A row the code cannot read back: a bug or a hand edit.
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        match &error {
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+                StoreError::Unavailable(error)
+            }
+            sqlx::Error::Database(db) => match db.constraint() {
+                Some(constraint) => StoreError::Constraint {
+                    constraint: constraint.to_owned(),
+                    source: error,
+                },
+                None => StoreError::Database(error),
+            },
+            _ => StoreError::Database(error),
+        }
+    }
+}
+
+/// The connection pool, and the reads that need no transaction.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: PgPool,
+}
+
+impl Store {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub async fn begin(&self) -> Result<Tx, StoreError> {
+        Ok(self.pool.begin().await?)
+    }
+
+    /// True when the database answers and every migration this binary knows is applied.
+    pub async fn schema_is_current(&self) -> Result<bool, StoreError> {
+        let applied: Vec<i64> =
+            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+                .fetch_all(&self.pool)
+                .await
+                .or_else(|e| match &e {
+                    // No migrations table yet: nothing is applied.
+                    sqlx::Error::Database(db) if db.code().as_deref() == Some("42P01") => Ok(vec![]),
+                    _ => Err(e),
+                })?;
+        Ok(MIGRATOR
+            .iter()
+            .filter(|m| m.migration_type.is_up_migration())
+            .all(|m| applied.contains(&m.version)))
+    }
+}
