@@ -5,7 +5,11 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(name = "dispute-service", version, about = "Buyer disputes on marketplace orders and where their escrowed money goes")]
+#[command(
+    name = "dispute-service",
+    version,
+    about = "Buyer disputes on marketplace orders and where their escrowed money goes"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

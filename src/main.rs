@@ -27,7 +27,10 @@ async fn main() -> anyhow::Result<()> {
         Command::Token(config) => {
             let role = Role::from_claim(&config.role)
                 .ok_or_else(|| anyhow::anyhow!("--role must be buyer, seller, agent or service"))?;
-            println!("{}", auth::mint_hs256(&config.auth, role, &config.sub, config.ttl)?);
+            println!(
+                "{}",
+                auth::mint_hs256(&config.auth, role, &config.sub, config.ttl)?
+            );
             Ok(())
         }
     }

@@ -13,7 +13,10 @@ use crate::{
     clock::Clock,
     commands::Commands,
     config::{DatabaseConfig, ServeConfig},
-    grpc::{self, DisputeApi, GateLayer, auth::Authenticator, pb::dispute_service_server::DisputeServiceServer},
+    grpc::{
+        self, DisputeApi, GateLayer, auth::Authenticator,
+        pb::dispute_service_server::DisputeServiceServer,
+    },
     store::{MIGRATOR, Store},
 };
 
@@ -58,7 +61,11 @@ pub struct Application {
 
 impl Application {
     /// Binds the listener (port 0 picks a free one) and wires the service.
-    pub async fn build(config: ServeConfig, pool: PgPool, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+    pub async fn build(
+        config: ServeConfig,
+        pool: PgPool,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<Self> {
         let authenticator = Arc::new(Authenticator::from_config(&config.auth)?);
         let listener = TcpListener::bind(config.listen_addr)
             .await
@@ -75,15 +82,30 @@ impl Application {
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("a bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
     }
 
     /// Serves until `shutdown` resolves, then reports NOT_SERVING, stops accepting,
     /// drains in-flight calls (at most the configured grace) and closes the pool.
-    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let (reporter, health_service) = tonic_health::server::health_reporter();
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let health_task = tokio::spawn(watch_health(self.store.clone(), reporter.clone(), self.config.health_interval, stop_rx.clone()));
+        for service in ["", SERVICE_NAME] {
+            reporter
+                .set_service_status(service, tonic_health::ServingStatus::NotServing)
+                .await;
+        }
+        let health_task = tokio::spawn(watch_health(
+            self.store.clone(),
+            reporter.clone(),
+            self.config.health_interval,
+            stop_rx.clone(),
+        ));
 
         let reflection = || {
             tonic_reflection::server::Builder::configure()
@@ -100,13 +122,19 @@ impl Application {
         let signal = async move {
             shutdown.await;
             tracing::info!("shutdown requested; draining");
-            reporter.set_not_serving::<DisputeServiceServer<DisputeApi>>().await;
-            reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+            for service in ["", SERVICE_NAME] {
+                reporter
+                    .set_service_status(service, tonic_health::ServingStatus::NotServing)
+                    .await;
+            }
             let _ = stop_tx.send(true);
         };
         let server = Server::builder()
             .timeout(self.config.request_timeout)
-            .layer(GateLayer::new(self.authenticator.clone(), self.config.max_in_flight))
+            .layer(GateLayer::new(
+                self.authenticator.clone(),
+                self.config.max_in_flight,
+            ))
             .add_service(health_service)
             .add_service(reflection().build_v1()?)
             .add_service(reflection().build_v1alpha()?)

@@ -64,7 +64,10 @@ impl Commands {
         command: F,
     ) -> Result<Vec<u8>, Error>
     where
-        F: for<'c> FnOnce(&'c mut PgConnection, DateTime<Utc>) -> BoxFuture<'c, Result<Vec<u8>, Error>>,
+        F: for<'c> FnOnce(
+            &'c mut PgConnection,
+            DateTime<Utc>,
+        ) -> BoxFuture<'c, Result<Vec<u8>, Error>>,
     {
         let mut tx = self.store.begin().await?;
         let now = self.now();

@@ -25,7 +25,11 @@ impl Commands {
         Ok(order)
     }
 
-    pub async fn get_dispute(&self, actor: &Actor, dispute_id: DisputeId) -> Result<Dispute, Error> {
+    pub async fn get_dispute(
+        &self,
+        actor: &Actor,
+        dispute_id: DisputeId,
+    ) -> Result<Dispute, Error> {
         let dispute = self
             .store
             .get_dispute(dispute_id)

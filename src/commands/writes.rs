@@ -36,7 +36,9 @@ impl Commands {
             Registration::Created(order) => {
                 match store::insert_order(conn, &order, now).await {
                     // Registered concurrently by another call: compare with what it wrote.
-                    Err(StoreError::Constraint { constraint, .. }) if constraint == "orders_pkey" => {
+                    Err(StoreError::Constraint { constraint, .. })
+                        if constraint == "orders_pkey" =>
+                    {
                         Err(DomainError::AlreadyExists {
                             reason: "ORDER_ALREADY_EXISTS",
                             message: "an order with this id was registered concurrently; retry to compare its facts",
@@ -44,7 +46,10 @@ impl Commands {
                     }
                     other => other?,
                 }
-                Ok(RegisterOutcome { order, created: true })
+                Ok(RegisterOutcome {
+                    order,
+                    created: true,
+                })
             }
         }
     }
@@ -126,7 +131,14 @@ async fn persist(conn: &mut PgConnection, change: &Change, actor: &Actor) -> Res
     } = change;
     store::update_order(&mut *conn, order, dispute.updated_at).await?;
     if let Some(settlement) = settlement {
-        store::insert_settlement(&mut *conn, order, settlement, Some(dispute.dispute_id), actor).await?;
+        store::insert_settlement(
+            &mut *conn,
+            order,
+            settlement,
+            Some(dispute.dispute_id),
+            actor,
+        )
+        .await?;
     }
     let payload = json!({
         "version": 1,
@@ -142,6 +154,14 @@ async fn persist(conn: &mut PgConnection, change: &Change, actor: &Actor) -> Res
             "seller_id": order.seller_id.as_str(),
         })),
     });
-    store::append_event(conn, dispute.dispute_id, event.as_str(), actor, dispute.updated_at, payload).await?;
+    store::append_event(
+        conn,
+        dispute.dispute_id,
+        event.as_str(),
+        actor,
+        dispute.updated_at,
+        payload,
+    )
+    .await?;
     Ok(())
 }

@@ -14,8 +14,8 @@ mod order;
 
 pub use actor::{Actor, Role};
 pub use dispute::{
-    CancelVia, Change, Dispute, DisputeState, EventKind, ItemReturn, NewDispute, Outcome, Reason, Remedy,
-    Resolution, ReturnStatus, cancel, open, resolve,
+    CancelVia, Change, Dispute, DisputeState, EventKind, ItemReturn, NewDispute, Outcome, Reason,
+    Remedy, Resolution, ReturnStatus, cancel, open, resolve,
 };
 pub use error::{DomainError, FieldViolation, Precondition, Resource};
 pub use ids::{DisputeId, PartyId, RequestId};

@@ -55,7 +55,16 @@ fn new_dispute(remedy: Remedy) -> NewDispute {
 }
 
 fn opened(order: &Order, remedy: Remedy) -> Change {
-    open(order, false, new_dispute(remedy), &buyer(), 3, DisputeId::new(), t0()).unwrap()
+    open(
+        order,
+        false,
+        new_dispute(remedy),
+        &buyer(),
+        3,
+        DisputeId::new(),
+        t0(),
+    )
+    .unwrap()
 }
 
 fn precondition(result: Result<Change, DomainError>) -> Precondition {
@@ -76,12 +85,18 @@ fn conserved(order: &Order) -> bool {
 #[test]
 fn registering_the_same_facts_again_changes_nothing_and_other_facts_conflict() {
     let order = order(1000);
-    assert_eq!(register(Some(&order), order.facts()), Ok(Registration::Unchanged));
+    assert_eq!(
+        register(Some(&order), order.facts()),
+        Ok(Registration::Unchanged)
+    );
     let mut other = order.facts();
     other.amount = usd(999);
     assert!(matches!(
         register(Some(&order), other),
-        Err(DomainError::AlreadyExists { reason: "ORDER_ALREADY_EXISTS", .. })
+        Err(DomainError::AlreadyExists {
+            reason: "ORDER_ALREADY_EXISTS",
+            ..
+        })
     ));
 }
 
@@ -114,25 +129,73 @@ fn nothing_can_be_returned_when_the_item_never_arrived() {
 fn a_partial_refund_must_be_inside_the_order_amount_and_currency() {
     let order = order(1000);
     for bad in [usd(1000), usd(1001), usd(0)] {
-        let result = open(&order, false, new_dispute(Remedy::PartialRefund(bad)), &buyer(), 3, DisputeId::new(), t0());
-        assert!(matches!(result, Err(DomainError::InvalidArgument(_))), "{bad} accepted");
+        let result = open(
+            &order,
+            false,
+            new_dispute(Remedy::PartialRefund(bad)),
+            &buyer(),
+            3,
+            DisputeId::new(),
+            t0(),
+        );
+        assert!(
+            matches!(result, Err(DomainError::InvalidArgument(_))),
+            "{bad} accepted"
+        );
     }
     let eur = Money::new(Currency::parse("EUR").unwrap(), 10);
-    let result = open(&order, false, new_dispute(Remedy::PartialRefund(eur)), &buyer(), 3, DisputeId::new(), t0());
-    let Err(DomainError::InvalidArgument(violations)) = result else { panic!("{result:?}") };
+    let result = open(
+        &order,
+        false,
+        new_dispute(Remedy::PartialRefund(eur)),
+        &buyer(),
+        3,
+        DisputeId::new(),
+        t0(),
+    );
+    let Err(DomainError::InvalidArgument(violations)) = result else {
+        panic!("{result:?}")
+    };
     assert_eq!(violations[0].field, "refund_amount.currency_code");
-    assert!(open(&order, false, new_dispute(Remedy::PartialRefund(usd(999))), &buyer(), 3, DisputeId::new(), t0()).is_ok());
+    assert!(
+        open(
+            &order,
+            false,
+            new_dispute(Remedy::PartialRefund(usd(999))),
+            &buyer(),
+            3,
+            DisputeId::new(),
+            t0()
+        )
+        .is_ok()
+    );
 }
 
 #[test]
 fn only_the_orders_own_buyer_can_open() {
     let order = order(1000);
     for actor in [seller(), agent(), Actor::new(Role::Service, "svc")] {
-        let result = open(&order, false, new_dispute(Remedy::FullRefund), &actor, 3, DisputeId::new(), t0());
+        let result = open(
+            &order,
+            false,
+            new_dispute(Remedy::FullRefund),
+            &actor,
+            3,
+            DisputeId::new(),
+            t0(),
+        );
         assert!(matches!(result, Err(DomainError::PermissionDenied { .. })));
     }
     let stranger = Actor::new(Role::Buyer, "b2");
-    let result = open(&order, false, new_dispute(Remedy::FullRefund), &stranger, 3, DisputeId::new(), t0());
+    let result = open(
+        &order,
+        false,
+        new_dispute(Remedy::FullRefund),
+        &stranger,
+        3,
+        DisputeId::new(),
+        t0(),
+    );
     assert_eq!(result, Err(DomainError::NotFound(Resource::Order)));
 }
 
@@ -141,47 +204,106 @@ fn opening_is_refused_for_each_precondition_with_its_own_reason() {
     let fresh = order(1000);
     let late = t0() + Duration::days(31);
     let open_at = |order: &Order, active: bool, now| {
-        open(order, active, new_dispute(Remedy::FullRefund), &buyer(), 3, DisputeId::new(), now)
+        open(
+            order,
+            active,
+            new_dispute(Remedy::FullRefund),
+            &buyer(),
+            3,
+            DisputeId::new(),
+            now,
+        )
     };
-    assert_eq!(precondition(open_at(&fresh, false, late)), Precondition::ProtectionExpired);
-    assert_eq!(precondition(open_at(&fresh, false, fresh.protection_ends_at)), Precondition::ProtectionExpired);
+    assert_eq!(
+        precondition(open_at(&fresh, false, late)),
+        Precondition::ProtectionExpired
+    );
+    assert_eq!(
+        precondition(open_at(&fresh, false, fresh.protection_ends_at)),
+        Precondition::ProtectionExpired
+    );
     let mut settled = fresh.clone();
     settled.settle(1000, t0()).unwrap();
-    assert_eq!(precondition(open_at(&settled, false, t0())), Precondition::FundsSettled);
+    assert_eq!(
+        precondition(open_at(&settled, false, t0())),
+        Precondition::FundsSettled
+    );
     let mut closed = settled.clone();
     closed.disputes_closed = true;
-    assert_eq!(precondition(open_at(&closed, false, t0())), Precondition::DisputesClosed);
+    assert_eq!(
+        precondition(open_at(&closed, false, t0())),
+        Precondition::DisputesClosed
+    );
     let mut busy = fresh.clone();
     busy.dispute_count = 3;
-    assert_eq!(precondition(open_at(&busy, false, t0())), Precondition::DisputeLimitReached);
+    assert_eq!(
+        precondition(open_at(&busy, false, t0())),
+        Precondition::DisputeLimitReached
+    );
     assert!(matches!(
         open_at(&fresh, true, t0()),
-        Err(DomainError::AlreadyExists { reason: "DISPUTE_ALREADY_OPEN", .. })
+        Err(DomainError::AlreadyExists {
+            reason: "DISPUTE_ALREADY_OPEN",
+            ..
+        })
     ));
 }
 
 #[test]
 fn cancelling_before_protection_ends_keeps_the_funds_held_and_the_order_open() {
     let change = opened(&order(1000), Remedy::FullRefund);
-    let cancelled = cancel(&change.order, &change.dispute, &buyer(), CancelVia::Dispute, t0()).unwrap();
+    let cancelled = cancel(
+        &change.order,
+        &change.dispute,
+        &buyer(),
+        CancelVia::Dispute,
+        t0(),
+    )
+    .unwrap();
     assert_eq!(cancelled.dispute.state, DisputeState::Cancelled);
     assert_eq!(cancelled.dispute.outcome, Some(Outcome::CancelledByBuyer));
     assert_eq!(cancelled.order.funds_state(), FundsState::Held);
     assert_eq!(cancelled.settlement, None);
     assert!(!cancelled.order.disputes_closed);
     // ... so the buyer may open again.
-    assert!(open(&cancelled.order, false, new_dispute(Remedy::FullRefund), &buyer(), 3, DisputeId::new(), t0()).is_ok());
+    assert!(
+        open(
+            &cancelled.order,
+            false,
+            new_dispute(Remedy::FullRefund),
+            &buyer(),
+            3,
+            DisputeId::new(),
+            t0()
+        )
+        .is_ok()
+    );
 }
 
 #[test]
 fn cancelling_after_protection_ends_releases_the_funds_and_closes_the_order() {
     let change = opened(&order(1000), Remedy::FullRefund);
     let late = change.order.protection_ends_at;
-    let cancelled = cancel(&change.order, &change.dispute, &buyer(), CancelVia::Dispute, late).unwrap();
+    let cancelled = cancel(
+        &change.order,
+        &change.dispute,
+        &buyer(),
+        CancelVia::Dispute,
+        late,
+    )
+    .unwrap();
     assert_eq!(cancelled.order.funds_state(), FundsState::ReleasedToSeller);
     assert_eq!(cancelled.settlement.map(|s| s.release_minor()), Some(1000));
     assert!(cancelled.order.disputes_closed);
-    let again = open(&cancelled.order, false, new_dispute(Remedy::FullRefund), &buyer(), 3, DisputeId::new(), late);
+    let again = open(
+        &cancelled.order,
+        false,
+        new_dispute(Remedy::FullRefund),
+        &buyer(),
+        3,
+        DisputeId::new(),
+        late,
+    );
     assert_eq!(precondition(again), Precondition::DisputesClosed);
 }
 
@@ -194,25 +316,55 @@ fn only_the_buyer_can_cancel_and_the_refusal_states_the_rule() {
             assert_eq!(result, Err(DomainError::ONLY_BUYER_CAN_CANCEL));
         }
     }
-    let DomainError::PermissionDenied { message, .. } = DomainError::ONLY_BUYER_CAN_CANCEL else { unreachable!() };
+    let DomainError::PermissionDenied { message, .. } = DomainError::ONLY_BUYER_CAN_CANCEL else {
+        unreachable!()
+    };
     assert!(message.contains("only the buyer can cancel"));
     assert!(message.contains("customer service"));
     let stranger = Actor::new(Role::Buyer, "b2");
-    let result = cancel(&change.order, &change.dispute, &stranger, CancelVia::Dispute, t0());
+    let result = cancel(
+        &change.order,
+        &change.dispute,
+        &stranger,
+        CancelVia::Dispute,
+        t0(),
+    );
     assert_eq!(result, Err(DomainError::NotFound(Resource::Dispute)));
 }
 
 #[test]
 fn a_dispute_with_a_return_is_cancelled_through_the_return_only() {
     let change = opened(&order(1000), Remedy::ReturnAndRefund);
-    let refused = cancel(&change.order, &change.dispute, &buyer(), CancelVia::Dispute, t0());
+    let refused = cancel(
+        &change.order,
+        &change.dispute,
+        &buyer(),
+        CancelVia::Dispute,
+        t0(),
+    );
     assert_eq!(precondition(refused), Precondition::ReturnInProgress);
-    let cancelled = cancel(&change.order, &change.dispute, &buyer(), CancelVia::Return, t0()).unwrap();
+    let cancelled = cancel(
+        &change.order,
+        &change.dispute,
+        &buyer(),
+        CancelVia::Return,
+        t0(),
+    )
+    .unwrap();
     assert_eq!(cancelled.dispute.state, DisputeState::Cancelled);
-    assert_eq!(cancelled.dispute.item_return.unwrap().status, ReturnStatus::Cancelled);
+    assert_eq!(
+        cancelled.dispute.item_return.unwrap().status,
+        ReturnStatus::Cancelled
+    );
 
     let plain = opened(&order(1000), Remedy::FullRefund);
-    let refused = cancel(&plain.order, &plain.dispute, &buyer(), CancelVia::Return, t0());
+    let refused = cancel(
+        &plain.order,
+        &plain.dispute,
+        &buyer(),
+        CancelVia::Return,
+        t0(),
+    );
     assert_eq!(precondition(refused), Precondition::NoReturn);
 }
 
@@ -220,21 +372,54 @@ fn a_dispute_with_a_return_is_cancelled_through_the_return_only() {
 fn a_received_return_can_no_longer_be_cancelled() {
     let mut change = opened(&order(1000), Remedy::ReturnAndRefund);
     change.dispute.item_return.as_mut().unwrap().status = ReturnStatus::Received;
-    let refused = cancel(&change.order, &change.dispute, &buyer(), CancelVia::Return, t0());
+    let refused = cancel(
+        &change.order,
+        &change.dispute,
+        &buyer(),
+        CancelVia::Return,
+        t0(),
+    );
     assert_eq!(precondition(refused), Precondition::ReturnAlreadyReceived);
 }
 
 #[test]
 fn an_agent_may_rule_any_way_but_must_say_why() {
     for (resolution, outcome, state) in [
-        (Resolution::RefundFull, Outcome::ResolvedBuyerFavour, FundsState::RefundedToBuyer),
-        (Resolution::RefundPartial(usd(300)), Outcome::ResolvedPartial, FundsState::Split),
-        (Resolution::ReleaseToSeller, Outcome::ResolvedSellerFavour, FundsState::ReleasedToSeller),
+        (
+            Resolution::RefundFull,
+            Outcome::ResolvedBuyerFavour,
+            FundsState::RefundedToBuyer,
+        ),
+        (
+            Resolution::RefundPartial(usd(300)),
+            Outcome::ResolvedPartial,
+            FundsState::Split,
+        ),
+        (
+            Resolution::ReleaseToSeller,
+            Outcome::ResolvedSellerFavour,
+            FundsState::ReleasedToSeller,
+        ),
     ] {
         let change = opened(&order(1000), Remedy::FullRefund);
-        let refused = resolve(&change.order, &change.dispute, &agent(), resolution, " ", t0());
+        let refused = resolve(
+            &change.order,
+            &change.dispute,
+            &agent(),
+            resolution,
+            " ",
+            t0(),
+        );
         assert!(matches!(refused, Err(DomainError::InvalidArgument(_))));
-        let resolved = resolve(&change.order, &change.dispute, &agent(), resolution, "photos prove it", t0()).unwrap();
+        let resolved = resolve(
+            &change.order,
+            &change.dispute,
+            &agent(),
+            resolution,
+            "photos prove it",
+            t0(),
+        )
+        .unwrap();
         assert_eq!(resolved.dispute.outcome, Some(outcome));
         assert_eq!(resolved.order.funds_state(), state);
         assert!(conserved(&resolved.order));
@@ -245,19 +430,62 @@ fn an_agent_may_rule_any_way_but_must_say_why() {
 fn a_seller_may_give_money_back_but_never_take_it() {
     let partial = opened(&order(1000), Remedy::PartialRefund(usd(400)));
     let (o, d) = (&partial.order, &partial.dispute);
-    let refused = |r| matches!(resolve(o, d, &seller(), r, "", t0()), Err(DomainError::PermissionDenied { .. }));
+    let refused = |r| {
+        matches!(
+            resolve(o, d, &seller(), r, "", t0()),
+            Err(DomainError::PermissionDenied { .. })
+        )
+    };
     assert!(refused(Resolution::ReleaseToSeller));
     assert!(refused(Resolution::RefundPartial(usd(399))));
-    assert!(resolve(o, d, &seller(), Resolution::RefundPartial(usd(400)), "", t0()).is_ok());
-    assert!(resolve(o, d, &seller(), Resolution::RefundPartial(usd(999)), "", t0()).is_ok());
+    assert!(
+        resolve(
+            o,
+            d,
+            &seller(),
+            Resolution::RefundPartial(usd(400)),
+            "",
+            t0()
+        )
+        .is_ok()
+    );
+    assert!(
+        resolve(
+            o,
+            d,
+            &seller(),
+            Resolution::RefundPartial(usd(999)),
+            "",
+            t0()
+        )
+        .is_ok()
+    );
     assert!(resolve(o, d, &seller(), Resolution::RefundFull, "", t0()).is_ok());
 
     let full = opened(&order(1000), Remedy::ReturnAndRefund);
-    let refused = resolve(&full.order, &full.dispute, &seller(), Resolution::RefundPartial(usd(999)), "", t0());
+    let refused = resolve(
+        &full.order,
+        &full.dispute,
+        &seller(),
+        Resolution::RefundPartial(usd(999)),
+        "",
+        t0(),
+    );
     assert!(matches!(refused, Err(DomainError::PermissionDenied { .. })));
     // Refunding without the item back abandons the return.
-    let abandoned = resolve(&full.order, &full.dispute, &seller(), Resolution::RefundFull, "", t0()).unwrap();
-    assert_eq!(abandoned.dispute.item_return.unwrap().status, ReturnStatus::Cancelled);
+    let abandoned = resolve(
+        &full.order,
+        &full.dispute,
+        &seller(),
+        Resolution::RefundFull,
+        "",
+        t0(),
+    )
+    .unwrap();
+    assert_eq!(
+        abandoned.dispute.item_return.unwrap().status,
+        ReturnStatus::Cancelled
+    );
 
     let other_seller = Actor::new(Role::Seller, "s2");
     let hidden = resolve(o, d, &other_seller, Resolution::RefundFull, "", t0());

@@ -52,12 +52,19 @@ impl Authenticator {
             AsymmetricAlgorithm::Rs256 => Algorithm::RS256,
             AsymmetricAlgorithm::EdDsa => Algorithm::EdDSA,
         };
-        let (algorithm, keys) = match (&config.jwt_hs256_secret, &config.jwt_public_key_file, &config.jwt_jwks_file) {
+        let (algorithm, keys) = match (
+            &config.jwt_hs256_secret,
+            &config.jwt_public_key_file,
+            &config.jwt_jwks_file,
+        ) {
             (Some(secret), None, None) => {
                 if secret.len() < 16 {
                     bail!("DISPUTE_JWT_HS256_SECRET must be at least 16 bytes");
                 }
-                (Algorithm::HS256, Keys::One(DecodingKey::from_secret(secret.as_bytes())))
+                (
+                    Algorithm::HS256,
+                    Keys::One(DecodingKey::from_secret(secret.as_bytes())),
+                )
             }
             (None, Some(path), None) => {
                 let pem = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
@@ -65,12 +72,16 @@ impl Authenticator {
                     Algorithm::EdDSA => DecodingKey::from_ed_pem(&pem),
                     _ => DecodingKey::from_rsa_pem(&pem),
                 }
-                .with_context(|| format!("{} is not a {asymmetric:?} public key", path.display()))?;
+                .with_context(|| {
+                    format!("{} is not a {asymmetric:?} public key", path.display())
+                })?;
                 (asymmetric, Keys::One(key))
             }
             (None, None, Some(path)) => {
-                let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-                let set: JwkSet = serde_json::from_str(&text).with_context(|| format!("{} is not a JWKS", path.display()))?;
+                let text = fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                let set: JwkSet = serde_json::from_str(&text)
+                    .with_context(|| format!("{} is not a JWKS", path.display()))?;
                 let keys = set
                     .keys
                     .iter()
@@ -84,7 +95,9 @@ impl Authenticator {
             (None, None, None) => bail!(
                 "no token key configured: set DISPUTE_JWT_HS256_SECRET, DISPUTE_JWT_PUBLIC_KEY_FILE or DISPUTE_JWT_JWKS_FILE"
             ),
-            _ => bail!("configure exactly one of DISPUTE_JWT_HS256_SECRET, DISPUTE_JWT_PUBLIC_KEY_FILE, DISPUTE_JWT_JWKS_FILE"),
+            _ => bail!(
+                "configure exactly one of DISPUTE_JWT_HS256_SECRET, DISPUTE_JWT_PUBLIC_KEY_FILE, DISPUTE_JWT_JWKS_FILE"
+            ),
         };
         let mut validation = Validation::new(algorithm);
         validation.algorithms = vec![algorithm];
@@ -98,13 +111,19 @@ impl Authenticator {
     /// The actor of an `authorization` metadata value, or why there is none.
     pub fn authenticate(&self, authorization: Option<&str>) -> Result<Actor, &'static str> {
         let token = authorization
-            .and_then(|value| value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")))
+            .and_then(|value| {
+                value
+                    .strip_prefix("Bearer ")
+                    .or_else(|| value.strip_prefix("bearer "))
+            })
             .ok_or("missing bearer token")?
             .trim();
         let key = match &self.keys {
             Keys::One(key) => key,
             Keys::Set(keys) => {
-                let kid = jsonwebtoken::decode_header(token).map_err(|_| "malformed token")?.kid;
+                let kid = jsonwebtoken::decode_header(token)
+                    .map_err(|_| "malformed token")?
+                    .kid;
                 match (kid, keys.as_slice()) {
                     (Some(kid), keys) => keys
                         .iter()
@@ -128,7 +147,12 @@ impl Authenticator {
 }
 
 /// Mints a development HS256 token (the `token` subcommand, and tests).
-pub fn mint_hs256(config: &AuthConfig, role: Role, sub: &str, ttl: Duration) -> anyhow::Result<String> {
+pub fn mint_hs256(
+    config: &AuthConfig,
+    role: Role,
+    sub: &str,
+    ttl: Duration,
+) -> anyhow::Result<String> {
     let secret = config
         .jwt_hs256_secret
         .as_ref()

@@ -20,7 +20,9 @@ struct Violations(Vec<FieldViolation>);
 
 impl Violations {
     fn check<T>(&mut self, field: &str, parsed: Result<T, String>) -> Option<T> {
-        parsed.map_err(|why| self.0.push(FieldViolation::new(field, why))).ok()
+        parsed
+            .map_err(|why| self.0.push(FieldViolation::new(field, why)))
+            .ok()
     }
 
     fn finish<T>(self, value: impl FnOnce() -> Option<T>) -> Result<T, DomainError> {
@@ -72,13 +74,18 @@ pub fn order_id(raw: &str) -> Result<PartyId, DomainError> {
     PartyId::parse(raw).map_err(|why| DomainError::invalid("order_id", why))
 }
 
-pub fn register_order(req: &pb::RegisterOrderRequest) -> Result<(NewOrder, RequestId), DomainError> {
+pub fn register_order(
+    req: &pb::RegisterOrderRequest,
+) -> Result<(NewOrder, RequestId), DomainError> {
     let mut v = Violations::default();
     let order_id = v.check("order_id", PartyId::parse(&req.order_id));
     let buyer_id = v.check("buyer_id", PartyId::parse(&req.buyer_id));
     let seller_id = v.check("seller_id", PartyId::parse(&req.seller_id));
     let amount = money("amount", req.amount.as_ref(), &mut v);
-    let protection_ends_at = v.check("protection_ends_at", timestamp(req.protection_ends_at.as_ref()));
+    let protection_ends_at = v.check(
+        "protection_ends_at",
+        timestamp(req.protection_ends_at.as_ref()),
+    );
     let request_id = v.check("request_id", RequestId::parse(&req.request_id));
     v.finish(|| {
         Some((
@@ -99,23 +106,44 @@ pub fn open_dispute(req: &pb::OpenDisputeRequest) -> Result<(NewDispute, Request
     let order_id = v.check("order_id", PartyId::parse(&req.order_id));
     let reason = v.check("reason", enum_value(req.reason, reason_from_pb));
     let remedy = match pb::Remedy::try_from(req.remedy) {
-        Ok(pb::Remedy::PartialRefund) => money("refund_amount", req.refund_amount.as_ref(), &mut v).map(Remedy::PartialRefund),
+        Ok(pb::Remedy::PartialRefund) => {
+            money("refund_amount", req.refund_amount.as_ref(), &mut v).map(Remedy::PartialRefund)
+        }
         Ok(remedy @ (pb::Remedy::FullRefund | pb::Remedy::ReturnAndRefund)) => {
             if req.refund_amount.is_some() {
-                v.0.push(FieldViolation::new("refund_amount", "must be unset unless the remedy is PARTIAL_REFUND"));
+                v.0.push(FieldViolation::new(
+                    "refund_amount",
+                    "must be unset unless the remedy is PARTIAL_REFUND",
+                ));
             }
-            Some(if remedy == pb::Remedy::FullRefund { Remedy::FullRefund } else { Remedy::ReturnAndRefund })
+            Some(if remedy == pb::Remedy::FullRefund {
+                Remedy::FullRefund
+            } else {
+                Remedy::ReturnAndRefund
+            })
         }
-        Ok(pb::Remedy::Unspecified) | Err(_) => v.check("remedy", Err("must be FULL_REFUND, PARTIAL_REFUND or RETURN_AND_REFUND".into())),
+        Ok(pb::Remedy::Unspecified) | Err(_) => v.check(
+            "remedy",
+            Err("must be FULL_REFUND, PARTIAL_REFUND or RETURN_AND_REFUND".into()),
+        ),
     };
     if let (Some(reason), Some(remedy)) = (reason, remedy)
         && !remedy.allowed_for(reason)
     {
-        v.0.push(FieldViolation::new("remedy", "RETURN_AND_REFUND is not allowed with ITEM_NOT_RECEIVED: there is nothing to return"));
+        v.0.push(FieldViolation::new(
+            "remedy",
+            "RETURN_AND_REFUND is not allowed with ITEM_NOT_RECEIVED: there is nothing to return",
+        ));
     }
-    let description = v.check("description", bounded_text(&req.description, domain::MAX_DESCRIPTION_CHARS));
+    let description = v.check(
+        "description",
+        bounded_text(&req.description, domain::MAX_DESCRIPTION_CHARS),
+    );
     if req.evidence_urls.len() > domain::MAX_EVIDENCE_URLS {
-        v.0.push(FieldViolation::new("evidence_urls", format!("must have at most {} entries", domain::MAX_EVIDENCE_URLS)));
+        v.0.push(FieldViolation::new(
+            "evidence_urls",
+            format!("must have at most {} entries", domain::MAX_EVIDENCE_URLS),
+        ));
     }
     for (i, url) in req.evidence_urls.iter().enumerate() {
         let field = format!("evidence_urls[{i}]");
@@ -148,22 +176,33 @@ pub fn cancel(dispute_id: &str, request_id: &str) -> Result<(DisputeId, RequestI
     v.finish(|| Some((dispute_id?, request_id?)))
 }
 
-pub fn resolve_funds(req: &pb::ResolveFundsRequest) -> Result<(DisputeId, Resolution, String, RequestId), DomainError> {
+pub fn resolve_funds(
+    req: &pb::ResolveFundsRequest,
+) -> Result<(DisputeId, Resolution, String, RequestId), DomainError> {
     let mut v = Violations::default();
     let dispute_id = v.check("dispute_id", DisputeId::parse(&req.dispute_id));
     let resolution = match pb::ResolveOutcome::try_from(req.outcome) {
         Ok(pb::ResolveOutcome::RefundPartial) => {
-            money("refund_amount", req.refund_amount.as_ref(), &mut v).map(Resolution::RefundPartial)
+            money("refund_amount", req.refund_amount.as_ref(), &mut v)
+                .map(Resolution::RefundPartial)
         }
         Ok(outcome @ (pb::ResolveOutcome::RefundFull | pb::ResolveOutcome::ReleaseToSeller)) => {
             if req.refund_amount.is_some() {
-                v.0.push(FieldViolation::new("refund_amount", "must be unset unless the outcome is REFUND_PARTIAL"));
+                v.0.push(FieldViolation::new(
+                    "refund_amount",
+                    "must be unset unless the outcome is REFUND_PARTIAL",
+                ));
             }
-            Some(if outcome == pb::ResolveOutcome::RefundFull { Resolution::RefundFull } else { Resolution::ReleaseToSeller })
+            Some(if outcome == pb::ResolveOutcome::RefundFull {
+                Resolution::RefundFull
+            } else {
+                Resolution::ReleaseToSeller
+            })
         }
-        Ok(pb::ResolveOutcome::Unspecified) | Err(_) => {
-            v.check("outcome", Err("must be REFUND_FULL, REFUND_PARTIAL or RELEASE_TO_SELLER".into()))
-        }
+        Ok(pb::ResolveOutcome::Unspecified) | Err(_) => v.check(
+            "outcome",
+            Err("must be REFUND_FULL, REFUND_PARTIAL or RELEASE_TO_SELLER".into()),
+        ),
     };
     let note = v.check("note", bounded_text(&req.note, domain::MAX_NOTE_CHARS));
     let request_id = v.check("request_id", RequestId::parse(&req.request_id));
@@ -190,7 +229,9 @@ pub fn list_disputes(req: &pb::ListDisputesRequest) -> Result<(DisputeFilter, us
         token => v.check("page_token", parse_page_token(token)),
     };
     let optional_id = |field: &str, raw: &str, v: &mut Violations| {
-        (!raw.is_empty()).then(|| v.check(field, PartyId::parse(raw).map(|id| id.as_str().to_owned()))).flatten()
+        (!raw.is_empty())
+            .then(|| v.check(field, PartyId::parse(raw).map(|id| id.as_str().to_owned())))
+            .flatten()
     };
     let order_id = optional_id("order_id", &req.order_id, &mut v);
     let buyer_id = optional_id("buyer_id", &req.buyer_id, &mut v);
@@ -221,7 +262,9 @@ pub fn page_token(after: DisputeId) -> String {
 fn parse_page_token(token: &str) -> Result<DisputeId, String> {
     use base64::Engine;
     let invalid = || "is not a token this service issued".to_string();
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|_| invalid())?;
     let text = String::from_utf8(bytes).map_err(|_| invalid())?;
     let id = text.strip_prefix(PAGE_TOKEN_PREFIX).ok_or_else(invalid)?;
     DisputeId::parse(id).map_err(|_| invalid())
@@ -237,7 +280,9 @@ fn reason_from_pb(raw: i32) -> Option<Reason> {
 }
 
 fn state_from_pb(raw: i32) -> Option<DisputeState> {
-    DisputeState::ALL.into_iter().find(|state| state_to_pb(*state) as i32 == raw)
+    DisputeState::ALL
+        .into_iter()
+        .find(|state| state_to_pb(*state) as i32 == raw)
 }
 
 fn state_to_pb(state: DisputeState) -> pb::DisputeState {
@@ -300,12 +345,15 @@ pub fn dispute_to_pb(dispute: &domain::Dispute) -> pb::Dispute {
         Reason::NotAsDescribed => pb::DisputeReason::NotAsDescribed,
         Reason::QualityIssue => pb::DisputeReason::QualityIssue,
     };
-    let outcome = dispute.outcome.map_or(pb::DisputeOutcome::Unspecified, |outcome| match outcome {
-        Outcome::CancelledByBuyer => pb::DisputeOutcome::CancelledByBuyer,
-        Outcome::ResolvedBuyerFavour => pb::DisputeOutcome::ResolvedBuyerFavour,
-        Outcome::ResolvedPartial => pb::DisputeOutcome::ResolvedPartial,
-        Outcome::ResolvedSellerFavour => pb::DisputeOutcome::ResolvedSellerFavour,
-    });
+    let outcome =
+        dispute
+            .outcome
+            .map_or(pb::DisputeOutcome::Unspecified, |outcome| match outcome {
+                Outcome::CancelledByBuyer => pb::DisputeOutcome::CancelledByBuyer,
+                Outcome::ResolvedBuyerFavour => pb::DisputeOutcome::ResolvedBuyerFavour,
+                Outcome::ResolvedPartial => pb::DisputeOutcome::ResolvedPartial,
+                Outcome::ResolvedSellerFavour => pb::DisputeOutcome::ResolvedSellerFavour,
+            });
     let item_return = dispute.item_return.as_ref().map(|r| pb::ItemReturn {
         status: match r.status {
             ReturnStatus::Requested => pb::ReturnStatus::Requested,

@@ -26,7 +26,8 @@ pub fn status(code: Code, reason: &str, message: impl Into<String>) -> Status {
 
 /// INVALID_ARGUMENT listing every bad field.
 pub fn invalid_argument(violations: &[FieldViolation]) -> Status {
-    let mut details = ErrorDetails::with_error_info("INVALID_ARGUMENT", DOMAIN, HashMap::<String, String>::new());
+    let mut details =
+        ErrorDetails::with_error_info("INVALID_ARGUMENT", DOMAIN, HashMap::<String, String>::new());
     details.set_bad_request(
         violations
             .iter()
@@ -45,13 +46,21 @@ impl From<DomainError> for Status {
     fn from(error: DomainError) -> Self {
         match error {
             DomainError::InvalidArgument(violations) => invalid_argument(&violations),
-            DomainError::NotFound(Resource::Order) => status(Code::NotFound, "ORDER_NOT_FOUND", "order not found"),
+            DomainError::NotFound(Resource::Order) => {
+                status(Code::NotFound, "ORDER_NOT_FOUND", "order not found")
+            }
             DomainError::NotFound(Resource::Dispute) => {
                 status(Code::NotFound, "DISPUTE_NOT_FOUND", "dispute not found")
             }
-            DomainError::PermissionDenied { reason, message } => status(Code::PermissionDenied, reason, message),
-            DomainError::FailedPrecondition(p) => status(Code::FailedPrecondition, p.reason(), p.message()),
-            DomainError::AlreadyExists { reason, message } => status(Code::AlreadyExists, reason, message),
+            DomainError::PermissionDenied { reason, message } => {
+                status(Code::PermissionDenied, reason, message)
+            }
+            DomainError::FailedPrecondition(p) => {
+                status(Code::FailedPrecondition, p.reason(), p.message())
+            }
+            DomainError::AlreadyExists { reason, message } => {
+                status(Code::AlreadyExists, reason, message)
+            }
         }
     }
 }
@@ -61,8 +70,11 @@ impl From<Error> for Status {
         match error {
             Error::Domain(error) => error.into(),
             Error::RequestIdReused => {
-                let mut details =
-                    ErrorDetails::with_error_info("REQUEST_ID_REUSED", DOMAIN, HashMap::<String, String>::new());
+                let mut details = ErrorDetails::with_error_info(
+                    "REQUEST_ID_REUSED",
+                    DOMAIN,
+                    HashMap::<String, String>::new(),
+                );
                 details.add_bad_request_violation(
                     "request_id",
                     "was already used by this caller for this RPC with a different payload",
@@ -75,7 +87,11 @@ impl From<Error> for Status {
             }
             Error::Store(StoreError::Unavailable(cause)) => {
                 tracing::warn!(error = %cause, "database unavailable");
-                status(Code::Unavailable, "DATABASE_UNAVAILABLE", "the database is unavailable; retry later")
+                status(
+                    Code::Unavailable,
+                    "DATABASE_UNAVAILABLE",
+                    "the database is unavailable; retry later",
+                )
             }
             Error::Store(cause) => {
                 tracing::error!(error = ?cause, "internal error");

@@ -55,10 +55,17 @@ impl GateLayer {
             .headers()
             .get("authorization")
             .and_then(|value| value.to_str().ok());
-        let actor = self.authenticator.authenticate(authorization).map_err(|why| {
-            tracing::info!(rpc, why, "unauthenticated call refused");
-            status(Code::Unauthenticated, "UNAUTHENTICATED", format!("unauthenticated: {why}"))
-        })?;
+        let actor = self
+            .authenticator
+            .authenticate(authorization)
+            .map_err(|why| {
+                tracing::info!(rpc, why, "unauthenticated call refused");
+                status(
+                    Code::Unauthenticated,
+                    "UNAUTHENTICATED",
+                    format!("unauthenticated: {why}"),
+                )
+            })?;
         policy::authorize(rpc, actor.role)?;
         Ok(actor)
     }
@@ -79,11 +86,20 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        let Some(rpc) = request.uri().path().strip_prefix(SERVICE_PREFIX).map(str::to_owned) else {
+        let Some(rpc) = request
+            .uri()
+            .path()
+            .strip_prefix(SERVICE_PREFIX)
+            .map(str::to_owned)
+        else {
             return Box::pin(self.inner.call(request));
         };
         let Ok(permit) = self.layer.in_flight.clone().try_acquire_owned() else {
-            let refused = status(Code::ResourceExhausted, "OVERLOADED", "too many requests in flight; retry with backoff");
+            let refused = status(
+                Code::ResourceExhausted,
+                "OVERLOADED",
+                "too many requests in flight; retry with backoff",
+            );
             return Box::pin(async move { Ok(refused.into_http()) });
         };
         match self.layer.admit(&request, &rpc) {

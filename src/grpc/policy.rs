@@ -16,20 +16,48 @@ pub struct Rule {
 
 /// Every RPC of `dispute.v1.DisputeService`. An RPC missing here is refused to everyone.
 pub const POLICY: &[Rule] = &[
-    Rule { rpc: "RegisterOrder", roles: &[Service] },
-    Rule { rpc: "GetOrder", roles: &[Buyer, Seller, Agent, Service] },
-    Rule { rpc: "OpenDispute", roles: &[Buyer] },
-    Rule { rpc: "CancelDispute", roles: &[Buyer] },
-    Rule { rpc: "CancelReturn", roles: &[Buyer] },
-    Rule { rpc: "ResolveFunds", roles: &[Seller, Agent] },
-    Rule { rpc: "GetDispute", roles: &[Buyer, Seller, Agent, Service] },
-    Rule { rpc: "ListDisputes", roles: &[Buyer, Seller, Agent, Service] },
+    Rule {
+        rpc: "RegisterOrder",
+        roles: &[Service],
+    },
+    Rule {
+        rpc: "GetOrder",
+        roles: &[Buyer, Seller, Agent, Service],
+    },
+    Rule {
+        rpc: "OpenDispute",
+        roles: &[Buyer],
+    },
+    Rule {
+        rpc: "CancelDispute",
+        roles: &[Buyer],
+    },
+    Rule {
+        rpc: "CancelReturn",
+        roles: &[Buyer],
+    },
+    Rule {
+        rpc: "ResolveFunds",
+        roles: &[Seller, Agent],
+    },
+    Rule {
+        rpc: "GetDispute",
+        roles: &[Buyer, Seller, Agent, Service],
+    },
+    Rule {
+        rpc: "ListDisputes",
+        roles: &[Buyer, Seller, Agent, Service],
+    },
 ];
 
 /// Refuses `role` calling `rpc` unless the table allows it, stating the rule.
 pub fn authorize(rpc: &str, role: Role) -> Result<(), Status> {
     let Some(rule) = POLICY.iter().find(|rule| rule.rpc == rpc) else {
-        return Err(status(Code::PermissionDenied, "RPC_NOT_ALLOWED", format!("{rpc} is not open to any caller")));
+        return Err(status(
+            Code::PermissionDenied,
+            "RPC_NOT_ALLOWED",
+            format!("{rpc} is not open to any caller"),
+        ));
     };
     if rule.roles.contains(&role) {
         return Ok(());
@@ -67,20 +95,30 @@ mod tests {
     #[test]
     fn every_rpc_of_the_proto_has_exactly_one_policy_entry() {
         let rpcs = proto_rpcs();
-        assert!(rpcs.len() >= 8, "the descriptor lists the service's RPCs: {rpcs:?}");
+        assert!(
+            rpcs.len() >= 8,
+            "the descriptor lists the service's RPCs: {rpcs:?}"
+        );
         for rpc in &rpcs {
             let entries = POLICY.iter().filter(|rule| rule.rpc == rpc).count();
             assert_eq!(entries, 1, "{rpc} has {entries} policy entries");
         }
         for rule in POLICY {
-            assert!(rpcs.iter().any(|rpc| rpc == rule.rpc), "{} is not in the proto", rule.rpc);
+            assert!(
+                rpcs.iter().any(|rpc| rpc == rule.rpc),
+                "{} is not in the proto",
+                rule.rpc
+            );
         }
     }
 
     #[test]
     fn an_rpc_without_an_entry_is_denied_to_every_role() {
         for role in Role::ALL {
-            assert_eq!(authorize("DropAllTables", role).unwrap_err().code(), Code::PermissionDenied);
+            assert_eq!(
+                authorize("DropAllTables", role).unwrap_err().code(),
+                Code::PermissionDenied
+            );
         }
     }
 

@@ -42,10 +42,18 @@ impl DisputeApi {
     where
         Req: Message,
         Resp: Message + Default + 'static,
-        F: for<'c> FnOnce(&'c mut PgConnection, DateTime<Utc>) -> BoxFuture<'c, Result<Resp, Error>> + Send,
+        F: for<'c> FnOnce(
+                &'c mut PgConnection,
+                DateTime<Utc>,
+            ) -> BoxFuture<'c, Result<Resp, Error>>
+            + Send,
     {
         let request_hash = Sha256::digest(request.encode_to_vec());
-        let key = IdempotencyKey { actor, rpc, request_id };
+        let key = IdempotencyKey {
+            actor,
+            rpc,
+            request_id,
+        };
         let encoded = self
             .commands
             .idempotent(key, &request_hash, move |conn, now| {
@@ -79,21 +87,30 @@ impl DisputeService for DisputeApi {
         let req = request.into_inner();
         let (new, request_id) = convert::register_order(&req)?;
         let commands = self.commands.clone();
-        self.mutate("RegisterOrder", &actor, &request_id, &req, move |conn, now| {
-            Box::pin(async move {
-                let registered = commands.register_order(conn, new, now).await?;
-                if registered.created {
-                    tracing::info!(order_id = %registered.order.order_id, "order registered");
-                }
-                Ok(pb::RegisterOrderResponse {
-                    order: Some(order_to_pb(&registered.order)),
+        self.mutate(
+            "RegisterOrder",
+            &actor,
+            &request_id,
+            &req,
+            move |conn, now| {
+                Box::pin(async move {
+                    let registered = commands.register_order(conn, new, now).await?;
+                    if registered.created {
+                        tracing::info!(order_id = %registered.order.order_id, "order registered");
+                    }
+                    Ok(pb::RegisterOrderResponse {
+                        order: Some(order_to_pb(&registered.order)),
+                    })
                 })
-            })
-        })
+            },
+        )
         .await
     }
 
-    async fn get_order(&self, request: Request<pb::GetOrderRequest>) -> Result<Response<pb::GetOrderResponse>, Status> {
+    async fn get_order(
+        &self,
+        request: Request<pb::GetOrderRequest>,
+    ) -> Result<Response<pb::GetOrderResponse>, Status> {
         let actor = actor(&request)?;
         let order_id = convert::order_id(&request.get_ref().order_id)?;
         let order = self.commands.get_order(&actor, &order_id).await?;
@@ -207,7 +224,10 @@ impl DisputeService for DisputeApi {
     ) -> Result<Response<pb::ListDisputesResponse>, Status> {
         let actor = actor(&request)?;
         let (filter, page_size) = convert::list_disputes(request.get_ref())?;
-        let page = self.commands.list_disputes(&actor, filter, page_size).await?;
+        let page = self
+            .commands
+            .list_disputes(&actor, filter, page_size)
+            .await?;
         Ok(Response::new(pb::ListDisputesResponse {
             disputes: page.disputes.iter().map(dispute_to_pb).collect(),
             next_page_token: page.next_after.map(convert::page_token).unwrap_or_default(),

@@ -34,13 +34,15 @@ impl TryFrom<DisputeRow> for Dispute {
     type Error = StoreError;
 
     fn try_from(row: DisputeRow) -> Result<Self, StoreError> {
-        let corrupt = |what: String| StoreError::Corrupt(format!("dispute {}: {what}", row.dispute_id));
+        let corrupt =
+            |what: String| StoreError::Corrupt(format!("dispute {}: {what}", row.dispute_id));
         let remedy = match (row.remedy.as_str(), &row.refund_currency, row.refund_minor) {
             ("FULL_REFUND", None, None) => Remedy::FullRefund,
             ("RETURN_AND_REFUND", None, None) => Remedy::ReturnAndRefund,
-            ("PARTIAL_REFUND", Some(currency), Some(minor)) => {
-                Remedy::PartialRefund(Money::new(Currency::parse(currency).map_err(corrupt)?, minor))
-            }
+            ("PARTIAL_REFUND", Some(currency), Some(minor)) => Remedy::PartialRefund(Money::new(
+                Currency::parse(currency).map_err(corrupt)?,
+                minor,
+            )),
             (other, _, _) => return Err(corrupt(format!("remedy {other}"))),
         };
         let item_return = row
@@ -64,7 +66,11 @@ impl TryFrom<DisputeRow> for Dispute {
             description: row.description,
             evidence_urls: row.evidence_urls,
             state: codec::parse_state(&row.state)?,
-            outcome: row.outcome.as_deref().map(codec::parse_outcome).transpose()?,
+            outcome: row
+                .outcome
+                .as_deref()
+                .map(codec::parse_outcome)
+                .transpose()?,
             item_return,
             protection_ends_at: row.protection_ends_at,
             created_at: row.created_at,
@@ -103,7 +109,11 @@ impl Store {
     }
 
     /// One page of disputes matching `filter`, newest first.
-    pub async fn list_disputes(&self, filter: &DisputeFilter, limit: i64) -> Result<Vec<Dispute>, StoreError> {
+    pub async fn list_disputes(
+        &self,
+        filter: &DisputeFilter,
+        limit: i64,
+    ) -> Result<Vec<Dispute>, StoreError> {
         sqlx::query_as!(
             DisputeRow,
             r#"SELECT d.dispute_id, d.order_id, d.buyer_id, d.seller_id, d.reason, d.remedy,
@@ -140,15 +150,20 @@ pub async fn lock_dispute(
     conn: &mut PgConnection,
     dispute_id: DisputeId,
 ) -> Result<Option<(Order, Dispute)>, StoreError> {
-    let order_id = sqlx::query_scalar!("SELECT order_id FROM disputes WHERE dispute_id = $1", dispute_id.0)
-        .fetch_optional(&mut *conn)
-        .await?;
+    let order_id = sqlx::query_scalar!(
+        "SELECT order_id FROM disputes WHERE dispute_id = $1",
+        dispute_id.0
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
     let Some(order_id) = order_id else {
         return Ok(None);
     };
     let order_id = PartyId::parse(&order_id).map_err(StoreError::Corrupt)?;
     let Some(order) = lock_order(&mut *conn, &order_id).await? else {
-        return Err(StoreError::Corrupt(format!("dispute {dispute_id} without its order")));
+        return Err(StoreError::Corrupt(format!(
+            "dispute {dispute_id} without its order"
+        )));
     };
     let dispute = sqlx::query_as!(
         DisputeRow,
@@ -166,7 +181,10 @@ pub async fn lock_dispute(
     Ok(Some((order, dispute.try_into()?)))
 }
 
-pub async fn has_active_dispute(conn: &mut PgConnection, order_id: &PartyId) -> Result<bool, StoreError> {
+pub async fn has_active_dispute(
+    conn: &mut PgConnection,
+    order_id: &PartyId,
+) -> Result<bool, StoreError> {
     let active = sqlx::query_scalar!(
         r#"SELECT EXISTS (SELECT 1 FROM disputes
                           WHERE order_id = $1 AND state NOT IN ('CANCELLED', 'RESOLVED')) AS "active!""#,
@@ -205,9 +223,15 @@ pub async fn insert_dispute(conn: &mut PgConnection, dispute: &Dispute) -> Resul
         &dispute.evidence_urls,
         codec::state_str(dispute.state),
         dispute.outcome.map(codec::outcome_str),
-        dispute.item_return.as_ref().map(|r| codec::return_status_str(r.status)),
+        dispute
+            .item_return
+            .as_ref()
+            .map(|r| codec::return_status_str(r.status)),
         dispute.item_return.as_ref().and_then(|r| r.carrier.clone()),
-        dispute.item_return.as_ref().and_then(|r| r.tracking_number.clone()),
+        dispute
+            .item_return
+            .as_ref()
+            .and_then(|r| r.tracking_number.clone()),
         dispute.created_at,
         dispute.updated_at,
     )
@@ -226,9 +250,15 @@ pub async fn update_dispute(conn: &mut PgConnection, dispute: &Dispute) -> Resul
         dispute.dispute_id.0,
         codec::state_str(dispute.state),
         dispute.outcome.map(codec::outcome_str),
-        dispute.item_return.as_ref().map(|r| codec::return_status_str(r.status)),
+        dispute
+            .item_return
+            .as_ref()
+            .map(|r| codec::return_status_str(r.status)),
         dispute.item_return.as_ref().and_then(|r| r.carrier.clone()),
-        dispute.item_return.as_ref().and_then(|r| r.tracking_number.clone()),
+        dispute
+            .item_return
+            .as_ref()
+            .and_then(|r| r.tracking_number.clone()),
         dispute.updated_at,
     )
     .execute(conn)

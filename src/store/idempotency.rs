@@ -65,11 +65,17 @@ pub async fn claim(
     match row.response {
         _ if row.request_hash != request_hash => Ok(Claim::Reused),
         Some(response) => Ok(Claim::Replay(response)),
-        None => Err(StoreError::Corrupt("committed idempotency key without a response".into())),
+        None => Err(StoreError::Corrupt(
+            "committed idempotency key without a response".into(),
+        )),
     }
 }
 
-pub async fn complete(conn: &mut PgConnection, key: &IdempotencyKey<'_>, response: &[u8]) -> Result<(), StoreError> {
+pub async fn complete(
+    conn: &mut PgConnection,
+    key: &IdempotencyKey<'_>,
+    response: &[u8],
+) -> Result<(), StoreError> {
     sqlx::query!(
         r#"UPDATE idempotency_keys SET response = $5
            WHERE actor_role = $1 AND actor_id = $2 AND rpc = $3 AND request_id = $4"#,

@@ -7,7 +7,9 @@ mod events;
 mod idempotency;
 mod orders;
 
-pub use disputes::{DisputeFilter, has_active_dispute, insert_dispute, lock_dispute, update_dispute};
+pub use disputes::{
+    DisputeFilter, has_active_dispute, insert_dispute, lock_dispute, update_dispute,
+};
 pub use events::append_event;
 pub use idempotency::{Claim, IdempotencyKey, claim, complete};
 pub use orders::{insert_order, insert_settlement, lock_order, update_order};
@@ -77,15 +79,16 @@ impl Store {
 
     /// True when the database answers and every migration this binary knows is applied.
     pub async fn schema_is_current(&self) -> Result<bool, StoreError> {
-        let applied: Vec<i64> =
-            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
-                .fetch_all(&self.pool)
-                .await
-                .or_else(|e| match &e {
-                    // No migrations table yet: nothing is applied.
-                    sqlx::Error::Database(db) if db.code().as_deref() == Some("42P01") => Ok(vec![]),
-                    _ => Err(e),
-                })?;
+        let applied: Vec<i64> = sqlx::query_scalar(
+            "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .or_else(|e| match &e {
+            // No migrations table yet: nothing is applied.
+            sqlx::Error::Database(db) if db.code().as_deref() == Some("42P01") => Ok(vec![]),
+            _ => Err(e),
+        })?;
         Ok(MIGRATOR
             .iter()
             .filter(|m| m.migration_type.is_up_migration())

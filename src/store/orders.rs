@@ -24,11 +24,15 @@ impl TryFrom<OrderRow> for Order {
 
     fn try_from(row: OrderRow) -> Result<Self, StoreError> {
         let corrupt = |what: String| StoreError::Corrupt(format!("order {}: {what}", row.order_id));
-        let amount = Money::new(Currency::parse(&row.currency_code).map_err(corrupt)?, row.amount_minor);
+        let amount = Money::new(
+            Currency::parse(&row.currency_code).map_err(corrupt)?,
+            row.amount_minor,
+        );
         let settlement = match (row.refunded_minor, row.settled_at) {
             (None, None) => None,
             (Some(refund), Some(at)) => Some(
-                Settlement::new(amount, refund, at).ok_or_else(|| corrupt("bad settlement".into()))?,
+                Settlement::new(amount, refund, at)
+                    .ok_or_else(|| corrupt("bad settlement".into()))?,
             ),
             _ => return Err(corrupt("half a settlement".into())),
         };
@@ -64,7 +68,10 @@ impl Store {
 /// Reads the order and locks it until the transaction ends. Every command that changes
 /// an order or its disputes locks the order first, so commands on one order run one at
 /// a time and in the same lock order.
-pub async fn lock_order(conn: &mut PgConnection, order_id: &PartyId) -> Result<Option<Order>, StoreError> {
+pub async fn lock_order(
+    conn: &mut PgConnection,
+    order_id: &PartyId,
+) -> Result<Option<Order>, StoreError> {
     sqlx::query_as!(
         OrderRow,
         r#"SELECT order_id, buyer_id, seller_id, currency_code, amount_minor, protection_ends_at,
@@ -78,7 +85,11 @@ pub async fn lock_order(conn: &mut PgConnection, order_id: &PartyId) -> Result<O
     .transpose()
 }
 
-pub async fn insert_order(conn: &mut PgConnection, order: &Order, now: DateTime<Utc>) -> Result<(), StoreError> {
+pub async fn insert_order(
+    conn: &mut PgConnection,
+    order: &Order,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
     sqlx::query!(
         r#"INSERT INTO orders (order_id, buyer_id, seller_id, currency_code, amount_minor,
                                protection_ends_at, created_at, updated_at)
@@ -97,7 +108,11 @@ pub async fn insert_order(conn: &mut PgConnection, order: &Order, now: DateTime<
 }
 
 /// Writes the order's mutable facts: funds, closure, dispute count, protection end.
-pub async fn update_order(conn: &mut PgConnection, order: &Order, now: DateTime<Utc>) -> Result<(), StoreError> {
+pub async fn update_order(
+    conn: &mut PgConnection,
+    order: &Order,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
     let settlement = order.settlement.as_ref();
     sqlx::query!(
         r#"UPDATE orders

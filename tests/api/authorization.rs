@@ -1,0 +1,268 @@
+//! Every RPC × every role × (own, someone else's, missing): the policy table decides the
+//! role, ownership decides visibility, and someone else's looks exactly like missing.
+
+use chrono::Duration;
+use dispute_service::{
+    domain::Role,
+    grpc::{pb, policy::POLICY},
+};
+use sqlx::PgPool;
+use tonic::{Code, Status};
+
+use crate::helpers::*;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Target {
+    Own,
+    Others,
+    Missing,
+}
+
+#[derive(Debug, PartialEq)]
+enum Seen {
+    Allowed,
+    Denied,
+    Hidden,
+}
+
+struct Fixture {
+    order_id: String,
+    dispute_id: String,
+    fresh_order_id: String,
+    buyer: String,
+}
+
+async fn fixture(app: &TestApp, case: usize, target: Target) -> Fixture {
+    let (buyer, seller) = match target {
+        Target::Own | Target::Missing => ("buyer-1", "seller-1"),
+        Target::Others => ("buyer-2", "seller-2"),
+    };
+    let mut service = app.service().await;
+    let end = app.now() + Duration::days(30);
+    let mut ids = Vec::new();
+    for suffix in ["a", "b"] {
+        let mut request = register_request(&format!("case-{case}-{suffix}"), end);
+        request.buyer_id = buyer.into();
+        request.seller_id = seller.into();
+        ids.push(
+            service
+                .register_order(request)
+                .await
+                .unwrap()
+                .into_inner()
+                .order
+                .unwrap()
+                .order_id,
+        );
+    }
+    let dispute = app
+        .client(Role::Buyer, buyer)
+        .await
+        .open_dispute(open_request(&ids[0], pb::Remedy::FullRefund))
+        .await
+        .unwrap()
+        .into_inner()
+        .dispute
+        .unwrap();
+    match target {
+        Target::Missing => Fixture {
+            order_id: format!("missing-{case}"),
+            dispute_id: uuid::Uuid::now_v7().to_string(),
+            fresh_order_id: format!("missing-{case}"),
+            buyer: buyer.into(),
+        },
+        _ => Fixture {
+            order_id: ids[0].clone(),
+            dispute_id: dispute.dispute_id,
+            fresh_order_id: ids[1].clone(),
+            buyer: buyer.into(),
+        },
+    }
+}
+
+/// Calls `rpc` on the fixture; lists report an empty answer as hidden.
+async fn call(app: &TestApp, client: &mut Client, rpc: &str, f: &Fixture) -> Result<bool, Status> {
+    match rpc {
+        "RegisterOrder" => {
+            let mut request = register_request(&f.fresh_order_id, app.now() + Duration::days(30));
+            request.buyer_id = f.buyer.clone();
+            request.seller_id = f.buyer.replace("buyer", "seller");
+            client.register_order(request).await.map(found)
+        }
+        "GetOrder" => client
+            .get_order(pb::GetOrderRequest {
+                order_id: f.order_id.clone(),
+            })
+            .await
+            .map(found),
+        "OpenDispute" => client
+            .open_dispute(open_request(&f.fresh_order_id, pb::Remedy::FullRefund))
+            .await
+            .map(found),
+        "CancelDispute" => client
+            .cancel_dispute(cancel_request(&f.dispute_id))
+            .await
+            .map(found),
+        "CancelReturn" => {
+            // Hidden or denied before the missing return is noticed.
+            match client
+                .cancel_return(cancel_return_request(&f.dispute_id))
+                .await
+            {
+                Err(status) if status.code() == Code::FailedPrecondition => Ok(true),
+                other => other.map(found),
+            }
+        }
+        "ResolveFunds" => client
+            .resolve_funds(resolve_request(
+                &f.dispute_id,
+                pb::ResolveOutcome::RefundFull,
+                None,
+            ))
+            .await
+            .map(found),
+        "GetDispute" => client
+            .get_dispute(pb::GetDisputeRequest {
+                dispute_id: f.dispute_id.clone(),
+            })
+            .await
+            .map(found),
+        "ListDisputes" => client
+            .list_disputes(pb::ListDisputesRequest {
+                order_id: f.order_id.clone(),
+                ..Default::default()
+            })
+            .await
+            .map(|page| !page.into_inner().disputes.is_empty()),
+        other => panic!("no call written for {other}: add it to this test"),
+    }
+}
+
+fn found<T>(_: T) -> bool {
+    true
+}
+
+fn expected(rpc: &str, role: Role, target: Target) -> Seen {
+    let rule = POLICY.iter().find(|rule| rule.rpc == rpc).unwrap();
+    if !rule.roles.contains(&role) {
+        return Seen::Denied;
+    }
+    match (rpc, role, target) {
+        // Registering needs no existing order: the order service may register any.
+        ("RegisterOrder", _, _) => Seen::Allowed,
+        (_, _, Target::Missing) => Seen::Hidden,
+        (_, Role::Buyer | Role::Seller, Target::Others) => Seen::Hidden,
+        _ => Seen::Allowed,
+    }
+}
+
+#[sqlx::test]
+async fn every_rpc_role_and_ownership_gets_the_policy_answer(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let mut case = 0;
+    for rule in POLICY {
+        for role in Role::ALL {
+            for target in [Target::Own, Target::Others, Target::Missing] {
+                case += 1;
+                let fixture = fixture(&app, case, target).await;
+                let sub = match role {
+                    Role::Buyer => "buyer-1",
+                    Role::Seller => "seller-1",
+                    Role::Agent => "agent-1",
+                    Role::Service => "order-service",
+                };
+                let mut client = app.client(role, sub).await;
+                let result = call(&app, &mut client, rule.rpc, &fixture).await;
+                let seen = match &result {
+                    Ok(true) => Seen::Allowed,
+                    Ok(false) => Seen::Hidden,
+                    Err(status) if status.code() == Code::NotFound => Seen::Hidden,
+                    Err(status) if status.code() == Code::PermissionDenied => Seen::Denied,
+                    Err(status) => panic!(
+                        "{} as {role:?} on {target:?}: unexpected {status:?}",
+                        rule.rpc
+                    ),
+                };
+                assert_eq!(
+                    seen,
+                    expected(rule.rpc, role, target),
+                    "{} as {role:?} on {target:?}: {result:?}",
+                    rule.rpc
+                );
+            }
+        }
+    }
+}
+
+#[sqlx::test]
+async fn someone_elses_dispute_is_byte_identical_to_a_missing_one(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    app.register("order-1").await;
+    let dispute = app.open("order-1", pb::Remedy::FullRefund).await;
+    let mut stranger = app.client(Role::Buyer, "buyer-2").await;
+    let others = stranger
+        .get_dispute(pb::GetDisputeRequest {
+            dispute_id: dispute.dispute_id.clone(),
+        })
+        .await
+        .unwrap_err();
+    let missing = stranger
+        .get_dispute(pb::GetDisputeRequest {
+            dispute_id: uuid::Uuid::now_v7().to_string(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(others.code(), Code::NotFound);
+    assert_eq!(others.message(), missing.message());
+    assert_eq!(others.details(), missing.details());
+    let others = stranger
+        .cancel_dispute(cancel_request(&dispute.dispute_id))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (others.code(), others.details()),
+        (missing.code(), missing.details())
+    );
+}
+
+#[sqlx::test]
+async fn seller_agent_and_service_are_told_only_the_buyer_can_cancel(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    app.register("order-1").await;
+    let dispute = app.open("order-1", pb::Remedy::ReturnAndRefund).await;
+    for mut client in [app.seller().await, app.agent().await, app.service().await] {
+        let refused = client
+            .cancel_dispute(cancel_request(&dispute.dispute_id))
+            .await;
+        assert!(
+            refused
+                .as_ref()
+                .unwrap_err()
+                .message()
+                .contains("only the buyer can cancel")
+        );
+        assert_eq!(
+            reason(refused),
+            (Code::PermissionDenied, "ONLY_BUYER_CAN_CANCEL".into())
+        );
+        let refused = client
+            .cancel_return(cancel_return_request(&dispute.dispute_id))
+            .await;
+        assert_eq!(
+            reason(refused),
+            (Code::PermissionDenied, "ONLY_BUYER_CAN_CANCEL".into())
+        );
+    }
+    let still = app
+        .agent()
+        .await
+        .get_dispute(pb::GetDisputeRequest {
+            dispute_id: dispute.dispute_id,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        still.into_inner().dispute.unwrap().state,
+        pb::DisputeState::AwaitingSeller as i32
+    );
+}

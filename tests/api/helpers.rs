@@ -1,0 +1,273 @@
+//! `spawn_app`: a real server on 127.0.0.1:0 over the test's own fresh database, a
+//! manual clock, and clients that carry a token for any role.
+
+use std::{sync::Arc, time::Duration};
+
+use chrono::{DateTime, Utc};
+use clap::Parser;
+use dispute_service::{
+    clock::ManualClock,
+    config::{Cli, Command, ServeConfig},
+    domain::Role,
+    grpc::{
+        auth,
+        pb::{self, dispute_service_client::DisputeServiceClient},
+    },
+    startup::Application,
+};
+use sqlx::{PgPool, postgres::PgPoolOptions};
+use tokio::sync::oneshot;
+use tonic::{
+    Code, Request, Status,
+    metadata::{AsciiMetadataValue, MetadataValue},
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::Channel,
+};
+use tonic_types::StatusExt;
+
+pub const SECRET: &str = "integration-test-secret-0123456789";
+
+pub type Client = DisputeServiceClient<InterceptedService<Channel, Bearer>>;
+
+/// Puts a fixed `authorization` header on every call.
+#[derive(Clone)]
+pub struct Bearer(Option<AsciiMetadataValue>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+pub struct TestApp {
+    pub addr: std::net::SocketAddr,
+    pub clock: Arc<ManualClock>,
+    pub config: ServeConfig,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+pub fn serve_config(extra: &[&str]) -> ServeConfig {
+    let mut args = vec![
+        "dispute-service",
+        "serve",
+        "--database-url",
+        "postgres://unused",
+        "--jwt-hs256-secret",
+        SECRET,
+        "--listen-addr",
+        "127.0.0.1:0",
+        "--health-interval",
+        "200ms",
+    ];
+    args.extend_from_slice(extra);
+    match Cli::parse_from(args).command {
+        Command::Serve(config) => config,
+        _ => unreachable!(),
+    }
+}
+
+pub async fn spawn_app(pool: PgPool) -> TestApp {
+    spawn_app_with(pool, &[]).await
+}
+
+/// Starts a server with extra `serve` flags, e.g. `["--max-disputes-per-order", "1"]`.
+pub async fn spawn_app_with(pool: PgPool, extra: &[&str]) -> TestApp {
+    // The test database's own pool is small; the server gets one sized like production.
+    let server_pool = PgPoolOptions::new()
+        .max_connections(10)
+        .acquire_timeout(Duration::from_secs(60))
+        .connect_with((*pool.connect_options()).clone())
+        .await
+        .expect("connecting to the test database");
+    let config = serve_config(extra);
+    let clock = Arc::new(ManualClock::new(Utc::now()));
+    let app = Application::build(config.clone(), server_pool, clock.clone())
+        .await
+        .expect("building the app");
+    let addr = app.local_addr();
+    let (tx, rx) = oneshot::channel();
+    let server = tokio::spawn(app.run_until_stopped(async move {
+        let _ = rx.await;
+    }));
+    TestApp {
+        addr,
+        clock,
+        config,
+        shutdown: Some(tx),
+        server: Some(server),
+    }
+}
+
+impl TestApp {
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connecting to the test server")
+    }
+
+    pub async fn client_with_header(&self, header: Option<&str>) -> Client {
+        let value = header.map(|h| MetadataValue::try_from(h).unwrap());
+        DisputeServiceClient::with_interceptor(self.channel().await, Bearer(value))
+    }
+
+    pub async fn client(&self, role: Role, sub: &str) -> Client {
+        let token =
+            auth::mint_hs256(&self.config.auth, role, sub, Duration::from_secs(600)).unwrap();
+        self.client_with_header(Some(&format!("Bearer {token}")))
+            .await
+    }
+
+    pub async fn service(&self) -> Client {
+        self.client(Role::Service, "order-service").await
+    }
+    pub async fn buyer(&self) -> Client {
+        self.client(Role::Buyer, "buyer-1").await
+    }
+    pub async fn seller(&self) -> Client {
+        self.client(Role::Seller, "seller-1").await
+    }
+    pub async fn agent(&self) -> Client {
+        self.client(Role::Agent, "agent-1").await
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        use dispute_service::clock::Clock;
+        self.clock.now()
+    }
+
+    /// Registers `order_id` for buyer-1 / seller-1, 10000 USD cents, protection for 30 days.
+    pub async fn register(&self, order_id: &str) -> pb::Order {
+        self.service()
+            .await
+            .register_order(register_request(
+                order_id,
+                self.now() + chrono::Duration::days(30),
+            ))
+            .await
+            .expect("registering an order")
+            .into_inner()
+            .order
+            .unwrap()
+    }
+
+    pub async fn open(&self, order_id: &str, remedy: pb::Remedy) -> pb::Dispute {
+        self.buyer()
+            .await
+            .open_dispute(open_request(order_id, remedy))
+            .await
+            .expect("opening a dispute")
+            .into_inner()
+            .dispute
+            .unwrap()
+    }
+
+    /// Stops the server as SIGTERM would and waits for it to finish.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        let _ = self.shutdown.take().unwrap().send(());
+        self.server.take().unwrap().await.unwrap()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+pub fn usd(minor: i64) -> pb::Money {
+    pb::Money {
+        currency_code: "USD".into(),
+        amount_minor: minor,
+    }
+}
+
+pub fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }
+}
+
+pub fn register_request(
+    order_id: &str,
+    protection_ends_at: DateTime<Utc>,
+) -> pb::RegisterOrderRequest {
+    pb::RegisterOrderRequest {
+        order_id: order_id.into(),
+        buyer_id: "buyer-1".into(),
+        seller_id: "seller-1".into(),
+        amount: Some(usd(10_000)),
+        protection_ends_at: Some(timestamp(protection_ends_at)),
+        request_id: format!("register-{order_id}"),
+    }
+}
+
+pub fn open_request(order_id: &str, remedy: pb::Remedy) -> pb::OpenDisputeRequest {
+    pb::OpenDisputeRequest {
+        order_id: order_id.into(),
+        reason: pb::DisputeReason::NotAsDescribed as i32,
+        remedy: remedy as i32,
+        refund_amount: (remedy == pb::Remedy::PartialRefund).then(|| usd(2_500)),
+        description: "the colour is wrong".into(),
+        evidence_urls: vec!["s3://evidence/photo-1.jpg".into()],
+        request_id: uuid::Uuid::now_v7().to_string(),
+    }
+}
+
+pub fn cancel_request(dispute_id: &str) -> pb::CancelDisputeRequest {
+    pb::CancelDisputeRequest {
+        dispute_id: dispute_id.into(),
+        request_id: uuid::Uuid::now_v7().to_string(),
+    }
+}
+
+pub fn cancel_return_request(dispute_id: &str) -> pb::CancelReturnRequest {
+    pb::CancelReturnRequest {
+        dispute_id: dispute_id.into(),
+        request_id: uuid::Uuid::now_v7().to_string(),
+    }
+}
+
+pub fn resolve_request(
+    dispute_id: &str,
+    outcome: pb::ResolveOutcome,
+    refund: Option<i64>,
+) -> pb::ResolveFundsRequest {
+    pb::ResolveFundsRequest {
+        dispute_id: dispute_id.into(),
+        outcome: outcome as i32,
+        refund_amount: refund.map(usd),
+        note: "evidence reviewed".into(),
+        request_id: uuid::Uuid::now_v7().to_string(),
+    }
+}
+
+/// The status code and `ErrorInfo` reason of a failed call; asserts the domain.
+pub fn reason<T: std::fmt::Debug>(result: Result<T, Status>) -> (Code, String) {
+    let status = result.expect_err("the call should have failed");
+    let info = status
+        .get_details_error_info()
+        .unwrap_or_else(|| panic!("no ErrorInfo on {status:?}"));
+    assert_eq!(info.domain, "dispute.v1");
+    (status.code(), info.reason)
+}
+
+/// The fields of a BadRequest on a failed call.
+pub fn violated_fields<T: std::fmt::Debug>(result: Result<T, Status>) -> Vec<String> {
+    let status = result.expect_err("the call should have failed");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let bad = status
+        .get_details_bad_request()
+        .expect("a BadRequest detail");
+    bad.field_violations.into_iter().map(|v| v.field).collect()
+}

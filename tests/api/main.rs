@@ -1,0 +1,12 @@
+//! Integration tests over real gRPC against real PostgreSQL: every test gets a fresh
+//! database (`#[sqlx::test]`) and its own server on 127.0.0.1:0.
+
+mod helpers;
+
+mod authentication;
+mod authorization;
+mod concurrency;
+mod disputes;
+mod idempotency;
+mod orders;
+mod server;
