@@ -7,8 +7,8 @@ use sqlx::PgConnection;
 use super::{Commands, Error};
 use crate::{
     domain::{
-        self, Actor, CancelVia, Change, DisputeId, DomainError, NewDispute, NewOrder, Order,
-        Registration, Resolution, Resource,
+        self, Actor, Change, DisputeCommand, DisputeId, DomainError, NewDispute, NewOrder, Order,
+        PartyId, Registration, Resource,
     },
     store::{self, StoreError},
 };
@@ -35,7 +35,7 @@ impl Commands {
             }),
             Registration::Created(order) => {
                 match store::insert_order(conn, &order, now).await {
-                    // Registered concurrently by another call: compare with what it wrote.
+                    // Registered concurrently by another call: that call decides.
                     Err(StoreError::Constraint { constraint, .. })
                         if constraint == "orders_pkey" =>
                     {
@@ -64,7 +64,9 @@ impl Commands {
         let order = store::lock_order(&mut *conn, &new.order_id)
             .await?
             .ok_or(DomainError::NotFound(Resource::Order))?;
-        let active = store::has_active_dispute(&mut *conn, &order.order_id).await?;
+        let active = store::active_dispute_id(&mut *conn, &order.order_id)
+            .await?
+            .is_some();
         let change = domain::open(
             &order,
             active,
@@ -79,45 +81,61 @@ impl Commands {
         Ok(change)
     }
 
-    pub async fn cancel(
+    /// Runs `command` on an existing dispute: lock its order, let the domain decide,
+    /// write the result.
+    pub async fn execute(
         &self,
         conn: &mut PgConnection,
         actor: &Actor,
         dispute_id: DisputeId,
-        via: CancelVia,
+        command: DisputeCommand,
         now: DateTime<Utc>,
     ) -> Result<Change, Error> {
-        let (order, dispute) = load_locked(&mut *conn, dispute_id).await?;
-        let change = domain::cancel(&order, &dispute, actor, via, now)?;
-        store::update_dispute(&mut *conn, &change.dispute).await?;
-        persist(conn, &change, actor).await?;
+        let (order, dispute) = store::lock_dispute(&mut *conn, dispute_id)
+            .await?
+            .ok_or(DomainError::NotFound(Resource::Dispute))?;
+        let change = domain::decide(&order, &dispute, actor, command, now)?;
+        apply(conn, &change, actor).await?;
         Ok(change)
     }
 
-    pub async fn resolve(
+    /// ExtendProtection: moves the order's protection end later. The active dispute, if
+    /// any, records it in its history.
+    pub async fn extend_protection(
         &self,
         conn: &mut PgConnection,
         actor: &Actor,
-        dispute_id: DisputeId,
-        resolution: Resolution,
-        note: &str,
+        order_id: &PartyId,
+        new_end: DateTime<Utc>,
         now: DateTime<Utc>,
-    ) -> Result<Change, Error> {
-        let (order, dispute) = load_locked(&mut *conn, dispute_id).await?;
-        let change = domain::resolve(&order, &dispute, actor, resolution, note, now)?;
-        store::update_dispute(&mut *conn, &change.dispute).await?;
-        persist(conn, &change, actor).await?;
-        Ok(change)
+    ) -> Result<Order, Error> {
+        let order = store::lock_order(&mut *conn, order_id)
+            .await?
+            .ok_or(DomainError::NotFound(Resource::Order))?;
+        let extended = domain::extend_protection(&order, actor, new_end)?;
+        store::update_order(&mut *conn, &extended, now).await?;
+        if let Some(dispute_id) = store::active_dispute_id(&mut *conn, order_id).await? {
+            let payload = json!({
+                "version": 1,
+                "order_id": order_id.as_str(),
+                "previous_protection_ends_at": order.protection_ends_at,
+                "protection_ends_at": extended.protection_ends_at,
+            });
+            store::append_event(conn, dispute_id, "PROTECTION_EXTENDED", actor, now, payload)
+                .await?;
+        }
+        Ok(extended)
     }
 }
 
-async fn load_locked(
+/// Writes a change to an existing dispute.
+pub(super) async fn apply(
     conn: &mut PgConnection,
-    dispute_id: DisputeId,
-) -> Result<(Order, domain::Dispute), Error> {
-    Ok(store::lock_dispute(conn, dispute_id)
-        .await?
-        .ok_or(DomainError::NotFound(Resource::Dispute))?)
+    change: &Change,
+    actor: &Actor,
+) -> Result<(), Error> {
+    store::update_dispute(&mut *conn, &change.dispute).await?;
+    persist(conn, change, actor).await
 }
 
 /// Writes what every change shares: the order, the ledger entry if it settled, and the
@@ -128,6 +146,7 @@ async fn persist(conn: &mut PgConnection, change: &Change, actor: &Actor) -> Res
         dispute,
         settlement,
         event,
+        note,
     } = change;
     store::update_order(&mut *conn, order, dispute.updated_at).await?;
     if let Some(settlement) = settlement {
@@ -143,8 +162,14 @@ async fn persist(conn: &mut PgConnection, change: &Change, actor: &Actor) -> Res
     let payload = json!({
         "version": 1,
         "order_id": order.order_id.as_str(),
-        "state": format!("{:?}", dispute.state),
-        "outcome": dispute.outcome.map(|o| format!("{o:?}")),
+        "state": store::state_name(dispute.state),
+        "outcome": dispute.outcome.map(store::outcome_name),
+        "return_status": dispute.item_return.as_ref().map(|r| store::return_status_name(r.status)),
+        "proposal": dispute.proposal.as_ref().map(|p| {
+            let (remedy, currency_code, refund_minor) = store::remedy_columns(p.remedy);
+            json!({ "remedy": remedy, "currency_code": currency_code, "refund_minor": refund_minor, "message": p.message })
+        }),
+        "note": note,
         "settlement": settlement.map(|s| json!({
             "currency_code": order.amount.currency.as_str(),
             "amount_minor": order.amount.minor,

@@ -1,4 +1,5 @@
-//! Disputes: opening, buyer-only cancellation and fund resolution.
+//! What a dispute is: its reason, remedy, state, return and proposal, and the checks
+//! every transition shares.
 
 use chrono::{DateTime, Utc};
 
@@ -14,7 +15,7 @@ pub enum Reason {
     QualityIssue,
 }
 
-/// What the buyer asks for.
+/// What the buyer asks for, or the seller proposes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Remedy {
     FullRefund,
@@ -36,6 +37,60 @@ impl Remedy {
             Remedy::FullRefund | Remedy::ReturnAndRefund => order_amount.minor,
             Remedy::PartialRefund(refund) => refund.minor,
         }
+    }
+
+    /// Checks the remedy against the order it is for and the dispute's reason.
+    /// `field` names the remedy in the request (`remedy`, `counter_remedy`); its amount is
+    /// `<field's prefix>refund_amount`.
+    pub(super) fn check_for(
+        self,
+        order: &Order,
+        reason: Reason,
+        field: &str,
+    ) -> Result<(), DomainError> {
+        if !self.allowed_for(reason) {
+            return Err(DomainError::invalid(
+                field,
+                "RETURN_AND_REFUND is not allowed with ITEM_NOT_RECEIVED: there is nothing to return",
+            ));
+        }
+        if let Remedy::PartialRefund(refund) = self {
+            let amount_field = format!(
+                "{}refund_amount",
+                field.strip_suffix("remedy").unwrap_or_default()
+            );
+            check_partial_refund(order, refund, &amount_field)?;
+        }
+        Ok(())
+    }
+}
+
+/// A partial refund is in the order's currency and strictly between zero and the amount.
+pub(super) fn check_partial_refund(
+    order: &Order,
+    refund: Money,
+    field: &str,
+) -> Result<(), DomainError> {
+    let mut violations = Vec::new();
+    if refund.currency != order.amount.currency {
+        violations.push(super::FieldViolation::new(
+            format!("{field}.currency_code"),
+            format!("must be the order's currency, {}", order.amount.currency),
+        ));
+    }
+    if !(1..order.amount.minor).contains(&refund.minor) {
+        violations.push(super::FieldViolation::new(
+            format!("{field}.amount_minor"),
+            format!(
+                "a partial refund must be more than 0 and less than the order amount, {}",
+                order.amount.minor
+            ),
+        ));
+    }
+    if violations.is_empty() {
+        Ok(())
+    } else {
+        Err(DomainError::InvalidArgument(violations))
     }
 }
 
@@ -76,7 +131,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    fn of_settlement(settlement: &Settlement) -> Self {
+    pub(super) fn of_settlement(settlement: &Settlement) -> Self {
         match (settlement.refund_minor(), settlement.release_minor()) {
             (_, 0) => Outcome::ResolvedBuyerFavour,
             (0, _) => Outcome::ResolvedSellerFavour,
@@ -109,6 +164,29 @@ pub struct ItemReturn {
     pub status: ReturnStatus,
     pub carrier: Option<String>,
     pub tracking_number: Option<String>,
+    /// When the return was agreed (the shipment deadline runs from here).
+    pub agreed_at: Option<DateTime<Utc>>,
+    /// When the buyer submitted the tracking (the receipt deadline runs from here).
+    pub shipped_at: Option<DateTime<Utc>>,
+}
+
+impl ItemReturn {
+    pub(super) fn requested() -> Self {
+        Self {
+            status: ReturnStatus::Requested,
+            carrier: None,
+            tracking_number: None,
+            agreed_at: None,
+            shipped_at: None,
+        }
+    }
+}
+
+/// A seller's counter-offer, fixed once made: the buyer accepts exactly this.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proposal {
+    pub remedy: Remedy,
+    pub message: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,8 +201,10 @@ pub struct Dispute {
     pub evidence_urls: Vec<String>,
     pub state: DisputeState,
     pub outcome: Option<Outcome>,
-    /// Set exactly when the remedy is `ReturnAndRefund`.
+    /// Set once the dispute involves a return: from the start with `ReturnAndRefund`, or
+    /// when a return is agreed.
     pub item_return: Option<ItemReturn>,
+    pub proposal: Option<Proposal>,
     /// The order's, copied so a dispute can tell the buyer what cancelling would do.
     pub protection_ends_at: DateTime<Utc>,
     pub created_at: DateTime<Utc>,
@@ -147,21 +227,40 @@ impl Dispute {
         }
     }
 
-    fn ensure_active(&self) -> Result<(), DomainError> {
+    /// The checks every transition starts with, in this order: the role may act at all,
+    /// the dispute is the actor's to see, it is still open, and it is in one of `states`.
+    pub(super) fn ensure_can(
+        &self,
+        actor: &Actor,
+        roles: &[Role],
+        states: &[DisputeState],
+    ) -> Result<(), DomainError> {
+        if !roles.contains(&actor.role) {
+            return Err(DomainError::PermissionDenied {
+                reason: "ROLE_NOT_ALLOWED",
+                message: "this role may not do this to a dispute",
+            });
+        }
+        self.ensure_visible_to(actor)?;
         if self.state.is_terminal() {
             return Err(DomainError::FailedPrecondition(Precondition::DisputeClosed));
+        }
+        if !states.contains(&self.state) {
+            return Err(DomainError::FailedPrecondition(
+                Precondition::InvalidDisputeState,
+            ));
         }
         Ok(())
     }
 
-    fn has_active_return(&self) -> bool {
+    pub(super) fn has_active_return(&self) -> bool {
         self.item_return
             .as_ref()
             .is_some_and(|item_return| item_return.status.is_active())
     }
 
     /// Ends the dispute, calling off a return that is still under way.
-    fn end(&mut self, state: DisputeState, outcome: Outcome, now: DateTime<Utc>) {
+    pub(super) fn end(&mut self, state: DisputeState, outcome: Outcome, now: DateTime<Utc>) {
         self.state = state;
         self.outcome = Some(outcome);
         if let Some(item_return) = self.item_return.as_mut().filter(|r| r.status.is_active()) {
@@ -169,14 +268,29 @@ impl Dispute {
         }
         self.updated_at = now;
     }
+
+    pub(super) fn move_to(&mut self, state: DisputeState, now: DateTime<Utc>) {
+        self.state = state;
+        self.updated_at = now;
+    }
 }
 
-/// What happened, for the dispute's history.
+/// What happened, for the dispute's history and the event stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventKind {
     DisputeOpened,
     DisputeCancelled,
-    DisputeResolved,
+    FundsResolved,
+    RemedyAccepted,
+    RemedyProposed,
+    ProposalAccepted,
+    DisputeEscalated,
+    ReturnShipped,
+    ReturnReceived,
+    SellerResponseDeadlinePassed,
+    NegotiationDeadlinePassed,
+    ReturnShipmentDeadlinePassed,
+    ReturnReceiptDeadlinePassed,
 }
 
 impl EventKind {
@@ -184,7 +298,17 @@ impl EventKind {
         match self {
             EventKind::DisputeOpened => "DISPUTE_OPENED",
             EventKind::DisputeCancelled => "DISPUTE_CANCELLED",
-            EventKind::DisputeResolved => "DISPUTE_RESOLVED",
+            EventKind::FundsResolved => "FUNDS_RESOLVED",
+            EventKind::RemedyAccepted => "REMEDY_ACCEPTED",
+            EventKind::RemedyProposed => "REMEDY_PROPOSED",
+            EventKind::ProposalAccepted => "PROPOSAL_ACCEPTED",
+            EventKind::DisputeEscalated => "DISPUTE_ESCALATED",
+            EventKind::ReturnShipped => "RETURN_SHIPPED",
+            EventKind::ReturnReceived => "RETURN_RECEIVED",
+            EventKind::SellerResponseDeadlinePassed => "SELLER_RESPONSE_DEADLINE_PASSED",
+            EventKind::NegotiationDeadlinePassed => "NEGOTIATION_DEADLINE_PASSED",
+            EventKind::ReturnShipmentDeadlinePassed => "RETURN_SHIPMENT_DEADLINE_PASSED",
+            EventKind::ReturnReceiptDeadlinePassed => "RETURN_RECEIPT_DEADLINE_PASSED",
         }
     }
 }
@@ -197,199 +321,70 @@ pub struct Change {
     /// Set when this change settled the order's funds (append it to the ledger).
     pub settlement: Option<Settlement>,
     pub event: EventKind,
+    /// Free text the actor gave (a ruling's note, a proposal's message, an escalation's
+    /// reason), kept in the history.
+    pub note: Option<String>,
 }
 
-/// A buyer's request to open a dispute, already parsed field by field.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewDispute {
-    pub order_id: PartyId,
-    pub reason: Reason,
-    pub remedy: Remedy,
-    pub description: String,
-    pub evidence_urls: Vec<String>,
+impl Change {
+    pub(super) fn new(
+        order: Order,
+        dispute: Dispute,
+        settlement: Option<Settlement>,
+        event: EventKind,
+    ) -> Self {
+        Self {
+            order,
+            dispute,
+            settlement,
+            event,
+            note: None,
+        }
+    }
+
+    pub(super) fn with_note(mut self, note: impl Into<String>) -> Self {
+        self.note = Some(note.into());
+        self
+    }
 }
 
-/// Opens a dispute on `order`. `has_active_dispute` says whether another dispute on the
-/// order is still open; `max_disputes` is the per-order limit.
-pub fn open(
-    order: &Order,
-    has_active_dispute: bool,
-    new: NewDispute,
-    actor: &Actor,
-    max_disputes: i32,
-    dispute_id: DisputeId,
-    now: DateTime<Utc>,
-) -> Result<Change, DomainError> {
-    if actor.role != Role::Buyer {
-        return Err(DomainError::PermissionDenied {
-            reason: "ONLY_BUYER_CAN_OPEN",
-            message: "only the order's buyer can open a dispute",
-        });
-    }
-    order.ensure_visible_to(actor)?;
-    if let Remedy::PartialRefund(refund) = new.remedy {
-        check_partial_refund(order, refund)?;
-    }
-    let precondition = if order.disputes_closed {
-        Some(Precondition::DisputesClosed)
-    } else if order.settlement.is_some() {
-        Some(Precondition::FundsSettled)
-    } else if !order.protection_active(now) {
-        Some(Precondition::ProtectionExpired)
-    } else {
-        None
-    };
-    if let Some(precondition) = precondition {
-        return Err(DomainError::FailedPrecondition(precondition));
-    }
-    if has_active_dispute {
-        return Err(DomainError::AlreadyExists {
-            reason: "DISPUTE_ALREADY_OPEN",
-            message: "the order already has an active dispute",
-        });
-    }
-    if order.dispute_count >= max_disputes {
-        return Err(DomainError::FailedPrecondition(
-            Precondition::DisputeLimitReached,
-        ));
-    }
-    let item_return = (new.remedy == Remedy::ReturnAndRefund).then_some(ItemReturn {
-        status: ReturnStatus::Requested,
-        carrier: None,
-        tracking_number: None,
-    });
-    let mut order = order.clone();
-    order.dispute_count += 1;
-    let dispute = Dispute {
-        dispute_id,
-        order_id: order.order_id.clone(),
-        buyer_id: order.buyer_id.clone(),
-        seller_id: order.seller_id.clone(),
-        reason: new.reason,
-        remedy: new.remedy,
-        description: new.description,
-        evidence_urls: new.evidence_urls,
-        state: DisputeState::AwaitingSeller,
-        outcome: None,
-        item_return,
-        protection_ends_at: order.protection_ends_at,
-        created_at: now,
-        updated_at: now,
-    };
-    Ok(Change {
-        order,
-        dispute,
-        settlement: None,
-        event: EventKind::DisputeOpened,
-    })
-}
-
-/// Which cancel RPC the buyer used.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CancelVia {
-    /// CancelDispute: only while no return is under way.
-    Dispute,
-    /// CancelReturn: calls the return off, which cancels the dispute.
-    Return,
-}
-
-/// The buyer cancels the dispute. If buyer protection has ended, the funds go to the
-/// seller at once and the order is closed to disputes; otherwise they stay held.
-pub fn cancel(
+/// Gives the buyer `remedy`: a refund settles now and resolves the dispute; a return
+/// moves it to await the buyer's shipment.
+pub(super) fn grant(
     order: &Order,
     dispute: &Dispute,
-    actor: &Actor,
-    via: CancelVia,
+    remedy: Remedy,
+    event: EventKind,
     now: DateTime<Utc>,
 ) -> Result<Change, DomainError> {
-    if actor.role != Role::Buyer {
-        return Err(DomainError::ONLY_BUYER_CAN_CANCEL);
-    }
-    dispute.ensure_visible_to(actor)?;
-    dispute.ensure_active()?;
-    match (via, &dispute.item_return) {
-        (CancelVia::Dispute, _) if dispute.has_active_return() => {
-            return Err(DomainError::FailedPrecondition(
-                Precondition::ReturnInProgress,
-            ));
-        }
-        (CancelVia::Return, None) => {
-            return Err(DomainError::FailedPrecondition(Precondition::NoReturn));
-        }
-        (CancelVia::Return, Some(item_return)) if !item_return.status.is_active() => {
-            return Err(DomainError::FailedPrecondition(
-                Precondition::ReturnAlreadyReceived,
-            ));
-        }
-        _ => {}
-    }
     let mut order = order.clone();
-    let settlement = if order.protection_active(now) {
-        None
-    } else {
-        order.disputes_closed = true;
-        Some(order.settle(0, now)?)
-    };
     let mut dispute = dispute.clone();
-    dispute.end(DisputeState::Cancelled, Outcome::CancelledByBuyer, now);
-    Ok(Change {
-        order,
-        dispute,
-        settlement,
-        event: EventKind::DisputeCancelled,
-    })
+    if remedy == Remedy::ReturnAndRefund {
+        let item_return = dispute
+            .item_return
+            .get_or_insert_with(ItemReturn::requested);
+        item_return.status = ReturnStatus::AwaitingShipment;
+        item_return.agreed_at = Some(now);
+        dispute.move_to(DisputeState::AwaitingReturnShipment, now);
+        return Ok(Change::new(order, dispute, None, event));
+    }
+    let settlement = order.settle(remedy.refund_minor(order.amount), now)?;
+    dispute.end(
+        DisputeState::Resolved,
+        Outcome::of_settlement(&settlement),
+        now,
+    );
+    Ok(Change::new(order, dispute, Some(settlement), event))
 }
 
-/// How ResolveFunds divides the funds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Resolution {
-    RefundFull,
-    RefundPartial(Money),
-    ReleaseToSeller,
-}
-
-/// Settles the order's funds and ends the dispute resolved. An agent may rule any way
-/// (with a note); the order's seller may only give money back, at least what the buyer
-/// asked for.
-pub fn resolve(
+/// Settles the order with `refund_minor` to the buyer and resolves the dispute.
+pub(super) fn settle_and_resolve(
     order: &Order,
     dispute: &Dispute,
-    actor: &Actor,
-    resolution: Resolution,
-    note: &str,
+    refund_minor: i64,
+    event: EventKind,
     now: DateTime<Utc>,
 ) -> Result<Change, DomainError> {
-    match actor.role {
-        Role::Agent | Role::Seller => {}
-        Role::Buyer | Role::Service => {
-            return Err(DomainError::PermissionDenied {
-                reason: "RESOLVE_NOT_ALLOWED",
-                message: "only an agent or the order's seller can resolve a dispute's funds",
-            });
-        }
-    }
-    dispute.ensure_visible_to(actor)?;
-    let refund_minor = match resolution {
-        Resolution::RefundFull => order.amount.minor,
-        Resolution::ReleaseToSeller => 0,
-        Resolution::RefundPartial(refund) => {
-            check_partial_refund(order, refund)?;
-            refund.minor
-        }
-    };
-    if actor.role == Role::Agent && note.trim().is_empty() {
-        return Err(DomainError::invalid(
-            "note",
-            "is required from an agent: state the reason for the ruling",
-        ));
-    }
-    if actor.role == Role::Seller && refund_minor < dispute.remedy.refund_minor(order.amount) {
-        return Err(DomainError::PermissionDenied {
-            reason: "SELLER_CANNOT_REDUCE_REFUND",
-            message: "a seller may only refund the buyer at least what the buyer asked for; an agent decides anything else",
-        });
-    }
-    dispute.ensure_active()?;
     let mut order = order.clone();
     let settlement = order.settle(refund_minor, now)?;
     let mut dispute = dispute.clone();
@@ -398,35 +393,5 @@ pub fn resolve(
         Outcome::of_settlement(&settlement),
         now,
     );
-    Ok(Change {
-        order,
-        dispute,
-        settlement: Some(settlement),
-        event: EventKind::DisputeResolved,
-    })
-}
-
-/// A partial refund is in the order's currency and strictly between zero and the amount.
-fn check_partial_refund(order: &Order, refund: Money) -> Result<(), DomainError> {
-    let mut violations = Vec::new();
-    if refund.currency != order.amount.currency {
-        violations.push(super::FieldViolation::new(
-            "refund_amount.currency_code",
-            format!("must be the order's currency, {}", order.amount.currency),
-        ));
-    }
-    if !(1..order.amount.minor).contains(&refund.minor) {
-        violations.push(super::FieldViolation::new(
-            "refund_amount.amount_minor",
-            format!(
-                "a partial refund must be more than 0 and less than the order amount, {}",
-                order.amount.minor
-            ),
-        ));
-    }
-    if violations.is_empty() {
-        Ok(())
-    } else {
-        Err(DomainError::InvalidArgument(violations))
-    }
+    Ok(Change::new(order, dispute, Some(settlement), event))
 }

@@ -46,6 +46,10 @@ pub enum Precondition {
     ReturnAlreadyReceived,
     /// The dispute is already cancelled or resolved.
     DisputeClosed,
+    /// The dispute is open but not in a state that allows this command.
+    InvalidDisputeState,
+    /// A new protection end must be later than the current one.
+    ProtectionNotExtended,
 }
 
 impl Precondition {
@@ -59,6 +63,8 @@ impl Precondition {
             Precondition::NoReturn => "NO_RETURN",
             Precondition::ReturnAlreadyReceived => "RETURN_ALREADY_RECEIVED",
             Precondition::DisputeClosed => "DISPUTE_CLOSED",
+            Precondition::InvalidDisputeState => "INVALID_DISPUTE_STATE",
+            Precondition::ProtectionNotExtended => "PROTECTION_NOT_EXTENDED",
         }
     }
 
@@ -84,6 +90,12 @@ impl Precondition {
                 "the seller has confirmed receipt of the returned item; the return can no longer be cancelled"
             }
             Precondition::DisputeClosed => "the dispute is already cancelled or resolved",
+            Precondition::InvalidDisputeState => {
+                "the dispute is not in a state that allows this; see its state with GetDispute"
+            }
+            Precondition::ProtectionNotExtended => {
+                "buyer protection can only be moved later than its current end"
+            }
         }
     }
 }

@@ -6,21 +6,32 @@
 //! [`Settlement::new`] is the only way to build a settlement and it conserves the amount.
 
 mod actor;
+mod deadlines;
 mod dispute;
 mod error;
 mod ids;
+mod lifecycle;
 mod money;
 mod order;
+mod protection;
+mod workflow;
 
 pub use actor::{Actor, Role};
+pub use deadlines::{Deadlines, apply_deadline};
 pub use dispute::{
-    CancelVia, Change, Dispute, DisputeState, EventKind, ItemReturn, NewDispute, Outcome, Reason,
-    Remedy, Resolution, ReturnStatus, cancel, open, resolve,
+    Change, Dispute, DisputeState, EventKind, ItemReturn, Outcome, Proposal, Reason, Remedy,
+    ReturnStatus,
 };
 pub use error::{DomainError, FieldViolation, Precondition, Resource};
 pub use ids::{DisputeId, PartyId, RequestId};
+pub use lifecycle::{CancelVia, NewDispute, Resolution, cancel, open, resolve};
 pub use money::{Currency, Money};
 pub use order::{FundsState, NewOrder, Order, Registration, Settlement, register};
+pub use protection::{extend_protection, release_at_protection_end};
+pub use workflow::{
+    DisputeCommand, SellerDecision, accept_proposal, confirm_return_received, decide, escalate,
+    respond, submit_return_shipment,
+};
 
 /// Limits on what a buyer may attach to a dispute.
 pub const MAX_DESCRIPTION_CHARS: usize = 2_000;
@@ -28,7 +39,7 @@ pub const MAX_DESCRIPTION_CHARS: usize = 2_000;
 pub const MAX_EVIDENCE_URLS: usize = 10;
 /// Each evidence reference is at most this long.
 pub const MAX_EVIDENCE_URL_CHARS: usize = 512;
-/// A ruling's note is at most this long.
+/// A ruling's note, a proposal's message or an escalation's reason is at most this long.
 pub const MAX_NOTE_CHARS: usize = 2_000;
 
 #[cfg(test)]

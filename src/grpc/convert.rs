@@ -8,8 +8,9 @@ use super::pb;
 use crate::{
     clock::to_storage_precision,
     domain::{
-        self, DisputeId, DisputeState, DomainError, FieldViolation, Money, NewDispute, NewOrder,
-        Order, Outcome, PartyId, Reason, Remedy, RequestId, Resolution, ReturnStatus,
+        self, CancelVia, DisputeCommand, DisputeId, DisputeState, DomainError, FieldViolation,
+        Money, NewDispute, NewOrder, Order, Outcome, PartyId, Reason, Remedy, RequestId,
+        Resolution, ReturnStatus, SellerDecision,
     },
     store::DisputeFilter,
 };
@@ -105,28 +106,13 @@ pub fn open_dispute(req: &pb::OpenDisputeRequest) -> Result<(NewDispute, Request
     let mut v = Violations::default();
     let order_id = v.check("order_id", PartyId::parse(&req.order_id));
     let reason = v.check("reason", enum_value(req.reason, reason_from_pb));
-    let remedy = match pb::Remedy::try_from(req.remedy) {
-        Ok(pb::Remedy::PartialRefund) => {
-            money("refund_amount", req.refund_amount.as_ref(), &mut v).map(Remedy::PartialRefund)
-        }
-        Ok(remedy @ (pb::Remedy::FullRefund | pb::Remedy::ReturnAndRefund)) => {
-            if req.refund_amount.is_some() {
-                v.0.push(FieldViolation::new(
-                    "refund_amount",
-                    "must be unset unless the remedy is PARTIAL_REFUND",
-                ));
-            }
-            Some(if remedy == pb::Remedy::FullRefund {
-                Remedy::FullRefund
-            } else {
-                Remedy::ReturnAndRefund
-            })
-        }
-        Ok(pb::Remedy::Unspecified) | Err(_) => v.check(
-            "remedy",
-            Err("must be FULL_REFUND, PARTIAL_REFUND or RETURN_AND_REFUND".into()),
-        ),
-    };
+    let remedy = remedy(
+        "remedy",
+        "refund_amount",
+        req.remedy,
+        req.refund_amount.as_ref(),
+        &mut v,
+    );
     if let (Some(reason), Some(remedy)) = (reason, remedy)
         && !remedy.allowed_for(reason)
     {
@@ -168,45 +154,190 @@ pub fn open_dispute(req: &pb::OpenDisputeRequest) -> Result<(NewDispute, Request
     })
 }
 
-/// The dispute id and request id that both cancel RPCs carry.
-pub fn cancel(dispute_id: &str, request_id: &str) -> Result<(DisputeId, RequestId), DomainError> {
-    let mut v = Violations::default();
-    let dispute_id = v.check("dispute_id", DisputeId::parse(dispute_id));
-    let request_id = v.check("request_id", RequestId::parse(request_id));
-    v.finish(|| Some((dispute_id?, request_id?)))
-}
-
-pub fn resolve_funds(
-    req: &pb::ResolveFundsRequest,
-) -> Result<(DisputeId, Resolution, String, RequestId), DomainError> {
-    let mut v = Violations::default();
-    let dispute_id = v.check("dispute_id", DisputeId::parse(&req.dispute_id));
-    let resolution = match pb::ResolveOutcome::try_from(req.outcome) {
-        Ok(pb::ResolveOutcome::RefundPartial) => {
-            money("refund_amount", req.refund_amount.as_ref(), &mut v)
-                .map(Resolution::RefundPartial)
-        }
-        Ok(outcome @ (pb::ResolveOutcome::RefundFull | pb::ResolveOutcome::ReleaseToSeller)) => {
-            if req.refund_amount.is_some() {
+/// A remedy and its amount: the amount is required with PARTIAL_REFUND, refused otherwise.
+fn remedy(
+    field: &str,
+    amount_field: &str,
+    raw: i32,
+    amount: Option<&pb::Money>,
+    v: &mut Violations,
+) -> Option<Remedy> {
+    match pb::Remedy::try_from(raw) {
+        Ok(pb::Remedy::PartialRefund) => money(amount_field, amount, v).map(Remedy::PartialRefund),
+        Ok(remedy @ (pb::Remedy::FullRefund | pb::Remedy::ReturnAndRefund)) => {
+            if amount.is_some() {
                 v.0.push(FieldViolation::new(
-                    "refund_amount",
-                    "must be unset unless the outcome is REFUND_PARTIAL",
+                    amount_field,
+                    format!("must be unset unless {field} is PARTIAL_REFUND"),
                 ));
             }
-            Some(if outcome == pb::ResolveOutcome::RefundFull {
-                Resolution::RefundFull
+            Some(if remedy == pb::Remedy::FullRefund {
+                Remedy::FullRefund
             } else {
-                Resolution::ReleaseToSeller
+                Remedy::ReturnAndRefund
             })
         }
-        Ok(pb::ResolveOutcome::Unspecified) | Err(_) => v.check(
-            "outcome",
-            Err("must be REFUND_FULL, REFUND_PARTIAL or RELEASE_TO_SELLER".into()),
+        Ok(pb::Remedy::Unspecified) | Err(_) => v.check(
+            field,
+            Err("must be FULL_REFUND, PARTIAL_REFUND or RETURN_AND_REFUND".into()),
         ),
-    };
-    let note = v.check("note", bounded_text(&req.note, domain::MAX_NOTE_CHARS));
+    }
+}
+
+/// A command on one dispute, its id and the request id.
+pub type DisputeRequest = (DisputeId, DisputeCommand, RequestId);
+
+/// Parses the dispute id and request id every dispute command carries, and the rest with
+/// `command`, reporting every violation together.
+fn dispute_request(
+    dispute_id: &str,
+    request_id: &str,
+    command: impl FnOnce(&mut Violations) -> Option<DisputeCommand>,
+) -> Result<DisputeRequest, DomainError> {
+    let mut v = Violations::default();
+    let dispute_id = v.check("dispute_id", DisputeId::parse(dispute_id));
+    let command = command(&mut v);
+    let request_id = v.check("request_id", RequestId::parse(request_id));
+    v.finish(|| Some((dispute_id?, command?, request_id?)))
+}
+
+pub fn cancel_dispute(req: &pb::CancelDisputeRequest) -> Result<DisputeRequest, DomainError> {
+    dispute_request(&req.dispute_id, &req.request_id, |_| {
+        Some(DisputeCommand::Cancel(CancelVia::Dispute))
+    })
+}
+
+pub fn cancel_return(req: &pb::CancelReturnRequest) -> Result<DisputeRequest, DomainError> {
+    dispute_request(&req.dispute_id, &req.request_id, |_| {
+        Some(DisputeCommand::Cancel(CancelVia::Return))
+    })
+}
+
+pub fn accept_proposal(req: &pb::AcceptProposalRequest) -> Result<DisputeRequest, DomainError> {
+    dispute_request(&req.dispute_id, &req.request_id, |_| {
+        Some(DisputeCommand::AcceptProposal)
+    })
+}
+
+pub fn confirm_return_received(
+    req: &pb::ConfirmReturnReceivedRequest,
+) -> Result<DisputeRequest, DomainError> {
+    dispute_request(&req.dispute_id, &req.request_id, |_| {
+        Some(DisputeCommand::ConfirmReturnReceived)
+    })
+}
+
+pub fn respond_to_dispute(
+    req: &pb::RespondToDisputeRequest,
+) -> Result<DisputeRequest, DomainError> {
+    dispute_request(&req.dispute_id, &req.request_id, |v| {
+        let decision = match pb::SellerDecision::try_from(req.decision) {
+            Ok(pb::SellerDecision::Accept) => {
+                if req.counter_remedy != 0
+                    || req.counter_refund_amount.is_some()
+                    || !req.message.is_empty()
+                {
+                    v.0.push(FieldViolation::new(
+                        "counter_remedy",
+                        "must be unset with ACCEPT, as must counter_refund_amount and message",
+                    ));
+                }
+                Some(SellerDecision::Accept)
+            }
+            Ok(pb::SellerDecision::Propose) => {
+                let remedy = remedy(
+                    "counter_remedy",
+                    "counter_refund_amount",
+                    req.counter_remedy,
+                    req.counter_refund_amount.as_ref(),
+                    v,
+                );
+                let message = v.check(
+                    "message",
+                    bounded_text(&req.message, domain::MAX_NOTE_CHARS),
+                );
+                Some(SellerDecision::Propose {
+                    remedy: remedy?,
+                    message: message?,
+                })
+            }
+            Ok(pb::SellerDecision::Unspecified) | Err(_) => {
+                v.check("decision", Err("must be ACCEPT or PROPOSE".into()))
+            }
+        };
+        decision.map(DisputeCommand::Respond)
+    })
+}
+
+pub fn escalate_dispute(req: &pb::EscalateDisputeRequest) -> Result<DisputeRequest, DomainError> {
+    dispute_request(&req.dispute_id, &req.request_id, |v| {
+        let reason = v.check("reason", required_text(&req.reason, domain::MAX_NOTE_CHARS));
+        Some(DisputeCommand::Escalate { reason: reason? })
+    })
+}
+
+pub fn submit_return_shipment(
+    req: &pb::SubmitReturnShipmentRequest,
+) -> Result<DisputeRequest, DomainError> {
+    dispute_request(&req.dispute_id, &req.request_id, |v| {
+        let carrier = v.check("carrier", required_text(&req.carrier, 64));
+        let tracking_number = v.check("tracking_number", required_text(&req.tracking_number, 128));
+        Some(DisputeCommand::SubmitReturnShipment {
+            carrier: carrier?,
+            tracking_number: tracking_number?,
+        })
+    })
+}
+
+pub fn extend_protection(
+    req: &pb::ExtendProtectionRequest,
+) -> Result<(PartyId, DateTime<Utc>, RequestId), DomainError> {
+    let mut v = Violations::default();
+    let order_id = v.check("order_id", PartyId::parse(&req.order_id));
+    let new_end = v.check("new_end", timestamp(req.new_end.as_ref()));
     let request_id = v.check("request_id", RequestId::parse(&req.request_id));
-    v.finish(|| Some((dispute_id?, resolution?, note?, request_id?)))
+    v.finish(|| Some((order_id?, new_end?, request_id?)))
+}
+
+fn required_text(text: &str, max: usize) -> Result<String, String> {
+    if text.trim().is_empty() {
+        return Err("is required".into());
+    }
+    bounded_text(text, max)
+}
+
+pub fn resolve_funds(req: &pb::ResolveFundsRequest) -> Result<DisputeRequest, DomainError> {
+    dispute_request(&req.dispute_id, &req.request_id, |v| {
+        let resolution = match pb::ResolveOutcome::try_from(req.outcome) {
+            Ok(pb::ResolveOutcome::RefundPartial) => {
+                money("refund_amount", req.refund_amount.as_ref(), v).map(Resolution::RefundPartial)
+            }
+            Ok(
+                outcome @ (pb::ResolveOutcome::RefundFull | pb::ResolveOutcome::ReleaseToSeller),
+            ) => {
+                if req.refund_amount.is_some() {
+                    v.0.push(FieldViolation::new(
+                        "refund_amount",
+                        "must be unset unless the outcome is REFUND_PARTIAL",
+                    ));
+                }
+                Some(if outcome == pb::ResolveOutcome::RefundFull {
+                    Resolution::RefundFull
+                } else {
+                    Resolution::ReleaseToSeller
+                })
+            }
+            Ok(pb::ResolveOutcome::Unspecified) | Err(_) => v.check(
+                "outcome",
+                Err("must be REFUND_FULL, REFUND_PARTIAL or RELEASE_TO_SELLER".into()),
+            ),
+        };
+        let note = v.check("note", bounded_text(&req.note, domain::MAX_NOTE_CHARS));
+        Some(DisputeCommand::Resolve {
+            resolution: resolution?,
+            note: note?,
+        })
+    })
 }
 
 /// Default and largest page sizes of lists.
@@ -334,12 +465,24 @@ pub fn order_to_pb(order: &Order) -> pb::Order {
     }
 }
 
-pub fn dispute_to_pb(dispute: &domain::Dispute) -> pb::Dispute {
-    let (remedy, refund_amount) = match dispute.remedy {
+fn remedy_to_pb(remedy: Remedy) -> (pb::Remedy, Option<pb::Money>) {
+    match remedy {
         Remedy::FullRefund => (pb::Remedy::FullRefund, None),
         Remedy::PartialRefund(refund) => (pb::Remedy::PartialRefund, Some(money_to_pb(refund))),
         Remedy::ReturnAndRefund => (pb::Remedy::ReturnAndRefund, None),
-    };
+    }
+}
+
+pub fn dispute_to_pb(dispute: &domain::Dispute) -> pb::Dispute {
+    let (remedy, refund_amount) = remedy_to_pb(dispute.remedy);
+    let proposal = dispute.proposal.as_ref().map(|proposal| {
+        let (remedy, refund_amount) = remedy_to_pb(proposal.remedy);
+        pb::Proposal {
+            remedy: remedy as i32,
+            refund_amount,
+            message: proposal.message.clone(),
+        }
+    });
     let reason = match dispute.reason {
         Reason::ItemNotReceived => pb::DisputeReason::ItemNotReceived,
         Reason::NotAsDescribed => pb::DisputeReason::NotAsDescribed,
@@ -381,5 +524,6 @@ pub fn dispute_to_pb(dispute: &domain::Dispute) -> pb::Dispute {
         protection_ends_at: Some(timestamp_to_pb(dispute.protection_ends_at)),
         created_at: Some(timestamp_to_pb(dispute.created_at)),
         updated_at: Some(timestamp_to_pb(dispute.updated_at)),
+        proposal,
     }
 }

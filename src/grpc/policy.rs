@@ -15,39 +15,22 @@ pub struct Rule {
 }
 
 /// Every RPC of `dispute.v1.DisputeService`. An RPC missing here is refused to everyone.
+#[rustfmt::skip]
 pub const POLICY: &[Rule] = &[
-    Rule {
-        rpc: "RegisterOrder",
-        roles: &[Service],
-    },
-    Rule {
-        rpc: "GetOrder",
-        roles: &[Buyer, Seller, Agent, Service],
-    },
-    Rule {
-        rpc: "OpenDispute",
-        roles: &[Buyer],
-    },
-    Rule {
-        rpc: "CancelDispute",
-        roles: &[Buyer],
-    },
-    Rule {
-        rpc: "CancelReturn",
-        roles: &[Buyer],
-    },
-    Rule {
-        rpc: "ResolveFunds",
-        roles: &[Seller, Agent],
-    },
-    Rule {
-        rpc: "GetDispute",
-        roles: &[Buyer, Seller, Agent, Service],
-    },
-    Rule {
-        rpc: "ListDisputes",
-        roles: &[Buyer, Seller, Agent, Service],
-    },
+    Rule { rpc: "RegisterOrder",         roles: &[Service] },
+    Rule { rpc: "GetOrder",              roles: &[Buyer, Seller, Agent, Service] },
+    Rule { rpc: "OpenDispute",           roles: &[Buyer] },
+    Rule { rpc: "CancelDispute",         roles: &[Buyer] },
+    Rule { rpc: "CancelReturn",          roles: &[Buyer] },
+    Rule { rpc: "ResolveFunds",          roles: &[Seller, Agent] },
+    Rule { rpc: "GetDispute",            roles: &[Buyer, Seller, Agent, Service] },
+    Rule { rpc: "ListDisputes",          roles: &[Buyer, Seller, Agent, Service] },
+    Rule { rpc: "RespondToDispute",      roles: &[Seller] },
+    Rule { rpc: "AcceptProposal",        roles: &[Buyer] },
+    Rule { rpc: "EscalateDispute",       roles: &[Buyer, Seller] },
+    Rule { rpc: "SubmitReturnShipment",  roles: &[Buyer] },
+    Rule { rpc: "ConfirmReturnReceived", roles: &[Seller] },
+    Rule { rpc: "ExtendProtection",      roles: &[Seller, Agent] },
 ];
 
 /// Refuses `role` calling `rpc` unless the table allows it, stating the rule.

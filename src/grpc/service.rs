@@ -10,13 +10,13 @@ use sqlx::PgConnection;
 use tonic::{Code, Request, Response, Status};
 
 use super::{
-    convert::{self, dispute_to_pb, order_to_pb},
+    convert::{self, DisputeRequest, dispute_to_pb, order_to_pb},
     error::status,
     pb::{self, dispute_service_server::DisputeService},
 };
 use crate::{
     commands::{Commands, Error},
-    domain::{Actor, CancelVia, RequestId},
+    domain::{Actor, DomainError, RequestId},
     store::IdempotencyKey,
 };
 
@@ -66,6 +66,46 @@ impl DisputeApi {
             status(Code::Internal, "INTERNAL", "internal error")
         })?;
         Ok(Response::new(response))
+    }
+}
+
+impl DisputeApi {
+    /// Every RPC that acts on one dispute: parse, run under the idempotency key, answer
+    /// with the dispute and its order.
+    async fn on_dispute<Req, Resp>(
+        &self,
+        request: Request<Req>,
+        rpc: &'static str,
+        parse: fn(&Req) -> Result<DisputeRequest, DomainError>,
+        respond: fn(Option<pb::Dispute>, Option<pb::Order>) -> Resp,
+    ) -> Result<Response<Resp>, Status>
+    where
+        Req: Message,
+        Resp: Message + Default + 'static,
+    {
+        let actor = actor(&request)?;
+        let req = request.into_inner();
+        let (dispute_id, command, request_id) = parse(&req)?;
+        let commands = self.commands.clone();
+        let by = actor.clone();
+        self.mutate(rpc, &actor, &request_id, &req, move |conn, now| {
+            Box::pin(async move {
+                let change = commands
+                    .execute(conn, &by, dispute_id, command, now)
+                    .await?;
+                tracing::info!(
+                    %dispute_id,
+                    event = change.event.as_str(),
+                    settled = change.settlement.is_some(),
+                    "dispute changed"
+                );
+                Ok(respond(
+                    Some(dispute_to_pb(&change.dispute)),
+                    Some(order_to_pb(&change.order)),
+                ))
+            })
+        })
+        .await
     }
 }
 
@@ -144,21 +184,12 @@ impl DisputeService for DisputeApi {
         &self,
         request: Request<pb::CancelDisputeRequest>,
     ) -> Result<Response<pb::CancelDisputeResponse>, Status> {
-        let actor = actor(&request)?;
-        let req = request.into_inner();
-        let (dispute_id, request_id) = convert::cancel(&req.dispute_id, &req.request_id)?;
-        let commands = self.commands.clone();
-        let by = actor.clone();
-        self.mutate("CancelDispute", &actor, &request_id, &req, move |conn, now| {
-            Box::pin(async move {
-                let change = commands.cancel(conn, &by, dispute_id, CancelVia::Dispute, now).await?;
-                tracing::info!(%dispute_id, settled = change.settlement.is_some(), "dispute cancelled");
-                Ok(pb::CancelDisputeResponse {
-                    dispute: Some(dispute_to_pb(&change.dispute)),
-                    order: Some(order_to_pb(&change.order)),
-                })
-            })
-        })
+        self.on_dispute(
+            request,
+            "CancelDispute",
+            convert::cancel_dispute,
+            |dispute, order| pb::CancelDisputeResponse { dispute, order },
+        )
         .await
     }
 
@@ -166,21 +197,12 @@ impl DisputeService for DisputeApi {
         &self,
         request: Request<pb::CancelReturnRequest>,
     ) -> Result<Response<pb::CancelReturnResponse>, Status> {
-        let actor = actor(&request)?;
-        let req = request.into_inner();
-        let (dispute_id, request_id) = convert::cancel(&req.dispute_id, &req.request_id)?;
-        let commands = self.commands.clone();
-        let by = actor.clone();
-        self.mutate("CancelReturn", &actor, &request_id, &req, move |conn, now| {
-            Box::pin(async move {
-                let change = commands.cancel(conn, &by, dispute_id, CancelVia::Return, now).await?;
-                tracing::info!(%dispute_id, settled = change.settlement.is_some(), "return and dispute cancelled");
-                Ok(pb::CancelReturnResponse {
-                    dispute: Some(dispute_to_pb(&change.dispute)),
-                    order: Some(order_to_pb(&change.order)),
-                })
-            })
-        })
+        self.on_dispute(
+            request,
+            "CancelReturn",
+            convert::cancel_return,
+            |dispute, order| pb::CancelReturnResponse { dispute, order },
+        )
         .await
     }
 
@@ -188,18 +210,95 @@ impl DisputeService for DisputeApi {
         &self,
         request: Request<pb::ResolveFundsRequest>,
     ) -> Result<Response<pb::ResolveFundsResponse>, Status> {
+        self.on_dispute(
+            request,
+            "ResolveFunds",
+            convert::resolve_funds,
+            |dispute, order| pb::ResolveFundsResponse { dispute, order },
+        )
+        .await
+    }
+
+    async fn respond_to_dispute(
+        &self,
+        request: Request<pb::RespondToDisputeRequest>,
+    ) -> Result<Response<pb::RespondToDisputeResponse>, Status> {
+        self.on_dispute(
+            request,
+            "RespondToDispute",
+            convert::respond_to_dispute,
+            |dispute, order| pb::RespondToDisputeResponse { dispute, order },
+        )
+        .await
+    }
+
+    async fn accept_proposal(
+        &self,
+        request: Request<pb::AcceptProposalRequest>,
+    ) -> Result<Response<pb::AcceptProposalResponse>, Status> {
+        self.on_dispute(
+            request,
+            "AcceptProposal",
+            convert::accept_proposal,
+            |dispute, order| pb::AcceptProposalResponse { dispute, order },
+        )
+        .await
+    }
+
+    async fn escalate_dispute(
+        &self,
+        request: Request<pb::EscalateDisputeRequest>,
+    ) -> Result<Response<pb::EscalateDisputeResponse>, Status> {
+        self.on_dispute(
+            request,
+            "EscalateDispute",
+            convert::escalate_dispute,
+            |dispute, order| pb::EscalateDisputeResponse { dispute, order },
+        )
+        .await
+    }
+
+    async fn submit_return_shipment(
+        &self,
+        request: Request<pb::SubmitReturnShipmentRequest>,
+    ) -> Result<Response<pb::SubmitReturnShipmentResponse>, Status> {
+        self.on_dispute(
+            request,
+            "SubmitReturnShipment",
+            convert::submit_return_shipment,
+            |dispute, order| pb::SubmitReturnShipmentResponse { dispute, order },
+        )
+        .await
+    }
+
+    async fn confirm_return_received(
+        &self,
+        request: Request<pb::ConfirmReturnReceivedRequest>,
+    ) -> Result<Response<pb::ConfirmReturnReceivedResponse>, Status> {
+        self.on_dispute(
+            request,
+            "ConfirmReturnReceived",
+            convert::confirm_return_received,
+            |dispute, order| pb::ConfirmReturnReceivedResponse { dispute, order },
+        )
+        .await
+    }
+
+    async fn extend_protection(
+        &self,
+        request: Request<pb::ExtendProtectionRequest>,
+    ) -> Result<Response<pb::ExtendProtectionResponse>, Status> {
         let actor = actor(&request)?;
         let req = request.into_inner();
-        let (dispute_id, resolution, note, request_id) = convert::resolve_funds(&req)?;
+        let (order_id, new_end, request_id) = convert::extend_protection(&req)?;
         let commands = self.commands.clone();
         let by = actor.clone();
-        self.mutate("ResolveFunds", &actor, &request_id, &req, move |conn, now| {
+        self.mutate("ExtendProtection", &actor, &request_id, &req, move |conn, now| {
             Box::pin(async move {
-                let change = commands.resolve(conn, &by, dispute_id, resolution, &note, now).await?;
-                tracing::info!(%dispute_id, outcome = ?change.dispute.outcome, "dispute resolved");
-                Ok(pb::ResolveFundsResponse {
-                    dispute: Some(dispute_to_pb(&change.dispute)),
-                    order: Some(order_to_pb(&change.order)),
+                let order = commands.extend_protection(conn, &by, &order_id, new_end, now).await?;
+                tracing::info!(%order_id, protection_ends_at = %order.protection_ends_at, "protection extended");
+                Ok(pb::ExtendProtectionResponse {
+                    order: Some(order_to_pb(&order)),
                 })
             })
         })

@@ -1,6 +1,6 @@
 //! The database spelling of domain enums. Unknown spellings are corrupt rows.
 
-use crate::domain::{DisputeState, Outcome, Reason, ReturnStatus};
+use crate::domain::{Currency, DisputeState, Money, Outcome, Reason, Remedy, ReturnStatus};
 
 use super::StoreError;
 
@@ -48,3 +48,34 @@ spelling!(ReturnStatus, return_status_str, parse_return_status, {
     ReturnStatus::Received => "RECEIVED",
     ReturnStatus::Cancelled => "CANCELLED",
 });
+
+/// A remedy as its three columns: kind, and the refund's currency and amount when partial.
+pub fn remedy_columns(remedy: Remedy) -> (&'static str, Option<String>, Option<i64>) {
+    match remedy {
+        Remedy::FullRefund => ("FULL_REFUND", None, None),
+        Remedy::PartialRefund(refund) => (
+            "PARTIAL_REFUND",
+            Some(refund.currency.as_str().to_owned()),
+            Some(refund.minor),
+        ),
+        Remedy::ReturnAndRefund => ("RETURN_AND_REFUND", None, None),
+    }
+}
+
+pub fn parse_remedy(
+    kind: &str,
+    currency: Option<&str>,
+    minor: Option<i64>,
+) -> Result<Remedy, StoreError> {
+    match (kind, currency, minor) {
+        ("FULL_REFUND", None, None) => Ok(Remedy::FullRefund),
+        ("RETURN_AND_REFUND", None, None) => Ok(Remedy::ReturnAndRefund),
+        ("PARTIAL_REFUND", Some(currency), Some(minor)) => {
+            let currency = Currency::parse(currency).map_err(StoreError::Corrupt)?;
+            Ok(Remedy::PartialRefund(Money::new(currency, minor)))
+        }
+        (kind, _, _) => Err(StoreError::Corrupt(format!(
+            "remedy {kind} with inconsistent amount"
+        ))),
+    }
+}

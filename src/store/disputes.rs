@@ -5,9 +5,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::{Store, StoreError, codec, lock_order};
-use crate::domain::{
-    Currency, Dispute, DisputeId, DisputeState, ItemReturn, Money, Order, PartyId, Remedy,
-};
+use crate::domain::{Dispute, DisputeId, DisputeState, ItemReturn, Order, PartyId, Proposal};
 
 struct DisputeRow {
     dispute_id: Uuid,
@@ -25,6 +23,12 @@ struct DisputeRow {
     return_status: Option<String>,
     return_carrier: Option<String>,
     return_tracking: Option<String>,
+    return_agreed_at: Option<DateTime<Utc>>,
+    return_shipped_at: Option<DateTime<Utc>>,
+    proposal_remedy: Option<String>,
+    proposal_refund_currency: Option<String>,
+    proposal_refund_minor: Option<i64>,
+    proposal_message: Option<String>,
     protection_ends_at: DateTime<Utc>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
@@ -36,14 +40,21 @@ impl TryFrom<DisputeRow> for Dispute {
     fn try_from(row: DisputeRow) -> Result<Self, StoreError> {
         let corrupt =
             |what: String| StoreError::Corrupt(format!("dispute {}: {what}", row.dispute_id));
-        let remedy = match (row.remedy.as_str(), &row.refund_currency, row.refund_minor) {
-            ("FULL_REFUND", None, None) => Remedy::FullRefund,
-            ("RETURN_AND_REFUND", None, None) => Remedy::ReturnAndRefund,
-            ("PARTIAL_REFUND", Some(currency), Some(minor)) => Remedy::PartialRefund(Money::new(
-                Currency::parse(currency).map_err(corrupt)?,
-                minor,
-            )),
-            (other, _, _) => return Err(corrupt(format!("remedy {other}"))),
+        let remedy = codec::parse_remedy(
+            &row.remedy,
+            row.refund_currency.as_deref(),
+            row.refund_minor,
+        )?;
+        let proposal = match (&row.proposal_remedy, &row.proposal_message) {
+            (None, _) => None,
+            (Some(kind), message) => Some(Proposal {
+                remedy: codec::parse_remedy(
+                    kind,
+                    row.proposal_refund_currency.as_deref(),
+                    row.proposal_refund_minor,
+                )?,
+                message: message.clone().unwrap_or_default(),
+            }),
         };
         let item_return = row
             .return_status
@@ -53,6 +64,8 @@ impl TryFrom<DisputeRow> for Dispute {
                     status: codec::parse_return_status(status)?,
                     carrier: row.return_carrier.clone(),
                     tracking_number: row.return_tracking.clone(),
+                    agreed_at: row.return_agreed_at,
+                    shipped_at: row.return_shipped_at,
                 })
             })
             .transpose()?;
@@ -72,6 +85,7 @@ impl TryFrom<DisputeRow> for Dispute {
                 .map(codec::parse_outcome)
                 .transpose()?,
             item_return,
+            proposal,
             protection_ends_at: row.protection_ends_at,
             created_at: row.created_at,
             updated_at: row.updated_at,
@@ -92,20 +106,7 @@ pub struct DisputeFilter {
 
 impl Store {
     pub async fn get_dispute(&self, dispute_id: DisputeId) -> Result<Option<Dispute>, StoreError> {
-        sqlx::query_as!(
-            DisputeRow,
-            r#"SELECT d.dispute_id, d.order_id, d.buyer_id, d.seller_id, d.reason, d.remedy,
-                      d.refund_currency, d.refund_minor, d.description, d.evidence_urls, d.state,
-                      d.outcome, d.return_status, d.return_carrier, d.return_tracking,
-                      o.protection_ends_at, d.created_at, d.updated_at
-               FROM disputes d JOIN orders o USING (order_id)
-               WHERE d.dispute_id = $1"#,
-            dispute_id.0
-        )
-        .fetch_optional(self.pool())
-        .await?
-        .map(Dispute::try_from)
-        .transpose()
+        fetch_dispute(self.pool(), dispute_id).await
     }
 
     /// One page of disputes matching `filter`, newest first.
@@ -119,6 +120,8 @@ impl Store {
             r#"SELECT d.dispute_id, d.order_id, d.buyer_id, d.seller_id, d.reason, d.remedy,
                       d.refund_currency, d.refund_minor, d.description, d.evidence_urls, d.state,
                       d.outcome, d.return_status, d.return_carrier, d.return_tracking,
+                      d.return_agreed_at, d.return_shipped_at, d.proposal_remedy,
+                      d.proposal_refund_currency, d.proposal_refund_minor, d.proposal_message,
                       o.protection_ends_at, d.created_at, d.updated_at
                FROM disputes d JOIN orders o USING (order_id)
                WHERE ($1::text IS NULL OR d.order_id = $1)
@@ -143,9 +146,8 @@ impl Store {
     }
 }
 
-/// Loads a dispute and its order, both locked until the transaction ends. The order is
-/// locked first, as every command does, so two commands never wait on each other in a
-/// cycle.
+/// Loads a dispute and its order, the order locked until the transaction ends. Every
+/// command locks the order first, so commands on one order run one at a time.
 pub async fn lock_dispute(
     conn: &mut PgConnection,
     dispute_id: DisputeId,
@@ -165,60 +167,64 @@ pub async fn lock_dispute(
             "dispute {dispute_id} without its order"
         )));
     };
-    let dispute = sqlx::query_as!(
+    // The order lock serialises every writer of its disputes: no second lock needed.
+    let dispute = fetch_dispute(&mut *conn, dispute_id)
+        .await?
+        .ok_or_else(|| StoreError::Corrupt(format!("dispute {dispute_id} vanished")))?;
+    Ok(Some((order, dispute)))
+}
+
+async fn fetch_dispute(
+    executor: impl sqlx::PgExecutor<'_>,
+    dispute_id: DisputeId,
+) -> Result<Option<Dispute>, StoreError> {
+    sqlx::query_as!(
         DisputeRow,
         r#"SELECT d.dispute_id, d.order_id, d.buyer_id, d.seller_id, d.reason, d.remedy,
                   d.refund_currency, d.refund_minor, d.description, d.evidence_urls, d.state,
                   d.outcome, d.return_status, d.return_carrier, d.return_tracking,
+                  d.return_agreed_at, d.return_shipped_at, d.proposal_remedy,
+                  d.proposal_refund_currency, d.proposal_refund_minor, d.proposal_message,
                   o.protection_ends_at, d.created_at, d.updated_at
            FROM disputes d JOIN orders o USING (order_id)
-           WHERE d.dispute_id = $1
-           FOR UPDATE OF d"#,
+           WHERE d.dispute_id = $1"#,
         dispute_id.0
     )
-    .fetch_one(&mut *conn)
-    .await?;
-    Ok(Some((order, dispute.try_into()?)))
+    .fetch_optional(executor)
+    .await?
+    .map(Dispute::try_from)
+    .transpose()
 }
 
-pub async fn has_active_dispute(
+/// The order's active dispute, if it has one (at most one: a unique index says so).
+pub async fn active_dispute_id(
     conn: &mut PgConnection,
     order_id: &PartyId,
-) -> Result<bool, StoreError> {
-    let active = sqlx::query_scalar!(
-        r#"SELECT EXISTS (SELECT 1 FROM disputes
-                          WHERE order_id = $1 AND state NOT IN ('CANCELLED', 'RESOLVED')) AS "active!""#,
+) -> Result<Option<DisputeId>, StoreError> {
+    let id = sqlx::query_scalar!(
+        "SELECT dispute_id FROM disputes WHERE order_id = $1 AND state NOT IN ('CANCELLED', 'RESOLVED')",
         order_id.as_str()
     )
-    .fetch_one(conn)
+    .fetch_optional(conn)
     .await?;
-    Ok(active)
+    Ok(id.map(DisputeId))
 }
 
 pub async fn insert_dispute(conn: &mut PgConnection, dispute: &Dispute) -> Result<(), StoreError> {
-    let refund = match dispute.remedy {
-        Remedy::PartialRefund(money) => Some(money),
-        Remedy::FullRefund | Remedy::ReturnAndRefund => None,
-    };
-    let remedy = match dispute.remedy {
-        Remedy::FullRefund => "FULL_REFUND",
-        Remedy::PartialRefund(_) => "PARTIAL_REFUND",
-        Remedy::ReturnAndRefund => "RETURN_AND_REFUND",
-    };
+    let (remedy, refund_currency, refund_minor) = codec::remedy_columns(dispute.remedy);
     sqlx::query!(
         r#"INSERT INTO disputes (dispute_id, order_id, buyer_id, seller_id, reason, remedy,
                                  refund_currency, refund_minor, description, evidence_urls, state,
-                                 outcome, return_status, return_carrier, return_tracking,
-                                 created_at, updated_at)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"#,
+                                 outcome, return_status, created_at, updated_at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"#,
         dispute.dispute_id.0,
         dispute.order_id.as_str(),
         dispute.buyer_id.as_str(),
         dispute.seller_id.as_str(),
         codec::reason_str(dispute.reason),
         remedy,
-        refund.map(|m| m.currency.as_str().to_owned()),
-        refund.map(|m| m.minor),
+        refund_currency,
+        refund_minor,
         dispute.description,
         &dispute.evidence_urls,
         codec::state_str(dispute.state),
@@ -227,11 +233,6 @@ pub async fn insert_dispute(conn: &mut PgConnection, dispute: &Dispute) -> Resul
             .item_return
             .as_ref()
             .map(|r| codec::return_status_str(r.status)),
-        dispute.item_return.as_ref().and_then(|r| r.carrier.clone()),
-        dispute
-            .item_return
-            .as_ref()
-            .and_then(|r| r.tracking_number.clone()),
         dispute.created_at,
         dispute.updated_at,
     )
@@ -240,25 +241,36 @@ pub async fn insert_dispute(conn: &mut PgConnection, dispute: &Dispute) -> Resul
     Ok(())
 }
 
-/// Writes the dispute's mutable facts: state, outcome, return, time of change.
+/// Writes the dispute's mutable facts: state, outcome, return, proposal, time of change.
 pub async fn update_dispute(conn: &mut PgConnection, dispute: &Dispute) -> Result<(), StoreError> {
+    let item_return = dispute.item_return.as_ref();
+    let proposal = dispute.proposal.as_ref();
+    let (proposal_remedy, proposal_currency, proposal_minor) = match proposal {
+        Some(p) => {
+            let (kind, currency, minor) = codec::remedy_columns(p.remedy);
+            (Some(kind), currency, minor)
+        }
+        None => (None, None, None),
+    };
     sqlx::query!(
         r#"UPDATE disputes
            SET state = $2, outcome = $3, return_status = $4, return_carrier = $5,
-               return_tracking = $6, updated_at = $7
+               return_tracking = $6, return_agreed_at = $7, return_shipped_at = $8,
+               proposal_remedy = $9, proposal_refund_currency = $10, proposal_refund_minor = $11,
+               proposal_message = $12, updated_at = $13
            WHERE dispute_id = $1"#,
         dispute.dispute_id.0,
         codec::state_str(dispute.state),
         dispute.outcome.map(codec::outcome_str),
-        dispute
-            .item_return
-            .as_ref()
-            .map(|r| codec::return_status_str(r.status)),
-        dispute.item_return.as_ref().and_then(|r| r.carrier.clone()),
-        dispute
-            .item_return
-            .as_ref()
-            .and_then(|r| r.tracking_number.clone()),
+        item_return.map(|r| codec::return_status_str(r.status)),
+        item_return.and_then(|r| r.carrier.clone()),
+        item_return.and_then(|r| r.tracking_number.clone()),
+        item_return.and_then(|r| r.agreed_at),
+        item_return.and_then(|r| r.shipped_at),
+        proposal_remedy,
+        proposal_currency,
+        proposal_minor,
+        proposal.map(|p| p.message.clone()),
         dispute.updated_at,
     )
     .execute(conn)

@@ -7,8 +7,12 @@ mod events;
 mod idempotency;
 mod orders;
 
+pub use codec::{
+    outcome_str as outcome_name, remedy_columns, return_status_str as return_status_name,
+    state_str as state_name,
+};
 pub use disputes::{
-    DisputeFilter, has_active_dispute, insert_dispute, lock_dispute, update_dispute,
+    DisputeFilter, active_dispute_id, insert_dispute, lock_dispute, update_dispute,
 };
 pub use events::append_event;
 pub use idempotency::{Claim, IdempotencyKey, claim, complete};

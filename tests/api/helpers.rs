@@ -271,3 +271,75 @@ pub fn violated_fields<T: std::fmt::Debug>(result: Result<T, Status>) -> Vec<Str
         .expect("a BadRequest detail");
     bad.field_violations.into_iter().map(|v| v.field).collect()
 }
+
+pub fn accept(dispute_id: &str) -> pb::RespondToDisputeRequest {
+    pb::RespondToDisputeRequest {
+        dispute_id: dispute_id.into(),
+        decision: pb::SellerDecision::Accept as i32,
+        request_id: uuid::Uuid::now_v7().to_string(),
+        ..Default::default()
+    }
+}
+
+pub fn propose(
+    dispute_id: &str,
+    remedy: pb::Remedy,
+    refund: Option<i64>,
+) -> pb::RespondToDisputeRequest {
+    pb::RespondToDisputeRequest {
+        dispute_id: dispute_id.into(),
+        decision: pb::SellerDecision::Propose as i32,
+        counter_remedy: remedy as i32,
+        counter_refund_amount: refund.map(usd),
+        message: "how about this instead".into(),
+        request_id: uuid::Uuid::now_v7().to_string(),
+    }
+}
+
+pub fn accept_proposal(dispute_id: &str) -> pb::AcceptProposalRequest {
+    pb::AcceptProposalRequest {
+        dispute_id: dispute_id.into(),
+        request_id: uuid::Uuid::now_v7().to_string(),
+    }
+}
+
+pub fn escalate(dispute_id: &str) -> pb::EscalateDisputeRequest {
+    pb::EscalateDisputeRequest {
+        dispute_id: dispute_id.into(),
+        reason: "we cannot agree".into(),
+        request_id: uuid::Uuid::now_v7().to_string(),
+    }
+}
+
+pub fn ship(dispute_id: &str) -> pb::SubmitReturnShipmentRequest {
+    pb::SubmitReturnShipmentRequest {
+        dispute_id: dispute_id.into(),
+        carrier: "UPS".into(),
+        tracking_number: "1Z999AA10123456784".into(),
+        request_id: uuid::Uuid::now_v7().to_string(),
+    }
+}
+
+pub fn confirm(dispute_id: &str) -> pb::ConfirmReturnReceivedRequest {
+    pb::ConfirmReturnReceivedRequest {
+        dispute_id: dispute_id.into(),
+        request_id: uuid::Uuid::now_v7().to_string(),
+    }
+}
+
+pub fn extend(order_id: &str, new_end: DateTime<Utc>) -> pb::ExtendProtectionRequest {
+    pb::ExtendProtectionRequest {
+        order_id: order_id.into(),
+        new_end: Some(timestamp(new_end)),
+        request_id: uuid::Uuid::now_v7().to_string(),
+    }
+}
+
+/// The kinds of a dispute's history, in order.
+pub async fn history(pool: &PgPool, dispute_id: &str) -> Vec<String> {
+    sqlx::query_scalar("SELECT kind FROM dispute_events WHERE dispute_id = $1::uuid ORDER BY seq")
+        .bind(dispute_id)
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}

@@ -10,3 +10,4 @@ mod disputes;
 mod idempotency;
 mod orders;
 mod server;
+mod workflow;

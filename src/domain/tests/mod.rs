@@ -604,3 +604,5 @@ proptest! {
         }
     }
 }
+
+mod model;

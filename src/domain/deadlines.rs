@@ -1,0 +1,95 @@
+//! Deadlines (SPEC §8): what happens when a party stays silent. Applied by the worker as
+//! the `system` service actor, through the same transitions as the RPCs.
+
+use chrono::{DateTime, Duration, Utc};
+
+use super::dispute::{grant, settle_and_resolve};
+use super::{Change, Dispute, DisputeState, DomainError, EventKind, Order, ReturnStatus};
+
+/// How long each party has. Defaults are the spec's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadlines {
+    /// Seller silent in AWAITING_SELLER, from opening: the buyer's remedy is granted.
+    pub seller_response: Duration,
+    /// Still NEGOTIATING, from opening: an agent reviews.
+    pub negotiation: Duration,
+    /// Return not shipped, from when it was agreed: funds released to the seller.
+    pub return_shipment: Duration,
+    /// Seller silent in RETURN_IN_TRANSIT, from the tracking: the buyer is refunded.
+    pub return_receipt: Duration,
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        Self {
+            seller_response: Duration::days(5),
+            negotiation: Duration::days(15),
+            return_shipment: Duration::days(10),
+            return_receipt: Duration::days(15),
+        }
+    }
+}
+
+impl Deadlines {
+    /// When the dispute's current deadline falls and what it is; `None` for states
+    /// without one (UNDER_REVIEW waits for an agent; terminal states wait for nothing).
+    pub fn due(&self, dispute: &Dispute) -> Option<(DateTime<Utc>, EventKind)> {
+        let item_return = dispute.item_return.as_ref();
+        match dispute.state {
+            DisputeState::AwaitingSeller => Some((
+                dispute.created_at + self.seller_response,
+                EventKind::SellerResponseDeadlinePassed,
+            )),
+            DisputeState::Negotiating => Some((
+                dispute.created_at + self.negotiation,
+                EventKind::NegotiationDeadlinePassed,
+            )),
+            DisputeState::AwaitingReturnShipment => Some((
+                item_return?.agreed_at? + self.return_shipment,
+                EventKind::ReturnShipmentDeadlinePassed,
+            )),
+            DisputeState::ReturnInTransit => Some((
+                item_return?.shipped_at? + self.return_receipt,
+                EventKind::ReturnReceiptDeadlinePassed,
+            )),
+            DisputeState::UnderReview | DisputeState::Cancelled | DisputeState::Resolved => None,
+        }
+    }
+}
+
+/// Applies the dispute's deadline if it has passed. `Ok(None)` when it is moot: not due
+/// yet, or the dispute moved on (the buyer cancelled, the seller answered).
+pub fn apply_deadline(
+    order: &Order,
+    dispute: &Dispute,
+    deadlines: &Deadlines,
+    now: DateTime<Utc>,
+) -> Result<Option<Change>, DomainError> {
+    let Some((due, event)) = deadlines.due(dispute) else {
+        return Ok(None);
+    };
+    if now < due {
+        return Ok(None);
+    }
+    let change = match dispute.state {
+        DisputeState::AwaitingSeller => grant(order, dispute, dispute.remedy, event, now)?,
+        DisputeState::Negotiating => {
+            let mut dispute = dispute.clone();
+            dispute.move_to(DisputeState::UnderReview, now);
+            Change::new(order.clone(), dispute, None, event)
+        }
+        DisputeState::AwaitingReturnShipment => settle_and_resolve(order, dispute, 0, event, now)?,
+        DisputeState::ReturnInTransit => {
+            // The seller did not object in time: the item is taken as delivered.
+            let mut received = dispute.clone();
+            if let Some(item_return) = received.item_return.as_mut() {
+                item_return.status = ReturnStatus::Received;
+            }
+            settle_and_resolve(order, &received, order.amount.minor, event, now)?
+        }
+        DisputeState::UnderReview | DisputeState::Cancelled | DisputeState::Resolved => {
+            return Ok(None);
+        }
+    };
+    Ok(Some(change))
+}
