@@ -8,7 +8,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[command(
     name = "dispute-service",
     version,
-    about = "Buyer disputes on marketplace orders and where their escrowed money goes"
+    about = "Buyer disputes on marketplace orders and where their escrowed money goes",
+    args_override_self = true
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -18,6 +19,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the gRPC API.
+    #[command(args_override_self = true)]
     Serve(ServeConfig),
     /// Apply database migrations and exit.
     Migrate(DatabaseConfig),
@@ -92,6 +94,8 @@ pub struct ServeConfig {
     /// How often health re-checks the database and schema.
     #[arg(long, env = "DISPUTE_HEALTH_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
     pub health_interval: Duration,
+    #[command(flatten)]
+    pub worker: WorkerArgs,
     /// How long SIGTERM waits for in-flight calls before closing anyway.
     #[arg(long, env = "DISPUTE_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
@@ -110,4 +114,58 @@ pub struct TokenConfig {
     /// Lifetime of the token.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     pub ttl: Duration,
+}
+
+/// The deadline worker (SPEC §8). Durations are humantime: `5days`, `36h`, `1s`.
+#[derive(Debug, Clone, Args)]
+pub struct WorkerArgs {
+    /// How often deadlines are checked.
+    #[arg(long, env = "DISPUTE_WORKER_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub worker_interval: Duration,
+    /// Run the deadline worker in this process.
+    #[arg(long, env = "DISPUTE_WORKER_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub worker_enabled: bool,
+    /// Candidates fetched per scan.
+    #[arg(long, env = "DISPUTE_WORKER_BATCH", default_value_t = 100)]
+    pub worker_batch: i64,
+    /// Seller silent in AWAITING_SELLER, from opening: the buyer's remedy is granted.
+    #[arg(long, env = "DISPUTE_DEADLINE_SELLER_RESPONSE", default_value = "5days", value_parser = humantime::parse_duration)]
+    pub deadline_seller_response: Duration,
+    /// Still NEGOTIATING, from opening: the dispute goes UNDER_REVIEW.
+    #[arg(long, env = "DISPUTE_DEADLINE_NEGOTIATION", default_value = "15days", value_parser = humantime::parse_duration)]
+    pub deadline_negotiation: Duration,
+    /// Return not shipped, from when it was agreed: funds released to the seller.
+    #[arg(long, env = "DISPUTE_DEADLINE_RETURN_SHIPMENT", default_value = "10days", value_parser = humantime::parse_duration)]
+    pub deadline_return_shipment: Duration,
+    /// Seller silent in RETURN_IN_TRANSIT, from the tracking: the buyer is refunded.
+    #[arg(long, env = "DISPUTE_DEADLINE_RETURN_RECEIPT", default_value = "15days", value_parser = humantime::parse_duration)]
+    pub deadline_return_receipt: Duration,
+    /// How long idempotency keys are remembered (at least 24h).
+    #[arg(long, env = "DISPUTE_IDEMPOTENCY_RETENTION", default_value = "48h", value_parser = humantime::parse_duration)]
+    pub idempotency_retention: Duration,
+}
+
+impl WorkerArgs {
+    pub fn to_config(&self) -> anyhow::Result<crate::worker::WorkerConfig> {
+        let days = |d: Duration| {
+            chrono::Duration::from_std(d).map_err(|_| anyhow::anyhow!("duration {d:?} is too long"))
+        };
+        if self.idempotency_retention < Duration::from_secs(24 * 3600) {
+            anyhow::bail!("DISPUTE_IDEMPOTENCY_RETENTION must be at least 24h");
+        }
+        if self.worker_batch < 1 {
+            anyhow::bail!("DISPUTE_WORKER_BATCH must be at least 1");
+        }
+        Ok(crate::worker::WorkerConfig {
+            interval: self.worker_interval,
+            batch: self.worker_batch,
+            deadlines: crate::domain::Deadlines {
+                seller_response: days(self.deadline_seller_response)?,
+                negotiation: days(self.deadline_negotiation)?,
+                return_shipment: days(self.deadline_return_shipment)?,
+                return_receipt: days(self.deadline_return_receipt)?,
+            },
+            idempotency_retention: days(self.idempotency_retention)?,
+        })
+    }
 }

@@ -18,6 +18,7 @@ use crate::{
         pb::dispute_service_server::DisputeServiceServer,
     },
     store::{MIGRATOR, Store},
+    worker::DeadlineWorker,
 };
 
 /// Largest request message accepted.
@@ -57,6 +58,7 @@ pub struct Application {
     store: Store,
     commands: Commands,
     authenticator: Arc<Authenticator>,
+    worker: Option<DeadlineWorker>,
 }
 
 impl Application {
@@ -72,12 +74,18 @@ impl Application {
             .with_context(|| format!("binding {}", config.listen_addr))?;
         let store = Store::new(pool);
         let commands = Commands::new(store.clone(), clock, config.max_disputes_per_order);
+        let worker_config = config.worker.to_config()?;
+        let worker = config
+            .worker
+            .worker_enabled
+            .then(|| DeadlineWorker::new(store.clone(), commands.clone(), worker_config));
         Ok(Self {
             listener,
             config,
             store,
             commands,
             authenticator,
+            worker,
         })
     }
 
@@ -90,7 +98,7 @@ impl Application {
     /// Serves until `shutdown` resolves, then reports NOT_SERVING, stops accepting,
     /// drains in-flight calls (at most the configured grace) and closes the pool.
     pub async fn run_until_stopped(
-        self,
+        mut self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let (reporter, health_service) = tonic_health::server::health_reporter();
@@ -106,6 +114,10 @@ impl Application {
             self.config.health_interval,
             stop_rx.clone(),
         ));
+        let worker_task = self
+            .worker
+            .take()
+            .map(|worker| tokio::spawn(worker.run(stop_rx.clone())));
 
         let reflection = || {
             tonic_reflection::server::Builder::configure()
@@ -150,6 +162,10 @@ impl Application {
             () = drained => tracing::warn!("in-flight calls outlived the shutdown grace; closing anyway"),
         }
         health_task.abort();
+        if let Some(worker) = worker_task {
+            // The pass under way finishes its transaction first.
+            let _ = tokio::time::timeout(grace, worker).await;
+        }
         self.store.pool().close().await;
         tracing::info!("stopped");
         Ok(())

@@ -2,6 +2,7 @@
 //! first), asks the domain what to do, and writes the new facts, the settlement ledger
 //! and the history together. Reads apply the same visibility rule as the domain.
 
+mod deadlines;
 mod reads;
 mod writes;
 

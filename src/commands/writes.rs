@@ -8,7 +8,7 @@ use super::{Commands, Error};
 use crate::{
     domain::{
         self, Actor, Change, DisputeCommand, DisputeId, DomainError, NewDispute, NewOrder, Order,
-        PartyId, Registration, Resource,
+        PartyId, Registration, Resource, Settlement,
     },
     store::{self, StoreError},
 };
@@ -128,6 +128,21 @@ impl Commands {
     }
 }
 
+/// What the payments service needs to move the money, with no second call.
+pub(super) fn settlement_json(order: &Order, settlement: &Settlement) -> serde_json::Value {
+    json!({
+        "order_id": order.order_id.as_str(),
+        "buyer_id": order.buyer_id.as_str(),
+        "seller_id": order.seller_id.as_str(),
+        "currency_code": order.amount.currency.as_str(),
+        "amount_minor": order.amount.minor,
+        "refunded_to_buyer_minor": settlement.refund_minor(),
+        "released_to_seller_minor": settlement.release_minor(),
+        "funds_state": settlement.funds_state().as_str(),
+        "settled_at": settlement.settled_at,
+    })
+}
+
 /// Writes a change to an existing dispute.
 pub(super) async fn apply(
     conn: &mut PgConnection,
@@ -170,14 +185,7 @@ async fn persist(conn: &mut PgConnection, change: &Change, actor: &Actor) -> Res
             json!({ "remedy": remedy, "currency_code": currency_code, "refund_minor": refund_minor, "message": p.message })
         }),
         "note": note,
-        "settlement": settlement.map(|s| json!({
-            "currency_code": order.amount.currency.as_str(),
-            "amount_minor": order.amount.minor,
-            "refunded_to_buyer_minor": s.refund_minor(),
-            "released_to_seller_minor": s.release_minor(),
-            "buyer_id": order.buyer_id.as_str(),
-            "seller_id": order.seller_id.as_str(),
-        })),
+        "settlement": settlement.map(|s| settlement_json(order, &s)),
     });
     store::append_event(
         conn,

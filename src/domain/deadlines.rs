@@ -57,6 +57,27 @@ impl Deadlines {
     }
 }
 
+/// The latest times at which each deadline's clock may have started for it to be due at
+/// `now`: the store's scan for due disputes, the inverse of [`Deadlines::due`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cutoffs {
+    pub awaiting_seller_opened_before: DateTime<Utc>,
+    pub negotiating_opened_before: DateTime<Utc>,
+    pub return_agreed_before: DateTime<Utc>,
+    pub return_shipped_before: DateTime<Utc>,
+}
+
+impl Deadlines {
+    pub fn cutoffs(&self, now: DateTime<Utc>) -> Cutoffs {
+        Cutoffs {
+            awaiting_seller_opened_before: now - self.seller_response,
+            negotiating_opened_before: now - self.negotiation,
+            return_agreed_before: now - self.return_shipment,
+            return_shipped_before: now - self.return_receipt,
+        }
+    }
+}
+
 /// Applies the dispute's deadline if it has passed. `Ok(None)` when it is moot: not due
 /// yet, or the dispute moved on (the buyer cancelled, the seller answered).
 pub fn apply_deadline(
@@ -92,4 +113,33 @@ pub fn apply_deadline(
         }
     };
     Ok(Some(change))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn the_cutoffs_are_the_inverse_of_the_due_times() {
+        let deadlines = Deadlines::default();
+        let now = Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).unwrap();
+        let cutoffs = deadlines.cutoffs(now);
+        assert_eq!(
+            cutoffs.awaiting_seller_opened_before + deadlines.seller_response,
+            now
+        );
+        assert_eq!(
+            cutoffs.negotiating_opened_before + deadlines.negotiation,
+            now
+        );
+        assert_eq!(
+            cutoffs.return_agreed_before + deadlines.return_shipment,
+            now
+        );
+        assert_eq!(
+            cutoffs.return_shipped_before + deadlines.return_receipt,
+            now
+        );
+    }
 }

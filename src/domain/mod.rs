@@ -17,7 +17,7 @@ mod protection;
 mod workflow;
 
 pub use actor::{Actor, Role};
-pub use deadlines::{Deadlines, apply_deadline};
+pub use deadlines::{Cutoffs, Deadlines, apply_deadline};
 pub use dispute::{
     Change, Dispute, DisputeState, EventKind, ItemReturn, Outcome, Proposal, Reason, Remedy,
     ReturnStatus,

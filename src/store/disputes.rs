@@ -174,7 +174,8 @@ pub async fn lock_dispute(
     Ok(Some((order, dispute)))
 }
 
-async fn fetch_dispute(
+/// Reads one dispute with its order's protection end.
+pub async fn fetch_dispute(
     executor: impl sqlx::PgExecutor<'_>,
     dispute_id: DisputeId,
 ) -> Result<Option<Dispute>, StoreError> {

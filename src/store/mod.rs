@@ -2,6 +2,7 @@
 //! the connection of the caller's transaction so one command is one transaction.
 
 mod codec;
+mod deadlines;
 mod disputes;
 mod events;
 mod idempotency;
@@ -11,12 +12,13 @@ pub use codec::{
     outcome_str as outcome_name, remedy_columns, return_status_str as return_status_name,
     state_str as state_name,
 };
+pub use deadlines::{latest_dispute_id, order_of};
 pub use disputes::{
-    DisputeFilter, active_dispute_id, insert_dispute, lock_dispute, update_dispute,
+    DisputeFilter, active_dispute_id, fetch_dispute, insert_dispute, lock_dispute, update_dispute,
 };
 pub use events::append_event;
 pub use idempotency::{Claim, IdempotencyKey, claim, complete};
-pub use orders::{insert_order, insert_settlement, lock_order, update_order};
+pub use orders::{insert_order, insert_settlement, lock_order, try_lock_order, update_order};
 
 use sqlx::{PgPool, Postgres, Transaction, migrate::Migrator};
 use thiserror::Error;

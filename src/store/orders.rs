@@ -85,6 +85,25 @@ pub async fn lock_order(
     .transpose()
 }
 
+/// Locks the order unless another transaction holds it (then `None`: someone else is
+/// working on it).
+pub async fn try_lock_order(
+    conn: &mut PgConnection,
+    order_id: &PartyId,
+) -> Result<Option<Order>, StoreError> {
+    sqlx::query_as!(
+        OrderRow,
+        r#"SELECT order_id, buyer_id, seller_id, currency_code, amount_minor, protection_ends_at,
+                  refunded_minor, settled_at, disputes_closed, dispute_count
+           FROM orders WHERE order_id = $1 FOR UPDATE SKIP LOCKED"#,
+        order_id.as_str()
+    )
+    .fetch_optional(conn)
+    .await?
+    .map(Order::try_from)
+    .transpose()
+}
+
 pub async fn insert_order(
     conn: &mut PgConnection,
     order: &Order,

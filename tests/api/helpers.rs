@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use clap::Parser;
 use dispute_service::{
     clock::ManualClock,
+    commands::Commands,
     config::{Cli, Command, ServeConfig},
     domain::Role,
     grpc::{
@@ -14,6 +15,8 @@ use dispute_service::{
         pb::{self, dispute_service_client::DisputeServiceClient},
     },
     startup::Application,
+    store::Store,
+    worker::{DeadlineWorker, Pass},
 };
 use sqlx::{PgPool, postgres::PgPoolOptions};
 use tokio::sync::oneshot;
@@ -33,6 +36,14 @@ pub type Client = DisputeServiceClient<InterceptedService<Channel, Bearer>>;
 #[derive(Clone)]
 pub struct Bearer(Option<AsciiMetadataValue>);
 
+impl Bearer {
+    pub fn new(token: &str) -> Self {
+        Self(Some(
+            MetadataValue::try_from(format!("Bearer {token}")).unwrap(),
+        ))
+    }
+}
+
 impl Interceptor for Bearer {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         if let Some(value) = &self.0 {
@@ -47,6 +58,8 @@ impl Interceptor for Bearer {
 pub struct TestApp {
     pub addr: std::net::SocketAddr,
     pub clock: Arc<ManualClock>,
+    /// The server's own pool (the test's fresh database).
+    pub pool: PgPool,
     pub config: ServeConfig,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
@@ -64,6 +77,9 @@ pub fn serve_config(extra: &[&str]) -> ServeConfig {
         "127.0.0.1:0",
         "--health-interval",
         "200ms",
+        // Tests drive deadlines themselves (`TestApp::worker`), except where they say so.
+        "--worker-enabled",
+        "false",
     ];
     args.extend_from_slice(extra);
     match Cli::parse_from(args).command {
@@ -78,6 +94,7 @@ pub async fn spawn_app(pool: PgPool) -> TestApp {
 
 /// Starts a server with extra `serve` flags, e.g. `["--max-disputes-per-order", "1"]`.
 pub async fn spawn_app_with(pool: PgPool, extra: &[&str]) -> TestApp {
+    let clock = Arc::new(ManualClock::new(Utc::now()));
     // The test database's own pool is small; the server gets one sized like production.
     let server_pool = PgPoolOptions::new()
         .max_connections(10)
@@ -86,8 +103,7 @@ pub async fn spawn_app_with(pool: PgPool, extra: &[&str]) -> TestApp {
         .await
         .expect("connecting to the test database");
     let config = serve_config(extra);
-    let clock = Arc::new(ManualClock::new(Utc::now()));
-    let app = Application::build(config.clone(), server_pool, clock.clone())
+    let app = Application::build(config.clone(), server_pool.clone(), clock.clone())
         .await
         .expect("building the app");
     let addr = app.local_addr();
@@ -98,6 +114,7 @@ pub async fn spawn_app_with(pool: PgPool, extra: &[&str]) -> TestApp {
     TestApp {
         addr,
         clock,
+        pool: server_pool,
         config,
         shutdown: Some(tx),
         server: Some(server),
@@ -136,6 +153,22 @@ impl TestApp {
     }
     pub async fn agent(&self) -> Client {
         self.client(Role::Agent, "agent-1").await
+    }
+
+    /// A deadline worker over the server's database and clock, configured as the server.
+    pub fn worker(&self) -> DeadlineWorker {
+        let store = Store::new(self.pool.clone());
+        let commands = Commands::new(
+            store.clone(),
+            self.clock.clone(),
+            self.config.max_disputes_per_order,
+        );
+        DeadlineWorker::new(store, commands, self.config.worker.to_config().unwrap())
+    }
+
+    /// Applies every deadline due now, once.
+    pub async fn run_deadlines(&self) -> Pass {
+        self.worker().run_once().await.expect("a deadline pass")
     }
 
     pub fn now(&self) -> DateTime<Utc> {

@@ -6,6 +6,7 @@ mod helpers;
 mod authentication;
 mod authorization;
 mod concurrency;
+mod deadlines;
 mod disputes;
 mod idempotency;
 mod orders;

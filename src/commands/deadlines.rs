@@ -1,0 +1,77 @@
+//! Deadlines, applied one per transaction as the `system` service actor through the
+//! same domain transitions and writes as the RPCs.
+
+use serde_json::json;
+
+use super::{Commands, Error, writes};
+use crate::{
+    domain::{self, Actor, Deadlines, DisputeId, PartyId},
+    store::{self, StoreError},
+};
+
+impl Commands {
+    /// Applies the dispute's deadline if it is (still) due. `false` when another replica
+    /// holds the order or the deadline became moot.
+    pub async fn apply_deadline(
+        &self,
+        dispute_id: DisputeId,
+        deadlines: &Deadlines,
+    ) -> Result<bool, Error> {
+        let mut tx = self.store.begin().await?;
+        let now = self.now();
+        let Some(order_id) = store::order_of(&mut tx, dispute_id).await? else {
+            return Ok(false);
+        };
+        let Some(order) = store::try_lock_order(&mut tx, &order_id).await? else {
+            return Ok(false);
+        };
+        let Some(dispute) = store::fetch_dispute(&mut *tx, dispute_id).await? else {
+            return Ok(false);
+        };
+        let Some(change) = domain::apply_deadline(&order, &dispute, deadlines, now)? else {
+            return Ok(false);
+        };
+        writes::apply(&mut tx, &change, &Actor::system()).await?;
+        tx.commit().await.map_err(StoreError::from)?;
+        tracing::info!(%dispute_id, event = change.event.as_str(), "deadline applied");
+        Ok(true)
+    }
+
+    /// Releases the order's funds to the seller if its protection has ended with the funds
+    /// held and no dispute active. The latest dispute, if any, records it in its history.
+    pub async fn release_if_protection_ended(&self, order_id: &PartyId) -> Result<bool, Error> {
+        let mut tx = self.store.begin().await?;
+        let now = self.now();
+        let Some(order) = store::try_lock_order(&mut tx, order_id).await? else {
+            return Ok(false);
+        };
+        if store::active_dispute_id(&mut tx, order_id).await?.is_some() {
+            return Ok(false);
+        }
+        let Some((order, settlement)) = domain::release_at_protection_end(&order, now) else {
+            return Ok(false);
+        };
+        let system = Actor::system();
+        store::update_order(&mut tx, &order, now).await?;
+        store::insert_settlement(&mut tx, &order, &settlement, None, &system).await?;
+        if let Some(dispute_id) = store::latest_dispute_id(&mut tx, order_id).await? {
+            let payload = json!({
+                "version": 1,
+                "order_id": order_id.as_str(),
+                "settlement": writes::settlement_json(&order, &settlement),
+            });
+            store::append_event(
+                &mut tx,
+                dispute_id,
+                "PROTECTION_ENDED",
+                &system,
+                now,
+                payload,
+            )
+            .await?;
+        }
+        tx.commit().await.map_err(StoreError::from)?;
+        tracing::info!(%order_id, "protection ended; funds released to the seller");
+        Ok(true)
+    }
+}

@@ -1,0 +1,105 @@
+//! The deadline worker's scans. They only find candidates; each candidate is then locked
+//! (`SKIP LOCKED`, so replicas share the work) and re-decided by the domain in its own
+//! transaction, so a stale or duplicate candidate does nothing.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
+
+use super::{Store, StoreError};
+use crate::domain::{Cutoffs, DisputeId, PartyId};
+
+impl Store {
+    /// Open disputes whose deadline has passed, oldest change first.
+    pub async fn due_disputes(
+        &self,
+        cutoffs: &Cutoffs,
+        limit: i64,
+    ) -> Result<Vec<DisputeId>, StoreError> {
+        let ids = sqlx::query_scalar!(
+            r#"SELECT dispute_id FROM disputes
+               WHERE (state = 'AWAITING_SELLER' AND created_at <= $1)
+                  OR (state = 'NEGOTIATING' AND created_at <= $2)
+                  OR (state = 'AWAITING_RETURN_SHIPMENT' AND return_agreed_at <= $3)
+                  OR (state = 'RETURN_IN_TRANSIT' AND return_shipped_at <= $4)
+               ORDER BY updated_at
+               LIMIT $5"#,
+            cutoffs.awaiting_seller_opened_before,
+            cutoffs.negotiating_opened_before,
+            cutoffs.return_agreed_before,
+            cutoffs.return_shipped_before,
+            limit,
+        )
+        .fetch_all(self.pool())
+        .await?;
+        Ok(ids.into_iter().map(DisputeId).collect())
+    }
+
+    /// Orders whose protection has ended with their funds held and no active dispute.
+    pub async fn expired_orders(
+        &self,
+        now: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<PartyId>, StoreError> {
+        let ids = sqlx::query_scalar!(
+            r#"SELECT order_id FROM orders o
+               WHERE funds_state = 'HELD' AND protection_ends_at <= $1
+                 AND NOT EXISTS (SELECT 1 FROM disputes d
+                                 WHERE d.order_id = o.order_id AND d.state NOT IN ('CANCELLED', 'RESOLVED'))
+               ORDER BY protection_ends_at
+               LIMIT $2"#,
+            now,
+            limit,
+        )
+        .fetch_all(self.pool())
+        .await?;
+        ids.iter()
+            .map(|id| PartyId::parse(id).map_err(StoreError::Corrupt))
+            .collect()
+    }
+
+    /// Forgets idempotency keys created before `before`; returns how many.
+    pub async fn purge_idempotency_keys(
+        &self,
+        before: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<u64, StoreError> {
+        let done = sqlx::query!(
+            r#"DELETE FROM idempotency_keys WHERE ctid IN (
+                 SELECT ctid FROM idempotency_keys WHERE created_at < $1 LIMIT $2)"#,
+            before,
+            limit,
+        )
+        .execute(self.pool())
+        .await?;
+        Ok(done.rows_affected())
+    }
+}
+
+/// The order a dispute belongs to.
+pub async fn order_of(
+    conn: &mut PgConnection,
+    dispute_id: DisputeId,
+) -> Result<Option<PartyId>, StoreError> {
+    let id = sqlx::query_scalar!(
+        "SELECT order_id FROM disputes WHERE dispute_id = $1",
+        dispute_id.0
+    )
+    .fetch_optional(conn)
+    .await?;
+    id.map(|id| PartyId::parse(&id).map_err(StoreError::Corrupt))
+        .transpose()
+}
+
+/// The most recent dispute of an order, terminal or not.
+pub async fn latest_dispute_id(
+    conn: &mut PgConnection,
+    order_id: &PartyId,
+) -> Result<Option<DisputeId>, StoreError> {
+    let id = sqlx::query_scalar!(
+        "SELECT dispute_id FROM disputes WHERE order_id = $1 ORDER BY dispute_id DESC LIMIT 1",
+        order_id.as_str()
+    )
+    .fetch_optional(conn)
+    .await?;
+    Ok(id.map(DisputeId))
+}
