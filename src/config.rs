@@ -20,7 +20,7 @@ pub struct Cli {
 pub enum Command {
     /// Serve the gRPC API.
     #[command(args_override_self = true)]
-    Serve(ServeConfig),
+    Serve(Box<ServeConfig>),
     /// Apply database migrations and exit.
     Migrate(DatabaseConfig),
     /// Mint a development token signed with the HS256 secret.
@@ -140,6 +140,10 @@ pub struct WorkerArgs {
     /// Seller silent in RETURN_IN_TRANSIT, from the tracking: the buyer is refunded.
     #[arg(long, env = "DISPUTE_DEADLINE_RETURN_RECEIPT", default_value = "15days", value_parser = humantime::parse_duration)]
     pub deadline_return_receipt: Duration,
+    /// How long events stay in the outbox for WatchEvents consumers to catch up (the
+    /// history is never deleted).
+    #[arg(long, env = "DISPUTE_OUTBOX_RETENTION", default_value = "7days", value_parser = humantime::parse_duration)]
+    pub outbox_retention: Duration,
     /// How long idempotency keys are remembered (at least 24h).
     #[arg(long, env = "DISPUTE_IDEMPOTENCY_RETENTION", default_value = "48h", value_parser = humantime::parse_duration)]
     pub idempotency_retention: Duration,
@@ -166,6 +170,7 @@ impl WorkerArgs {
                 return_receipt: days(self.deadline_return_receipt)?,
             },
             idempotency_retention: days(self.idempotency_retention)?,
+            outbox_retention: days(self.outbox_retention)?,
         })
     }
 }

@@ -20,7 +20,7 @@ async fn main() -> anyhow::Result<()> {
             if config.migrate_on_start {
                 startup::migrate(&pool).await?;
             }
-            let app = Application::build(config, pool, Arc::new(SystemClock)).await?;
+            let app = Application::build(*config, pool, Arc::new(SystemClock)).await?;
             app.run_until_stopped(shutdown_signal()).await
         }
         Command::Migrate(database) => startup::migrate(&startup::pool(&database)?).await,

@@ -14,7 +14,7 @@ use crate::{
     commands::Commands,
     config::{DatabaseConfig, ServeConfig},
     grpc::{
-        self, DisputeApi, GateLayer, auth::Authenticator,
+        self, DisputeApi, EventFeed, GateLayer, auth::Authenticator,
         pb::dispute_service_server::DisputeServiceServer,
     },
     store::{MIGRATOR, Store},
@@ -125,12 +125,22 @@ impl Application {
                 .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         };
-        let disputes = DisputeServiceServer::new(DisputeApi::new(self.commands.clone()))
+        let (committed_tx, committed) = tokio::sync::watch::channel(0u64);
+        let listener_task = tokio::spawn(listen_for_commits(
+            self.store.pool().clone(),
+            committed_tx,
+            stop_rx.clone(),
+        ));
+        let feed = EventFeed {
+            committed,
+            stop: stop_rx.clone(),
+        };
+        let disputes = DisputeServiceServer::new(DisputeApi::new(self.commands.clone(), feed))
             .max_decoding_message_size(MAX_REQUEST_BYTES);
 
         let addr = self.local_addr();
         let grace = self.config.shutdown_grace;
-        let mut stopped = stop_rx.clone();
+        let mut draining = stop_rx.clone();
         let signal = async move {
             shutdown.await;
             tracing::info!("shutdown requested; draining");
@@ -154,7 +164,7 @@ impl Application {
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), signal);
         tracing::info!(%addr, "serving");
         let drained = async move {
-            let _ = stopped.wait_for(|stop| *stop).await;
+            stopped(&mut draining).await;
             tokio::time::sleep(grace).await;
         };
         tokio::select! {
@@ -162,6 +172,7 @@ impl Application {
             () = drained => tracing::warn!("in-flight calls outlived the shutdown grace; closing anyway"),
         }
         health_task.abort();
+        listener_task.abort();
         if let Some(worker) = worker_task {
             // The pass under way finishes its transaction first.
             let _ = tokio::time::timeout(grace, worker).await;
@@ -169,6 +180,39 @@ impl Application {
         self.store.pool().close().await;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Resolves once `stop` turns true (or its sender is gone).
+pub(crate) async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+/// Bumps `committed` whenever an outbox write commits (`LISTEN dispute_outbox`), so event
+/// streams wake at once; reconnects after errors. Streams also poll, so a lost
+/// notification only delays them.
+async fn listen_for_commits(
+    pool: PgPool,
+    committed: tokio::sync::watch::Sender<u64>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let listen = async {
+            let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
+            listener.listen("dispute_outbox").await?;
+            loop {
+                listener.recv().await?;
+                committed.send_modify(|n| *n = n.wrapping_add(1));
+            }
+        };
+        tokio::select! {
+            result = listen => {
+                let error: sqlx::Error = match result { Err(error) => error, Ok(()) => continue };
+                tracing::warn!(%error, "outbox listener failed; reconnecting");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            _ = stopped(&mut stop) => return,
+        }
     }
 }
 
@@ -201,7 +245,7 @@ async fn watch_health(
         }
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
-            _ = stop.wait_for(|stop| *stop) => return,
+            _ = stopped(&mut stop) => return,
         }
     }
 }

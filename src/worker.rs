@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use crate::{
     commands::{Commands, Error},
     domain::Deadlines,
+    startup::stopped,
     store::{Store, StoreError},
 };
 
@@ -25,6 +26,8 @@ pub struct WorkerConfig {
     pub deadlines: Deadlines,
     /// Idempotency keys older than this are forgotten (at least 24 h).
     pub idempotency_retention: chrono::Duration,
+    /// Outbox events older than this are deleted (the history stays).
+    pub outbox_retention: chrono::Duration,
 }
 
 /// What one pass did.
@@ -33,6 +36,7 @@ pub struct Pass {
     pub deadlines_applied: usize,
     pub orders_released: usize,
     pub keys_purged: u64,
+    pub events_purged: u64,
 }
 
 pub struct DeadlineWorker {
@@ -50,8 +54,8 @@ impl DeadlineWorker {
         }
     }
 
-    /// Applies everything due now: dispute deadlines, then protection ends, then forgets
-    /// expired idempotency keys.
+    /// Applies everything due now: dispute deadlines, then protection ends; then forgets
+    /// expired idempotency keys and outbox events.
     pub async fn run_once(&self) -> Result<Pass, Error> {
         let mut pass = Pass::default();
         loop {
@@ -91,6 +95,8 @@ impl DeadlineWorker {
             .store
             .purge_idempotency_keys(forget_before, 10_000)
             .await?;
+        let events_before = self.commands.now() - self.config.outbox_retention;
+        pass.events_purged = self.store.purge_outbox(events_before, 10_000).await?;
         Ok(pass)
     }
 
@@ -112,7 +118,7 @@ impl DeadlineWorker {
             }
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
-                _ = stop.wait_for(|stop| *stop) => return,
+                _ = stopped(&mut stop) => return,
             }
         }
     }

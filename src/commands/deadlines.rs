@@ -1,9 +1,7 @@
 //! Deadlines, applied one per transaction as the `system` service actor through the
 //! same domain transitions and writes as the RPCs.
 
-use serde_json::json;
-
-use super::{Commands, Error, writes};
+use super::{Commands, Error, events, writes};
 use crate::{
     domain::{self, Actor, Deadlines, DisputeId, PartyId},
     store::{self, StoreError},
@@ -38,7 +36,7 @@ impl Commands {
     }
 
     /// Releases the order's funds to the seller if its protection has ended with the funds
-    /// held and no dispute active. The latest dispute, if any, records it in its history.
+    /// held and no dispute active.
     pub async fn release_if_protection_ended(&self, order_id: &PartyId) -> Result<bool, Error> {
         let mut tx = self.store.begin().await?;
         let now = self.now();
@@ -54,22 +52,11 @@ impl Commands {
         let system = Actor::system();
         store::update_order(&mut tx, &order, now).await?;
         store::insert_settlement(&mut tx, &order, &settlement, None, &system).await?;
-        if let Some(dispute_id) = store::latest_dispute_id(&mut tx, order_id).await? {
-            let payload = json!({
-                "version": 1,
-                "order_id": order_id.as_str(),
-                "settlement": writes::settlement_json(&order, &settlement),
-            });
-            store::append_event(
-                &mut tx,
-                dispute_id,
-                "PROTECTION_ENDED",
-                &system,
-                now,
-                payload,
-            )
-            .await?;
-        }
+        store::record_event(
+            &mut tx,
+            events::funds_settled(&order, &settlement, None, "PROTECTION_ENDED", &system),
+        )
+        .await?;
         tx.commit().await.map_err(StoreError::from)?;
         tracing::info!(%order_id, "protection ended; funds released to the seller");
         Ok(true)

@@ -1,11 +1,14 @@
-//! Use cases: one transaction per command. Each locks the rows it changes (the order
-//! first), asks the domain what to do, and writes the new facts, the settlement ledger
-//! and the history together. Reads apply the same visibility rule as the domain.
+//! Use cases: one transaction per command. Each locks the order it changes first, then
+//! claims the request's idempotency key, asks the domain what to do, and writes the new
+//! facts, the settlement ledger and the events together. Reads apply the same
+//! visibility rule as the domain.
 
 mod deadlines;
+mod events;
 mod reads;
 mod writes;
 
+pub use events::PAYLOAD_VERSION;
 pub use reads::ListPage;
 pub use writes::RegisterOutcome;
 
@@ -19,7 +22,7 @@ use thiserror::Error;
 use crate::{
     clock::Clock,
     domain::DomainError,
-    store::{self, Claim, IdempotencyKey, Store, StoreError},
+    store::{self, IdempotencyKey, KeyState, Store, StoreError},
 };
 
 /// Every way a command can fail.
@@ -30,6 +33,13 @@ pub enum Error {
     /// The request id was used before, by the same actor and RPC, with another payload.
     #[error("request id reused with a different payload")]
     RequestIdReused,
+    /// The consumer's cursor points at events retention has deleted.
+    #[error("cursor expired")]
+    CursorExpired,
+    /// The request was done before: this is its response. Only [`Commands::idempotent`]
+    /// sees it; it turns it into that response.
+    #[error("replayed response")]
+    Replay(Vec<u8>),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -40,6 +50,28 @@ pub struct Commands {
     store: Store,
     clock: Arc<dyn Clock>,
     max_disputes_per_order: i32,
+}
+
+/// A request's idempotency key, for the command to claim once it holds its locks, and
+/// the time the command runs at.
+pub struct KeyClaim {
+    key: IdempotencyKey,
+    pub now: DateTime<Utc>,
+}
+
+impl KeyClaim {
+    /// Claims the key; a request done before ends the command with its first response.
+    pub async fn claim(&self, conn: &mut PgConnection) -> Result<(), Error> {
+        match store::claim(conn, &self.key, self.now).await? {
+            KeyState::Fresh => Ok(()),
+            KeyState::Replay(response) => Err(Error::Replay(response)),
+            KeyState::Reused => Err(Error::RequestIdReused),
+        }
+    }
+
+    pub fn actor(&self) -> &crate::domain::Actor {
+        &self.key.actor
+    }
 }
 
 impl Commands {
@@ -58,26 +90,19 @@ impl Commands {
     /// Runs `command` in one transaction under an idempotency key and returns its encoded
     /// response, or the response the first call with this key got. A different payload
     /// under the same key is refused; a refused command leaves no key behind.
-    pub async fn idempotent<F>(
-        &self,
-        key: IdempotencyKey<'_>,
-        request_hash: &[u8],
-        command: F,
-    ) -> Result<Vec<u8>, Error>
+    pub async fn idempotent<F>(&self, key: IdempotencyKey, command: F) -> Result<Vec<u8>, Error>
     where
-        F: for<'c> FnOnce(
-            &'c mut PgConnection,
-            DateTime<Utc>,
-        ) -> BoxFuture<'c, Result<Vec<u8>, Error>>,
+        F: for<'c> FnOnce(&'c mut PgConnection, KeyClaim) -> BoxFuture<'c, Result<Vec<u8>, Error>>,
     {
         let mut tx = self.store.begin().await?;
-        let now = self.now();
-        match store::claim(&mut tx, &key, request_hash, now).await? {
-            Claim::Replay(response) => return Ok(response),
-            Claim::Reused => return Err(Error::RequestIdReused),
-            Claim::Fresh => {}
-        }
-        let response = command(&mut tx, now).await?;
+        let claim = KeyClaim {
+            key: key.clone(),
+            now: self.now(),
+        };
+        let response = match command(&mut tx, claim).await {
+            Err(Error::Replay(response)) => return Ok(response),
+            other => other?,
+        };
         store::complete(&mut tx, &key, &response).await?;
         tx.commit().await.map_err(StoreError::from)?;
         Ok(response)

@@ -1,14 +1,13 @@
 //! The commands that change orders and disputes.
 
 use chrono::{DateTime, Utc};
-use serde_json::json;
 use sqlx::PgConnection;
 
-use super::{Commands, Error};
+use super::{Commands, Error, KeyClaim, events};
 use crate::{
     domain::{
         self, Actor, Change, DisputeCommand, DisputeId, DomainError, NewDispute, NewOrder, Order,
-        PartyId, Registration, Resource, Settlement,
+        PartyId, Registration, Resource,
     },
     store::{self, StoreError},
 };
@@ -25,16 +24,17 @@ impl Commands {
         &self,
         conn: &mut PgConnection,
         new: NewOrder,
-        now: DateTime<Utc>,
+        claim: KeyClaim,
     ) -> Result<RegisterOutcome, Error> {
         let existing = store::lock_order(&mut *conn, &new.order_id).await?;
+        claim.claim(&mut *conn).await?;
         match domain::register(existing.as_ref(), new)? {
             Registration::Unchanged => Ok(RegisterOutcome {
                 order: existing.expect("unchanged means it exists"),
                 created: false,
             }),
             Registration::Created(order) => {
-                match store::insert_order(conn, &order, now).await {
+                match store::insert_order(&mut *conn, &order, claim.now).await {
                     // Registered concurrently by another call: that call decides.
                     Err(StoreError::Constraint { constraint, .. })
                         if constraint == "orders_pkey" =>
@@ -46,6 +46,11 @@ impl Commands {
                     }
                     other => other?,
                 }
+                store::record_event(
+                    conn,
+                    events::order_registered(&order, claim.actor(), claim.now),
+                )
+                .await?;
                 Ok(RegisterOutcome {
                     order,
                     created: true,
@@ -57,13 +62,13 @@ impl Commands {
     pub async fn open_dispute(
         &self,
         conn: &mut PgConnection,
-        actor: &Actor,
         new: NewDispute,
-        now: DateTime<Utc>,
+        claim: KeyClaim,
     ) -> Result<Change, Error> {
         let order = store::lock_order(&mut *conn, &new.order_id)
             .await?
             .ok_or(DomainError::NotFound(Resource::Order))?;
+        claim.claim(&mut *conn).await?;
         let active = store::active_dispute_id(&mut *conn, &order.order_id)
             .await?
             .is_some();
@@ -71,13 +76,13 @@ impl Commands {
             &order,
             active,
             new,
-            actor,
+            claim.actor(),
             self.max_disputes_per_order,
             DisputeId::new(),
-            now,
+            claim.now,
         )?;
         store::insert_dispute(&mut *conn, &change.dispute).await?;
-        persist(conn, &change, actor).await?;
+        persist(conn, &change, claim.actor()).await?;
         Ok(change)
     }
 
@@ -86,16 +91,16 @@ impl Commands {
     pub async fn execute(
         &self,
         conn: &mut PgConnection,
-        actor: &Actor,
         dispute_id: DisputeId,
         command: DisputeCommand,
-        now: DateTime<Utc>,
+        claim: KeyClaim,
     ) -> Result<Change, Error> {
         let (order, dispute) = store::lock_dispute(&mut *conn, dispute_id)
             .await?
             .ok_or(DomainError::NotFound(Resource::Dispute))?;
-        let change = domain::decide(&order, &dispute, actor, command, now)?;
-        apply(conn, &change, actor).await?;
+        claim.claim(&mut *conn).await?;
+        let change = domain::decide(&order, &dispute, claim.actor(), command, claim.now)?;
+        apply(conn, &change, claim.actor()).await?;
         Ok(change)
     }
 
@@ -104,43 +109,22 @@ impl Commands {
     pub async fn extend_protection(
         &self,
         conn: &mut PgConnection,
-        actor: &Actor,
         order_id: &PartyId,
         new_end: DateTime<Utc>,
-        now: DateTime<Utc>,
+        claim: KeyClaim,
     ) -> Result<Order, Error> {
         let order = store::lock_order(&mut *conn, order_id)
             .await?
             .ok_or(DomainError::NotFound(Resource::Order))?;
-        let extended = domain::extend_protection(&order, actor, new_end)?;
-        store::update_order(&mut *conn, &extended, now).await?;
-        if let Some(dispute_id) = store::active_dispute_id(&mut *conn, order_id).await? {
-            let payload = json!({
-                "version": 1,
-                "order_id": order_id.as_str(),
-                "previous_protection_ends_at": order.protection_ends_at,
-                "protection_ends_at": extended.protection_ends_at,
-            });
-            store::append_event(conn, dispute_id, "PROTECTION_EXTENDED", actor, now, payload)
-                .await?;
-        }
+        claim.claim(&mut *conn).await?;
+        let extended = domain::extend_protection(&order, claim.actor(), new_end)?;
+        store::update_order(&mut *conn, &extended, claim.now).await?;
+        let active = store::active_dispute_id(&mut *conn, order_id).await?;
+        let event =
+            events::protection_extended(&order, &extended, active, claim.actor(), claim.now);
+        store::record_event(conn, event).await?;
         Ok(extended)
     }
-}
-
-/// What the payments service needs to move the money, with no second call.
-pub(super) fn settlement_json(order: &Order, settlement: &Settlement) -> serde_json::Value {
-    json!({
-        "order_id": order.order_id.as_str(),
-        "buyer_id": order.buyer_id.as_str(),
-        "seller_id": order.seller_id.as_str(),
-        "currency_code": order.amount.currency.as_str(),
-        "amount_minor": order.amount.minor,
-        "refunded_to_buyer_minor": settlement.refund_minor(),
-        "released_to_seller_minor": settlement.release_minor(),
-        "funds_state": settlement.funds_state().as_str(),
-        "settled_at": settlement.settled_at,
-    })
 }
 
 /// Writes a change to an existing dispute.
@@ -153,17 +137,18 @@ pub(super) async fn apply(
     persist(conn, change, actor).await
 }
 
-/// Writes what every change shares: the order, the ledger entry if it settled, and the
-/// history event. The dispute row itself is inserted or updated by the caller.
+/// Writes what every change shares: the order, the ledger entry and its event if it
+/// settled, and the dispute's event. The dispute row itself is inserted or updated by the
+/// caller.
 async fn persist(conn: &mut PgConnection, change: &Change, actor: &Actor) -> Result<(), Error> {
     let Change {
         order,
         dispute,
         settlement,
-        event,
-        note,
+        ..
     } = change;
     store::update_order(&mut *conn, order, dispute.updated_at).await?;
+    store::record_event(&mut *conn, events::dispute_changed(change, actor)).await?;
     if let Some(settlement) = settlement {
         store::insert_settlement(
             &mut *conn,
@@ -173,28 +158,14 @@ async fn persist(conn: &mut PgConnection, change: &Change, actor: &Actor) -> Res
             actor,
         )
         .await?;
+        let event = events::funds_settled(
+            order,
+            settlement,
+            Some(dispute.dispute_id),
+            change.event.as_str(),
+            actor,
+        );
+        store::record_event(conn, event).await?;
     }
-    let payload = json!({
-        "version": 1,
-        "order_id": order.order_id.as_str(),
-        "state": store::state_name(dispute.state),
-        "outcome": dispute.outcome.map(store::outcome_name),
-        "return_status": dispute.item_return.as_ref().map(|r| store::return_status_name(r.status)),
-        "proposal": dispute.proposal.as_ref().map(|p| {
-            let (remedy, currency_code, refund_minor) = store::remedy_columns(p.remedy);
-            json!({ "remedy": remedy, "currency_code": currency_code, "refund_minor": refund_minor, "message": p.message })
-        }),
-        "note": note,
-        "settlement": settlement.map(|s| settlement_json(order, &s)),
-    });
-    store::append_event(
-        conn,
-        dispute.dispute_id,
-        event.as_str(),
-        actor,
-        dispute.updated_at,
-        payload,
-    )
-    .await?;
     Ok(())
 }

@@ -12,7 +12,7 @@ use crate::{
         Money, NewDispute, NewOrder, Order, Outcome, PartyId, Reason, Remedy, RequestId,
         Resolution, ReturnStatus, SellerDecision,
     },
-    store::DisputeFilter,
+    store::{DisputeFilter, HistoryEvent, Position, StreamEvent},
 };
 
 /// Collects every violation while fields are parsed.
@@ -347,17 +347,13 @@ const PAGE_TOKEN_PREFIX: &str = "v1:";
 
 pub fn list_disputes(req: &pb::ListDisputesRequest) -> Result<(DisputeFilter, usize), DomainError> {
     let mut v = Violations::default();
-    let page_size = v.check(
-        "page_size",
-        match req.page_size {
-            0 => Ok(DEFAULT_PAGE_SIZE),
-            n if n < 0 => Err("must not be negative".to_string()),
-            n => Ok((n as usize).min(MAX_PAGE_SIZE)),
-        },
-    );
+    let page_size = v.check("page_size", page_size(req.page_size));
     let after = match req.page_token.as_str() {
         "" => None,
-        token => v.check("page_token", parse_page_token(token)),
+        token => v.check(
+            "page_token",
+            parse_page_token(token, |s| DisputeId::parse(s).ok()),
+        ),
     };
     let optional_id = |field: &str, raw: &str, v: &mut Violations| {
         (!raw.is_empty())
@@ -385,20 +381,138 @@ pub fn list_disputes(req: &pb::ListDisputesRequest) -> Result<(DisputeFilter, us
     })
 }
 
-pub fn page_token(after: DisputeId) -> String {
+/// An opaque page token for the last item of a page.
+pub fn page_token(last: &impl std::fmt::Display) -> String {
     use base64::Engine;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{PAGE_TOKEN_PREFIX}{after}"))
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{PAGE_TOKEN_PREFIX}{last}"))
 }
 
-fn parse_page_token(token: &str) -> Result<DisputeId, String> {
+/// The last item of the previous page, from a token [`page_token`] made.
+fn parse_page_token<T>(token: &str, parse: impl FnOnce(&str) -> Option<T>) -> Result<T, String> {
     use base64::Engine;
     let invalid = || "is not a token this service issued".to_string();
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(token)
         .map_err(|_| invalid())?;
     let text = String::from_utf8(bytes).map_err(|_| invalid())?;
-    let id = text.strip_prefix(PAGE_TOKEN_PREFIX).ok_or_else(invalid)?;
-    DisputeId::parse(id).map_err(|_| invalid())
+    text.strip_prefix(PAGE_TOKEN_PREFIX)
+        .and_then(parse)
+        .ok_or_else(invalid)
+}
+
+fn page_size(raw: i32) -> Result<usize, String> {
+    match raw {
+        0 => Ok(DEFAULT_PAGE_SIZE),
+        n if n < 0 => Err("must not be negative".to_string()),
+        n => Ok((n as usize).min(MAX_PAGE_SIZE)),
+    }
+}
+
+pub fn list_dispute_events(
+    req: &pb::ListDisputeEventsRequest,
+) -> Result<(DisputeId, i32, usize), DomainError> {
+    let mut v = Violations::default();
+    let dispute_id = v.check("dispute_id", DisputeId::parse(&req.dispute_id));
+    let page_size = v.check("page_size", page_size(req.page_size));
+    let after = match req.page_token.as_str() {
+        "" => Some(0),
+        token => v.check(
+            "page_token",
+            parse_page_token(token, |s| s.parse::<i32>().ok()),
+        ),
+    };
+    v.finish(|| Some((dispute_id?, after?, page_size?)))
+}
+
+const CURSOR_PREFIX: &str = "c1:";
+
+/// The stream cursor of a position: opaque to consumers.
+pub fn cursor(position: Position) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(format!("{CURSOR_PREFIX}{}:{}", position.tx_id, position.id))
+}
+
+/// `None` for an empty cursor (start from the oldest event kept).
+pub fn parse_cursor(raw: &str) -> Result<Option<Position>, DomainError> {
+    use base64::Engine;
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    let invalid = || DomainError::invalid("after_cursor", "is not a cursor this service issued");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(raw)
+        .map_err(|_| invalid())?;
+    let text = String::from_utf8(bytes).map_err(|_| invalid())?;
+    let (tx_id, id) = text
+        .strip_prefix(CURSOR_PREFIX)
+        .and_then(|rest| rest.split_once(':'))
+        .ok_or_else(invalid)?;
+    match (tx_id.parse(), id.parse()) {
+        (Ok(tx_id), Ok(id)) => Ok(Some(Position { tx_id, id })),
+        _ => Err(invalid()),
+    }
+}
+
+fn json_to_pb(value: &serde_json::Value) -> prost_types::Value {
+    use prost_types::value::Kind;
+    let kind = match value {
+        serde_json::Value::Null => Kind::NullValue(0),
+        serde_json::Value::Bool(b) => Kind::BoolValue(*b),
+        // Amounts are integers well inside f64's exact range (< 2^53).
+        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+        serde_json::Value::String(s) => Kind::StringValue(s.clone()),
+        serde_json::Value::Array(items) => Kind::ListValue(prost_types::ListValue {
+            values: items.iter().map(json_to_pb).collect(),
+        }),
+        serde_json::Value::Object(map) => Kind::StructValue(struct_to_pb(map)),
+    };
+    prost_types::Value { kind: Some(kind) }
+}
+
+fn struct_to_pb(map: &serde_json::Map<String, serde_json::Value>) -> prost_types::Struct {
+    prost_types::Struct {
+        fields: map
+            .iter()
+            .map(|(k, v)| (k.clone(), json_to_pb(v)))
+            .collect(),
+    }
+}
+
+fn payload_to_pb(payload: &serde_json::Value) -> Option<prost_types::Struct> {
+    payload.as_object().map(struct_to_pb)
+}
+
+pub fn history_event_to_pb(event: &HistoryEvent) -> pb::DisputeEvent {
+    pb::DisputeEvent {
+        dispute_id: event.dispute_id.to_string(),
+        sequence: event.seq,
+        kind: event.kind.clone(),
+        actor_role: event.actor.role.as_str().to_owned(),
+        actor_id: event.actor.id.clone(),
+        occurred_at: Some(timestamp_to_pb(event.occurred_at)),
+        payload: payload_to_pb(&event.payload),
+        trace_id: event.trace_id.clone().unwrap_or_default(),
+    }
+}
+
+pub fn stream_event_to_pb(event: &StreamEvent) -> pb::Event {
+    pb::Event {
+        cursor: cursor(event.position),
+        event_id: event.event_id.to_string(),
+        r#type: event.event_type.clone(),
+        order_id: event.order_id.clone(),
+        dispute_id: event
+            .dispute_id
+            .map(|id| id.to_string())
+            .unwrap_or_default(),
+        dispute_sequence: event.dispute_seq.unwrap_or_default(),
+        actor_role: event.actor.role.as_str().to_owned(),
+        actor_id: event.actor.id.clone(),
+        occurred_at: Some(timestamp_to_pb(event.occurred_at)),
+        payload: payload_to_pb(&event.payload),
+        trace_id: event.trace_id.clone().unwrap_or_default(),
+    }
 }
 
 fn reason_from_pb(raw: i32) -> Option<Reason> {

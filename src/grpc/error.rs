@@ -85,6 +85,15 @@ impl From<Error> for Status {
                     details,
                 )
             }
+            Error::CursorExpired => status(
+                Code::OutOfRange,
+                "CURSOR_EXPIRED",
+                "events after this cursor were deleted by retention; resume from an empty cursor and reconcile",
+            ),
+            Error::Replay(_) => {
+                tracing::error!("a replayed response escaped the idempotency wrapper");
+                status(Code::Internal, "INTERNAL", "internal error")
+            }
             Error::Store(StoreError::Unavailable(cause)) => {
                 tracing::warn!(error = %cause, "database unavailable");
                 status(

@@ -9,7 +9,7 @@ pub mod policy;
 mod service;
 
 pub use gate::GateLayer;
-pub use service::DisputeApi;
+pub use service::{DisputeApi, EventFeed};
 
 #[allow(clippy::all, missing_docs)]
 pub mod pb {

@@ -31,6 +31,8 @@ pub const POLICY: &[Rule] = &[
     Rule { rpc: "SubmitReturnShipment",  roles: &[Buyer] },
     Rule { rpc: "ConfirmReturnReceived", roles: &[Seller] },
     Rule { rpc: "ExtendProtection",      roles: &[Seller, Agent] },
+    Rule { rpc: "ListDisputeEvents",     roles: &[Buyer, Seller, Agent, Service] },
+    Rule { rpc: "WatchEvents",           roles: &[Agent, Service] },
 ];
 
 /// Refuses `role` calling `rpc` unless the table allows it, stating the rule.

@@ -2,11 +2,14 @@
 //! The actor was put in the request's extensions by the gate; nothing in the request
 //! body can name or change it.
 
-use chrono::{DateTime, Utc};
-use futures::future::BoxFuture;
+use std::{pin::Pin, time::Duration};
+
+use futures::{Stream, future::BoxFuture};
 use prost::Message;
 use sha2::{Digest, Sha256};
 use sqlx::PgConnection;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status};
 
 use super::{
@@ -15,18 +18,34 @@ use super::{
     pb::{self, dispute_service_server::DisputeService},
 };
 use crate::{
-    commands::{Commands, Error},
+    commands::{Commands, Error, KeyClaim},
     domain::{Actor, DomainError, RequestId},
+    startup::stopped,
     store::IdempotencyKey,
 };
 
+/// Most events a stream reads per query.
+const STREAM_BATCH: usize = 500;
+/// How often a stream looks for events when no notification woke it (a notification can
+/// be lost, and an aborted transaction that held the stream back sends none).
+const STREAM_POLL: Duration = Duration::from_millis(500);
+
+/// Wake-ups for event streams: a counter bumped whenever an outbox write commits, and
+/// the server's stop signal, which ends every stream.
+#[derive(Clone)]
+pub struct EventFeed {
+    pub committed: watch::Receiver<u64>,
+    pub stop: watch::Receiver<bool>,
+}
+
 pub struct DisputeApi {
     commands: Commands,
+    feed: EventFeed,
 }
 
 impl DisputeApi {
-    pub fn new(commands: Commands) -> Self {
-        Self { commands }
+    pub fn new(commands: Commands, feed: EventFeed) -> Self {
+        Self { commands, feed }
     }
 
     /// Runs a mutating command under the caller's idempotency key and returns its
@@ -34,30 +53,27 @@ impl DisputeApi {
     async fn mutate<Req, Resp, F>(
         &self,
         rpc: &'static str,
-        actor: &Actor,
-        request_id: &RequestId,
+        actor: Actor,
+        request_id: RequestId,
         request: &Req,
         command: F,
     ) -> Result<Response<Resp>, Status>
     where
         Req: Message,
         Resp: Message + Default + 'static,
-        F: for<'c> FnOnce(
-                &'c mut PgConnection,
-                DateTime<Utc>,
-            ) -> BoxFuture<'c, Result<Resp, Error>>
+        F: for<'c> FnOnce(&'c mut PgConnection, KeyClaim) -> BoxFuture<'c, Result<Resp, Error>>
             + Send,
     {
-        let request_hash = Sha256::digest(request.encode_to_vec());
         let key = IdempotencyKey {
             actor,
             rpc,
             request_id,
+            request_hash: Sha256::digest(request.encode_to_vec()).to_vec(),
         };
         let encoded = self
             .commands
-            .idempotent(key, &request_hash, move |conn, now| {
-                let response = command(conn, now);
+            .idempotent(key, move |conn, claim| {
+                let response = command(conn, claim);
                 Box::pin(async move { Ok(response.await?.encode_to_vec()) })
             })
             .await?;
@@ -67,9 +83,7 @@ impl DisputeApi {
         })?;
         Ok(Response::new(response))
     }
-}
 
-impl DisputeApi {
     /// Every RPC that acts on one dispute: parse, run under the idempotency key, answer
     /// with the dispute and its order.
     async fn on_dispute<Req, Resp>(
@@ -87,12 +101,9 @@ impl DisputeApi {
         let req = request.into_inner();
         let (dispute_id, command, request_id) = parse(&req)?;
         let commands = self.commands.clone();
-        let by = actor.clone();
-        self.mutate(rpc, &actor, &request_id, &req, move |conn, now| {
+        self.mutate(rpc, actor, request_id, &req, move |conn, claim| {
             Box::pin(async move {
-                let change = commands
-                    .execute(conn, &by, dispute_id, command, now)
-                    .await?;
+                let change = commands.execute(conn, dispute_id, command, claim).await?;
                 tracing::info!(
                     %dispute_id,
                     event = change.event.as_str(),
@@ -117,6 +128,8 @@ fn actor<T>(request: &Request<T>) -> Result<Actor, Status> {
         .ok_or_else(|| status(Code::Unauthenticated, "UNAUTHENTICATED", "unauthenticated"))
 }
 
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEventsResponse, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl DisputeService for DisputeApi {
     async fn register_order(
@@ -129,12 +142,12 @@ impl DisputeService for DisputeApi {
         let commands = self.commands.clone();
         self.mutate(
             "RegisterOrder",
-            &actor,
-            &request_id,
+            actor,
+            request_id,
             &req,
-            move |conn, now| {
+            move |conn, claim| {
                 Box::pin(async move {
-                    let registered = commands.register_order(conn, new, now).await?;
+                    let registered = commands.register_order(conn, new, claim).await?;
                     if registered.created {
                         tracing::info!(order_id = %registered.order.order_id, "order registered");
                     }
@@ -167,10 +180,9 @@ impl DisputeService for DisputeApi {
         let req = request.into_inner();
         let (new, request_id) = convert::open_dispute(&req)?;
         let commands = self.commands.clone();
-        let by = actor.clone();
-        self.mutate("OpenDispute", &actor, &request_id, &req, move |conn, now| {
+        self.mutate("OpenDispute", actor, request_id, &req, move |conn, claim| {
             Box::pin(async move {
-                let change = commands.open_dispute(conn, &by, new, now).await?;
+                let change = commands.open_dispute(conn, new, claim).await?;
                 tracing::info!(dispute_id = %change.dispute.dispute_id, order_id = %change.order.order_id, "dispute opened");
                 Ok(pb::OpenDisputeResponse {
                     dispute: Some(dispute_to_pb(&change.dispute)),
@@ -217,6 +229,37 @@ impl DisputeService for DisputeApi {
             |dispute, order| pb::ResolveFundsResponse { dispute, order },
         )
         .await
+    }
+
+    async fn get_dispute(
+        &self,
+        request: Request<pb::GetDisputeRequest>,
+    ) -> Result<Response<pb::GetDisputeResponse>, Status> {
+        let actor = actor(&request)?;
+        let dispute_id = convert::dispute_id(&request.get_ref().dispute_id)?;
+        let dispute = self.commands.get_dispute(&actor, dispute_id).await?;
+        Ok(Response::new(pb::GetDisputeResponse {
+            dispute: Some(dispute_to_pb(&dispute)),
+        }))
+    }
+
+    async fn list_disputes(
+        &self,
+        request: Request<pb::ListDisputesRequest>,
+    ) -> Result<Response<pb::ListDisputesResponse>, Status> {
+        let actor = actor(&request)?;
+        let (filter, page_size) = convert::list_disputes(request.get_ref())?;
+        let page = self
+            .commands
+            .list_disputes(&actor, filter, page_size)
+            .await?;
+        Ok(Response::new(pb::ListDisputesResponse {
+            disputes: page.disputes.iter().map(dispute_to_pb).collect(),
+            next_page_token: page
+                .next_after
+                .map(|id| convert::page_token(&id))
+                .unwrap_or_default(),
+        }))
     }
 
     async fn respond_to_dispute(
@@ -292,10 +335,9 @@ impl DisputeService for DisputeApi {
         let req = request.into_inner();
         let (order_id, new_end, request_id) = convert::extend_protection(&req)?;
         let commands = self.commands.clone();
-        let by = actor.clone();
-        self.mutate("ExtendProtection", &actor, &request_id, &req, move |conn, now| {
+        self.mutate("ExtendProtection", actor, request_id, &req, move |conn, claim| {
             Box::pin(async move {
-                let order = commands.extend_protection(conn, &by, &order_id, new_end, now).await?;
+                let order = commands.extend_protection(conn, &order_id, new_end, claim).await?;
                 tracing::info!(%order_id, protection_ends_at = %order.protection_ends_at, "protection extended");
                 Ok(pb::ExtendProtectionResponse {
                     order: Some(order_to_pb(&order)),
@@ -305,31 +347,77 @@ impl DisputeService for DisputeApi {
         .await
     }
 
-    async fn get_dispute(
+    async fn list_dispute_events(
         &self,
-        request: Request<pb::GetDisputeRequest>,
-    ) -> Result<Response<pb::GetDisputeResponse>, Status> {
+        request: Request<pb::ListDisputeEventsRequest>,
+    ) -> Result<Response<pb::ListDisputeEventsResponse>, Status> {
         let actor = actor(&request)?;
-        let dispute_id = convert::dispute_id(&request.get_ref().dispute_id)?;
-        let dispute = self.commands.get_dispute(&actor, dispute_id).await?;
-        Ok(Response::new(pb::GetDisputeResponse {
-            dispute: Some(dispute_to_pb(&dispute)),
+        let (dispute_id, after_seq, page_size) = convert::list_dispute_events(request.get_ref())?;
+        let events = self
+            .commands
+            .history(&actor, dispute_id, after_seq, page_size)
+            .await?;
+        let next_page_token = match events.last() {
+            Some(last) if events.len() == page_size => convert::page_token(&last.seq),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListDisputeEventsResponse {
+            events: events.iter().map(convert::history_event_to_pb).collect(),
+            next_page_token,
         }))
     }
 
-    async fn list_disputes(
+    type WatchEventsStream = EventStream;
+
+    async fn watch_events(
         &self,
-        request: Request<pb::ListDisputesRequest>,
-    ) -> Result<Response<pb::ListDisputesResponse>, Status> {
-        let actor = actor(&request)?;
-        let (filter, page_size) = convert::list_disputes(request.get_ref())?;
-        let page = self
-            .commands
-            .list_disputes(&actor, filter, page_size)
-            .await?;
-        Ok(Response::new(pb::ListDisputesResponse {
-            disputes: page.disputes.iter().map(dispute_to_pb).collect(),
-            next_page_token: page.next_after.map(convert::page_token).unwrap_or_default(),
-        }))
+        request: Request<pb::WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        let mut after = convert::parse_cursor(&request.get_ref().after_cursor)?;
+        // Refuse an expired cursor before the stream starts.
+        let first = self.commands.stream(after, STREAM_BATCH).await?;
+        let commands = self.commands.clone();
+        let EventFeed {
+            mut committed,
+            mut stop,
+        } = self.feed.clone();
+        let (tx, rx) = mpsc::channel(STREAM_BATCH);
+        tokio::spawn(async move {
+            let mut batch = Ok(first);
+            loop {
+                let events = match batch {
+                    Ok(events) => events,
+                    Err(error) => {
+                        let _ = tx.send(Err(Status::from(error))).await;
+                        return;
+                    }
+                };
+                let full = events.len() == STREAM_BATCH;
+                for event in events {
+                    after = Some(event.position);
+                    let message = pb::WatchEventsResponse {
+                        event: Some(convert::stream_event_to_pb(&event)),
+                    };
+                    if tx.send(Ok(message)).await.is_err() {
+                        return; // the consumer left
+                    }
+                }
+                if !full {
+                    tokio::select! {
+                        changed = committed.changed() => {
+                            if changed.is_err() {
+                                // No more notifications: fall back to polling.
+                                tokio::time::sleep(STREAM_POLL).await;
+                            }
+                        }
+                        _ = tokio::time::sleep(STREAM_POLL) => {}
+                        _ = stopped(&mut stop) => return,
+                        _ = tx.closed() => return,
+                    }
+                }
+                batch = commands.stream(after, STREAM_BATCH).await;
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }

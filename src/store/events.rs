@@ -1,34 +1,214 @@
-//! The per-dispute history: appended in the command's transaction, never changed.
+//! Events: each is written once, in the transaction of the change it describes, to the
+//! dispute's immutable history (when it concerns a dispute) and to the outbox the event
+//! stream reads. Readers of the outbox only see rows below the oldest transaction still
+//! in flight, so nothing committed late is ever skipped.
 
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
+use uuid::Uuid;
 
-use super::StoreError;
-use crate::domain::{Actor, DisputeId};
+use super::{Store, StoreError};
+use crate::domain::{Actor, DisputeId, PartyId, Role};
 
-/// Appends one event to the dispute's history with the next sequence number. The caller
-/// holds the dispute's order lock, so sequence numbers never race.
-pub async fn append_event(
-    conn: &mut PgConnection,
-    dispute_id: DisputeId,
-    kind: &str,
-    actor: &Actor,
-    occurred_at: DateTime<Utc>,
-    payload: serde_json::Value,
-) -> Result<i32, StoreError> {
-    let seq = sqlx::query_scalar!(
-        r#"INSERT INTO dispute_events (dispute_id, seq, kind, actor_role, actor_id, occurred_at, payload)
-           SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, $3, $4, $5, $6
-           FROM dispute_events WHERE dispute_id = $1
-           RETURNING seq"#,
-        dispute_id.0,
-        kind,
-        actor.role.as_str(),
-        actor.id,
-        occurred_at,
-        payload,
+/// An event to record.
+#[derive(Debug, Clone)]
+pub struct NewEvent<'a> {
+    pub event_type: &'a str,
+    pub order_id: &'a PartyId,
+    pub dispute_id: Option<DisputeId>,
+    pub actor: &'a Actor,
+    pub occurred_at: DateTime<Utc>,
+    pub payload: serde_json::Value,
+    /// The trace of the request that caused it, when there is one.
+    pub trace_id: Option<String>,
+}
+
+/// One entry of a dispute's history.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryEvent {
+    pub dispute_id: DisputeId,
+    pub seq: i32,
+    pub kind: String,
+    pub actor: Actor,
+    pub occurred_at: DateTime<Utc>,
+    pub payload: serde_json::Value,
+    pub trace_id: Option<String>,
+}
+
+/// Where a consumer is in the outbox: the transaction id and the row id of the last
+/// event it saw. `Position::START` is before everything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Position {
+    pub tx_id: i64,
+    pub id: i64,
+}
+
+impl Position {
+    pub const START: Position = Position { tx_id: 0, id: 0 };
+}
+
+/// One event of the stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamEvent {
+    pub position: Position,
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub order_id: String,
+    pub dispute_id: Option<DisputeId>,
+    pub dispute_seq: Option<i32>,
+    pub actor: Actor,
+    pub occurred_at: DateTime<Utc>,
+    pub payload: serde_json::Value,
+    pub trace_id: Option<String>,
+}
+
+fn actor(role: &str, id: String) -> Result<Actor, StoreError> {
+    let role =
+        Role::parse(role).ok_or_else(|| StoreError::Corrupt(format!("unknown role {role}")))?;
+    Ok(Actor::new(role, id))
+}
+
+/// Records `event`: the history gets the next sequence number of its dispute (the caller
+/// holds the order lock, so numbers never race), and the outbox gets a row. One round trip.
+pub async fn record_event(conn: &mut PgConnection, event: NewEvent<'_>) -> Result<(), StoreError> {
+    sqlx::query!(
+        r#"WITH history AS (
+             INSERT INTO dispute_events (dispute_id, seq, kind, actor_role, actor_id, occurred_at, payload, trace_id)
+             SELECT $3::uuid, COALESCE(MAX(seq), 0) + 1, $4, $5, $6, $7, $8, $9
+             FROM dispute_events WHERE dispute_id = $3::uuid AND $3::uuid IS NOT NULL
+             HAVING $3::uuid IS NOT NULL
+             RETURNING seq
+           )
+           INSERT INTO outbox (event_id, event_type, order_id, dispute_id, dispute_seq, actor_role, actor_id,
+                               occurred_at, payload, trace_id)
+           VALUES ($1, $4, $2, $3, (SELECT seq FROM history), $5, $6, $7, $8, $9)"#,
+        Uuid::now_v7(),
+        event.order_id.as_str(),
+        event.dispute_id.map(|id| id.0),
+        event.event_type,
+        event.actor.role.as_str(),
+        event.actor.id,
+        event.occurred_at,
+        event.payload,
+        event.trace_id,
     )
-    .fetch_one(conn)
+    .execute(conn)
     .await?;
-    Ok(seq)
+    Ok(())
+}
+
+impl Store {
+    /// A page of one dispute's history after sequence number `after`.
+    pub async fn history(
+        &self,
+        dispute_id: DisputeId,
+        after: i32,
+        limit: i64,
+    ) -> Result<Vec<HistoryEvent>, StoreError> {
+        let rows = sqlx::query!(
+            r#"SELECT seq, kind, actor_role, actor_id, occurred_at, payload, trace_id
+               FROM dispute_events WHERE dispute_id = $1 AND seq > $2
+               ORDER BY seq LIMIT $3"#,
+            dispute_id.0,
+            after,
+            limit,
+        )
+        .fetch_all(self.pool())
+        .await?;
+        rows.into_iter()
+            .map(|row| {
+                Ok(HistoryEvent {
+                    dispute_id,
+                    seq: row.seq,
+                    kind: row.kind,
+                    actor: actor(&row.actor_role, row.actor_id)?,
+                    occurred_at: row.occurred_at,
+                    payload: row.payload,
+                    trace_id: row.trace_id,
+                })
+            })
+            .collect()
+    }
+
+    /// Up to `limit` stream events after `after`, in position order, none from a
+    /// transaction that may still be in flight.
+    pub async fn stream_events(
+        &self,
+        after: Position,
+        limit: i64,
+    ) -> Result<Vec<StreamEvent>, StoreError> {
+        let rows = sqlx::query!(
+            r#"SELECT tx_id::text::bigint AS "tx_id!", id, event_id, event_type, order_id, dispute_id, dispute_seq,
+                      actor_role, actor_id, occurred_at, payload, trace_id
+               FROM outbox
+               WHERE (tx_id, id) > ($1::text::xid8, $2)
+                 AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
+               ORDER BY tx_id, id
+               LIMIT $3"#,
+            after.tx_id.to_string(),
+            after.id,
+            limit,
+        )
+        .fetch_all(self.pool())
+        .await?;
+        rows.into_iter()
+            .map(|row| {
+                Ok(StreamEvent {
+                    position: Position {
+                        tx_id: row.tx_id,
+                        id: row.id,
+                    },
+                    event_id: row.event_id,
+                    event_type: row.event_type,
+                    order_id: row.order_id,
+                    dispute_id: row.dispute_id.map(DisputeId),
+                    dispute_seq: row.dispute_seq,
+                    actor: actor(&row.actor_role, row.actor_id)?,
+                    occurred_at: row.occurred_at,
+                    payload: row.payload,
+                    trace_id: row.trace_id,
+                })
+            })
+            .collect()
+    }
+
+    /// Where retention has deleted up to: a consumer behind it has missed events.
+    pub async fn outbox_purged_to(&self) -> Result<Position, StoreError> {
+        let row = sqlx::query!(
+            r#"SELECT purged_to_tx_id::text::bigint AS "tx_id!", purged_to_id FROM outbox_retention"#
+        )
+        .fetch_one(self.pool())
+        .await?;
+        Ok(Position {
+            tx_id: row.tx_id,
+            id: row.purged_to_id,
+        })
+    }
+
+    /// Deletes up to `limit` outbox rows that occurred before `before` (and are below the
+    /// in-flight horizon), and moves the retention mark past them. Returns how many.
+    pub async fn purge_outbox(&self, before: DateTime<Utc>, limit: i64) -> Result<u64, StoreError> {
+        let mut tx = self.begin().await?;
+        let deleted = sqlx::query!(
+            r#"WITH doomed AS (
+                 SELECT tx_id, id FROM outbox
+                 WHERE occurred_at < $1 AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
+                 ORDER BY tx_id, id LIMIT $2
+               ), gone AS (
+                 DELETE FROM outbox o USING doomed d WHERE o.tx_id = d.tx_id AND o.id = d.id
+                 RETURNING o.tx_id, o.id
+               ), last AS (
+                 SELECT tx_id, id FROM gone ORDER BY tx_id DESC, id DESC LIMIT 1
+               )
+               UPDATE outbox_retention r SET purged_to_tx_id = last.tx_id, purged_to_id = last.id
+               FROM last WHERE (last.tx_id, last.id) > (r.purged_to_tx_id, r.purged_to_id)
+               RETURNING (SELECT count(*) FROM gone) AS "deleted!""#,
+            before,
+            limit,
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(deleted.map_or(0, |row| row.deleted as u64))
+    }
 }

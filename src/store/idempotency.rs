@@ -1,10 +1,10 @@
 //! Idempotency keys: one remembered response per (actor, RPC, request id).
 //!
-//! The key is inserted first, in the command's own transaction. A concurrent duplicate's
-//! insert waits on the unique index until the first transaction ends: if it committed,
-//! the duplicate replays its response; if it rolled back (the command was refused), the
-//! duplicate runs as if it were first. So a duplicate never executes twice and a refused
-//! request is never remembered.
+//! The key is inserted in the command's own transaction, after the command has locked its
+//! order. A concurrent duplicate waits on the lock (or on the key's unique index) until
+//! the first transaction ends: if it committed, the duplicate replays its response; if it
+//! rolled back (the command was refused), the duplicate runs as if it were first. So a
+//! duplicate never executes twice and a refused request is never remembered.
 
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
@@ -12,15 +12,17 @@ use sqlx::PgConnection;
 use super::StoreError;
 use crate::domain::{Actor, RequestId};
 
-#[derive(Debug, Clone)]
-pub struct IdempotencyKey<'a> {
-    pub actor: &'a Actor,
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey {
+    pub actor: Actor,
     pub rpc: &'static str,
-    pub request_id: &'a RequestId,
+    pub request_id: RequestId,
+    /// Digest of the whole request: the same key with another payload is refused.
+    pub request_hash: Vec<u8>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
-pub enum Claim {
+pub enum KeyState {
     /// First time: run the command, then [`complete`] the key.
     Fresh,
     /// Done before with the same payload: here is the response it got.
@@ -31,10 +33,9 @@ pub enum Claim {
 
 pub async fn claim(
     conn: &mut PgConnection,
-    key: &IdempotencyKey<'_>,
-    request_hash: &[u8],
+    key: &IdempotencyKey,
     now: DateTime<Utc>,
-) -> Result<Claim, StoreError> {
+) -> Result<KeyState, StoreError> {
     let inserted = sqlx::query_scalar!(
         r#"INSERT INTO idempotency_keys (actor_role, actor_id, rpc, request_id, request_hash, created_at)
            VALUES ($1, $2, $3, $4, $5, $6)
@@ -44,13 +45,13 @@ pub async fn claim(
         key.actor.id,
         key.rpc,
         key.request_id.as_str(),
-        request_hash,
+        key.request_hash,
         now,
     )
     .fetch_optional(&mut *conn)
     .await?;
     if inserted.is_some() {
-        return Ok(Claim::Fresh);
+        return Ok(KeyState::Fresh);
     }
     let row = sqlx::query!(
         r#"SELECT request_hash, response FROM idempotency_keys
@@ -63,8 +64,8 @@ pub async fn claim(
     .fetch_one(&mut *conn)
     .await?;
     match row.response {
-        _ if row.request_hash != request_hash => Ok(Claim::Reused),
-        Some(response) => Ok(Claim::Replay(response)),
+        _ if row.request_hash != key.request_hash => Ok(KeyState::Reused),
+        Some(response) => Ok(KeyState::Replay(response)),
         None => Err(StoreError::Corrupt(
             "committed idempotency key without a response".into(),
         )),
@@ -73,7 +74,7 @@ pub async fn claim(
 
 pub async fn complete(
     conn: &mut PgConnection,
-    key: &IdempotencyKey<'_>,
+    key: &IdempotencyKey,
     response: &[u8],
 ) -> Result<(), StoreError> {
     sqlx::query!(

@@ -16,8 +16,8 @@ pub use deadlines::{latest_dispute_id, order_of};
 pub use disputes::{
     DisputeFilter, active_dispute_id, fetch_dispute, insert_dispute, lock_dispute, update_dispute,
 };
-pub use events::append_event;
-pub use idempotency::{Claim, IdempotencyKey, claim, complete};
+pub use events::{HistoryEvent, NewEvent, Position, StreamEvent, record_event};
+pub use idempotency::{IdempotencyKey, KeyState, claim, complete};
 pub use orders::{insert_order, insert_settlement, lock_order, try_lock_order, update_order};
 
 use sqlx::{PgPool, Postgres, Transaction, migrate::Migrator};

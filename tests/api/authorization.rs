@@ -195,6 +195,17 @@ async fn call_rpc(
             })
             .await
             .map(found),
+        "ListDisputeEvents" => client
+            .list_dispute_events(pb::ListDisputeEventsRequest {
+                dispute_id: f.dispute_id.clone(),
+                ..Default::default()
+            })
+            .await
+            .map(found),
+        "WatchEvents" => client
+            .watch_events(pb::WatchEventsRequest::default())
+            .await
+            .map(found),
         other => panic!("no call written for {other}: add it to this test"),
     }
 }
@@ -209,8 +220,9 @@ fn expected(rpc: &str, role: Role, target: Target) -> Seen {
         return Seen::Denied;
     }
     match (rpc, role, target) {
-        // Registering needs no existing order: the order service may register any.
-        ("RegisterOrder", _, _) => Seen::Allowed,
+        // Registering needs no existing order: the order service may register any. The
+        // event stream is the platform's, not a resource's.
+        ("RegisterOrder" | "WatchEvents", _, _) => Seen::Allowed,
         (_, _, Target::Missing) => Seen::Hidden,
         (_, Role::Buyer | Role::Seller, Target::Others) => Seen::Hidden,
         _ => Seen::Allowed,

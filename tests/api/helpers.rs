@@ -83,7 +83,7 @@ pub fn serve_config(extra: &[&str]) -> ServeConfig {
     ];
     args.extend_from_slice(extra);
     match Cli::parse_from(args).command {
-        Command::Serve(config) => config,
+        Command::Serve(config) => *config,
         _ => unreachable!(),
     }
 }

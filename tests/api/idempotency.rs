@@ -31,7 +31,10 @@ async fn a_retry_returns_the_first_response_byte_for_byte_and_writes_nothing(poo
         .fetch_one(&pool)
         .await
         .unwrap();
-    assert_eq!(events, 2, "opened + resolved, nothing for the retry");
+    assert_eq!(
+        events, 3,
+        "opened, resolved, settled; nothing for the retry"
+    );
 }
 
 #[sqlx::test]

@@ -8,6 +8,7 @@ mod authorization;
 mod concurrency;
 mod deadlines;
 mod disputes;
+mod events;
 mod idempotency;
 mod orders;
 mod server;

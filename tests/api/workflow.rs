@@ -100,7 +100,8 @@ async fn the_full_return_path_refunds_the_buyer_when_the_seller_has_the_item(poo
             "DISPUTE_OPENED",
             "REMEDY_ACCEPTED",
             "RETURN_SHIPPED",
-            "RETURN_RECEIVED"
+            "RETURN_RECEIVED",
+            "FUNDS_SETTLED"
         ]
     );
 }

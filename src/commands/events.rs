@@ -1,0 +1,162 @@
+//! The event catalogue (payloads, version 1) and the two ways to read events: a
+//! dispute's history and the resumable stream.
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+
+use super::{Commands, Error};
+use crate::{
+    domain::{Actor, Change, DisputeId, DomainError, Order, Resource, Settlement},
+    store::{self, HistoryEvent, NewEvent, Position, StreamEvent},
+};
+
+/// Version of every payload below; bumped when a payload changes incompatibly.
+pub const PAYLOAD_VERSION: u32 = 1;
+
+pub(super) fn order_registered<'a>(
+    order: &'a Order,
+    actor: &'a Actor,
+    now: DateTime<Utc>,
+) -> NewEvent<'a> {
+    NewEvent {
+        event_type: "ORDER_REGISTERED",
+        order_id: &order.order_id,
+        dispute_id: None,
+        actor,
+        occurred_at: now,
+        payload: json!({
+            "version": PAYLOAD_VERSION,
+            "order_id": order.order_id.as_str(),
+            "buyer_id": order.buyer_id.as_str(),
+            "seller_id": order.seller_id.as_str(),
+            "currency_code": order.amount.currency.as_str(),
+            "amount_minor": order.amount.minor,
+            "protection_ends_at": order.protection_ends_at,
+        }),
+        trace_id: None,
+    }
+}
+
+/// A dispute changed: its state, outcome, return and proposal afterwards, and the
+/// actor's note if any.
+pub(super) fn dispute_changed<'a>(change: &'a Change, actor: &'a Actor) -> NewEvent<'a> {
+    let dispute = &change.dispute;
+    NewEvent {
+        event_type: change.event.as_str(),
+        order_id: &change.order.order_id,
+        dispute_id: Some(dispute.dispute_id),
+        actor,
+        occurred_at: dispute.updated_at,
+        payload: json!({
+            "version": PAYLOAD_VERSION,
+            "order_id": change.order.order_id.as_str(),
+            "dispute_id": dispute.dispute_id.to_string(),
+            "buyer_id": dispute.buyer_id.as_str(),
+            "seller_id": dispute.seller_id.as_str(),
+            "state": store::state_name(dispute.state),
+            "outcome": dispute.outcome.map(store::outcome_name),
+            "return_status": dispute.item_return.as_ref().map(|r| store::return_status_name(r.status)),
+            "proposal": dispute.proposal.as_ref().map(|p| {
+                let (remedy, currency_code, refund_minor) = store::remedy_columns(p.remedy);
+                json!({ "remedy": remedy, "currency_code": currency_code, "refund_minor": refund_minor, "message": p.message })
+            }),
+            "note": change.note,
+        }),
+        trace_id: None,
+    }
+}
+
+/// The funds were settled: everything the payments service needs to move the money.
+pub(super) fn funds_settled<'a>(
+    order: &'a Order,
+    settlement: &Settlement,
+    dispute_id: Option<DisputeId>,
+    cause: &str,
+    actor: &'a Actor,
+) -> NewEvent<'a> {
+    NewEvent {
+        event_type: "FUNDS_SETTLED",
+        order_id: &order.order_id,
+        dispute_id,
+        actor,
+        occurred_at: settlement.settled_at,
+        payload: json!({
+            "version": PAYLOAD_VERSION,
+            "cause": cause,
+            "order_id": order.order_id.as_str(),
+            "dispute_id": dispute_id.map(|id| id.to_string()),
+            "buyer_id": order.buyer_id.as_str(),
+            "seller_id": order.seller_id.as_str(),
+            "currency_code": order.amount.currency.as_str(),
+            "amount_minor": order.amount.minor,
+            "refunded_to_buyer_minor": settlement.refund_minor(),
+            "released_to_seller_minor": settlement.release_minor(),
+            "funds_state": settlement.funds_state().as_str(),
+            "settled_at": settlement.settled_at,
+        }),
+        trace_id: None,
+    }
+}
+
+pub(super) fn protection_extended<'a>(
+    before: &Order,
+    after: &'a Order,
+    active_dispute: Option<DisputeId>,
+    actor: &'a Actor,
+    now: DateTime<Utc>,
+) -> NewEvent<'a> {
+    NewEvent {
+        event_type: "PROTECTION_EXTENDED",
+        order_id: &after.order_id,
+        dispute_id: active_dispute,
+        actor,
+        occurred_at: now,
+        payload: json!({
+            "version": PAYLOAD_VERSION,
+            "order_id": after.order_id.as_str(),
+            "previous_protection_ends_at": before.protection_ends_at,
+            "protection_ends_at": after.protection_ends_at,
+        }),
+        trace_id: None,
+    }
+}
+
+impl Commands {
+    /// A page of a dispute's history, visible by the same rule as the dispute.
+    pub async fn history(
+        &self,
+        actor: &Actor,
+        dispute_id: DisputeId,
+        after_seq: i32,
+        limit: usize,
+    ) -> Result<Vec<HistoryEvent>, Error> {
+        let dispute = self
+            .store
+            .get_dispute(dispute_id)
+            .await?
+            .ok_or(DomainError::NotFound(Resource::Dispute))?;
+        dispute.ensure_visible_to(actor)?;
+        Ok(self
+            .store
+            .history(dispute_id, after_seq, limit as i64)
+            .await?)
+    }
+
+    /// The committed events after `after` (from the oldest kept when `None`), oldest
+    /// first. Refuses a cursor whose following events retention has already deleted.
+    pub async fn stream(
+        &self,
+        after: Option<Position>,
+        limit: usize,
+    ) -> Result<Vec<StreamEvent>, Error> {
+        if let Some(after) = after
+            && after < self.store.outbox_purged_to().await?
+        {
+            return Err(Error::CursorExpired);
+        }
+        Ok(self
+            .store
+            .stream_events(after.unwrap_or(Position::START), limit as i64)
+            .await?)
+    }
+}

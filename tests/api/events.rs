@@ -1,0 +1,414 @@
+//! History and the event stream (SPEC §7): what each call emits, nothing for refused or
+//! rolled-back work, resuming from a cursor, a transaction that commits late, and a
+//! stream racing concurrent writers.
+
+use std::{collections::HashSet, time::Duration as StdDuration};
+
+use chrono::Duration;
+use dispute_service::{
+    domain::Role,
+    grpc::pb::{self, Remedy, ResolveOutcome},
+};
+use futures::future::join_all;
+use sqlx::PgPool;
+use tokio_stream::StreamExt;
+use tonic::{Code, Streaming};
+
+use crate::helpers::*;
+
+/// Reads events from `stream` until `count` arrived or `wait` passed with nothing new.
+async fn take(
+    stream: &mut Streaming<pb::WatchEventsResponse>,
+    count: usize,
+    wait: StdDuration,
+) -> Vec<pb::Event> {
+    let mut events = Vec::new();
+    while events.len() < count {
+        match tokio::time::timeout(wait, stream.next()).await {
+            Ok(Some(Ok(message))) => events.push(message.event.unwrap()),
+            Ok(Some(Err(status))) => panic!("stream failed: {status:?}"),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    events
+}
+
+async fn watch(app: &TestApp, after: &str) -> Streaming<pb::WatchEventsResponse> {
+    let request = pb::WatchEventsRequest {
+        after_cursor: after.into(),
+    };
+    app.service()
+        .await
+        .watch_events(request)
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+fn types(events: &[pb::Event]) -> Vec<&str> {
+    events.iter().map(|e| e.r#type.as_str()).collect()
+}
+
+fn field<'a>(event: &'a pb::Event, name: &str) -> &'a prost_types::value::Kind {
+    event.payload.as_ref().unwrap().fields[name]
+        .kind
+        .as_ref()
+        .unwrap()
+}
+
+#[sqlx::test]
+async fn every_call_and_deadline_emits_its_events_and_refusals_emit_none(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let mut stream = watch(&app, "").await;
+    app.register("order-1").await;
+    let d = app
+        .open("order-1", Remedy::ReturnAndRefund)
+        .await
+        .dispute_id;
+    let (mut buyer, mut seller) = (app.buyer().await, app.seller().await);
+    // Refused: nothing.
+    assert!(seller.cancel_dispute(cancel_request(&d)).await.is_err());
+    assert!(buyer.cancel_dispute(cancel_request(&d)).await.is_err());
+    seller.respond_to_dispute(accept(&d)).await.unwrap();
+    buyer.submit_return_shipment(ship(&d)).await.unwrap();
+    app.agent()
+        .await
+        .extend_protection(extend("order-1", app.now() + Duration::days(40)))
+        .await
+        .unwrap();
+    app.clock.advance(Duration::days(16));
+    assert_eq!(app.run_deadlines().await.deadlines_applied, 1);
+    let events = take(&mut stream, 8, StdDuration::from_secs(3)).await;
+    assert_eq!(
+        types(&events),
+        [
+            "ORDER_REGISTERED",
+            "DISPUTE_OPENED",
+            "REMEDY_ACCEPTED",
+            "RETURN_SHIPPED",
+            "PROTECTION_EXTENDED",
+            "RETURN_RECEIPT_DEADLINE_PASSED",
+            "FUNDS_SETTLED"
+        ]
+    );
+    let settled = events.last().unwrap();
+    assert_eq!(
+        (settled.actor_role.as_str(), settled.actor_id.as_str()),
+        ("SERVICE", "system")
+    );
+    assert_eq!(settled.order_id, "order-1");
+    assert_eq!(settled.dispute_id, d);
+    use prost_types::value::Kind::{NumberValue, StringValue};
+    assert_eq!(field(settled, "version"), &NumberValue(1.0));
+    assert_eq!(field(settled, "currency_code"), &StringValue("USD".into()));
+    assert_eq!(field(settled, "amount_minor"), &NumberValue(10_000.0));
+    assert_eq!(
+        field(settled, "refunded_to_buyer_minor"),
+        &NumberValue(10_000.0)
+    );
+    assert_eq!(
+        field(settled, "released_to_seller_minor"),
+        &NumberValue(0.0)
+    );
+    assert_eq!(field(settled, "buyer_id"), &StringValue("buyer-1".into()));
+    assert_eq!(field(settled, "seller_id"), &StringValue("seller-1".into()));
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| !e.dispute_id.is_empty())
+            .map(|e| e.dispute_sequence)
+            .collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5, 6]
+    );
+}
+
+#[sqlx::test]
+async fn the_history_lists_every_change_with_its_actor_and_pages(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    app.register("order-1").await;
+    let d = app.open("order-1", Remedy::FullRefund).await.dispute_id;
+    app.seller()
+        .await
+        .respond_to_dispute(propose(&d, Remedy::PartialRefund, Some(500)))
+        .await
+        .unwrap();
+    app.buyer()
+        .await
+        .accept_proposal(accept_proposal(&d))
+        .await
+        .unwrap();
+    let mut buyer = app.buyer().await;
+    let mut page = pb::ListDisputeEventsRequest {
+        dispute_id: d.clone(),
+        page_size: 2,
+        ..Default::default()
+    };
+    let mut events = Vec::new();
+    loop {
+        let response = buyer
+            .list_dispute_events(page.clone())
+            .await
+            .unwrap()
+            .into_inner();
+        events.extend(response.events);
+        if response.next_page_token.is_empty() {
+            break;
+        }
+        page.page_token = response.next_page_token;
+    }
+    let summary: Vec<(i32, &str, &str, &str)> = events
+        .iter()
+        .map(|e| {
+            (
+                e.sequence,
+                e.kind.as_str(),
+                e.actor_role.as_str(),
+                e.actor_id.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (1, "DISPUTE_OPENED", "BUYER", "buyer-1"),
+            (2, "REMEDY_PROPOSED", "SELLER", "seller-1"),
+            (3, "PROPOSAL_ACCEPTED", "BUYER", "buyer-1"),
+            (4, "FUNDS_SETTLED", "BUYER", "buyer-1"),
+        ]
+    );
+    use prost_types::value::Kind::StringValue;
+    let proposed = events[1].payload.as_ref().unwrap().fields["note"]
+        .kind
+        .clone();
+    assert_eq!(proposed, Some(StringValue("how about this instead".into())));
+    // Visible as the dispute is: a stranger is told it does not exist.
+    let hidden = app
+        .client(Role::Buyer, "buyer-2")
+        .await
+        .list_dispute_events(pb::ListDisputeEventsRequest {
+            dispute_id: d.clone(),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(reason(hidden), (Code::NotFound, "DISPUTE_NOT_FOUND".into()));
+}
+
+#[sqlx::test]
+async fn a_consumer_that_disconnects_and_resumes_sees_every_event_once(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    for i in 0..5 {
+        app.register(&format!("order-{i}")).await;
+    }
+    let mut stream = watch(&app, "").await;
+    let first = take(&mut stream, 3, StdDuration::from_secs(3)).await;
+    drop(stream);
+    for i in 5..8 {
+        app.register(&format!("order-{i}")).await;
+    }
+    // At least once: the consumer resumes from the last cursor it processed.
+    let mut resumed = watch(&app, &first.last().unwrap().cursor).await;
+    let rest = take(&mut resumed, 100, StdDuration::from_secs(1)).await;
+    let mut seen = HashSet::new();
+    let all: Vec<_> = first
+        .iter()
+        .chain(&rest)
+        .filter(|e| seen.insert(e.event_id.clone()))
+        .collect();
+    let orders: Vec<&str> = all.iter().map(|e| e.order_id.as_str()).collect();
+    assert_eq!(
+        orders,
+        (0..8).map(|i| format!("order-{i}")).collect::<Vec<_>>()
+    );
+    let bad = app
+        .service()
+        .await
+        .watch_events(pb::WatchEventsRequest {
+            after_cursor: "nonsense".into(),
+        })
+        .await;
+    assert_eq!(violated_fields(bad), ["after_cursor"]);
+}
+
+#[sqlx::test]
+async fn a_transaction_that_commits_late_is_never_skipped(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    app.register("early").await;
+    let mut stream = watch(&app, "").await;
+    assert_eq!(
+        types(&take(&mut stream, 1, StdDuration::from_secs(3)).await),
+        ["ORDER_REGISTERED"]
+    );
+
+    // A transaction takes its position first, then stays open while others commit.
+    let mut late = pool.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO outbox (event_id, event_type, order_id, actor_role, actor_id, occurred_at, payload)
+         VALUES (gen_random_uuid(), 'LATE', 'late-order', 'SERVICE', 'test', now(), '{}')",
+    )
+    .execute(&mut *late)
+    .await
+    .unwrap();
+    for i in 0..3 {
+        app.register(&format!("after-{i}")).await;
+    }
+    // The later commits are held back: delivering them would let the cursor pass the
+    // open transaction's position.
+    assert!(
+        take(&mut stream, 1, StdDuration::from_millis(1500))
+            .await
+            .is_empty()
+    );
+    late.commit().await.unwrap();
+    let events = take(&mut stream, 4, StdDuration::from_secs(3)).await;
+    assert_eq!(
+        types(&events),
+        [
+            "LATE",
+            "ORDER_REGISTERED",
+            "ORDER_REGISTERED",
+            "ORDER_REGISTERED"
+        ]
+    );
+
+    // A rolled-back transaction's event never appears.
+    let mut doomed = pool.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO outbox (event_id, event_type, order_id, actor_role, actor_id, occurred_at, payload)
+         VALUES (gen_random_uuid(), 'ROLLED_BACK', 'x', 'SERVICE', 'test', now(), '{}')",
+    )
+    .execute(&mut *doomed)
+    .await
+    .unwrap();
+    doomed.rollback().await.unwrap();
+    app.register("last").await;
+    assert_eq!(
+        types(&take(&mut stream, 2, StdDuration::from_secs(2)).await),
+        ["ORDER_REGISTERED"]
+    );
+}
+
+#[sqlx::test]
+async fn a_consumer_racing_concurrent_writers_receives_exactly_the_committed_set(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    let mut stream = watch(&app, "").await;
+    let consumer = tokio::spawn(async move {
+        let mut events = Vec::new();
+        // Keep reading until the stream is quiet for two seconds after the writers stop.
+        while let Ok(Some(message)) =
+            tokio::time::timeout(StdDuration::from_secs(2), stream.next()).await
+        {
+            events.push(message.unwrap().event.unwrap());
+        }
+        events
+    });
+    let deadline = tokio::time::Instant::now() + StdDuration::from_secs(3);
+    let writers = (0..6).map(|w| {
+        let (service, buyer, agent) = (app.service(), app.buyer(), app.agent());
+        let end = app.now() + Duration::days(30);
+        async move {
+            let (mut service, mut buyer, mut agent) = (service.await, buyer.await, agent.await);
+            let mut i = 0;
+            while tokio::time::Instant::now() < deadline {
+                let id = format!("w{w}-{i}");
+                service
+                    .register_order(register_request(&id, end))
+                    .await
+                    .unwrap();
+                let d = buyer
+                    .open_dispute(open_request(&id, Remedy::FullRefund))
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .dispute
+                    .unwrap();
+                if i % 2 == 0 {
+                    agent
+                        .resolve_funds(resolve_request(
+                            &d.dispute_id,
+                            ResolveOutcome::RefundFull,
+                            None,
+                        ))
+                        .await
+                        .unwrap();
+                } else {
+                    // Refused: emits nothing.
+                    let _ = agent.cancel_dispute(cancel_request(&d.dispute_id)).await;
+                }
+                i += 1;
+            }
+        }
+    });
+    join_all(writers).await;
+    let received = consumer.await.unwrap();
+    let committed: Vec<uuid::Uuid> =
+        sqlx::query_scalar("SELECT event_id FROM outbox ORDER BY tx_id, id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let received_ids: Vec<uuid::Uuid> = received
+        .iter()
+        .map(|e| e.event_id.parse().unwrap())
+        .collect();
+    assert!(
+        committed.len() > 50,
+        "the writers wrote: {}",
+        committed.len()
+    );
+    assert_eq!(
+        received_ids, committed,
+        "every committed event, once, in stream order"
+    );
+    // Per order, the stream order is the commit order: opened before resolved before settled.
+    let mut per_order: std::collections::HashMap<&str, Vec<&str>> = Default::default();
+    for event in &received {
+        per_order
+            .entry(event.order_id.as_str())
+            .or_default()
+            .push(event.r#type.as_str());
+    }
+    for kinds in per_order.values() {
+        assert!(
+            *kinds == ["ORDER_REGISTERED", "DISPUTE_OPENED"]
+                || *kinds
+                    == [
+                        "ORDER_REGISTERED",
+                        "DISPUTE_OPENED",
+                        "FUNDS_RESOLVED",
+                        "FUNDS_SETTLED"
+                    ],
+            "{kinds:?}"
+        );
+    }
+}
+
+#[sqlx::test]
+async fn retention_deletes_old_stream_events_but_never_the_history(pool: PgPool) {
+    // A patient seller: no deadline fires while the clock moves past the retention.
+    let app = spawn_app_with(pool.clone(), &["--deadline-seller-response", "30days"]).await;
+    app.register("order-1").await;
+    let d = app.open("order-1", Remedy::FullRefund).await.dispute_id;
+    let mut stream = watch(&app, "").await;
+    let seen = take(&mut stream, 2, StdDuration::from_secs(3)).await;
+    app.clock.advance(Duration::days(8));
+    let pass = app.run_deadlines().await;
+    assert_eq!(pass.events_purged, 2);
+    // Resuming from before the retention mark is refused; from the start is allowed.
+    let expired = app
+        .service()
+        .await
+        .watch_events(pb::WatchEventsRequest {
+            after_cursor: seen[0].cursor.clone(),
+        })
+        .await;
+    assert_eq!(reason(expired), (Code::OutOfRange, "CURSOR_EXPIRED".into()));
+    assert!(
+        app.service()
+            .await
+            .watch_events(pb::WatchEventsRequest {
+                after_cursor: seen[1].cursor.clone()
+            })
+            .await
+            .is_ok()
+    );
+    assert_eq!(history(&pool, &d).await, ["DISPUTE_OPENED"]);
+}
