@@ -6,7 +6,7 @@ use serde_json::json;
 
 use super::{Commands, Error};
 use crate::{
-    domain::{Actor, Change, DisputeId, DomainError, Order, Resource, Settlement},
+    domain::{Actor, Change, DisputeId, Order, Settlement},
     store::{self, HistoryEvent, NewEvent, Position, StreamEvent},
 };
 
@@ -130,12 +130,7 @@ impl Commands {
         after_seq: i32,
         limit: usize,
     ) -> Result<Vec<HistoryEvent>, Error> {
-        let dispute = self
-            .store
-            .get_dispute(dispute_id)
-            .await?
-            .ok_or(DomainError::NotFound(Resource::Dispute))?;
-        dispute.ensure_visible_to(actor)?;
+        self.get_dispute(actor, dispute_id).await?;
         Ok(self
             .store
             .history(dispute_id, after_seq, limit as i64)

@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use super::PartyId;
+
 /// The four kinds of caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
@@ -69,8 +71,13 @@ impl Actor {
         Self::new(Role::Service, "system")
     }
 
-    /// True for the platform's own roles, which see every order and dispute.
-    pub fn is_platform(&self) -> bool {
-        matches!(self.role, Role::Agent | Role::Service)
+    /// Whether this actor may see an order or dispute between `buyer` and `seller`: the
+    /// parties see their own, the platform (agents, services) sees all.
+    pub fn may_see(&self, buyer: &PartyId, seller: &PartyId) -> bool {
+        match self.role {
+            Role::Buyer => buyer.as_str() == self.id,
+            Role::Seller => seller.as_str() == self.id,
+            Role::Agent | Role::Service => true,
+        }
     }
 }

@@ -215,12 +215,7 @@ impl Dispute {
     /// Parties see their own disputes; the platform sees all. Everyone else is told the
     /// dispute does not exist.
     pub fn ensure_visible_to(&self, actor: &Actor) -> Result<(), DomainError> {
-        let visible = match actor.role {
-            Role::Buyer => self.buyer_id.as_str() == actor.id,
-            Role::Seller => self.seller_id.as_str() == actor.id,
-            Role::Agent | Role::Service => true,
-        };
-        if visible {
+        if actor.may_see(&self.buyer_id, &self.seller_id) {
             Ok(())
         } else {
             Err(DomainError::NotFound(Resource::Dispute))

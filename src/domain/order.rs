@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{Actor, DomainError, Money, PartyId, Precondition, Resource, Role};
+use super::{Actor, DomainError, Money, PartyId, Precondition, Resource};
 
 /// Where an order's funds are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,12 +143,7 @@ impl Order {
     /// Parties see their own orders; the platform sees all. Everyone else is told the
     /// order does not exist.
     pub fn ensure_visible_to(&self, actor: &Actor) -> Result<(), DomainError> {
-        let visible = match actor.role {
-            Role::Buyer => self.buyer_id.as_str() == actor.id,
-            Role::Seller => self.seller_id.as_str() == actor.id,
-            Role::Agent | Role::Service => true,
-        };
-        if visible {
+        if actor.may_see(&self.buyer_id, &self.seller_id) {
             Ok(())
         } else {
             Err(DomainError::NotFound(Resource::Order))

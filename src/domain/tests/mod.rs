@@ -2,7 +2,6 @@
 //! final, only the buyer cancels, the protection-expiry branch, remedy and amount checks.
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
-use proptest::prelude::*;
 
 use super::*;
 
@@ -502,107 +501,6 @@ fn settlements_conserve_money_and_refuse_out_of_range_refunds() {
     assert!(Settlement::new(usd(10), 11, t0()).is_none());
     let s = Settlement::new(usd(10), 4, t0()).unwrap();
     assert_eq!((s.refund_minor(), s.release_minor()), (4, 6));
-}
-
-/// Every command, by every kind of actor.
-#[derive(Debug, Clone)]
-enum Command {
-    Open(Remedy),
-    Cancel(CancelVia),
-    Resolve(Resolution),
-}
-
-fn arb_actor() -> impl Strategy<Value = Actor> {
-    (0..4usize, prop::bool::ANY).prop_map(|(role, own)| {
-        let role = Role::ALL[role];
-        let id = match (role, own) {
-            (Role::Buyer, true) => "b1",
-            (Role::Seller, true) => "s1",
-            (_, true) => "staff",
-            (_, false) => "someone-else",
-        };
-        Actor::new(role, id)
-    })
-}
-
-fn arb_money() -> impl Strategy<Value = Money> {
-    (prop_oneof![Just("USD"), Just("EUR")], -5i64..1_200)
-        .prop_map(|(c, minor)| Money::new(Currency::parse(c).unwrap(), minor))
-}
-
-fn arb_command() -> impl Strategy<Value = Command> {
-    prop_oneof![
-        prop_oneof![
-            Just(Remedy::FullRefund),
-            Just(Remedy::ReturnAndRefund),
-            arb_money().prop_map(Remedy::PartialRefund)
-        ]
-        .prop_map(Command::Open),
-        prop_oneof![Just(CancelVia::Dispute), Just(CancelVia::Return)].prop_map(Command::Cancel),
-        prop_oneof![
-            Just(Resolution::RefundFull),
-            Just(Resolution::ReleaseToSeller),
-            arb_money().prop_map(Resolution::RefundPartial)
-        ]
-        .prop_map(Command::Resolve),
-    ]
-}
-
-proptest! {
-    /// Random sequences of commands by random actors at random times: after every step
-    /// money is conserved, a settled order never changes, a terminal dispute stays
-    /// terminal, only the buyer cancels and nobody settles twice.
-    #[test]
-    fn the_rules_hold_on_every_path(
-        amount in 1i64..1_000,
-        steps in prop::collection::vec((arb_command(), arb_actor(), 0i64..60), 1..40),
-    ) {
-        let mut order = order(amount);
-        let mut disputes: Vec<Dispute> = Vec::new();
-        let mut settlements = 0;
-        for (command, actor, day) in steps {
-            let now = t0() + Duration::days(day);
-            let active = disputes.iter().any(|d| !d.state.is_terminal());
-            let target = disputes.last().cloned();
-            let result = match (&command, &target) {
-                (Command::Open(remedy), _) => open(&order, active, new_dispute(*remedy), &actor, 3, DisputeId::new(), now),
-                (Command::Cancel(via), Some(d)) => cancel(&order, d, &actor, *via, now),
-                (Command::Resolve(r), Some(d)) => resolve(&order, d, &actor, *r, "ruling", now),
-                (_, None) => continue,
-            };
-            let Ok(change) = result else {
-                if let (Command::Cancel(_), Some(d)) = (&command, &target) {
-                    prop_assert!(actor.role == Role::Buyer || result == Err(DomainError::ONLY_BUYER_CAN_CANCEL));
-                    let _ = d;
-                }
-                continue;
-            };
-            if let Some(before) = target.as_ref().filter(|_| !matches!(command, Command::Open(_))) {
-                prop_assert!(!before.state.is_terminal(), "a terminal dispute changed");
-            }
-            if matches!(command, Command::Cancel(_)) {
-                prop_assert_eq!(actor.role, Role::Buyer);
-                prop_assert_eq!(actor.id.as_str(), "b1");
-            }
-            if let Some(previous) = order.settlement {
-                prop_assert_eq!(change.order.settlement, Some(previous), "a settled order changed");
-                prop_assert!(change.settlement.is_none(), "settled twice");
-            }
-            if change.settlement.is_some() {
-                settlements += 1;
-                prop_assert_eq!(change.order.settlement, change.settlement);
-            }
-            prop_assert!(settlements <= 1);
-            prop_assert!(conserved(&change.order));
-            prop_assert!(change.order.dispute_count <= 3);
-            order = change.order;
-            match command {
-                Command::Open(_) => disputes.push(change.dispute),
-                _ => *disputes.last_mut().unwrap() = change.dispute,
-            }
-            prop_assert!(disputes.iter().filter(|d| !d.state.is_terminal()).count() <= 1);
-        }
-    }
 }
 
 mod model;
