@@ -152,10 +152,10 @@ impl Application {
             let _ = stop_tx.send(true);
         };
         let server = Server::builder()
-            .timeout(self.config.request_timeout)
             .layer(GateLayer::new(
                 self.authenticator.clone(),
                 self.config.max_in_flight,
+                self.config.request_timeout,
             ))
             .add_service(health_service)
             .add_service(reflection().build_v1()?)

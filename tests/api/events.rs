@@ -434,3 +434,106 @@ async fn retention_deletes_old_stream_events_but_never_the_history(pool: PgPool)
     );
     assert_eq!(history(&pool, &d).await, ["DISPUTE_OPENED"]);
 }
+
+#[sqlx::test]
+async fn each_command_records_its_event_in_the_dispute_history(pool: PgPool) {
+    // Keep stream events past the 16 days the clock moves.
+    let app = spawn_app_with(pool.clone(), &["--outbox-retention", "30days"]).await;
+    let (mut buyer, mut seller, mut agent) =
+        (app.buyer().await, app.seller().await, app.agent().await);
+    let mut opened = Vec::new();
+    for id in [
+        "cancel",
+        "cancel-return",
+        "resolve",
+        "escalate",
+        "negotiation",
+        "unshipped",
+    ] {
+        app.register(id).await;
+        let remedy = if id == "cancel-return" || id == "unshipped" {
+            Remedy::ReturnAndRefund
+        } else {
+            Remedy::FullRefund
+        };
+        opened.push(app.open(id, remedy).await.dispute_id);
+    }
+    let [
+        cancel,
+        cancel_return,
+        resolve,
+        escalated,
+        negotiation,
+        unshipped,
+    ] = opened.try_into().unwrap();
+    buyer.cancel_dispute(cancel_request(&cancel)).await.unwrap();
+    buyer
+        .cancel_return(cancel_return_request(&cancel_return))
+        .await
+        .unwrap();
+    agent
+        .resolve_funds(resolve_request(
+            &resolve,
+            ResolveOutcome::ReleaseToSeller,
+            None,
+        ))
+        .await
+        .unwrap();
+    seller
+        .respond_to_dispute(propose(&escalated, Remedy::PartialRefund, Some(100)))
+        .await
+        .unwrap();
+    buyer.escalate_dispute(escalate(&escalated)).await.unwrap();
+    seller
+        .respond_to_dispute(propose(&negotiation, Remedy::PartialRefund, Some(100)))
+        .await
+        .unwrap();
+    seller.respond_to_dispute(accept(&unshipped)).await.unwrap();
+    app.clock.advance(Duration::days(16));
+    assert_eq!(app.run_deadlines().await.deadlines_applied, 2);
+
+    assert_eq!(
+        history(&pool, &cancel).await,
+        ["DISPUTE_OPENED", "DISPUTE_CANCELLED"]
+    );
+    assert_eq!(
+        history(&pool, &cancel_return).await,
+        ["DISPUTE_OPENED", "DISPUTE_CANCELLED"]
+    );
+    assert_eq!(
+        history(&pool, &resolve).await,
+        ["DISPUTE_OPENED", "FUNDS_RESOLVED", "FUNDS_SETTLED"]
+    );
+    assert_eq!(
+        history(&pool, &escalated).await,
+        ["DISPUTE_OPENED", "REMEDY_PROPOSED", "DISPUTE_ESCALATED"]
+    );
+    assert_eq!(
+        history(&pool, &negotiation).await,
+        [
+            "DISPUTE_OPENED",
+            "REMEDY_PROPOSED",
+            "NEGOTIATION_DEADLINE_PASSED"
+        ]
+    );
+    assert_eq!(
+        history(&pool, &unshipped).await,
+        [
+            "DISPUTE_OPENED",
+            "REMEDY_ACCEPTED",
+            "RETURN_SHIPMENT_DEADLINE_PASSED",
+            "FUNDS_SETTLED"
+        ]
+    );
+    // The stream holds the same events, and the order-level ones.
+    let streamed: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE dispute_id IS NOT NULL")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let history_rows: i64 = sqlx::query_scalar("SELECT count(*) FROM dispute_events")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(streamed, history_rows);
+}

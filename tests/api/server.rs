@@ -98,6 +98,157 @@ async fn a_request_over_64_kib_is_refused(pool: PgPool) {
     app.register("order-1").await;
     let mut request = open_request("order-1", pb::Remedy::FullRefund);
     request.description = "x".repeat(70 * 1024);
-    let status = app.buyer().await.open_dispute(request).await.unwrap_err();
-    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    let refused = app.buyer().await.open_dispute(request).await;
+    assert_eq!(
+        reason(refused),
+        (Code::OutOfRange, "MESSAGE_TOO_LARGE".into())
+    );
+}
+
+/// Holds the order's row lock in a transaction of its own, so commands on it wait.
+async fn hold_order_lock(
+    pool: &PgPool,
+    order_id: &str,
+) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM orders WHERE order_id = $1 FOR UPDATE")
+        .bind(order_id)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx
+}
+
+#[sqlx::test]
+async fn requests_beyond_the_in_flight_bound_are_refused_not_queued(pool: PgPool) {
+    let app = spawn_app_with(pool.clone(), &["--max-in-flight", "1"]).await;
+    app.register("order-1").await;
+    let dispute = app.open("order-1", pb::Remedy::FullRefund).await;
+    let lock = hold_order_lock(&pool, "order-1").await;
+    let mut buyer = app.buyer().await;
+    let waiting = tokio::spawn(async move {
+        buyer
+            .cancel_dispute(cancel_request(&dispute.dispute_id))
+            .await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let refused = app
+        .agent()
+        .await
+        .get_order(pb::GetOrderRequest {
+            order_id: "order-1".into(),
+        })
+        .await;
+    assert_eq!(
+        reason(refused),
+        (Code::ResourceExhausted, "OVERLOADED".into())
+    );
+    lock.rollback().await.unwrap();
+    assert!(
+        waiting.await.unwrap().is_ok(),
+        "the admitted call completes"
+    );
+    assert!(
+        app.agent()
+            .await
+            .get_order(pb::GetOrderRequest {
+                order_id: "order-1".into()
+            })
+            .await
+            .is_ok()
+    );
+}
+
+#[sqlx::test]
+async fn a_request_past_its_deadline_fails_and_changes_nothing(pool: PgPool) {
+    let app = spawn_app_with(pool.clone(), &["--request-timeout", "300ms"]).await;
+    app.register("order-1").await;
+    let dispute = app.open("order-1", pb::Remedy::FullRefund).await;
+    let lock = hold_order_lock(&pool, "order-1").await;
+    let late = app
+        .buyer()
+        .await
+        .cancel_dispute(cancel_request(&dispute.dispute_id))
+        .await;
+    assert_eq!(
+        reason(late),
+        (Code::DeadlineExceeded, "DEADLINE_EXCEEDED".into())
+    );
+    lock.rollback().await.unwrap();
+    let after = app
+        .agent()
+        .await
+        .get_dispute(pb::GetDisputeRequest {
+            dispute_id: dispute.dispute_id,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        after.into_inner().dispute.unwrap().state,
+        pb::DisputeState::AwaitingSeller as i32
+    );
+    let keys: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM idempotency_keys WHERE rpc = 'CancelDispute'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(keys, 0);
+}
+
+#[tokio::test]
+async fn an_unreachable_database_gives_unavailable_and_not_serving() {
+    use std::sync::Arc;
+    let config = serve_config(&[]);
+    let nowhere = sqlx::postgres::PgPoolOptions::new()
+        .acquire_timeout(std::time::Duration::from_millis(500))
+        .connect_lazy("postgres://postgres@127.0.0.1:1/nowhere")
+        .unwrap();
+    let app = dispute_service::startup::Application::build(
+        config.clone(),
+        nowhere,
+        Arc::new(dispute_service::clock::SystemClock),
+    )
+    .await
+    .unwrap();
+    let addr = app.local_addr();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let token = dispute_service::grpc::auth::mint_hs256(
+        &config.auth,
+        dispute_service::domain::Role::Agent,
+        "agent-1",
+        std::time::Duration::from_secs(60),
+    )
+    .unwrap();
+    let mut agent =
+        dispute_service::grpc::pb::dispute_service_client::DisputeServiceClient::with_interceptor(
+            channel.clone(),
+            Bearer::new(&token),
+        );
+    let refused = agent
+        .get_order(pb::GetOrderRequest {
+            order_id: "order-1".into(),
+        })
+        .await;
+    assert_eq!(
+        reason(refused),
+        (Code::Unavailable, "DATABASE_UNAVAILABLE".into())
+    );
+    let mut health = HealthClient::new(channel);
+    let answer = health
+        .check(HealthCheckRequest {
+            service: "dispute.v1.DisputeService".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(answer.into_inner().status(), ServingStatus::NotServing);
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
 }
