@@ -52,18 +52,20 @@ pub struct Commands {
     max_disputes_per_order: i32,
 }
 
-/// A request's idempotency key, for the command to claim once it holds its locks, and
-/// the time the command runs at.
+/// A request's idempotency key, for the command to claim once it holds its locks.
 pub struct KeyClaim {
     key: IdempotencyKey,
-    pub now: DateTime<Utc>,
+    clock: Arc<dyn Clock>,
 }
 
 impl KeyClaim {
-    /// Claims the key; a request done before ends the command with its first response.
-    pub async fn claim(&self, conn: &mut PgConnection) -> Result<(), Error> {
-        match store::claim(conn, &self.key, self.now).await? {
-            KeyState::Fresh => Ok(()),
+    /// Claims the key and returns the time the command runs at: read once the command
+    /// holds its locks, so a command that waited for them does not decide on a stale
+    /// time. A request done before ends the command with its first response.
+    pub async fn claim(&self, conn: &mut PgConnection) -> Result<DateTime<Utc>, Error> {
+        let now = self.clock.now();
+        match store::claim(conn, &self.key, now).await? {
+            KeyState::Fresh => Ok(now),
             KeyState::Replay(response) => Err(Error::Replay(response)),
             KeyState::Reused => Err(Error::RequestIdReused),
         }
@@ -97,7 +99,7 @@ impl Commands {
         let mut tx = self.store.begin().await?;
         let claim = KeyClaim {
             key: key.clone(),
-            now: self.now(),
+            clock: self.clock.clone(),
         };
         let response = match command(&mut tx, claim).await {
             Err(Error::Replay(response)) => return Ok(response),

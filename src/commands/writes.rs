@@ -27,14 +27,14 @@ impl Commands {
         claim: KeyClaim,
     ) -> Result<RegisterOutcome, Error> {
         let existing = store::lock_order(&mut *conn, &new.order_id).await?;
-        claim.claim(&mut *conn).await?;
+        let now = claim.claim(&mut *conn).await?;
         match domain::register(existing.as_ref(), new)? {
             Registration::Unchanged => Ok(RegisterOutcome {
                 order: existing.expect("unchanged means it exists"),
                 created: false,
             }),
             Registration::Created(order) => {
-                match store::insert_order(&mut *conn, &order, claim.now).await {
+                match store::insert_order(&mut *conn, &order, now).await {
                     // Registered concurrently by another call: that call decides.
                     Err(StoreError::Constraint { constraint, .. })
                         if constraint == "orders_pkey" =>
@@ -46,11 +46,8 @@ impl Commands {
                     }
                     other => other?,
                 }
-                store::record_event(
-                    conn,
-                    events::order_registered(&order, claim.actor(), claim.now),
-                )
-                .await?;
+                store::record_event(conn, events::order_registered(&order, claim.actor(), now))
+                    .await?;
                 Ok(RegisterOutcome {
                     order,
                     created: true,
@@ -68,7 +65,7 @@ impl Commands {
         let order = store::lock_order(&mut *conn, &new.order_id)
             .await?
             .ok_or(DomainError::NotFound(Resource::Order))?;
-        claim.claim(&mut *conn).await?;
+        let now = claim.claim(&mut *conn).await?;
         let active = store::active_dispute_id(&mut *conn, &order.order_id)
             .await?
             .is_some();
@@ -79,7 +76,7 @@ impl Commands {
             claim.actor(),
             self.max_disputes_per_order,
             DisputeId::new(),
-            claim.now,
+            now,
         )?;
         store::insert_dispute(&mut *conn, &change.dispute).await?;
         persist(conn, &change, claim.actor()).await?;
@@ -98,8 +95,8 @@ impl Commands {
         let (order, dispute) = store::lock_dispute(&mut *conn, dispute_id)
             .await?
             .ok_or(DomainError::NotFound(Resource::Dispute))?;
-        claim.claim(&mut *conn).await?;
-        let change = domain::decide(&order, &dispute, claim.actor(), command, claim.now)?;
+        let now = claim.claim(&mut *conn).await?;
+        let change = domain::decide(&order, &dispute, claim.actor(), command, now)?;
         apply(conn, &change, claim.actor()).await?;
         Ok(change)
     }
@@ -116,12 +113,11 @@ impl Commands {
         let order = store::lock_order(&mut *conn, order_id)
             .await?
             .ok_or(DomainError::NotFound(Resource::Order))?;
-        claim.claim(&mut *conn).await?;
+        let now = claim.claim(&mut *conn).await?;
         let extended = domain::extend_protection(&order, claim.actor(), new_end)?;
-        store::update_order(&mut *conn, &extended, claim.now).await?;
+        store::update_order(&mut *conn, &extended, now).await?;
         let active = store::active_dispute_id(&mut *conn, order_id).await?;
-        let event =
-            events::protection_extended(&order, &extended, active, claim.actor(), claim.now);
+        let event = events::protection_extended(&order, &extended, active, claim.actor(), now);
         store::record_event(conn, event).await?;
         Ok(extended)
     }
