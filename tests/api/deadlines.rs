@@ -6,42 +6,12 @@ use std::{sync::Arc, time::Duration as StdDuration};
 use chrono::{Duration, Utc};
 use dispute_service::{
     clock::SystemClock,
-    domain::Role,
     grpc::pb::{self, DisputeOutcome, DisputeState, FundsState, Remedy, ReturnStatus},
-    startup::Application,
 };
 use futures::future::join_all;
 use sqlx::PgPool;
 
 use crate::helpers::*;
-
-async fn dispute(app: &TestApp, dispute_id: &str) -> pb::Dispute {
-    let request = pb::GetDisputeRequest {
-        dispute_id: dispute_id.into(),
-    };
-    app.agent()
-        .await
-        .get_dispute(request)
-        .await
-        .unwrap()
-        .into_inner()
-        .dispute
-        .unwrap()
-}
-
-async fn order(app: &TestApp, order_id: &str) -> pb::Order {
-    let request = pb::GetOrderRequest {
-        order_id: order_id.into(),
-    };
-    app.agent()
-        .await
-        .get_order(request)
-        .await
-        .unwrap()
-        .into_inner()
-        .order
-        .unwrap()
-}
 
 /// Actor of the last history event of a dispute.
 async fn last_actor(pool: &PgPool, dispute_id: &str) -> (String, String, String) {
@@ -67,16 +37,16 @@ async fn a_silent_seller_grants_the_buyers_remedy_after_five_days(pool: PgPool) 
     );
     app.clock.advance(Duration::seconds(1));
     assert_eq!(app.run_deadlines().await.deadlines_applied, 2);
-    let settled = order(&app, "refund").await;
+    let settled = app.order("refund").await;
     assert_eq!(
         (settled.funds_state, settled.refunded_to_buyer),
         (FundsState::Split as i32, Some(usd(2_500)))
     );
     assert_eq!(
-        dispute(&app, &refund).await.outcome,
+        app.dispute(&refund).await.outcome,
         DisputeOutcome::ResolvedPartial as i32
     );
-    let awaiting = dispute(&app, &ret).await;
+    let awaiting = app.dispute(&ret).await;
     assert_eq!(awaiting.state, DisputeState::AwaitingReturnShipment as i32);
     assert_eq!(
         awaiting.item_return.unwrap().status,
@@ -120,7 +90,7 @@ async fn a_negotiation_still_open_after_fifteen_days_goes_under_review(pool: PgP
     app.clock.advance(Duration::days(9));
     assert_eq!(app.run_deadlines().await.deadlines_applied, 1);
     assert_eq!(
-        dispute(&app, &d).await.state,
+        app.dispute(&d).await.state,
         DisputeState::UnderReview as i32
     );
     app.clock.advance(Duration::days(100));
@@ -153,14 +123,14 @@ async fn a_return_not_shipped_in_ten_days_releases_the_funds_to_the_seller(pool:
     );
     app.clock.advance(Duration::seconds(1));
     assert_eq!(app.run_deadlines().await.deadlines_applied, 1);
-    let ended = dispute(&app, &d).await;
+    let ended = app.dispute(&d).await;
     assert_eq!(ended.outcome, DisputeOutcome::ResolvedSellerFavour as i32);
     assert_eq!(
         ended.item_return.unwrap().status,
         ReturnStatus::Cancelled as i32
     );
     assert_eq!(
-        order(&app, "order-1").await.funds_state,
+        app.order("order-1").await.funds_state,
         FundsState::ReleasedToSeller as i32
     );
 }
@@ -188,14 +158,14 @@ async fn a_seller_silent_fifteen_days_after_the_tracking_refunds_the_buyer(pool:
     assert_eq!(app.run_deadlines().await.deadlines_applied, 0);
     app.clock.advance(Duration::seconds(1));
     assert_eq!(app.run_deadlines().await.deadlines_applied, 1);
-    let ended = dispute(&app, &d).await;
+    let ended = app.dispute(&d).await;
     assert_eq!(ended.outcome, DisputeOutcome::ResolvedBuyerFavour as i32);
     assert_eq!(
         ended.item_return.unwrap().status,
         ReturnStatus::Received as i32
     );
     assert_eq!(
-        order(&app, "order-1").await.funds_state,
+        app.order("order-1").await.funds_state,
         FundsState::RefundedToBuyer as i32
     );
 }
@@ -218,7 +188,7 @@ async fn a_deadline_made_moot_by_the_buyer_cancelling_does_nothing(pool: PgPool)
         ["DISPUTE_OPENED", "DISPUTE_CANCELLED"]
     );
     assert_eq!(
-        order(&app, "order-1").await.funds_state,
+        app.order("order-1").await.funds_state,
         FundsState::Held as i32
     );
 }
@@ -255,7 +225,7 @@ async fn protection_end_releases_held_funds_unless_a_dispute_is_active(pool: PgP
     );
     app.clock.advance(Duration::seconds(1));
     assert_eq!(app.run_deadlines().await.orders_released, 2);
-    let quiet = order(&app, "quiet").await;
+    let quiet = app.order("quiet").await;
     assert_eq!(
         (quiet.funds_state, quiet.released_to_seller),
         (FundsState::ReleasedToSeller as i32, Some(usd(10_000)))
@@ -265,7 +235,7 @@ async fn protection_end_releases_held_funds_unless_a_dispute_is_active(pool: PgP
         "only a cancel after the end closes the order"
     );
     assert_eq!(
-        order(&app, "cancelled").await.funds_state,
+        app.order("cancelled").await.funds_state,
         FundsState::ReleasedToSeller as i32
     );
     let released: (String, String, String) = sqlx::query_as(
@@ -280,7 +250,7 @@ async fn protection_end_releases_held_funds_unless_a_dispute_is_active(pool: PgP
         ("SERVICE".into(), "system".into(), "PROTECTION_ENDED".into())
     );
     assert_eq!(
-        order(&app, "disputed").await.funds_state,
+        app.order("disputed").await.funds_state,
         FundsState::Held as i32,
         "held while disputed"
     );
@@ -381,38 +351,8 @@ async fn many_workers_on_one_database_apply_each_of_hundreds_of_deadlines_once(p
 async fn an_order_whose_short_protection_ends_is_released_without_any_call(pool: PgPool) {
     // The real clock and the worker inside the server, every 200ms.
     let config = serve_config(&["--worker-enabled", "true", "--worker-interval", "200ms"]);
-    let server_pool = sqlx::postgres::PgPoolOptions::new()
-        .connect_with((*pool.connect_options()).clone())
-        .await
-        .unwrap();
-    let app = Application::build(config.clone(), server_pool, Arc::new(SystemClock))
-        .await
-        .unwrap();
-    let addr = app.local_addr();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(app.run_until_stopped(async move {
-        let _ = stopped.await;
-    }));
-    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let token = |role, sub| {
-        let token = dispute_service::grpc::auth::mint_hs256(
-            &config.auth,
-            role,
-            sub,
-            StdDuration::from_secs(60),
-        )
-        .unwrap();
-        Bearer::new(&token)
-    };
-    let mut service =
-        dispute_service::grpc::pb::dispute_service_client::DisputeServiceClient::with_interceptor(
-            channel.clone(),
-            token(Role::Service, "order-service"),
-        );
+    let server = start(config, pool, Arc::new(SystemClock)).await;
+    let mut service = server.service().await;
     let ends = Utc::now() + Duration::seconds(2);
     service
         .register_order(register_request("order-1", ends))
@@ -420,25 +360,14 @@ async fn an_order_whose_short_protection_ends_is_released_without_any_call(pool:
         .unwrap();
     let mut state = FundsState::Held as i32;
     for _ in 0..100 {
-        let request = pb::GetOrderRequest {
-            order_id: "order-1".into(),
-        };
-        state = service
-            .get_order(request)
-            .await
-            .unwrap()
-            .into_inner()
-            .order
-            .unwrap()
-            .funds_state;
+        state = server.order("order-1").await.funds_state;
         if state != FundsState::Held as i32 {
             break;
         }
         tokio::time::sleep(StdDuration::from_millis(100)).await;
     }
     assert_eq!(state, FundsState::ReleasedToSeller as i32);
-    let _ = stop.send(());
-    server.await.unwrap().unwrap();
+    server.stop().await.unwrap();
 }
 
 #[sqlx::test]

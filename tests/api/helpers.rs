@@ -6,6 +6,7 @@ use std::{sync::Arc, time::Duration};
 use chrono::{DateTime, Utc};
 use clap::Parser;
 use dispute_service::{
+    clock::Clock,
     clock::ManualClock,
     commands::Commands,
     config::{Cli, Command, ServeConfig},
@@ -36,14 +37,6 @@ pub type Client = DisputeServiceClient<InterceptedService<Channel, Bearer>>;
 #[derive(Clone)]
 pub struct Bearer(Option<AsciiMetadataValue>);
 
-impl Bearer {
-    pub fn new(token: &str) -> Self {
-        Self(Some(
-            MetadataValue::try_from(format!("Bearer {token}")).unwrap(),
-        ))
-    }
-}
-
 impl Interceptor for Bearer {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         if let Some(value) = &self.0 {
@@ -55,14 +48,28 @@ impl Interceptor for Bearer {
     }
 }
 
-pub struct TestApp {
+/// A server on 127.0.0.1:0, stopped (as by SIGTERM) when dropped.
+pub struct Server {
     pub addr: std::net::SocketAddr,
-    pub clock: Arc<ManualClock>,
-    /// The server's own pool (the test's fresh database).
-    pub pool: PgPool,
     pub config: ServeConfig,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+/// A server over the test's own fresh database, on a clock the test moves.
+pub struct TestApp {
+    pub server: Server,
+    pub clock: Arc<ManualClock>,
+    /// The server's own pool (the test's fresh database).
+    pub pool: PgPool,
+}
+
+impl std::ops::Deref for TestApp {
+    type Target = Server;
+
+    fn deref(&self) -> &Server {
+        &self.server
+    }
 }
 
 pub fn serve_config(extra: &[&str]) -> ServeConfig {
@@ -102,8 +109,17 @@ pub async fn spawn_app_with(pool: PgPool, extra: &[&str]) -> TestApp {
         .connect_with((*pool.connect_options()).clone())
         .await
         .expect("connecting to the test database");
-    let config = serve_config(extra);
-    let app = Application::build(config.clone(), server_pool.clone(), clock.clone())
+    let server = start(serve_config(extra), server_pool.clone(), clock.clone()).await;
+    TestApp {
+        server,
+        clock,
+        pool: server_pool,
+    }
+}
+
+/// Starts the real application with `config` on `pool` and `clock`.
+pub async fn start(config: ServeConfig, pool: PgPool, clock: Arc<dyn Clock>) -> Server {
+    let app = Application::build(config.clone(), pool, clock)
         .await
         .expect("building the app");
     let addr = app.local_addr();
@@ -111,17 +127,15 @@ pub async fn spawn_app_with(pool: PgPool, extra: &[&str]) -> TestApp {
     let server = tokio::spawn(app.run_until_stopped(async move {
         let _ = rx.await;
     }));
-    TestApp {
+    Server {
         addr,
-        clock,
-        pool: server_pool,
         config,
         shutdown: Some(tx),
         server: Some(server),
     }
 }
 
-impl TestApp {
+impl Server {
     pub async fn channel(&self) -> Channel {
         Channel::from_shared(format!("http://{}", self.addr))
             .unwrap()
@@ -155,6 +169,52 @@ impl TestApp {
         self.client(Role::Agent, "agent-1").await
     }
 
+    /// The order, as an agent sees it.
+    pub async fn order(&self, order_id: &str) -> pb::Order {
+        let request = pb::GetOrderRequest {
+            order_id: order_id.into(),
+        };
+        self.agent()
+            .await
+            .get_order(request)
+            .await
+            .expect("getting the order")
+            .into_inner()
+            .order
+            .unwrap()
+    }
+
+    /// The dispute, as an agent sees it.
+    pub async fn dispute(&self, dispute_id: &str) -> pb::Dispute {
+        let request = pb::GetDisputeRequest {
+            dispute_id: dispute_id.into(),
+        };
+        self.agent()
+            .await
+            .get_dispute(request)
+            .await
+            .expect("getting the dispute")
+            .into_inner()
+            .dispute
+            .unwrap()
+    }
+
+    /// Stops the server as SIGTERM would and waits for it to finish.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        let _ = self.shutdown.take().unwrap().send(());
+        self.server.take().unwrap().await.unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl TestApp {
     /// A deadline worker over the server's database and clock, configured as the server.
     pub fn worker(&self) -> DeadlineWorker {
         let store = Store::new(self.pool.clone());
@@ -200,20 +260,6 @@ impl TestApp {
             .into_inner()
             .dispute
             .unwrap()
-    }
-
-    /// Stops the server as SIGTERM would and waits for it to finish.
-    pub async fn stop(mut self) -> anyhow::Result<()> {
-        let _ = self.shutdown.take().unwrap().send(());
-        self.server.take().unwrap().await.unwrap()
-    }
-}
-
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
     }
 }
 

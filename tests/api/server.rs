@@ -33,7 +33,7 @@ async fn health_is_serving_once_the_schema_is_current_and_not_serving_after_shut
     }
     assert_eq!(status, ServingStatus::Serving);
     assert_eq!(health(&app, "").await, ServingStatus::Serving);
-    app.stop().await.expect("a clean stop");
+    app.server.stop().await.expect("a clean stop");
 }
 
 #[sqlx::test(migrations = false)]
@@ -203,36 +203,15 @@ async fn an_unreachable_database_gives_unavailable_and_not_serving() {
         .acquire_timeout(std::time::Duration::from_millis(500))
         .connect_lazy("postgres://postgres@127.0.0.1:1/nowhere")
         .unwrap();
-    let app = dispute_service::startup::Application::build(
-        config.clone(),
+    let server = start(
+        config,
         nowhere,
         Arc::new(dispute_service::clock::SystemClock),
     )
-    .await
-    .unwrap();
-    let addr = app.local_addr();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(app.run_until_stopped(async move {
-        let _ = stopped.await;
-    }));
-    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
+    .await;
+    let refused = server
+        .agent()
         .await
-        .unwrap();
-    let token = dispute_service::grpc::auth::mint_hs256(
-        &config.auth,
-        dispute_service::domain::Role::Agent,
-        "agent-1",
-        std::time::Duration::from_secs(60),
-    )
-    .unwrap();
-    let mut agent =
-        dispute_service::grpc::pb::dispute_service_client::DisputeServiceClient::with_interceptor(
-            channel.clone(),
-            Bearer::new(&token),
-        );
-    let refused = agent
         .get_order(pb::GetOrderRequest {
             order_id: "order-1".into(),
         })
@@ -241,7 +220,7 @@ async fn an_unreachable_database_gives_unavailable_and_not_serving() {
         reason(refused),
         (Code::Unavailable, "DATABASE_UNAVAILABLE".into())
     );
-    let mut health = HealthClient::new(channel);
+    let mut health = HealthClient::new(server.channel().await);
     let answer = health
         .check(HealthCheckRequest {
             service: "dispute.v1.DisputeService".into(),
@@ -249,6 +228,5 @@ async fn an_unreachable_database_gives_unavailable_and_not_serving() {
         .await
         .unwrap();
     assert_eq!(answer.into_inner().status(), ServingStatus::NotServing);
-    let _ = stop.send(());
-    server.await.unwrap().unwrap();
+    server.stop().await.unwrap();
 }
