@@ -28,32 +28,31 @@ impl Commands {
     ) -> Result<RegisterOutcome, Error> {
         let existing = store::lock_order(&mut *conn, &new.order_id).await?;
         let now = claim.claim(&mut *conn).await?;
-        match domain::register(existing.as_ref(), new)? {
-            Registration::Unchanged => Ok(RegisterOutcome {
-                order: existing.expect("unchanged means it exists"),
-                created: false,
-            }),
+        let order = match domain::register(existing.as_ref(), new.clone())? {
+            Registration::Unchanged => existing,
             Registration::Created(order) => {
-                match store::insert_order(&mut *conn, &order, now).await {
-                    // Registered concurrently by another call: that call decides.
-                    Err(StoreError::Constraint { constraint, .. })
-                        if constraint == "orders_pkey" =>
-                    {
-                        Err(DomainError::AlreadyExists {
-                            reason: "ORDER_ALREADY_EXISTS",
-                            message: "an order with this id was registered concurrently; retry to compare its facts",
-                        })?
-                    }
-                    other => other?,
+                if store::insert_order(&mut *conn, &order, now).await? {
+                    let event = events::order_registered(&order, claim.actor(), now);
+                    store::record_event(conn, event).await?;
+                    return Ok(RegisterOutcome {
+                        order,
+                        created: true,
+                    });
                 }
-                store::record_event(conn, events::order_registered(&order, claim.actor(), now))
-                    .await?;
-                Ok(RegisterOutcome {
-                    order,
-                    created: true,
-                })
+                // Registered meanwhile by a concurrent call: compare with what it wrote.
+                let registered = store::lock_order(&mut *conn, &new.order_id).await?;
+                match domain::register(registered.as_ref(), new)? {
+                    Registration::Unchanged => registered,
+                    Registration::Created(_) => None,
+                }
             }
-        }
+        };
+        let order =
+            order.ok_or_else(|| StoreError::Corrupt("a registered order vanished".into()))?;
+        Ok(RegisterOutcome {
+            order,
+            created: false,
+        })
     }
 
     pub async fn open_dispute(

@@ -104,15 +104,18 @@ pub async fn try_lock_order(
     .transpose()
 }
 
+/// Inserts a new order; `false` if one with its id exists already (registered by a
+/// concurrent call, whose transaction this one waited for).
 pub async fn insert_order(
     conn: &mut PgConnection,
     order: &Order,
     now: DateTime<Utc>,
-) -> Result<(), StoreError> {
-    sqlx::query!(
+) -> Result<bool, StoreError> {
+    let inserted = sqlx::query!(
         r#"INSERT INTO orders (order_id, buyer_id, seller_id, currency_code, amount_minor,
                                protection_ends_at, created_at, updated_at)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $7)"#,
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
+           ON CONFLICT (order_id) DO NOTHING"#,
         order.order_id.as_str(),
         order.buyer_id.as_str(),
         order.seller_id.as_str(),
@@ -123,7 +126,7 @@ pub async fn insert_order(
     )
     .execute(conn)
     .await?;
-    Ok(())
+    Ok(inserted.rows_affected() == 1)
 }
 
 /// Writes the order's mutable facts: funds, closure, dispute count, protection end.

@@ -226,3 +226,53 @@ async fn the_database_refuses_a_second_active_dispute_and_a_second_settlement(po
             .contains("a terminal dispute never changes")
     );
 }
+
+#[sqlx::test]
+async fn concurrent_registrations_of_the_same_facts_all_succeed_once(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    let end = app.now() + chrono::Duration::days(30);
+    let service = app.service().await;
+    let calls = (0..20).map(|i| {
+        let mut service = service.clone();
+        let mut request = register_request("order-1", end);
+        // Different request ids: only the facts make these the same registration.
+        request.request_id = format!("register-{i}");
+        if i == 7 {
+            request.amount = Some(usd(1));
+        }
+        tokio::spawn(async move {
+            service
+                .register_order(request)
+                .await
+                .map(|r| r.into_inner())
+        })
+    });
+    let results: Vec<_> = join_all(calls)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let succeeded = results.iter().filter(|r| r.is_ok()).count();
+    assert!(
+        succeeded == 19 || succeeded == 1,
+        "one set of facts wins: {succeeded}"
+    );
+    let refused = results
+        .iter()
+        .filter_map(|r| r.as_ref().err())
+        .map(|s| s.code())
+        .collect::<Vec<_>>();
+    assert!(
+        refused
+            .iter()
+            .all(|code| *code == tonic::Code::AlreadyExists),
+        "{refused:?}"
+    );
+    let (orders, registered): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM orders), (SELECT count(*) FROM outbox WHERE event_type = 'ORDER_REGISTERED')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((orders, registered), (1, 1));
+}
