@@ -1,9 +1,9 @@
 //! Deadlines, applied one per transaction as the `system` service actor through the
 //! same domain transitions and writes as the RPCs.
 
-use super::{Commands, Error, events, writes};
+use super::{Commands, Error, Origin, events, writes};
 use crate::{
-    domain::{self, Actor, Deadlines, DisputeId, PartyId},
+    domain::{self, Deadlines, DisputeId, PartyId},
     store::{self, StoreError},
 };
 
@@ -29,7 +29,7 @@ impl Commands {
         let Some(change) = domain::apply_deadline(&order, &dispute, deadlines, now)? else {
             return Ok(false);
         };
-        writes::apply(&mut tx, &change, &Actor::system()).await?;
+        writes::apply(&mut tx, &change, &Origin::system()).await?;
         tx.commit().await.map_err(StoreError::from)?;
         tracing::info!(%dispute_id, event = change.event.as_str(), "deadline applied");
         Ok(true)
@@ -49,9 +49,9 @@ impl Commands {
         let Some((order, settlement)) = domain::release_at_protection_end(&order, now) else {
             return Ok(false);
         };
-        let system = Actor::system();
+        let system = Origin::system();
         store::update_order(&mut tx, &order, now).await?;
-        store::insert_settlement(&mut tx, &order, &settlement, None, &system).await?;
+        store::insert_settlement(&mut tx, &order, &settlement, None, &system.actor).await?;
         store::record_event(
             &mut tx,
             events::funds_settled(&order, &settlement, None, "PROTECTION_ENDED", &system),

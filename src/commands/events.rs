@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
-use super::{Commands, Error};
+use super::{Commands, Error, Origin};
 use crate::{
     domain::{Actor, Change, DisputeId, Order, Settlement},
     store::{self, HistoryEvent, NewEvent, Position, StreamEvent},
@@ -15,14 +15,14 @@ pub const PAYLOAD_VERSION: u32 = 1;
 
 pub(super) fn order_registered<'a>(
     order: &'a Order,
-    actor: &'a Actor,
+    origin: &'a Origin,
     now: DateTime<Utc>,
 ) -> NewEvent<'a> {
     NewEvent {
         event_type: "ORDER_REGISTERED",
         order_id: &order.order_id,
         dispute_id: None,
-        actor,
+        actor: &origin.actor,
         occurred_at: now,
         payload: json!({
             "version": PAYLOAD_VERSION,
@@ -33,19 +33,19 @@ pub(super) fn order_registered<'a>(
             "amount_minor": order.amount.minor,
             "protection_ends_at": order.protection_ends_at,
         }),
-        trace_id: None,
+        trace_id: Some(origin.trace_id.as_str()),
     }
 }
 
 /// A dispute changed: its state, outcome, return and proposal afterwards, and the
 /// actor's note if any.
-pub(super) fn dispute_changed<'a>(change: &'a Change, actor: &'a Actor) -> NewEvent<'a> {
+pub(super) fn dispute_changed<'a>(change: &'a Change, origin: &'a Origin) -> NewEvent<'a> {
     let dispute = &change.dispute;
     NewEvent {
         event_type: change.event.as_str(),
         order_id: &change.order.order_id,
         dispute_id: Some(dispute.dispute_id),
-        actor,
+        actor: &origin.actor,
         occurred_at: dispute.updated_at,
         payload: json!({
             "version": PAYLOAD_VERSION,
@@ -62,7 +62,7 @@ pub(super) fn dispute_changed<'a>(change: &'a Change, actor: &'a Actor) -> NewEv
             }),
             "note": change.note,
         }),
-        trace_id: None,
+        trace_id: Some(origin.trace_id.as_str()),
     }
 }
 
@@ -72,13 +72,13 @@ pub(super) fn funds_settled<'a>(
     settlement: &Settlement,
     dispute_id: Option<DisputeId>,
     cause: &str,
-    actor: &'a Actor,
+    origin: &'a Origin,
 ) -> NewEvent<'a> {
     NewEvent {
         event_type: "FUNDS_SETTLED",
         order_id: &order.order_id,
         dispute_id,
-        actor,
+        actor: &origin.actor,
         occurred_at: settlement.settled_at,
         payload: json!({
             "version": PAYLOAD_VERSION,
@@ -94,7 +94,7 @@ pub(super) fn funds_settled<'a>(
             "funds_state": settlement.funds_state().as_str(),
             "settled_at": settlement.settled_at,
         }),
-        trace_id: None,
+        trace_id: Some(origin.trace_id.as_str()),
     }
 }
 
@@ -102,14 +102,14 @@ pub(super) fn protection_extended<'a>(
     before: &Order,
     after: &'a Order,
     active_dispute: Option<DisputeId>,
-    actor: &'a Actor,
+    origin: &'a Origin,
     now: DateTime<Utc>,
 ) -> NewEvent<'a> {
     NewEvent {
         event_type: "PROTECTION_EXTENDED",
         order_id: &after.order_id,
         dispute_id: active_dispute,
-        actor,
+        actor: &origin.actor,
         occurred_at: now,
         payload: json!({
             "version": PAYLOAD_VERSION,
@@ -117,7 +117,7 @@ pub(super) fn protection_extended<'a>(
             "previous_protection_ends_at": before.protection_ends_at,
             "protection_ends_at": after.protection_ends_at,
         }),
-        trace_id: None,
+        trace_id: Some(origin.trace_id.as_str()),
     }
 }
 

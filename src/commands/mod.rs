@@ -21,7 +21,7 @@ use thiserror::Error;
 
 use crate::{
     clock::Clock,
-    domain::DomainError,
+    domain::{Actor, DomainError, TraceId},
     store::{self, IdempotencyKey, KeyState, Store, StoreError},
 };
 
@@ -52,9 +52,28 @@ pub struct Commands {
     max_disputes_per_order: i32,
 }
 
-/// A request's idempotency key, for the command to claim once it holds its locks.
+/// Who caused a change, and in which trace: kept with every event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub actor: Actor,
+    pub trace_id: TraceId,
+}
+
+impl Origin {
+    /// The service itself (the deadline worker), in a trace of its own.
+    pub fn system() -> Self {
+        Self {
+            actor: Actor::system(),
+            trace_id: TraceId::new(),
+        }
+    }
+}
+
+/// A request's idempotency key, for the command to claim once it holds its locks, and
+/// where the request came from.
 pub struct KeyClaim {
     key: IdempotencyKey,
+    origin: Origin,
     clock: Arc<dyn Clock>,
 }
 
@@ -71,8 +90,8 @@ impl KeyClaim {
         }
     }
 
-    pub fn actor(&self) -> &crate::domain::Actor {
-        &self.key.actor
+    pub fn origin(&self) -> &Origin {
+        &self.origin
     }
 }
 
@@ -92,12 +111,21 @@ impl Commands {
     /// Runs `command` in one transaction under an idempotency key and returns its encoded
     /// response, or the response the first call with this key got. A different payload
     /// under the same key is refused; a refused command leaves no key behind.
-    pub async fn idempotent<F>(&self, key: IdempotencyKey, command: F) -> Result<Vec<u8>, Error>
+    pub async fn idempotent<F>(
+        &self,
+        key: IdempotencyKey,
+        trace_id: TraceId,
+        command: F,
+    ) -> Result<Vec<u8>, Error>
     where
         F: for<'c> FnOnce(&'c mut PgConnection, KeyClaim) -> BoxFuture<'c, Result<Vec<u8>, Error>>,
     {
         let mut tx = self.store.begin().await?;
         let claim = KeyClaim {
+            origin: Origin {
+                actor: key.actor.clone(),
+                trace_id,
+            },
             key: key.clone(),
             clock: self.clock.clone(),
         };

@@ -3,11 +3,11 @@
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
-use super::{Commands, Error, KeyClaim, events};
+use super::{Commands, Error, KeyClaim, Origin, events};
 use crate::{
     domain::{
-        self, Actor, Change, DisputeCommand, DisputeId, DomainError, NewDispute, NewOrder, Order,
-        PartyId, Registration, Resource,
+        self, Change, DisputeCommand, DisputeId, DomainError, NewDispute, NewOrder, Order, PartyId,
+        Registration, Resource,
     },
     store::{self, StoreError},
 };
@@ -32,7 +32,7 @@ impl Commands {
             Registration::Unchanged => existing,
             Registration::Created(order) => {
                 if store::insert_order(&mut *conn, &order, now).await? {
-                    let event = events::order_registered(&order, claim.actor(), now);
+                    let event = events::order_registered(&order, claim.origin(), now);
                     store::record_event(conn, event).await?;
                     return Ok(RegisterOutcome {
                         order,
@@ -72,13 +72,13 @@ impl Commands {
             &order,
             active,
             new,
-            claim.actor(),
+            &claim.origin().actor,
             self.max_disputes_per_order,
             DisputeId::new(),
             now,
         )?;
         store::insert_dispute(&mut *conn, &change.dispute).await?;
-        persist(conn, &change, claim.actor()).await?;
+        persist(conn, &change, claim.origin()).await?;
         Ok(change)
     }
 
@@ -95,8 +95,8 @@ impl Commands {
             .await?
             .ok_or(DomainError::NotFound(Resource::Dispute))?;
         let now = claim.claim(&mut *conn).await?;
-        let change = domain::decide(&order, &dispute, claim.actor(), command, now)?;
-        apply(conn, &change, claim.actor()).await?;
+        let change = domain::decide(&order, &dispute, &claim.origin().actor, command, now)?;
+        apply(conn, &change, claim.origin()).await?;
         Ok(change)
     }
 
@@ -113,10 +113,10 @@ impl Commands {
             .await?
             .ok_or(DomainError::NotFound(Resource::Order))?;
         let now = claim.claim(&mut *conn).await?;
-        let extended = domain::extend_protection(&order, claim.actor(), new_end)?;
+        let extended = domain::extend_protection(&order, &claim.origin().actor, new_end)?;
         store::update_order(&mut *conn, &extended, now).await?;
         let active = store::active_dispute_id(&mut *conn, order_id).await?;
-        let event = events::protection_extended(&order, &extended, active, claim.actor(), now);
+        let event = events::protection_extended(&order, &extended, active, claim.origin(), now);
         store::record_event(conn, event).await?;
         Ok(extended)
     }
@@ -126,16 +126,16 @@ impl Commands {
 pub(super) async fn apply(
     conn: &mut PgConnection,
     change: &Change,
-    actor: &Actor,
+    origin: &Origin,
 ) -> Result<(), Error> {
     store::update_dispute(&mut *conn, &change.dispute).await?;
-    persist(conn, change, actor).await
+    persist(conn, change, origin).await
 }
 
 /// Writes what every change shares: the order, the ledger entry and its event if it
 /// settled, and the dispute's event. The dispute row itself is inserted or updated by the
 /// caller.
-async fn persist(conn: &mut PgConnection, change: &Change, actor: &Actor) -> Result<(), Error> {
+async fn persist(conn: &mut PgConnection, change: &Change, origin: &Origin) -> Result<(), Error> {
     let Change {
         order,
         dispute,
@@ -143,23 +143,12 @@ async fn persist(conn: &mut PgConnection, change: &Change, actor: &Actor) -> Res
         ..
     } = change;
     store::update_order(&mut *conn, order, dispute.updated_at).await?;
-    store::record_event(&mut *conn, events::dispute_changed(change, actor)).await?;
+    store::record_event(&mut *conn, events::dispute_changed(change, origin)).await?;
     if let Some(settlement) = settlement {
-        store::insert_settlement(
-            &mut *conn,
-            order,
-            settlement,
-            Some(dispute.dispute_id),
-            actor,
-        )
-        .await?;
-        let event = events::funds_settled(
-            order,
-            settlement,
-            Some(dispute.dispute_id),
-            change.event.as_str(),
-            actor,
-        );
+        let dispute_id = Some(dispute.dispute_id);
+        store::insert_settlement(&mut *conn, order, settlement, dispute_id, &origin.actor).await?;
+        let event =
+            events::funds_settled(order, settlement, dispute_id, change.event.as_str(), origin);
         store::record_event(conn, event).await?;
     }
     Ok(())

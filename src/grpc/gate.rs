@@ -14,9 +14,10 @@ use futures::future::BoxFuture;
 use tokio::sync::Semaphore;
 use tonic::{Code, Status, body::Body};
 use tower::{Layer, Service};
+use tracing::Instrument;
 
 use super::{auth::Authenticator, error::status, policy};
-use crate::domain::Actor;
+use crate::domain::{Actor, TraceId};
 
 const SERVICE_PREFIX: &str = "/dispute.v1.DisputeService/";
 
@@ -126,8 +127,17 @@ where
             Err(refused) => return Box::pin(async move { Ok(refused.into_http()) }),
         };
         let deadline = self.layer.deadline(&request);
+        let trace_id = request
+            .headers()
+            .get("traceparent")
+            .and_then(|value| value.to_str().ok())
+            .and_then(TraceId::from_traceparent)
+            .unwrap_or_default();
+        let span =
+            tracing::info_span!("rpc", rpc = %rpc, trace_id = %trace_id, actor_role = %actor.role);
         request.extensions_mut().insert(actor);
-        let response = self.inner.call(request);
+        request.extensions_mut().insert(trace_id);
+        let response = self.inner.call(request).instrument(span);
         Box::pin(async move {
             // The handler's future (and its transaction, rolled back) is dropped at the
             // deadline. A stream's deadline covers its start, not its life.

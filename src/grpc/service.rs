@@ -19,7 +19,7 @@ use super::{
 };
 use crate::{
     commands::{Commands, Error, KeyClaim},
-    domain::{Actor, DomainError, RequestId},
+    domain::{Actor, DomainError, RequestId, TraceId},
     startup::stopped,
     store::IdempotencyKey,
 };
@@ -53,7 +53,7 @@ impl DisputeApi {
     async fn mutate<Req, Resp, F>(
         &self,
         rpc: &'static str,
-        actor: Actor,
+        (actor, trace_id): (Actor, TraceId),
         request_id: RequestId,
         request: &Req,
         command: F,
@@ -72,7 +72,7 @@ impl DisputeApi {
         };
         let encoded = self
             .commands
-            .idempotent(key, move |conn, claim| {
+            .idempotent(key, trace_id, move |conn, claim| {
                 let response = command(conn, claim);
                 Box::pin(async move { Ok(response.await?.encode_to_vec()) })
             })
@@ -97,11 +97,11 @@ impl DisputeApi {
         Req: Message,
         Resp: Message + Default + 'static,
     {
-        let actor = actor(&request)?;
+        let caller = caller(&request)?;
         let req = request.into_inner();
         let (dispute_id, command, request_id) = parse(&req)?;
         let commands = self.commands.clone();
-        self.mutate(rpc, actor, request_id, &req, move |conn, claim| {
+        self.mutate(rpc, caller, request_id, &req, move |conn, claim| {
             Box::pin(async move {
                 let change = commands.execute(conn, dispute_id, command, claim).await?;
                 tracing::info!(
@@ -120,6 +120,16 @@ impl DisputeApi {
     }
 }
 
+/// The actor and trace id the gate put on a mutating request.
+fn caller<T>(request: &Request<T>) -> Result<(Actor, TraceId), Status> {
+    let trace_id = request
+        .extensions()
+        .get::<TraceId>()
+        .cloned()
+        .unwrap_or_default();
+    Ok((actor(request)?, trace_id))
+}
+
 fn actor<T>(request: &Request<T>) -> Result<Actor, Status> {
     request
         .extensions()
@@ -136,13 +146,13 @@ impl DisputeService for DisputeApi {
         &self,
         request: Request<pb::RegisterOrderRequest>,
     ) -> Result<Response<pb::RegisterOrderResponse>, Status> {
-        let actor = actor(&request)?;
+        let caller = caller(&request)?;
         let req = request.into_inner();
         let (new, request_id) = convert::register_order(&req)?;
         let commands = self.commands.clone();
         self.mutate(
             "RegisterOrder",
-            actor,
+            caller,
             request_id,
             &req,
             move |conn, claim| {
@@ -176,11 +186,11 @@ impl DisputeService for DisputeApi {
         &self,
         request: Request<pb::OpenDisputeRequest>,
     ) -> Result<Response<pb::OpenDisputeResponse>, Status> {
-        let actor = actor(&request)?;
+        let caller = caller(&request)?;
         let req = request.into_inner();
         let (new, request_id) = convert::open_dispute(&req)?;
         let commands = self.commands.clone();
-        self.mutate("OpenDispute", actor, request_id, &req, move |conn, claim| {
+        self.mutate("OpenDispute", caller, request_id, &req, move |conn, claim| {
             Box::pin(async move {
                 let change = commands.open_dispute(conn, new, claim).await?;
                 tracing::info!(dispute_id = %change.dispute.dispute_id, order_id = %change.order.order_id, "dispute opened");
@@ -331,11 +341,11 @@ impl DisputeService for DisputeApi {
         &self,
         request: Request<pb::ExtendProtectionRequest>,
     ) -> Result<Response<pb::ExtendProtectionResponse>, Status> {
-        let actor = actor(&request)?;
+        let caller = caller(&request)?;
         let req = request.into_inner();
         let (order_id, new_end, request_id) = convert::extend_protection(&req)?;
         let commands = self.commands.clone();
-        self.mutate("ExtendProtection", actor, request_id, &req, move |conn, claim| {
+        self.mutate("ExtendProtection", caller, request_id, &req, move |conn, claim| {
             Box::pin(async move {
                 let order = commands.extend_protection(conn, &order_id, new_end, claim).await?;
                 tracing::info!(%order_id, protection_ends_at = %order.protection_ends_at, "protection extended");

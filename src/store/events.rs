@@ -20,7 +20,7 @@ pub struct NewEvent<'a> {
     pub occurred_at: DateTime<Utc>,
     pub payload: serde_json::Value,
     /// The trace of the request that caused it, when there is one.
-    pub trace_id: Option<String>,
+    pub trace_id: Option<&'a str>,
 }
 
 /// One entry of a dispute's history.

@@ -537,3 +537,57 @@ async fn each_command_records_its_event_in_the_dispute_history(pool: PgPool) {
         .unwrap();
     assert_eq!(streamed, history_rows);
 }
+
+#[sqlx::test]
+async fn events_carry_the_trace_id_of_the_request_that_caused_them(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    app.register("order-1").await;
+    let mut request = tonic::Request::new(open_request("order-1", Remedy::FullRefund));
+    request.metadata_mut().insert(
+        "traceparent",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+            .parse()
+            .unwrap(),
+    );
+    let d = app
+        .buyer()
+        .await
+        .open_dispute(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .dispute
+        .unwrap()
+        .dispute_id;
+    app.buyer()
+        .await
+        .cancel_dispute(cancel_request(&d))
+        .await
+        .unwrap();
+    let history = app
+        .buyer()
+        .await
+        .list_dispute_events(pb::ListDisputeEventsRequest {
+            dispute_id: d,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    assert_eq!(
+        history[0].trace_id, "4bf92f3577b34da6a3ce929d0e0e4736",
+        "the caller's trace"
+    );
+    let own = &history[1].trace_id;
+    assert!(
+        own.len() == 32 && own.bytes().all(|b| b.is_ascii_hexdigit()),
+        "a trace of its own: {own}"
+    );
+    assert_ne!(own, &history[0].trace_id);
+    let untraced: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE trace_id IS NULL")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(untraced, 0);
+}
