@@ -138,7 +138,9 @@ impl Commands {
     }
 
     /// The committed events after `after` (from the oldest kept when `None`), oldest
-    /// first. Refuses a cursor whose following events retention has already deleted.
+    /// first. Refuses a cursor whose following events retention has already deleted; a
+    /// live stream asks on every read too, so a consumer slower than the retention is told
+    /// instead of silently skipping what was deleted under it.
     pub async fn stream(
         &self,
         after: Option<Position>,

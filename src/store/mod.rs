@@ -95,6 +95,7 @@ impl Store {
 
     /// True when the database answers and every migration this binary knows is applied.
     pub async fn schema_is_current(&self) -> Result<bool, StoreError> {
+        // Checked at run time, not compile time: the table may not exist yet.
         let applied: Vec<i64> = sqlx::query_scalar(
             "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version",
         )
