@@ -11,7 +11,7 @@ use crate::{
 };
 
 /// Version of every payload below; bumped when a payload changes incompatibly.
-pub const PAYLOAD_VERSION: u32 = 1;
+const PAYLOAD_VERSION: u32 = 1;
 
 pub(super) fn order_registered<'a>(
     order: &'a Order,

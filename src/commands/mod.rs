@@ -8,7 +8,6 @@ mod events;
 mod reads;
 mod writes;
 
-pub use events::PAYLOAD_VERSION;
 pub use reads::ListPage;
 pub use writes::RegisterOutcome;
 

@@ -3,7 +3,6 @@
 //! transaction, so a stale or duplicate candidate does nothing.
 
 use chrono::{DateTime, Utc};
-use sqlx::PgConnection;
 
 use super::{Store, StoreError};
 use crate::domain::{Cutoffs, DisputeId, PartyId};
@@ -73,33 +72,4 @@ impl Store {
         .await?;
         Ok(done.rows_affected())
     }
-}
-
-/// The order a dispute belongs to.
-pub async fn order_of(
-    conn: &mut PgConnection,
-    dispute_id: DisputeId,
-) -> Result<Option<PartyId>, StoreError> {
-    let id = sqlx::query_scalar!(
-        "SELECT order_id FROM disputes WHERE dispute_id = $1",
-        dispute_id.0
-    )
-    .fetch_optional(conn)
-    .await?;
-    id.map(|id| PartyId::parse(&id).map_err(StoreError::Corrupt))
-        .transpose()
-}
-
-/// The most recent dispute of an order, terminal or not.
-pub async fn latest_dispute_id(
-    conn: &mut PgConnection,
-    order_id: &PartyId,
-) -> Result<Option<DisputeId>, StoreError> {
-    let id = sqlx::query_scalar!(
-        "SELECT dispute_id FROM disputes WHERE order_id = $1 ORDER BY dispute_id DESC LIMIT 1",
-        order_id.as_str()
-    )
-    .fetch_optional(conn)
-    .await?;
-    Ok(id.map(DisputeId))
 }

@@ -152,16 +152,9 @@ pub async fn lock_dispute(
     conn: &mut PgConnection,
     dispute_id: DisputeId,
 ) -> Result<Option<(Order, Dispute)>, StoreError> {
-    let order_id = sqlx::query_scalar!(
-        "SELECT order_id FROM disputes WHERE dispute_id = $1",
-        dispute_id.0
-    )
-    .fetch_optional(&mut *conn)
-    .await?;
-    let Some(order_id) = order_id else {
+    let Some(order_id) = order_of(&mut *conn, dispute_id).await? else {
         return Ok(None);
     };
-    let order_id = PartyId::parse(&order_id).map_err(StoreError::Corrupt)?;
     let Some(order) = lock_order(&mut *conn, &order_id).await? else {
         return Err(StoreError::Corrupt(format!(
             "dispute {dispute_id} without its order"
@@ -172,6 +165,21 @@ pub async fn lock_dispute(
         .await?
         .ok_or_else(|| StoreError::Corrupt(format!("dispute {dispute_id} vanished")))?;
     Ok(Some((order, dispute)))
+}
+
+/// The order a dispute belongs to.
+pub async fn order_of(
+    conn: &mut PgConnection,
+    dispute_id: DisputeId,
+) -> Result<Option<PartyId>, StoreError> {
+    let id = sqlx::query_scalar!(
+        "SELECT order_id FROM disputes WHERE dispute_id = $1",
+        dispute_id.0
+    )
+    .fetch_optional(conn)
+    .await?;
+    id.map(|id| PartyId::parse(&id).map_err(StoreError::Corrupt))
+        .transpose()
 }
 
 /// Reads one dispute with its order's protection end.

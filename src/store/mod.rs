@@ -12,9 +12,9 @@ pub use codec::{
     outcome_str as outcome_name, remedy_columns, return_status_str as return_status_name,
     state_str as state_name,
 };
-pub use deadlines::{latest_dispute_id, order_of};
 pub use disputes::{
-    DisputeFilter, active_dispute_id, fetch_dispute, insert_dispute, lock_dispute, update_dispute,
+    DisputeFilter, active_dispute_id, fetch_dispute, insert_dispute, lock_dispute, order_of,
+    update_dispute,
 };
 pub use events::{HistoryEvent, NewEvent, Position, StreamEvent, record_event};
 pub use idempotency::{IdempotencyKey, KeyState, claim, complete};
