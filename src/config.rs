@@ -12,8 +12,17 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     args_override_self = true
 )]
 pub struct Cli {
+    /// Log lines as JSON (one object per line) or as human-readable text.
+    #[arg(long, env = "DISPUTE_LOG_FORMAT", default_value = "pretty", global = true)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Pretty,
 }
 
 #[derive(Debug, Subcommand)]
@@ -79,6 +88,9 @@ pub struct ServeConfig {
     /// Address the gRPC server listens on.
     #[arg(long, env = "DISPUTE_LISTEN_ADDR", default_value = "0.0.0.0:50051")]
     pub listen_addr: SocketAddr,
+    /// Address of the admin HTTP listener serving Prometheus metrics at `/metrics`.
+    #[arg(long, env = "DISPUTE_METRICS_ADDR", default_value = "0.0.0.0:9090")]
+    pub metrics_addr: SocketAddr,
     /// Apply migrations before serving (turn off when a migration job does it).
     #[arg(long, env = "DISPUTE_MIGRATE_ON_START", default_value_t = true, action = clap::ArgAction::Set)]
     pub migrate_on_start: bool,

@@ -6,6 +6,8 @@ pub mod commands;
 pub mod config;
 pub mod domain;
 pub mod grpc;
+pub mod metrics;
+pub mod shutdown;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

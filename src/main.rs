@@ -7,14 +7,24 @@ use dispute_service::{
     domain::Role,
     grpc::auth,
     startup::{self, Application},
-    telemetry,
+    telemetry::{Telemetry, TraceExport},
 };
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    telemetry::init();
-    match cli.command {
+    let telemetry = Telemetry::init(cli.log_format, &TraceExport::from_env()?)?;
+    let result = run(cli.command).await;
+    if let Err(error) = &result {
+        tracing::error!(error = format!("{error:#}"), "exiting on error");
+    }
+    // Spans still queued are exported before the process ends (SIGTERM included).
+    telemetry.shutdown().await;
+    result
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Serve(config) => {
             let pool = startup::pool(&config.database)?;
             if config.migrate_on_start {

@@ -14,16 +14,17 @@ use crate::{
     commands::Commands,
     config::{DatabaseConfig, ServeConfig},
     grpc::{
-        self, DisputeApi, EventFeed, GateLayer, auth::Authenticator,
+        self, DisputeApi, EventFeed, GateLayer, SERVICE_NAME, auth::Authenticator,
         pb::dispute_service_server::DisputeServiceServer,
     },
+    metrics::{self, Metrics},
+    shutdown::{self, Stop, stopped},
     store::{MIGRATOR, Store},
     worker::DeadlineWorker,
 };
 
 /// Largest request message accepted.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
-const SERVICE_NAME: &str = "dispute.v1.DisputeService";
 
 /// A pool that connects on demand, so the server starts (NOT_SERVING) while the
 /// database is down and recovers when it comes back.
@@ -54,6 +55,8 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
 
 pub struct Application {
     listener: TcpListener,
+    metrics_listener: TcpListener,
+    metrics: Metrics,
     config: ServeConfig,
     store: Store,
     commands: Commands,
@@ -72,8 +75,15 @@ impl Application {
         let listener = TcpListener::bind(config.listen_addr)
             .await
             .with_context(|| format!("binding {}", config.listen_addr))?;
+        let metrics_listener = metrics::bind(config.metrics_addr).await?;
+        let metrics = Metrics::new();
         let store = Store::new(pool);
-        let commands = Commands::new(store.clone(), clock, config.max_disputes_per_order);
+        let commands = Commands::new(
+            store.clone(),
+            clock,
+            config.max_disputes_per_order,
+            metrics.clone(),
+        );
         let worker_config = config.worker.to_config()?;
         let worker = config
             .worker
@@ -81,6 +91,8 @@ impl Application {
             .then(|| DeadlineWorker::new(store.clone(), commands.clone(), worker_config));
         Ok(Self {
             listener,
+            metrics_listener,
+            metrics,
             config,
             store,
             commands,
@@ -95,6 +107,19 @@ impl Application {
             .expect("a bound listener has an address")
     }
 
+    /// The metrics this application records (a deadline worker run beside it can share
+    /// them).
+    pub fn metrics(&self) -> Metrics {
+        self.metrics.clone()
+    }
+
+    /// Where `/metrics` is served.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
     /// Serves until `shutdown` resolves, then reports NOT_SERVING, stops accepting,
     /// drains in-flight calls (at most the configured grace) and closes the pool.
     pub async fn run_until_stopped(
@@ -102,7 +127,7 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let (reporter, health_service) = tonic_health::server::health_reporter();
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let (stop_tx, stop_rx) = shutdown::channel();
         for service in ["", SERVICE_NAME] {
             reporter
                 .set_service_status(service, tonic_health::ServingStatus::NotServing)
@@ -112,6 +137,13 @@ impl Application {
             self.store.clone(),
             reporter.clone(),
             self.config.health_interval,
+            stop_rx.clone(),
+        ));
+        let addr = self.local_addr();
+        let metrics_task = tokio::spawn(metrics::serve(
+            self.metrics_listener,
+            self.metrics.clone(),
+            self.store.clone(),
             stop_rx.clone(),
         ));
         let worker_task = self
@@ -138,7 +170,6 @@ impl Application {
         let disputes = DisputeServiceServer::new(DisputeApi::new(self.commands.clone(), feed))
             .max_decoding_message_size(MAX_REQUEST_BYTES);
 
-        let addr = self.local_addr();
         let grace = self.config.shutdown_grace;
         let mut draining = stop_rx.clone();
         let signal = async move {
@@ -156,6 +187,7 @@ impl Application {
                 self.authenticator.clone(),
                 self.config.max_in_flight,
                 self.config.request_timeout,
+                self.metrics.clone(),
             ))
             .add_service(health_service)
             .add_service(reflection().build_v1()?)
@@ -173,6 +205,7 @@ impl Application {
         }
         health_task.abort();
         listener_task.abort();
+        metrics_task.abort();
         if let Some(worker) = worker_task {
             // The pass under way finishes its transaction first.
             let _ = tokio::time::timeout(grace, worker).await;
@@ -183,18 +216,13 @@ impl Application {
     }
 }
 
-/// Resolves once `stop` turns true (or its sender is gone).
-pub(crate) async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
-    let _ = stop.wait_for(|stop| *stop).await;
-}
-
 /// Bumps `committed` whenever an outbox write commits (`LISTEN dispute_outbox`), so event
 /// streams wake at once; reconnects after errors. Streams also poll, so a lost
 /// notification only delays them.
 async fn listen_for_commits(
     pool: PgPool,
     committed: tokio::sync::watch::Sender<u64>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    mut stop: Stop,
 ) {
     loop {
         let listen = async {
@@ -221,7 +249,7 @@ async fn watch_health(
     store: Store,
     reporter: HealthReporter,
     interval: Duration,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    mut stop: Stop,
 ) {
     let mut last = None;
     loop {

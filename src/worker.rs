@@ -6,11 +6,12 @@
 use std::time::Duration;
 
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use crate::{
     commands::{Commands, Error},
     domain::Deadlines,
-    startup::stopped,
+    shutdown::stopped,
     store::{Store, StoreError},
 };
 
@@ -55,8 +56,13 @@ impl DeadlineWorker {
     }
 
     /// Applies everything due now: dispute deadlines, then protection ends; then forgets
-    /// expired idempotency keys and outbox events.
+    /// expired idempotency keys and outbox events. One trace per pass, started by nothing.
     pub async fn run_once(&self) -> Result<Pass, Error> {
+        let span = tracing::info_span!(parent: None, "worker.pass", otel.name = "deadline worker pass");
+        self.pass().instrument(span).await
+    }
+
+    async fn pass(&self) -> Result<Pass, Error> {
         let mut pass = Pass::default();
         loop {
             let cutoffs = self.config.deadlines.cutoffs(self.commands.now());

@@ -1,10 +1,13 @@
 //! Deadlines, applied one per transaction as the `system` service actor through the
-//! same domain transitions and writes as the RPCs.
+//! same domain transitions and writes as the RPCs. Each attempt is a span of its own
+//! (a child of the worker's pass); its trace id is the one written to the history.
+
+use tracing::{Instrument, field::Empty};
 
 use super::{Commands, Error, Origin, events, writes};
 use crate::{
     domain::{self, Deadlines, DisputeId, PartyId},
-    store::{self, StoreError},
+    store,
 };
 
 impl Commands {
@@ -15,39 +18,94 @@ impl Commands {
         dispute_id: DisputeId,
         deadlines: &Deadlines,
     ) -> Result<bool, Error> {
+        let span = tracing::info_span!(
+            "deadline",
+            otel.name = "apply deadline",
+            dispute.id = %dispute_id,
+            order.id = Empty,
+            deadline.kind = Empty,
+        );
+        let Some(change) = self
+            .decide_deadline(dispute_id, deadlines)
+            .instrument(span.in_scope(store::transaction_span))
+            .instrument(span.clone())
+            .await?
+        else {
+            return Ok(false);
+        };
+        span.in_scope(|| {
+            span.record("order.id", change.order.order_id.as_str());
+            span.record("deadline.kind", change.event.as_str());
+            self.metrics.dispute_changed(&change);
+            tracing::info!(%dispute_id, event = change.event.as_str(), "deadline applied");
+        });
+        Ok(true)
+    }
+
+    /// The transaction of [`Commands::apply_deadline`]: the change it committed, if any.
+    async fn decide_deadline(
+        &self,
+        dispute_id: DisputeId,
+        deadlines: &Deadlines,
+    ) -> Result<Option<domain::Change>, Error> {
         let mut tx = self.store.begin().await?;
         let now = self.now();
         let Some(order_id) = store::order_of(&mut tx, dispute_id).await? else {
-            return Ok(false);
+            return Ok(None);
         };
         let Some(order) = store::try_lock_order(&mut tx, &order_id).await? else {
-            return Ok(false);
+            return Ok(None);
         };
         let Some(dispute) = store::fetch_dispute(&mut *tx, dispute_id).await? else {
-            return Ok(false);
+            return Ok(None);
         };
         let Some(change) = domain::apply_deadline(&order, &dispute, deadlines, now)? else {
-            return Ok(false);
+            return Ok(None);
         };
         writes::apply(&mut tx, &change, &Origin::system()).await?;
-        tx.commit().await.map_err(StoreError::from)?;
-        tracing::info!(%dispute_id, event = change.event.as_str(), "deadline applied");
-        Ok(true)
+        store::commit(tx).await?;
+        Ok(Some(change))
     }
 
     /// Releases the order's funds to the seller if its protection has ended with the funds
     /// held and no dispute active.
     pub async fn release_if_protection_ended(&self, order_id: &PartyId) -> Result<bool, Error> {
+        let span = tracing::info_span!(
+            "deadline",
+            otel.name = "release at protection end",
+            order.id = %order_id,
+            deadline.kind = "PROTECTION_END",
+        );
+        let Some((order, settlement)) = self
+            .release_transaction(order_id)
+            .instrument(span.in_scope(store::transaction_span))
+            .instrument(span.clone())
+            .await?
+        else {
+            return Ok(false);
+        };
+        span.in_scope(|| {
+            self.metrics.protection_ended(&order, &settlement);
+            tracing::info!(%order_id, "protection ended; funds released to the seller");
+        });
+        Ok(true)
+    }
+
+    /// The transaction of [`Commands::release_if_protection_ended`]: the settled order.
+    async fn release_transaction(
+        &self,
+        order_id: &PartyId,
+    ) -> Result<Option<(domain::Order, domain::Settlement)>, Error> {
         let mut tx = self.store.begin().await?;
         let now = self.now();
         let Some(order) = store::try_lock_order(&mut tx, order_id).await? else {
-            return Ok(false);
+            return Ok(None);
         };
         if store::active_dispute_id(&mut tx, order_id).await?.is_some() {
-            return Ok(false);
+            return Ok(None);
         }
         let Some((order, settlement)) = domain::release_at_protection_end(&order, now) else {
-            return Ok(false);
+            return Ok(None);
         };
         let system = Origin::system();
         store::update_order(&mut tx, &order, now).await?;
@@ -57,8 +115,7 @@ impl Commands {
             events::funds_settled(&order, &settlement, None, "PROTECTION_ENDED", &system),
         )
         .await?;
-        tx.commit().await.map_err(StoreError::from)?;
-        tracing::info!(%order_id, "protection ended; funds released to the seller");
-        Ok(true)
+        store::commit(tx).await?;
+        Ok(Some((order, settlement)))
     }
 }

@@ -18,9 +18,12 @@ use futures::future::BoxFuture;
 use sqlx::PgConnection;
 use thiserror::Error;
 
+use tracing::Instrument;
+
 use crate::{
     clock::Clock,
-    domain::{Actor, DomainError, TraceId},
+    domain::{Actor, Change, DomainError, Order, PartyId, TraceId},
+    metrics::Metrics,
     store::{self, IdempotencyKey, KeyState, Store, StoreError},
 };
 
@@ -49,6 +52,45 @@ pub struct Commands {
     store: Store,
     clock: Arc<dyn Clock>,
     max_disputes_per_order: i32,
+    metrics: Metrics,
+}
+
+/// What a committed command did: counted and logged only once its transaction has
+/// committed, so neither a metric nor a success line ever describes a rolled-back write.
+#[derive(Debug)]
+pub enum Done {
+    OrderRegistered { order_id: PartyId, created: bool },
+    DisputeChanged(Box<Change>),
+    ProtectionExtended(Order),
+}
+
+impl Done {
+    fn report(&self, metrics: &Metrics) {
+        match self {
+            Done::OrderRegistered { order_id, created } => {
+                if *created {
+                    tracing::info!(%order_id, "order registered");
+                }
+            }
+            Done::DisputeChanged(change) => {
+                metrics.dispute_changed(change);
+                tracing::info!(
+                    dispute_id = %change.dispute.dispute_id,
+                    order_id = %change.order.order_id,
+                    event = change.event.as_str(),
+                    settled = change.settlement.is_some(),
+                    "dispute changed"
+                );
+            }
+            Done::ProtectionExtended(order) => {
+                tracing::info!(
+                    order_id = %order.order_id,
+                    protection_ends_at = %order.protection_ends_at,
+                    "protection extended"
+                );
+            }
+        }
+    }
 }
 
 /// Who caused a change, and in which trace: kept with every event.
@@ -59,11 +101,11 @@ pub struct Origin {
 }
 
 impl Origin {
-    /// The service itself (the deadline worker), in a trace of its own.
+    /// The service itself (the deadline worker), in the trace of the span it runs in.
     pub fn system() -> Self {
         Self {
             actor: Actor::system(),
-            trace_id: TraceId::new(),
+            trace_id: crate::telemetry::trace_id(&tracing::Span::current()),
         }
     }
 }
@@ -95,12 +137,22 @@ impl KeyClaim {
 }
 
 impl Commands {
-    pub fn new(store: Store, clock: Arc<dyn Clock>, max_disputes_per_order: i32) -> Self {
+    pub fn new(
+        store: Store,
+        clock: Arc<dyn Clock>,
+        max_disputes_per_order: i32,
+        metrics: Metrics,
+    ) -> Self {
         Self {
             store,
             clock,
             max_disputes_per_order,
+            metrics,
         }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     pub fn now(&self) -> DateTime<Utc> {
@@ -109,7 +161,8 @@ impl Commands {
 
     /// Runs `command` in one transaction under an idempotency key and returns its encoded
     /// response, or the response the first call with this key got. A different payload
-    /// under the same key is refused; a refused command leaves no key behind.
+    /// under the same key is refused; a refused command leaves no key behind. What the
+    /// command did is counted and logged after COMMIT.
     pub async fn idempotent<F>(
         &self,
         key: IdempotencyKey,
@@ -117,7 +170,32 @@ impl Commands {
         command: F,
     ) -> Result<Vec<u8>, Error>
     where
-        F: for<'c> FnOnce(&'c mut PgConnection, KeyClaim) -> BoxFuture<'c, Result<Vec<u8>, Error>>,
+        F: for<'c> FnOnce(
+            &'c mut PgConnection,
+            KeyClaim,
+        ) -> BoxFuture<'c, Result<(Vec<u8>, Done), Error>>,
+    {
+        let (response, done) = self
+            .transaction(key, trace_id, command)
+            .instrument(store::transaction_span())
+            .await?;
+        if let Some(done) = done {
+            done.report(&self.metrics);
+        }
+        Ok(response)
+    }
+
+    async fn transaction<F>(
+        &self,
+        key: IdempotencyKey,
+        trace_id: TraceId,
+        command: F,
+    ) -> Result<(Vec<u8>, Option<Done>), Error>
+    where
+        F: for<'c> FnOnce(
+            &'c mut PgConnection,
+            KeyClaim,
+        ) -> BoxFuture<'c, Result<(Vec<u8>, Done), Error>>,
     {
         let mut tx = self.store.begin().await?;
         let claim = KeyClaim {
@@ -128,12 +206,12 @@ impl Commands {
             key: key.clone(),
             clock: self.clock.clone(),
         };
-        let response = match command(&mut tx, claim).await {
-            Err(Error::Replay(response)) => return Ok(response),
+        let (response, done) = match command(&mut tx, claim).await {
+            Err(Error::Replay(response)) => return Ok((response, None)),
             other => other?,
         };
         store::complete(&mut tx, &key, &response).await?;
-        tx.commit().await.map_err(StoreError::from)?;
-        Ok(response)
+        store::commit(tx).await?;
+        Ok((response, Some(done)))
     }
 }

@@ -3,29 +3,32 @@
 //! server-side deadline. A request it refuses never reaches a handler. It also makes sure
 //! every error leaving the service carries an `ErrorInfo`, including the ones tonic itself
 //! produces (an oversized message, an unknown method). Health and reflection pass through.
+//!
+//! It opens the OpenTelemetry SERVER span of every RPC (a child of the caller's span when
+//! the request carries a W3C `traceparent`), records its gRPC status code, refused calls
+//! included, and counts the call in the RPC metrics.
 
 use std::{
     sync::Arc,
     task::{Context, Poll},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use futures::future::BoxFuture;
 use tokio::sync::Semaphore;
 use tonic::{Code, Status, body::Body};
 use tower::{Layer, Service};
-use tracing::Instrument;
+use tracing::{Instrument, field::Empty};
 
-use super::{auth::Authenticator, error::status, policy};
-use crate::domain::{Actor, TraceId};
-
-const SERVICE_PREFIX: &str = "/dispute.v1.DisputeService/";
+use super::{SERVICE_NAME, auth::Authenticator, error::status, policy};
+use crate::{domain::Actor, metrics::Metrics, telemetry};
 
 #[derive(Clone)]
 pub struct GateLayer {
     authenticator: Arc<Authenticator>,
     in_flight: Arc<Semaphore>,
     request_timeout: Duration,
+    metrics: Metrics,
 }
 
 impl GateLayer {
@@ -33,11 +36,13 @@ impl GateLayer {
         authenticator: Arc<Authenticator>,
         max_in_flight: usize,
         request_timeout: Duration,
+        metrics: Metrics,
     ) -> Self {
         Self {
             authenticator,
             in_flight: Arc::new(Semaphore::new(max_in_flight)),
             request_timeout,
+            metrics,
         }
     }
 
@@ -106,57 +111,114 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        let Some(rpc) = request
+        let Some(method) = request
             .uri()
             .path()
-            .strip_prefix(SERVICE_PREFIX)
+            .strip_prefix('/')
+            .and_then(|path| path.strip_prefix(SERVICE_NAME))
+            .and_then(|path| path.strip_prefix('/'))
             .map(str::to_owned)
         else {
             return Box::pin(self.inner.call(request));
         };
-        let Ok(permit) = self.layer.in_flight.clone().try_acquire_owned() else {
-            let refused = status(
-                Code::ResourceExhausted,
-                "OVERLOADED",
-                "too many requests in flight; retry with backoff",
-            );
-            return Box::pin(async move { Ok(refused.into_http()) });
+        let started = Instant::now();
+        // OpenTelemetry RPC conventions; ids and the role are filled in once known.
+        let span = tracing::info_span!(
+            "rpc",
+            otel.name = %format_args!("{SERVICE_NAME}/{method}"),
+            otel.kind = "server",
+            otel.status_code = Empty,
+            rpc.system = "grpc",
+            rpc.service = SERVICE_NAME,
+            rpc.method = %method,
+            rpc.grpc.status_code = Empty,
+            actor.role = Empty,
+            order.id = Empty,
+            dispute.id = Empty,
+        );
+        let trace_id = telemetry::adopt_remote_parent(&span, request.headers());
+        let metrics = self.layer.metrics.clone();
+        let admitted = self
+            .layer
+            .in_flight
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| {
+                status(
+                    Code::ResourceExhausted,
+                    "OVERLOADED",
+                    "too many requests in flight; retry with backoff",
+                )
+            })
+            .and_then(|permit| {
+                let _entered = span.enter();
+                Ok((permit, self.layer.admit(&request, &method)?))
+            });
+        let answer = match admitted {
+            Err(refused) => futures::future::Either::Left(async move { Ok(refused.into_http()) }),
+            Ok((permit, actor)) => {
+                span.record("actor.role", actor.role.as_str());
+                let deadline = self.layer.deadline(&request);
+                request.extensions_mut().insert(actor);
+                request.extensions_mut().insert(trace_id);
+                let response = {
+                    let _entered = span.enter();
+                    self.inner.call(request)
+                };
+                let in_flight = metrics.in_flight();
+                let method = method.clone();
+                futures::future::Either::Right(async move {
+                    // The handler's future (and its transaction, rolled back) is dropped
+                    // at the deadline. A stream's deadline covers its start, not its life.
+                    let response = match tokio::time::timeout(deadline, response).await {
+                        Ok(response) => response?,
+                        Err(_) => {
+                            tracing::warn!(rpc = method, ?deadline, "deadline exceeded");
+                            status(
+                                Code::DeadlineExceeded,
+                                "DEADLINE_EXCEEDED",
+                                "the request did not finish within its deadline",
+                            )
+                            .into_http()
+                        }
+                    };
+                    drop((permit, in_flight));
+                    Ok(response)
+                })
+            }
         };
-        let actor = match self.layer.admit(&request, &rpc) {
-            Ok(actor) => actor,
-            Err(refused) => return Box::pin(async move { Ok(refused.into_http()) }),
-        };
-        let deadline = self.layer.deadline(&request);
-        let trace_id = request
-            .headers()
-            .get("traceparent")
-            .and_then(|value| value.to_str().ok())
-            .and_then(TraceId::from_traceparent)
-            .unwrap_or_default();
-        let span =
-            tracing::info_span!("rpc", rpc = %rpc, trace_id = %trace_id, actor_role = %actor.role);
-        request.extensions_mut().insert(actor);
-        request.extensions_mut().insert(trace_id);
-        let response = self.inner.call(request).instrument(span);
-        Box::pin(async move {
-            // The handler's future (and its transaction, rolled back) is dropped at the
-            // deadline. A stream's deadline covers its start, not its life.
-            let response = match tokio::time::timeout(deadline, response).await {
-                Ok(response) => response?,
-                Err(_) => {
-                    tracing::warn!(rpc, ?deadline, "deadline exceeded");
-                    status(
-                        Code::DeadlineExceeded,
-                        "DEADLINE_EXCEEDED",
-                        "the request did not finish within its deadline",
-                    )
-                    .into_http()
+        Box::pin(
+            async move {
+                let response = with_error_info(answer.await?);
+                // An error is answered in the headers (trailers-only); a success in the
+                // trailers, after the body, as OK.
+                let code = Status::from_header_map(response.headers())
+                    .map_or(Code::Ok, |status| status.code());
+                let span = tracing::Span::current();
+                span.record("rpc.grpc.status_code", code as i32);
+                if server_fault(code) {
+                    span.record("otel.status_code", "ERROR");
                 }
-            };
-            drop(permit);
-            Ok(with_error_info(response))
-        })
+                metrics.rpc_handled(&method, code, started.elapsed());
+                Ok(response)
+            }
+            .instrument(span),
+        )
     }
+}
+
+/// The codes the OpenTelemetry RPC conventions count as the server's error (a SERVER
+/// span's status is ERROR); the others are the caller's.
+fn server_fault(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unknown
+            | Code::DeadlineExceeded
+            | Code::Unimplemented
+            | Code::Internal
+            | Code::Unavailable
+            | Code::DataLoss
+    )
 }
 
 /// Gives an error response that has no rich details (tonic's own, e.g. an oversized

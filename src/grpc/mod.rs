@@ -16,5 +16,8 @@ pub mod pb {
     tonic::include_proto!("dispute.v1");
 }
 
+/// The service's full name, as generated: `dispute.v1.DisputeService`.
+pub use pb::dispute_service_server::SERVICE_NAME;
+
 /// Descriptors of `dispute.v1`, served by reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("descriptor");

@@ -18,10 +18,10 @@ use super::{
     pb::{self, dispute_service_server::DisputeService},
 };
 use crate::{
-    commands::{Commands, Error, KeyClaim},
-    domain::{Actor, DomainError, RequestId, TraceId},
-    startup::stopped,
-    store::IdempotencyKey,
+    commands::{Commands, Done, Error, KeyClaim},
+    domain::{Actor, DisputeId, DomainError, PartyId, RequestId, TraceId},
+    shutdown::stopped,
+    store::{IdempotencyKey, Position},
 };
 
 /// Most events a stream reads per query.
@@ -61,7 +61,7 @@ impl DisputeApi {
     where
         Req: Message,
         Resp: Message + Default + 'static,
-        F: for<'c> FnOnce(&'c mut PgConnection, KeyClaim) -> BoxFuture<'c, Result<Resp, Error>>
+        F: for<'c> FnOnce(&'c mut PgConnection, KeyClaim) -> BoxFuture<'c, Result<(Resp, Done), Error>>
             + Send,
     {
         let key = IdempotencyKey {
@@ -74,7 +74,10 @@ impl DisputeApi {
             .commands
             .idempotent(key, trace_id, move |conn, claim| {
                 let response = command(conn, claim);
-                Box::pin(async move { Ok(response.await?.encode_to_vec()) })
+                Box::pin(async move {
+                    let (response, done) = response.await?;
+                    Ok((response.encode_to_vec(), done))
+                })
             })
             .await?;
         let response = Resp::decode(encoded.as_slice()).map_err(|error| {
@@ -100,23 +103,31 @@ impl DisputeApi {
         let caller = caller(&request)?;
         let req = request.into_inner();
         let (dispute_id, command, request_id) = parse(&req)?;
+        on_span(None, Some(&dispute_id));
         let commands = self.commands.clone();
         self.mutate(rpc, caller, request_id, &req, move |conn, claim| {
             Box::pin(async move {
                 let change = commands.execute(conn, dispute_id, command, claim).await?;
-                tracing::info!(
-                    %dispute_id,
-                    event = change.event.as_str(),
-                    settled = change.settlement.is_some(),
-                    "dispute changed"
-                );
-                Ok(respond(
+                on_span(Some(&change.order.order_id), None);
+                let response = respond(
                     Some(dispute_to_pb(&change.dispute)),
                     Some(order_to_pb(&change.order)),
-                ))
+                );
+                Ok((response, Done::DisputeChanged(Box::new(change))))
             })
         })
         .await
+    }
+}
+
+/// Names the order and dispute a call is about on its span (ids only, never free text).
+fn on_span(order_id: Option<&PartyId>, dispute_id: Option<&DisputeId>) {
+    let span = tracing::Span::current();
+    if let Some(order_id) = order_id {
+        span.record("order.id", order_id.as_str());
+    }
+    if let Some(dispute_id) = dispute_id {
+        span.record("dispute.id", tracing::field::display(dispute_id));
     }
 }
 
@@ -149,6 +160,7 @@ impl DisputeService for DisputeApi {
         let caller = caller(&request)?;
         let req = request.into_inner();
         let (new, request_id) = convert::register_order(&req)?;
+        on_span(Some(&new.order_id), None);
         let commands = self.commands.clone();
         self.mutate(
             "RegisterOrder",
@@ -158,12 +170,14 @@ impl DisputeService for DisputeApi {
             move |conn, claim| {
                 Box::pin(async move {
                     let registered = commands.register_order(conn, new, claim).await?;
-                    if registered.created {
-                        tracing::info!(order_id = %registered.order.order_id, "order registered");
-                    }
-                    Ok(pb::RegisterOrderResponse {
+                    let response = pb::RegisterOrderResponse {
                         order: Some(order_to_pb(&registered.order)),
-                    })
+                    };
+                    let done = Done::OrderRegistered {
+                        order_id: registered.order.order_id,
+                        created: registered.created,
+                    };
+                    Ok((response, done))
                 })
             },
         )
@@ -176,6 +190,7 @@ impl DisputeService for DisputeApi {
     ) -> Result<Response<pb::GetOrderResponse>, Status> {
         let actor = actor(&request)?;
         let order_id = convert::order_id(&request.get_ref().order_id)?;
+        on_span(Some(&order_id), None);
         let order = self.commands.get_order(&actor, &order_id).await?;
         Ok(Response::new(pb::GetOrderResponse {
             order: Some(order_to_pb(&order)),
@@ -189,14 +204,16 @@ impl DisputeService for DisputeApi {
         let caller = caller(&request)?;
         let req = request.into_inner();
         let (new, request_id) = convert::open_dispute(&req)?;
+        on_span(Some(&new.order_id), None);
         let commands = self.commands.clone();
         self.mutate("OpenDispute", caller, request_id, &req, move |conn, claim| {
             Box::pin(async move {
                 let change = commands.open_dispute(conn, new, claim).await?;
-                tracing::info!(dispute_id = %change.dispute.dispute_id, order_id = %change.order.order_id, "dispute opened");
-                Ok(pb::OpenDisputeResponse {
+                on_span(None, Some(&change.dispute.dispute_id));
+                let response = pb::OpenDisputeResponse {
                     dispute: Some(dispute_to_pb(&change.dispute)),
-                })
+                };
+                Ok((response, Done::DisputeChanged(Box::new(change))))
             })
         })
         .await
@@ -247,6 +264,7 @@ impl DisputeService for DisputeApi {
     ) -> Result<Response<pb::GetDisputeResponse>, Status> {
         let actor = actor(&request)?;
         let dispute_id = convert::dispute_id(&request.get_ref().dispute_id)?;
+        on_span(None, Some(&dispute_id));
         let dispute = self.commands.get_dispute(&actor, dispute_id).await?;
         Ok(Response::new(pb::GetDisputeResponse {
             dispute: Some(dispute_to_pb(&dispute)),
@@ -344,14 +362,15 @@ impl DisputeService for DisputeApi {
         let caller = caller(&request)?;
         let req = request.into_inner();
         let (order_id, new_end, request_id) = convert::extend_protection(&req)?;
+        on_span(Some(&order_id), None);
         let commands = self.commands.clone();
         self.mutate("ExtendProtection", caller, request_id, &req, move |conn, claim| {
             Box::pin(async move {
                 let order = commands.extend_protection(conn, &order_id, new_end, claim).await?;
-                tracing::info!(%order_id, protection_ends_at = %order.protection_ends_at, "protection extended");
-                Ok(pb::ExtendProtectionResponse {
+                let response = pb::ExtendProtectionResponse {
                     order: Some(order_to_pb(&order)),
-                })
+                };
+                Ok((response, Done::ProtectionExtended(order)))
             })
         })
         .await
@@ -363,6 +382,7 @@ impl DisputeService for DisputeApi {
     ) -> Result<Response<pb::ListDisputeEventsResponse>, Status> {
         let actor = actor(&request)?;
         let (dispute_id, after_seq, page_size) = convert::list_dispute_events(request.get_ref())?;
+        on_span(None, Some(&dispute_id));
         let events = self
             .commands
             .history(&actor, dispute_id, after_seq, page_size)
@@ -392,6 +412,9 @@ impl DisputeService for DisputeApi {
             mut stop,
         } = self.feed.clone();
         let (tx, rx) = mpsc::channel(STREAM_BATCH);
+        let open = commands
+            .metrics()
+            .stream_opened(after.unwrap_or(Position::START));
         tokio::spawn(async move {
             let mut batch = Ok(first);
             loop {
@@ -411,6 +434,7 @@ impl DisputeService for DisputeApi {
                     if tx.send(Ok(message)).await.is_err() {
                         return; // the consumer left
                     }
+                    open.at(event.position);
                 }
                 if !full {
                     tokio::select! {

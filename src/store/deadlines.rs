@@ -2,6 +2,10 @@
 //! (`SKIP LOCKED`, so replicas share the work) and re-decided by the domain in its own
 //! transaction, so a stale or duplicate candidate does nothing.
 
+use tracing::Instrument;
+
+use super::statement;
+
 use chrono::{DateTime, Utc};
 
 use super::{Store, StoreError};
@@ -29,7 +33,7 @@ impl Store {
             limit,
         )
         .fetch_all(self.pool())
-        .await?;
+        .instrument(statement("SELECT", "disputes")).await?;
         Ok(ids.into_iter().map(DisputeId).collect())
     }
 
@@ -50,7 +54,7 @@ impl Store {
             limit,
         )
         .fetch_all(self.pool())
-        .await?;
+        .instrument(statement("SELECT", "orders")).await?;
         ids.iter()
             .map(|id| PartyId::parse(id).map_err(StoreError::Corrupt))
             .collect()
@@ -69,7 +73,7 @@ impl Store {
             limit,
         )
         .execute(self.pool())
-        .await?;
+        .instrument(statement("DELETE", "idempotency_keys")).await?;
         Ok(done.rows_affected())
     }
 }

@@ -1,5 +1,9 @@
 //! Disputes: reads, keyset pages, locked loads and writes.
 
+use tracing::Instrument;
+
+use super::statement;
+
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -139,7 +143,7 @@ impl Store {
             limit,
         )
         .fetch_all(self.pool())
-        .await?
+        .instrument(statement("SELECT", "disputes")).await?
         .into_iter()
         .map(Dispute::try_from)
         .collect()
@@ -177,7 +181,7 @@ pub async fn order_of(
         dispute_id.0
     )
     .fetch_optional(conn)
-    .await?;
+    .instrument(statement("SELECT", "disputes")).await?;
     id.map(|id| PartyId::parse(&id).map_err(StoreError::Corrupt))
         .transpose()
 }
@@ -200,7 +204,7 @@ pub async fn fetch_dispute(
         dispute_id.0
     )
     .fetch_optional(executor)
-    .await?
+    .instrument(statement("SELECT", "disputes")).await?
     .map(Dispute::try_from)
     .transpose()
 }
@@ -215,7 +219,7 @@ pub async fn active_dispute_id(
         order_id.as_str()
     )
     .fetch_optional(conn)
-    .await?;
+    .instrument(statement("SELECT", "disputes")).await?;
     Ok(id.map(DisputeId))
 }
 
@@ -246,7 +250,7 @@ pub async fn insert_dispute(conn: &mut PgConnection, dispute: &Dispute) -> Resul
         dispute.updated_at,
     )
     .execute(conn)
-    .await?;
+    .instrument(statement("INSERT", "disputes")).await?;
     Ok(())
 }
 
@@ -283,6 +287,6 @@ pub async fn update_dispute(conn: &mut PgConnection, dispute: &Dispute) -> Resul
         dispute.updated_at,
     )
     .execute(conn)
-    .await?;
+    .instrument(statement("UPDATE", "disputes")).await?;
     Ok(())
 }

@@ -3,6 +3,10 @@
 //! stream reads. Readers of the outbox only see rows below the oldest transaction still
 //! in flight, so nothing committed late is ever skipped.
 
+use tracing::Instrument;
+
+use super::statement;
+
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -93,7 +97,7 @@ pub async fn record_event(conn: &mut PgConnection, event: NewEvent<'_>) -> Resul
         event.trace_id,
     )
     .execute(conn)
-    .await?;
+    .instrument(statement("INSERT", "outbox")).await?;
     Ok(())
 }
 
@@ -114,7 +118,7 @@ impl Store {
             limit,
         )
         .fetch_all(self.pool())
-        .await?;
+        .instrument(statement("SELECT", "dispute_events")).await?;
         rows.into_iter()
             .map(|row| {
                 Ok(HistoryEvent {
@@ -150,7 +154,7 @@ impl Store {
             limit,
         )
         .fetch_all(self.pool())
-        .await?;
+        .instrument(statement("SELECT", "outbox")).await?;
         rows.into_iter()
             .map(|row| {
                 Ok(StreamEvent {
@@ -172,13 +176,33 @@ impl Store {
             .collect()
     }
 
+    /// When the oldest event after `after` occurred, committed or not yet deliverable
+    /// (`None` when there is none): how far behind a stream at `after` is.
+    pub async fn oldest_event_after(
+        &self,
+        after: Position,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let row = sqlx::query_scalar!(
+            r#"SELECT occurred_at FROM outbox
+               WHERE (tx_id, id) > ($1::text::xid8, $2)
+               ORDER BY tx_id, id
+               LIMIT 1"#,
+            after.tx_id.to_string(),
+            after.id,
+        )
+        .fetch_optional(self.pool())
+        .instrument(statement("SELECT", "outbox"))
+        .await?;
+        Ok(row)
+    }
+
     /// Where retention has deleted up to: a consumer behind it has missed events.
     pub async fn outbox_purged_to(&self) -> Result<Position, StoreError> {
         let row = sqlx::query!(
             r#"SELECT purged_to_tx_id::text::bigint AS "tx_id!", purged_to_id FROM outbox_retention"#
         )
         .fetch_one(self.pool())
-        .await?;
+        .instrument(statement("SELECT", "outbox_retention")).await?;
         Ok(Position {
             tx_id: row.tx_id,
             id: row.purged_to_id,
@@ -207,8 +231,8 @@ impl Store {
             limit,
         )
         .fetch_optional(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        .instrument(statement("DELETE", "outbox")).await?;
+        super::commit(tx).await?;
         Ok(deleted.map_or(0, |row| row.deleted as u64))
     }
 }

@@ -6,6 +6,10 @@
 //! rolled back (the command was refused), the duplicate runs as if it were first. So a
 //! duplicate never executes twice and a refused request is never remembered.
 
+use tracing::Instrument;
+
+use super::statement;
+
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
@@ -49,7 +53,7 @@ pub async fn claim(
         now,
     )
     .fetch_optional(&mut *conn)
-    .await?;
+    .instrument(statement("INSERT", "idempotency_keys")).await?;
     if inserted.is_some() {
         return Ok(KeyState::Fresh);
     }
@@ -62,7 +66,7 @@ pub async fn claim(
         key.request_id.as_str(),
     )
     .fetch_one(&mut *conn)
-    .await?;
+    .instrument(statement("SELECT", "idempotency_keys")).await?;
     match row.response {
         _ if row.request_hash != key.request_hash => Ok(KeyState::Reused),
         Some(response) => Ok(KeyState::Replay(response)),
@@ -87,6 +91,6 @@ pub async fn complete(
         response,
     )
     .execute(conn)
-    .await?;
+    .instrument(statement("UPDATE", "idempotency_keys")).await?;
     Ok(())
 }

@@ -9,7 +9,7 @@ mod idempotency;
 mod orders;
 
 pub use codec::{
-    outcome_str as outcome_name, remedy_columns, return_status_str as return_status_name,
+    outcome_str as outcome_name, reason_str as reason_name, remedy_columns, return_status_str as return_status_name,
     state_str as state_name,
 };
 pub use disputes::{
@@ -20,8 +20,14 @@ pub use events::{HistoryEvent, NewEvent, Position, StreamEvent, record_event};
 pub use idempotency::{IdempotencyKey, KeyState, claim, complete};
 pub use orders::{insert_order, insert_settlement, lock_order, try_lock_order, update_order};
 
+use std::sync::{
+    Arc,
+    atomic::{AtomicUsize, Ordering},
+};
+
 use sqlx::{PgPool, Postgres, Transaction, migrate::Migrator};
 use thiserror::Error;
+use tracing::Instrument;
 
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
@@ -74,23 +80,77 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
+/// The span of one statement: the operation and the table, never the SQL's values
+/// (OpenTelemetry database conventions).
+pub(crate) fn statement(operation: &'static str, table: &'static str) -> tracing::Span {
+    let span = control(operation);
+    span.record("otel.name", format_args!("{operation} {table}"));
+    span.record("db.sql.table", table);
+    span
+}
+
+/// The span of a statement on no table (BEGIN, COMMIT).
+fn control(operation: &'static str) -> tracing::Span {
+    tracing::info_span!(
+        "db.statement",
+        otel.name = operation,
+        otel.kind = "client",
+        db.system = "postgresql",
+        db.operation = operation,
+        db.sql.table = tracing::field::Empty,
+    )
+}
+
+/// The span of one transaction, BEGIN to COMMIT (or rollback); its statements are its
+/// children.
+pub fn transaction_span() -> tracing::Span {
+    tracing::info_span!(
+        "db.transaction",
+        otel.name = "transaction",
+        otel.kind = "internal",
+        db.system = "postgresql",
+    )
+}
+
+/// Commits `tx`.
+pub async fn commit(tx: Tx) -> Result<(), StoreError> {
+    tx.commit()
+        .instrument(control("COMMIT"))
+        .await
+        .map_err(StoreError::from)
+}
+
 /// The connection pool, and the reads that need no transaction.
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: PgPool,
+    /// Callers waiting for a connection to begin a transaction (`db_pool_waiters`).
+    waiting: Arc<AtomicUsize>,
 }
 
 impl Store {
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            waiting: Arc::default(),
+        }
     }
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
 
+    /// Takes a connection (counted as a waiter until it has one) and begins a transaction.
     pub async fn begin(&self) -> Result<Tx, StoreError> {
-        Ok(self.pool.begin().await?)
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        let begun = self.pool.begin().instrument(control("BEGIN")).await;
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
+        Ok(begun?)
+    }
+
+    /// Callers waiting in [`Store::begin`] now.
+    pub fn waiters(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
     }
 
     /// True when the database answers and every migration this binary knows is applied.

@@ -1,5 +1,9 @@
 //! Orders, their funds and the settlement ledger.
 
+use tracing::Instrument;
+
+use super::statement;
+
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
@@ -59,7 +63,7 @@ impl Store {
             order_id.as_str()
         )
         .fetch_optional(self.pool())
-        .await?
+        .instrument(statement("SELECT", "orders")).await?
         .map(Order::try_from)
         .transpose()
     }
@@ -80,7 +84,7 @@ pub async fn lock_order(
         order_id.as_str()
     )
     .fetch_optional(conn)
-    .await?
+    .instrument(statement("SELECT", "orders")).await?
     .map(Order::try_from)
     .transpose()
 }
@@ -99,7 +103,7 @@ pub async fn try_lock_order(
         order_id.as_str()
     )
     .fetch_optional(conn)
-    .await?
+    .instrument(statement("SELECT", "orders")).await?
     .map(Order::try_from)
     .transpose()
 }
@@ -125,7 +129,7 @@ pub async fn insert_order(
         now,
     )
     .execute(conn)
-    .await?;
+    .instrument(statement("INSERT", "orders")).await?;
     Ok(inserted.rows_affected() == 1)
 }
 
@@ -152,7 +156,7 @@ pub async fn update_order(
         now,
     )
     .execute(conn)
-    .await?;
+    .instrument(statement("UPDATE", "orders")).await?;
     Ok(())
 }
 
@@ -179,6 +183,6 @@ pub async fn insert_settlement(
         settlement.settled_at,
     )
     .execute(conn)
-    .await?;
+    .instrument(statement("INSERT", "settlements")).await?;
     Ok(())
 }

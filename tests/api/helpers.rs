@@ -11,6 +11,7 @@ use dispute_service::{
     commands::Commands,
     config::{Cli, Command, ServeConfig},
     domain::Role,
+    metrics::Metrics,
     grpc::{
         auth,
         pb::{self, dispute_service_client::DisputeServiceClient},
@@ -51,6 +52,10 @@ impl Interceptor for Bearer {
 /// A server on 127.0.0.1:0, stopped (as by SIGTERM) when dropped.
 pub struct Server {
     pub addr: std::net::SocketAddr,
+    /// Where the server answers `GET /metrics`.
+    pub metrics_addr: std::net::SocketAddr,
+    /// The server's metrics, for deadline workers the test runs itself.
+    pub metrics: Metrics,
     pub config: ServeConfig,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
@@ -81,6 +86,8 @@ pub fn serve_config(extra: &[&str]) -> ServeConfig {
         "--jwt-hs256-secret",
         SECRET,
         "--listen-addr",
+        "127.0.0.1:0",
+        "--metrics-addr",
         "127.0.0.1:0",
         "--health-interval",
         "200ms",
@@ -123,12 +130,16 @@ pub async fn start(config: ServeConfig, pool: PgPool, clock: Arc<dyn Clock>) -> 
         .await
         .expect("building the app");
     let addr = app.local_addr();
+    let metrics_addr = app.metrics_addr();
+    let metrics = app.metrics();
     let (tx, rx) = oneshot::channel();
     let server = tokio::spawn(app.run_until_stopped(async move {
         let _ = rx.await;
     }));
     Server {
         addr,
+        metrics_addr,
+        metrics,
         config,
         shutdown: Some(tx),
         server: Some(server),
@@ -222,6 +233,7 @@ impl TestApp {
             store.clone(),
             self.clock.clone(),
             self.config.max_disputes_per_order,
+            self.server.metrics.clone(),
         );
         DeadlineWorker::new(store, commands, self.config.worker.to_config().unwrap())
     }

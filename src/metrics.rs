@@ -1,0 +1,444 @@
+//! Prometheus metrics, served as text at `/metrics` on the admin listener
+//! (`DISPUTE_METRICS_ADDR`). The README, "Observability", has the catalogue.
+//!
+//! Built on `metrics` + `metrics-exporter-prometheus`: the exporter renders the Prometheus
+//! text format with real histogram buckets, and its recorder is used as an object, not
+//! installed globally, so each `Application` (several run in one test process) has its own
+//! registry. Counters change only after the transaction they count has committed. Gauges
+//! that mirror live state (pool, outbox lag, exported spans) are read when scraped.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use metrics::{Key, Label, Level, Metadata, Recorder, SharedString, Unit};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
+use tokio::net::TcpListener;
+
+use crate::{
+    domain::{Change, DisputeState, EventKind, Order, Settlement},
+    shutdown::{Stop, stopped},
+    store::{self, Position, Store},
+};
+
+/// Latency buckets, seconds: from a cached read to the request deadline.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+/// A scrape that takes longer than this is answered without the outbox lag.
+const LAG_QUERY_TIMEOUT: Duration = Duration::from_secs(2);
+/// Slow or idle scrapers are cut off after this long without a complete request head.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+const METADATA: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, None);
+
+const RPC_HANDLED: &str = "grpc_server_handled_total";
+const RPC_SECONDS: &str = "grpc_server_handling_seconds";
+const RPC_IN_FLIGHT: &str = "grpc_server_in_flight_requests";
+const STREAMS_OPEN: &str = "dispute_event_streams_open";
+const POOL_CONNECTIONS: &str = "db_pool_connections";
+const POOL_IDLE: &str = "db_pool_idle_connections";
+const POOL_MAX: &str = "db_pool_max_connections";
+const POOL_WAITERS: &str = "db_pool_waiters";
+const OPENED: &str = "disputes_opened_total";
+const CANCELLED: &str = "disputes_cancelled_total";
+const RESOLVED: &str = "disputes_resolved_total";
+const SETTLED: &str = "funds_settled_total";
+const SETTLED_MINOR: &str = "funds_settled_minor_units_total";
+const DEADLINES: &str = "deadlines_applied_total";
+const OUTBOX_LAG: &str = "outbox_oldest_undelivered_age_seconds";
+const SPANS_ENDED: &str = "otel_spans_ended_total";
+const SPANS_EXPORTED: &str = "otel_spans_exported_total";
+const SPANS_FAILED: &str = "otel_spans_export_failed_total";
+
+/// The service's metrics. Cheap to clone; every clone records into the same registry.
+#[derive(Clone)]
+pub struct Metrics(Arc<Inner>);
+
+struct Inner {
+    recorder: PrometheusRecorder,
+    /// Positions of the open WatchEvents streams, by stream.
+    streams: Mutex<HashMap<u64, Position>>,
+    next_stream: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(LATENCY_BUCKETS)
+            .expect("the latency buckets are not empty")
+            .build_recorder();
+        let metrics = Self(Arc::new(Inner {
+            recorder,
+            streams: Mutex::new(HashMap::new()),
+            next_stream: AtomicU64::new(0),
+        }));
+        metrics.describe();
+        metrics
+    }
+
+    fn describe(&self) {
+        let counters = [
+            (RPC_HANDLED, "RPCs completed, by method and gRPC status code."),
+            (OPENED, "Disputes opened, by reason."),
+            (CANCELLED, "Disputes cancelled by the buyer."),
+            (RESOLVED, "Disputes resolved, by outcome."),
+            (SETTLED, "Orders settled, by funds outcome and currency."),
+            (
+                SETTLED_MINOR,
+                "Order amounts settled in minor units, by funds outcome and currency.",
+            ),
+            (
+                DEADLINES,
+                "Deadlines applied by the worker, by kind (PROTECTION_END included).",
+            ),
+            (SPANS_ENDED, "Trace spans finished by the service."),
+            (SPANS_EXPORTED, "Trace spans accepted by the OTLP exporter."),
+            (SPANS_FAILED, "Trace spans lost because their export failed."),
+        ];
+        for (name, help) in counters {
+            self.0
+                .recorder
+                .describe_counter(name.into(), None, SharedString::const_str(help));
+        }
+        let gauges = [
+            (RPC_IN_FLIGHT, "RPCs admitted and not yet answered."),
+            (STREAMS_OPEN, "WatchEvents streams open."),
+            (POOL_CONNECTIONS, "Database connections open (idle or in use)."),
+            (POOL_IDLE, "Database connections open and idle."),
+            (POOL_MAX, "Most database connections the pool opens."),
+            (POOL_WAITERS, "Callers waiting for a database connection."),
+            (
+                OUTBOX_LAG,
+                "Age of the oldest event past the slowest open stream's position (0 when every stream is caught up or none is open).",
+            ),
+        ];
+        for (name, help) in gauges {
+            self.0
+                .recorder
+                .describe_gauge(name.into(), None, SharedString::const_str(help));
+        }
+        self.0.recorder.describe_histogram(
+            RPC_SECONDS.into(),
+            Some(Unit::Seconds),
+            SharedString::const_str("Time from admission to the response, by method."),
+        );
+    }
+
+    fn counter(&self, name: &'static str, labels: Vec<Label>) -> metrics::Counter {
+        self.0
+            .recorder
+            .register_counter(&Key::from_parts(name, labels), &METADATA)
+    }
+
+    fn gauge(&self, name: &'static str) -> metrics::Gauge {
+        self.0
+            .recorder
+            .register_gauge(&Key::from_static_name(name), &METADATA)
+    }
+
+    /// One RPC answered: its code (`grpc-status`) and how long it took.
+    pub fn rpc_handled(&self, method: &str, code: tonic::Code, elapsed: Duration) {
+        let service = Label::new("grpc_service", crate::grpc::SERVICE_NAME);
+        let method = Label::new("grpc_method", method.to_owned());
+        self.counter(
+            RPC_HANDLED,
+            vec![
+                service.clone(),
+                method.clone(),
+                Label::new("grpc_code", code_name(code)),
+            ],
+        )
+        .increment(1);
+        self.0
+            .recorder
+            .register_histogram(&Key::from_parts(RPC_SECONDS, vec![service, method]), &METADATA)
+            .record(elapsed.as_secs_f64());
+    }
+
+    /// Marks an RPC in flight until the guard is dropped.
+    pub fn in_flight(&self) -> GaugeGuard {
+        GaugeGuard::up(self.gauge(RPC_IN_FLIGHT))
+    }
+
+    /// A WatchEvents stream opened; it reports its position until the guard is dropped.
+    pub fn stream_opened(&self, at: Position) -> StreamGuard {
+        let id = self.0.next_stream.fetch_add(1, Ordering::Relaxed);
+        self.streams().insert(id, at);
+        StreamGuard {
+            metrics: self.clone(),
+            id,
+            _open: GaugeGuard::up(self.gauge(STREAMS_OPEN)),
+        }
+    }
+
+    fn streams(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Position>> {
+        // A panic elsewhere while holding the map leaves it usable.
+        self.0
+            .streams
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A committed change to a dispute: opened, cancelled, resolved, settled, and which
+    /// deadline did it when the worker did.
+    pub fn dispute_changed(&self, change: &Change) {
+        let dispute = &change.dispute;
+        match change.event {
+            EventKind::DisputeOpened => self
+                .counter(
+                    OPENED,
+                    vec![Label::new("reason", store::reason_name(dispute.reason))],
+                )
+                .increment(1),
+            kind => {
+                if let Some(deadline) = deadline_kind(kind) {
+                    self.deadline_applied(deadline);
+                }
+            }
+        }
+        match (dispute.state, dispute.outcome) {
+            (DisputeState::Cancelled, _) if change.event == EventKind::DisputeCancelled => {
+                self.counter(CANCELLED, vec![]).increment(1);
+            }
+            (DisputeState::Resolved, Some(outcome)) => self
+                .counter(
+                    RESOLVED,
+                    vec![Label::new("outcome", store::outcome_name(outcome))],
+                )
+                .increment(1),
+            _ => {}
+        }
+        if let Some(settlement) = &change.settlement {
+            self.funds_settled(&change.order, settlement);
+        }
+    }
+
+    /// A committed settlement.
+    pub fn funds_settled(&self, order: &Order, settlement: &Settlement) {
+        let labels = vec![
+            Label::new("outcome", settlement.funds_state().as_str()),
+            Label::new("currency", order.amount.currency.as_str().to_owned()),
+        ];
+        self.counter(SETTLED, labels.clone()).increment(1);
+        // Amounts are positive (a schema and domain rule), so the cast cannot wrap.
+        self.counter(SETTLED_MINOR, labels)
+            .increment(order.amount.minor.unsigned_abs());
+    }
+
+    /// The worker released an order's funds at the end of its protection.
+    pub fn protection_ended(&self, order: &Order, settlement: &Settlement) {
+        self.deadline_applied("PROTECTION_END");
+        self.funds_settled(order, settlement);
+    }
+
+    fn deadline_applied(&self, kind: &'static str) {
+        self.counter(DEADLINES, vec![Label::new("kind", kind)])
+            .increment(1);
+    }
+
+    /// The Prometheus text: live gauges are read now, counters are what they are.
+    pub async fn render(&self, store: &Store) -> String {
+        let pool = store.pool();
+        self.gauge(POOL_CONNECTIONS).set(f64::from(pool.size()));
+        self.gauge(POOL_IDLE).set(pool.num_idle() as f64);
+        self.gauge(POOL_MAX)
+            .set(f64::from(pool.options().get_max_connections()));
+        self.gauge(POOL_WAITERS).set(store.waiters() as f64);
+        let slowest = self.streams().values().min().copied();
+        let lag = match slowest {
+            None => Some(0.0),
+            Some(after) => {
+                match tokio::time::timeout(LAG_QUERY_TIMEOUT, store.oldest_event_after(after))
+                    .await
+                {
+                    Ok(Ok(oldest)) => Some(oldest.map_or(0.0, |at| {
+                        (chrono::Utc::now() - at).num_milliseconds().max(0) as f64 / 1000.0
+                    })),
+                    _ => None,
+                }
+            }
+        };
+        if let Some(lag) = lag {
+            self.gauge(OUTBOX_LAG).set(lag);
+        }
+        let (ended, exported, failed) = crate::telemetry::span_counters();
+        for (name, value) in [
+            (SPANS_ENDED, ended),
+            (SPANS_EXPORTED, exported),
+            (SPANS_FAILED, failed),
+        ] {
+            self.counter(name, vec![]).absolute(value);
+        }
+        let handle = self.0.recorder.handle();
+        handle.run_upkeep();
+        handle.render()
+    }
+}
+
+/// The gRPC code as grpc-go and its Prometheus middleware spell it (`OK`, `NotFound`).
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "Canceled",
+        Unknown => "Unknown",
+        InvalidArgument => "InvalidArgument",
+        DeadlineExceeded => "DeadlineExceeded",
+        NotFound => "NotFound",
+        AlreadyExists => "AlreadyExists",
+        PermissionDenied => "PermissionDenied",
+        ResourceExhausted => "ResourceExhausted",
+        FailedPrecondition => "FailedPrecondition",
+        Aborted => "Aborted",
+        OutOfRange => "OutOfRange",
+        Unimplemented => "Unimplemented",
+        Internal => "Internal",
+        Unavailable => "Unavailable",
+        DataLoss => "DataLoss",
+        Unauthenticated => "Unauthenticated",
+    }
+}
+
+/// Which deadline an event applied, if it was one.
+fn deadline_kind(event: EventKind) -> Option<&'static str> {
+    match event {
+        EventKind::SellerResponseDeadlinePassed => Some("SELLER_RESPONSE"),
+        EventKind::NegotiationDeadlinePassed => Some("NEGOTIATION"),
+        EventKind::ReturnShipmentDeadlinePassed => Some("RETURN_SHIPMENT"),
+        EventKind::ReturnReceiptDeadlinePassed => Some("RETURN_RECEIPT"),
+        _ => None,
+    }
+}
+
+/// Holds a gauge one higher while alive.
+pub struct GaugeGuard(metrics::Gauge);
+
+impl GaugeGuard {
+    fn up(gauge: metrics::Gauge) -> Self {
+        gauge.increment(1.0);
+        Self(gauge)
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
+/// An open WatchEvents stream; [`StreamGuard::at`] reports how far it has delivered.
+pub struct StreamGuard {
+    metrics: Metrics,
+    id: u64,
+    _open: GaugeGuard,
+}
+
+impl StreamGuard {
+    pub fn at(&self, position: Position) {
+        self.metrics.streams().insert(self.id, position);
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.metrics.streams().remove(&self.id);
+    }
+}
+
+/// Serves `GET /metrics` on `listener` until `stop`. Anything else is 404. HTTP/1.1 only,
+/// one task per scraper, cut off when the request head is slow.
+pub async fn serve(listener: TcpListener, metrics: Metrics, store: Store, mut stop: Stop) {
+    use hyper::{Response, StatusCode, body::Incoming, service::service_fn};
+    use hyper_util::rt::{TokioIo, TokioTimer};
+
+    loop {
+        let (socket, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "metrics listener accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = stopped(&mut stop) => return,
+        };
+        let (metrics, store) = (metrics.clone(), store.clone());
+        let service = service_fn(move |request: hyper::Request<Incoming>| {
+            let (metrics, store) = (metrics.clone(), store.clone());
+            async move {
+                let response = if request.method() == hyper::Method::GET
+                    && request.uri().path() == "/metrics"
+                {
+                    Response::builder()
+                        .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
+                        .body(http_body_util::Full::new(bytes::Bytes::from(
+                            metrics.render(&store).await,
+                        )))
+                } else {
+                    Response::builder()
+                        .status(StatusCode::NOT_FOUND)
+                        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                            b"not found; metrics are at /metrics\n",
+                        )))
+                };
+                response
+            }
+        });
+        tokio::spawn(async move {
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(socket), service)
+                .await;
+        });
+    }
+}
+
+/// Binds the admin listener.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    use anyhow::Context;
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the metrics listener {addr}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_grpc_code_has_the_grpc_go_spelling() {
+        assert_eq!(code_name(tonic::Code::Ok), "OK");
+        assert_eq!(code_name(tonic::Code::NotFound), "NotFound");
+        assert_eq!(code_name(tonic::Code::Cancelled), "Canceled");
+        assert_eq!(code_name(tonic::Code::Unauthenticated), "Unauthenticated");
+    }
+
+    #[test]
+    fn only_deadline_events_count_as_deadlines() {
+        assert_eq!(
+            deadline_kind(EventKind::SellerResponseDeadlinePassed),
+            Some("SELLER_RESPONSE")
+        );
+        assert_eq!(
+            deadline_kind(EventKind::ReturnReceiptDeadlinePassed),
+            Some("RETURN_RECEIPT")
+        );
+        assert_eq!(deadline_kind(EventKind::DisputeOpened), None);
+        assert_eq!(deadline_kind(EventKind::FundsResolved), None);
+    }
+}
