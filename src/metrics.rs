@@ -91,7 +91,10 @@ impl Metrics {
 
     fn describe(&self) {
         let counters = [
-            (RPC_HANDLED, "RPCs completed, by method and gRPC status code."),
+            (
+                RPC_HANDLED,
+                "RPCs completed, by method and gRPC status code.",
+            ),
             (OPENED, "Disputes opened, by reason."),
             (CANCELLED, "Disputes cancelled by the buyer."),
             (RESOLVED, "Disputes resolved, by outcome."),
@@ -106,7 +109,10 @@ impl Metrics {
             ),
             (SPANS_ENDED, "Trace spans finished by the service."),
             (SPANS_EXPORTED, "Trace spans accepted by the OTLP exporter."),
-            (SPANS_FAILED, "Trace spans lost because their export failed."),
+            (
+                SPANS_FAILED,
+                "Trace spans lost because their export failed.",
+            ),
         ];
         for (name, help) in counters {
             self.0
@@ -116,7 +122,10 @@ impl Metrics {
         let gauges = [
             (RPC_IN_FLIGHT, "RPCs admitted and not yet answered."),
             (STREAMS_OPEN, "WatchEvents streams open."),
-            (POOL_CONNECTIONS, "Database connections open (idle or in use)."),
+            (
+                POOL_CONNECTIONS,
+                "Database connections open (idle or in use).",
+            ),
             (POOL_IDLE, "Database connections open and idle."),
             (POOL_MAX, "Most database connections the pool opens."),
             (POOL_WAITERS, "Callers waiting for a database connection."),
@@ -164,7 +173,10 @@ impl Metrics {
         .increment(1);
         self.0
             .recorder
-            .register_histogram(&Key::from_parts(RPC_SECONDS, vec![service, method]), &METADATA)
+            .register_histogram(
+                &Key::from_parts(RPC_SECONDS, vec![service, method]),
+                &METADATA,
+            )
             .record(elapsed.as_secs_f64());
     }
 
@@ -261,8 +273,7 @@ impl Metrics {
         let lag = match slowest {
             None => Some(0.0),
             Some(after) => {
-                match tokio::time::timeout(LAG_QUERY_TIMEOUT, store.oldest_event_after(after))
-                    .await
+                match tokio::time::timeout(LAG_QUERY_TIMEOUT, store.oldest_event_after(after)).await
                 {
                     Ok(Ok(oldest)) => Some(oldest.map_or(0.0, |at| {
                         (chrono::Utc::now() - at).num_milliseconds().max(0) as f64 / 1000.0
@@ -380,22 +391,19 @@ pub async fn serve(listener: TcpListener, metrics: Metrics, store: Store, mut st
         let service = service_fn(move |request: hyper::Request<Incoming>| {
             let (metrics, store) = (metrics.clone(), store.clone());
             async move {
-                let response = if request.method() == hyper::Method::GET
-                    && request.uri().path() == "/metrics"
-                {
+                if request.method() == hyper::Method::GET && request.uri().path() == "/metrics" {
                     Response::builder()
                         .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
                         .body(http_body_util::Full::new(bytes::Bytes::from(
                             metrics.render(&store).await,
                         )))
                 } else {
-                    Response::builder()
-                        .status(StatusCode::NOT_FOUND)
-                        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                    Response::builder().status(StatusCode::NOT_FOUND).body(
+                        http_body_util::Full::new(bytes::Bytes::from_static(
                             b"not found; metrics are at /metrics\n",
-                        )))
-                };
-                response
+                        )),
+                    )
+                }
             }
         });
         tokio::spawn(async move {

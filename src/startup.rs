@@ -245,12 +245,7 @@ async fn listen_for_commits(
 }
 
 /// SERVING only while the database answers and the schema is current.
-async fn watch_health(
-    store: Store,
-    reporter: HealthReporter,
-    interval: Duration,
-    mut stop: Stop,
-) {
+async fn watch_health(store: Store, reporter: HealthReporter, interval: Duration, mut stop: Stop) {
     let mut last = None;
     loop {
         let healthy = match store.schema_is_current().await {

@@ -116,7 +116,7 @@ impl Telemetry {
         let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
         let fmt = match format {
             LogFormat::Json => fmt
-                .event_format(WithTraceIds(Format::default().json()))
+                .event_format(WithTraceIds(Format::default().json().with_span_list(false)))
                 .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
                 .with_filter(logs)
                 .boxed(),
@@ -150,11 +150,10 @@ fn trace_filter() -> Targets {
 }
 
 fn tracer_provider(export: &TraceExport) -> anyhow::Result<SdkTracerProvider> {
-    let mut resource = Resource::builder()
-        .with_attribute(opentelemetry::KeyValue::new(
-            "service.version",
-            env!("CARGO_PKG_VERSION"),
-        ));
+    let mut resource = Resource::builder().with_attribute(opentelemetry::KeyValue::new(
+        "service.version",
+        env!("CARGO_PKG_VERSION"),
+    ));
     let named = std::env::var_os("OTEL_SERVICE_NAME").is_some()
         || std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok_and(|a| a.contains("service.name="));
     if !named {
@@ -171,9 +170,7 @@ fn tracer_provider(export: &TraceExport) -> anyhow::Result<SdkTracerProvider> {
             .build()?;
         builder = builder.with_batch_exporter(CountingExporter(exporter));
     }
-    Ok(builder
-        .with_span_processor(CountEnded)
-        .build())
+    Ok(builder.with_span_processor(CountEnded).build())
 }
 
 /// Counts what the exporter was given and what it failed to deliver.
@@ -333,11 +330,7 @@ where
             Ok(mut object) => {
                 object.insert("trace_id".into(), trace_id.into());
                 object.insert("span_id".into(), span_id.into());
-                writeln!(
-                    writer,
-                    "{}",
-                    serde_json::Value::Object(object)
-                )
+                writeln!(writer, "{}", serde_json::Value::Object(object))
             }
             Err(_) => writer.write_str(&line),
         }
@@ -364,7 +357,10 @@ mod tests {
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
             ("OTEL_SDK_DISABLED", "true"),
         ];
-        assert_eq!(TraceExport::from_vars(vars(&disabled)).unwrap().endpoint, None);
+        assert_eq!(
+            TraceExport::from_vars(vars(&disabled)).unwrap().endpoint,
+            None
+        );
         let none = [
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
             ("OTEL_TRACES_EXPORTER", "none"),
@@ -379,7 +375,10 @@ mod tests {
             ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://traces:4317"),
         ];
         assert_eq!(
-            TraceExport::from_vars(vars(&both)).unwrap().endpoint.as_deref(),
+            TraceExport::from_vars(vars(&both))
+                .unwrap()
+                .endpoint
+                .as_deref(),
             Some("http://traces:4317")
         );
     }

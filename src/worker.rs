@@ -58,7 +58,8 @@ impl DeadlineWorker {
     /// Applies everything due now: dispute deadlines, then protection ends; then forgets
     /// expired idempotency keys and outbox events. One trace per pass, started by nothing.
     pub async fn run_once(&self) -> Result<Pass, Error> {
-        let span = tracing::info_span!(parent: None, "worker.pass", otel.name = "deadline worker pass");
+        let span =
+            tracing::info_span!(parent: None, "worker.pass", otel.name = "deadline worker pass");
         self.pass().instrument(span).await
     }
 

@@ -61,7 +61,10 @@ impl DisputeApi {
     where
         Req: Message,
         Resp: Message + Default + 'static,
-        F: for<'c> FnOnce(&'c mut PgConnection, KeyClaim) -> BoxFuture<'c, Result<(Resp, Done), Error>>
+        F: for<'c> FnOnce(
+                &'c mut PgConnection,
+                KeyClaim,
+            ) -> BoxFuture<'c, Result<(Resp, Done), Error>>
             + Send,
     {
         let key = IdempotencyKey {
@@ -103,12 +106,13 @@ impl DisputeApi {
         let caller = caller(&request)?;
         let req = request.into_inner();
         let (dispute_id, command, request_id) = parse(&req)?;
-        on_span(None, Some(&dispute_id));
+        let rpc_span = tracing::Span::current();
+        on_span(&rpc_span, None, Some(&dispute_id));
         let commands = self.commands.clone();
         self.mutate(rpc, caller, request_id, &req, move |conn, claim| {
             Box::pin(async move {
                 let change = commands.execute(conn, dispute_id, command, claim).await?;
-                on_span(Some(&change.order.order_id), None);
+                on_span(&rpc_span, Some(&change.order.order_id), None);
                 let response = respond(
                     Some(dispute_to_pb(&change.dispute)),
                     Some(order_to_pb(&change.order)),
@@ -120,9 +124,9 @@ impl DisputeApi {
     }
 }
 
-/// Names the order and dispute a call is about on its span (ids only, never free text).
-fn on_span(order_id: Option<&PartyId>, dispute_id: Option<&DisputeId>) {
-    let span = tracing::Span::current();
+/// Names the order and dispute a call is about on its RPC span (ids only, never free
+/// text). Inside a command the current span is the transaction's: pass the RPC's.
+fn on_span(span: &tracing::Span, order_id: Option<&PartyId>, dispute_id: Option<&DisputeId>) {
     if let Some(order_id) = order_id {
         span.record("order.id", order_id.as_str());
     }
@@ -160,7 +164,7 @@ impl DisputeService for DisputeApi {
         let caller = caller(&request)?;
         let req = request.into_inner();
         let (new, request_id) = convert::register_order(&req)?;
-        on_span(Some(&new.order_id), None);
+        on_span(&tracing::Span::current(), Some(&new.order_id), None);
         let commands = self.commands.clone();
         self.mutate(
             "RegisterOrder",
@@ -190,7 +194,7 @@ impl DisputeService for DisputeApi {
     ) -> Result<Response<pb::GetOrderResponse>, Status> {
         let actor = actor(&request)?;
         let order_id = convert::order_id(&request.get_ref().order_id)?;
-        on_span(Some(&order_id), None);
+        on_span(&tracing::Span::current(), Some(&order_id), None);
         let order = self.commands.get_order(&actor, &order_id).await?;
         Ok(Response::new(pb::GetOrderResponse {
             order: Some(order_to_pb(&order)),
@@ -204,18 +208,25 @@ impl DisputeService for DisputeApi {
         let caller = caller(&request)?;
         let req = request.into_inner();
         let (new, request_id) = convert::open_dispute(&req)?;
-        on_span(Some(&new.order_id), None);
+        let rpc_span = tracing::Span::current();
+        on_span(&rpc_span, Some(&new.order_id), None);
         let commands = self.commands.clone();
-        self.mutate("OpenDispute", caller, request_id, &req, move |conn, claim| {
-            Box::pin(async move {
-                let change = commands.open_dispute(conn, new, claim).await?;
-                on_span(None, Some(&change.dispute.dispute_id));
-                let response = pb::OpenDisputeResponse {
-                    dispute: Some(dispute_to_pb(&change.dispute)),
-                };
-                Ok((response, Done::DisputeChanged(Box::new(change))))
-            })
-        })
+        self.mutate(
+            "OpenDispute",
+            caller,
+            request_id,
+            &req,
+            move |conn, claim| {
+                Box::pin(async move {
+                    let change = commands.open_dispute(conn, new, claim).await?;
+                    on_span(&rpc_span, None, Some(&change.dispute.dispute_id));
+                    let response = pb::OpenDisputeResponse {
+                        dispute: Some(dispute_to_pb(&change.dispute)),
+                    };
+                    Ok((response, Done::DisputeChanged(Box::new(change))))
+                })
+            },
+        )
         .await
     }
 
@@ -264,7 +275,7 @@ impl DisputeService for DisputeApi {
     ) -> Result<Response<pb::GetDisputeResponse>, Status> {
         let actor = actor(&request)?;
         let dispute_id = convert::dispute_id(&request.get_ref().dispute_id)?;
-        on_span(None, Some(&dispute_id));
+        on_span(&tracing::Span::current(), None, Some(&dispute_id));
         let dispute = self.commands.get_dispute(&actor, dispute_id).await?;
         Ok(Response::new(pb::GetDisputeResponse {
             dispute: Some(dispute_to_pb(&dispute)),
@@ -362,17 +373,25 @@ impl DisputeService for DisputeApi {
         let caller = caller(&request)?;
         let req = request.into_inner();
         let (order_id, new_end, request_id) = convert::extend_protection(&req)?;
-        on_span(Some(&order_id), None);
+        on_span(&tracing::Span::current(), Some(&order_id), None);
         let commands = self.commands.clone();
-        self.mutate("ExtendProtection", caller, request_id, &req, move |conn, claim| {
-            Box::pin(async move {
-                let order = commands.extend_protection(conn, &order_id, new_end, claim).await?;
-                let response = pb::ExtendProtectionResponse {
-                    order: Some(order_to_pb(&order)),
-                };
-                Ok((response, Done::ProtectionExtended(order)))
-            })
-        })
+        self.mutate(
+            "ExtendProtection",
+            caller,
+            request_id,
+            &req,
+            move |conn, claim| {
+                Box::pin(async move {
+                    let order = commands
+                        .extend_protection(conn, &order_id, new_end, claim)
+                        .await?;
+                    let response = pb::ExtendProtectionResponse {
+                        order: Some(order_to_pb(&order)),
+                    };
+                    Ok((response, Done::ProtectionExtended(order)))
+                })
+            },
+        )
         .await
     }
 
@@ -382,7 +401,7 @@ impl DisputeService for DisputeApi {
     ) -> Result<Response<pb::ListDisputeEventsResponse>, Status> {
         let actor = actor(&request)?;
         let (dispute_id, after_seq, page_size) = convert::list_dispute_events(request.get_ref())?;
-        on_span(None, Some(&dispute_id));
+        on_span(&tracing::Span::current(), None, Some(&dispute_id));
         let events = self
             .commands
             .history(&actor, dispute_id, after_seq, page_size)

@@ -33,7 +33,8 @@ impl Store {
             limit,
         )
         .fetch_all(self.pool())
-        .instrument(statement("SELECT", "disputes")).await?;
+        .instrument(statement("SELECT", "disputes"))
+        .await?;
         Ok(ids.into_iter().map(DisputeId).collect())
     }
 
@@ -73,7 +74,8 @@ impl Store {
             limit,
         )
         .execute(self.pool())
-        .instrument(statement("DELETE", "idempotency_keys")).await?;
+        .instrument(statement("DELETE", "idempotency_keys"))
+        .await?;
         Ok(done.rows_affected())
     }
 }

@@ -143,7 +143,8 @@ impl Store {
             limit,
         )
         .fetch_all(self.pool())
-        .instrument(statement("SELECT", "disputes")).await?
+        .instrument(statement("SELECT", "disputes"))
+        .await?
         .into_iter()
         .map(Dispute::try_from)
         .collect()
@@ -181,7 +182,8 @@ pub async fn order_of(
         dispute_id.0
     )
     .fetch_optional(conn)
-    .instrument(statement("SELECT", "disputes")).await?;
+    .instrument(statement("SELECT", "disputes"))
+    .await?;
     id.map(|id| PartyId::parse(&id).map_err(StoreError::Corrupt))
         .transpose()
 }
@@ -204,7 +206,8 @@ pub async fn fetch_dispute(
         dispute_id.0
     )
     .fetch_optional(executor)
-    .instrument(statement("SELECT", "disputes")).await?
+    .instrument(statement("SELECT", "disputes"))
+    .await?
     .map(Dispute::try_from)
     .transpose()
 }
@@ -250,7 +253,8 @@ pub async fn insert_dispute(conn: &mut PgConnection, dispute: &Dispute) -> Resul
         dispute.updated_at,
     )
     .execute(conn)
-    .instrument(statement("INSERT", "disputes")).await?;
+    .instrument(statement("INSERT", "disputes"))
+    .await?;
     Ok(())
 }
 
@@ -287,6 +291,7 @@ pub async fn update_dispute(conn: &mut PgConnection, dispute: &Dispute) -> Resul
         dispute.updated_at,
     )
     .execute(conn)
-    .instrument(statement("UPDATE", "disputes")).await?;
+    .instrument(statement("UPDATE", "disputes"))
+    .await?;
     Ok(())
 }

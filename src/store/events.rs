@@ -118,7 +118,8 @@ impl Store {
             limit,
         )
         .fetch_all(self.pool())
-        .instrument(statement("SELECT", "dispute_events")).await?;
+        .instrument(statement("SELECT", "dispute_events"))
+        .await?;
         rows.into_iter()
             .map(|row| {
                 Ok(HistoryEvent {
@@ -231,7 +232,8 @@ impl Store {
             limit,
         )
         .fetch_optional(&mut *tx)
-        .instrument(statement("DELETE", "outbox")).await?;
+        .instrument(statement("DELETE", "outbox"))
+        .await?;
         super::commit(tx).await?;
         Ok(deleted.map_or(0, |row| row.deleted as u64))
     }

@@ -66,7 +66,8 @@ pub async fn claim(
         key.request_id.as_str(),
     )
     .fetch_one(&mut *conn)
-    .instrument(statement("SELECT", "idempotency_keys")).await?;
+    .instrument(statement("SELECT", "idempotency_keys"))
+    .await?;
     match row.response {
         _ if row.request_hash != key.request_hash => Ok(KeyState::Reused),
         Some(response) => Ok(KeyState::Replay(response)),
@@ -91,6 +92,7 @@ pub async fn complete(
         response,
     )
     .execute(conn)
-    .instrument(statement("UPDATE", "idempotency_keys")).await?;
+    .instrument(statement("UPDATE", "idempotency_keys"))
+    .await?;
     Ok(())
 }

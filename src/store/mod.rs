@@ -9,8 +9,8 @@ mod idempotency;
 mod orders;
 
 pub use codec::{
-    outcome_str as outcome_name, reason_str as reason_name, remedy_columns, return_status_str as return_status_name,
-    state_str as state_name,
+    outcome_str as outcome_name, reason_str as reason_name, remedy_columns,
+    return_status_str as return_status_name, state_str as state_name,
 };
 pub use disputes::{
     DisputeFilter, active_dispute_id, fetch_dispute, insert_dispute, lock_dispute, order_of,

@@ -84,7 +84,8 @@ pub async fn lock_order(
         order_id.as_str()
     )
     .fetch_optional(conn)
-    .instrument(statement("SELECT", "orders")).await?
+    .instrument(statement("SELECT", "orders"))
+    .await?
     .map(Order::try_from)
     .transpose()
 }
@@ -103,7 +104,8 @@ pub async fn try_lock_order(
         order_id.as_str()
     )
     .fetch_optional(conn)
-    .instrument(statement("SELECT", "orders")).await?
+    .instrument(statement("SELECT", "orders"))
+    .await?
     .map(Order::try_from)
     .transpose()
 }
@@ -129,7 +131,8 @@ pub async fn insert_order(
         now,
     )
     .execute(conn)
-    .instrument(statement("INSERT", "orders")).await?;
+    .instrument(statement("INSERT", "orders"))
+    .await?;
     Ok(inserted.rows_affected() == 1)
 }
 
@@ -156,7 +159,8 @@ pub async fn update_order(
         now,
     )
     .execute(conn)
-    .instrument(statement("UPDATE", "orders")).await?;
+    .instrument(statement("UPDATE", "orders"))
+    .await?;
     Ok(())
 }
 
@@ -183,6 +187,7 @@ pub async fn insert_settlement(
         settlement.settled_at,
     )
     .execute(conn)
-    .instrument(statement("INSERT", "settlements")).await?;
+    .instrument(statement("INSERT", "settlements"))
+    .await?;
     Ok(())
 }

@@ -11,11 +11,11 @@ use dispute_service::{
     commands::Commands,
     config::{Cli, Command, ServeConfig},
     domain::Role,
-    metrics::Metrics,
     grpc::{
         auth,
         pb::{self, dispute_service_client::DisputeServiceClient},
     },
+    metrics::Metrics,
     startup::Application,
     store::Store,
     worker::{DeadlineWorker, Pass},
@@ -161,10 +161,7 @@ impl Server {
     }
 
     pub async fn client(&self, role: Role, sub: &str) -> Client {
-        let token =
-            auth::mint_hs256(&self.config.auth, role, sub, Duration::from_secs(600)).unwrap();
-        self.client_with_header(Some(&format!("Bearer {token}")))
-            .await
+        client_at(self.addr, role, sub).await
     }
 
     pub async fn service(&self) -> Client {
@@ -215,6 +212,19 @@ impl Server {
         let _ = self.shutdown.take().unwrap().send(());
         self.server.take().unwrap().await.unwrap()
     }
+}
+
+/// A client of the server at `addr` (configured as `serve_config` does) for `role` and `sub`.
+pub async fn client_at(addr: std::net::SocketAddr, role: Role, sub: &str) -> Client {
+    let token =
+        auth::mint_hs256(&serve_config(&[]).auth, role, sub, Duration::from_secs(600)).unwrap();
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("connecting to the server");
+    let value = MetadataValue::try_from(format!("Bearer {token}")).unwrap();
+    DisputeServiceClient::with_interceptor(channel, Bearer(Some(value)))
 }
 
 impl Drop for Server {

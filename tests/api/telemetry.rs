@@ -1,0 +1,347 @@
+//! Traces leave the real binary over OTLP/gRPC to a receiver in the test, configured by
+//! the standard `OTEL_*` variables only; a collector that hangs never slows a call.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use dispute_service::{
+    domain::Role,
+    grpc::pb::{self, Remedy},
+};
+use opentelemetry_proto::tonic::{
+    collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+        trace_service_server::{TraceService, TraceServiceServer},
+    },
+    common::v1::{AnyValue, any_value},
+    trace::v1::{Span, span::SpanKind},
+};
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Code, Request, Response, Status};
+
+use crate::{helpers::*, process::Binary};
+
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const PARENT_SPAN_ID: &str = "00f067aa0ba902b7";
+const FAILED_TRACE_ID: &str = "0af7651916cd43dd8448eb211c80319c";
+
+/// A resource's attributes, as text.
+type Resource = Vec<(String, String)>;
+
+/// An OTLP trace receiver: keeps every span it is sent, with its resource's attributes.
+#[derive(Clone, Default)]
+struct Receiver {
+    spans: Arc<Mutex<Vec<(Resource, Span)>>>,
+}
+
+#[tonic::async_trait]
+impl TraceService for Receiver {
+    async fn export(
+        &self,
+        request: Request<ExportTraceServiceRequest>,
+    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        let mut spans = self.spans.lock().unwrap();
+        for resource_spans in request.into_inner().resource_spans {
+            let resource: Resource = resource_spans
+                .resource
+                .map(|r| {
+                    r.attributes
+                        .into_iter()
+                        .map(|kv| (kv.key, text(kv.value)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            for scope in resource_spans.scope_spans {
+                for span in scope.spans {
+                    spans.push((resource.clone(), span));
+                }
+            }
+        }
+        Ok(Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+impl Receiver {
+    async fn start(self) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(TraceServiceServer::new(self))
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        endpoint
+    }
+
+    fn spans(&self) -> Vec<Span> {
+        let spans = self.spans.lock().unwrap();
+        spans.iter().map(|(_, span)| span.clone()).collect()
+    }
+}
+
+fn text(value: Option<AnyValue>) -> String {
+    match value.and_then(|v| v.value) {
+        Some(any_value::Value::StringValue(s)) => s,
+        Some(any_value::Value::IntValue(i)) => i.to_string(),
+        Some(any_value::Value::BoolValue(b)) => b.to_string(),
+        Some(any_value::Value::DoubleValue(d)) => d.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn attribute(span: &Span, key: &str) -> Option<String> {
+    span.attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .map(|kv| text(kv.value.clone()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn with_traceparent<T>(message: T, trace_id: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace_id}-{PARENT_SPAN_ID}-01")
+            .parse()
+            .unwrap(),
+    );
+    request
+}
+
+/// The SERVER span of `method` in trace `trace_id`.
+fn server_span<'a>(spans: &'a [Span], trace_id: &str, method: &str) -> &'a Span {
+    spans
+        .iter()
+        .find(|s| {
+            hex(&s.trace_id) == trace_id
+                && s.kind == SpanKind::Server as i32
+                && attribute(s, "rpc.method").as_deref() == Some(method)
+        })
+        .unwrap_or_else(|| panic!("no SERVER span for {method} in trace {trace_id}"))
+}
+
+/// True when `span` descends from `ancestor` through spans of `spans`.
+fn descends_from(spans: &[Span], span: &Span, ancestor: &Span) -> bool {
+    let mut parent = span.parent_span_id.clone();
+    while !parent.is_empty() {
+        if parent == ancestor.span_id {
+            return true;
+        }
+        match spans.iter().find(|s| s.span_id == parent) {
+            Some(next) => parent = next.parent_span_id.clone(),
+            None => return false,
+        }
+    }
+    false
+}
+
+#[sqlx::test]
+async fn a_call_with_a_traceparent_is_exported_as_a_child_server_span_with_its_sql(pool: PgPool) {
+    let receiver = Receiver::default();
+    let endpoint = receiver.clone().start().await;
+    // A long batch delay: the spans can only arrive through the flush on SIGTERM.
+    let binary = Binary::serve(
+        &pool,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "600000"),
+            ("OTEL_SERVICE_NAME", "dispute-service-under-test"),
+        ],
+    );
+    let mut service = client_at(binary.addr, Role::Service, "order-service").await;
+    let mut buyer = client_at(binary.addr, Role::Buyer, "buyer-1").await;
+    let protection = chrono::Utc::now() + chrono::Duration::days(30);
+    service
+        .register_order(register_request("order-1", protection))
+        .await
+        .unwrap();
+    let dispute = buyer
+        .open_dispute(with_traceparent(
+            open_request("order-1", Remedy::FullRefund),
+            TRACE_ID,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .dispute
+        .unwrap();
+    let missing = buyer
+        .get_order(with_traceparent(
+            pb::GetOrderRequest {
+                order_id: "no-such-order".into(),
+            },
+            FAILED_TRACE_ID,
+        ))
+        .await;
+    assert_eq!(missing.unwrap_err().code(), Code::NotFound);
+    // The history records the trace the caller started.
+    let events = buyer
+        .list_dispute_events(pb::ListDisputeEventsRequest {
+            dispute_id: dispute.dispute_id.clone(),
+            page_size: 10,
+            page_token: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    assert_eq!(events[0].trace_id, TRACE_ID);
+
+    let log = binary.log();
+    let status = binary.terminate(Duration::from_secs(20)).await;
+    assert!(status.success(), "exit after SIGTERM: {status}");
+
+    let spans = receiver.spans();
+    let open = server_span(&spans, TRACE_ID, "OpenDispute");
+    println!("{} spans exported; OpenDispute: {open:#?}", spans.len());
+    assert_eq!(hex(&open.parent_span_id), PARENT_SPAN_ID);
+    assert_eq!(open.name, "dispute.v1.DisputeService/OpenDispute");
+    for (key, value) in [
+        ("rpc.system", "grpc"),
+        ("rpc.service", "dispute.v1.DisputeService"),
+        ("rpc.method", "OpenDispute"),
+        ("rpc.grpc.status_code", "0"),
+        ("actor.role", "BUYER"),
+        ("order.id", "order-1"),
+        ("dispute.id", dispute.dispute_id.as_str()),
+    ] {
+        assert_eq!(attribute(open, key).as_deref(), Some(value), "{key}");
+    }
+    let sql: Vec<&Span> = spans
+        .iter()
+        .filter(|s| attribute(s, "db.system").as_deref() == Some("postgresql"))
+        .filter(|s| descends_from(&spans, s, open))
+        .collect();
+    assert!(
+        sql.iter().any(|s| s.name == "SELECT orders"
+            && attribute(s, "db.operation").as_deref() == Some("SELECT")
+            && attribute(s, "db.sql.table").as_deref() == Some("orders")),
+        "no SELECT orders under OpenDispute: {:?}",
+        sql.iter().map(|s| &s.name).collect::<Vec<_>>()
+    );
+    assert!(sql.iter().any(|s| s.name == "INSERT disputes"));
+    assert!(sql.iter().any(|s| s.name == "COMMIT"));
+    assert!(
+        spans
+            .iter()
+            .any(|s| s.name == "transaction" && descends_from(&spans, s, open))
+    );
+
+    let failed = server_span(&spans, FAILED_TRACE_ID, "GetOrder");
+    assert_eq!(
+        attribute(failed, "rpc.grpc.status_code").as_deref(),
+        Some("5")
+    );
+
+    // The resource names the service as configured.
+    let resources = receiver.spans.lock().unwrap();
+    assert!(resources.iter().all(|(resource, _)| {
+        resource.contains(&("service.name".into(), "dispute-service-under-test".into()))
+    }));
+
+    // Nothing secret or free-text in any exported attribute.
+    let description = open_request("x", Remedy::FullRefund).description;
+    let secrets = [SECRET, "Bearer", "eyJ", description.as_str()];
+    for (_, span) in resources.iter() {
+        for kv in &span.attributes {
+            let value = text(kv.value.clone());
+            for secret in secrets {
+                assert!(
+                    !value.contains(secret),
+                    "{} = {value} leaks {secret}",
+                    kv.key
+                );
+            }
+        }
+    }
+
+    // Log lines written inside the request carry its trace and span ids.
+    let opened = log
+        .iter()
+        .find(|line| line["fields"]["message"] == "dispute changed")
+        .expect("a 'dispute changed' line");
+    println!("a log line: {opened}");
+    assert_eq!(opened["trace_id"], TRACE_ID);
+    assert_eq!(opened["span_id"].as_str().map(str::len), Some(16));
+}
+
+/// Accepts connections and never answers: an export hangs until its own timeout.
+async fn blackhole() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    endpoint
+}
+
+/// Latencies of `calls` GetOrder calls on `order_id` against `binary`, sorted.
+async fn latencies(binary: &Binary, order_id: &str, calls: usize) -> Vec<Duration> {
+    let mut service = client_at(binary.addr, Role::Service, "order-service").await;
+    let protection = chrono::Utc::now() + chrono::Duration::days(30);
+    service
+        .register_order(register_request(order_id, protection))
+        .await
+        .unwrap();
+    let mut took = Vec::new();
+    for _ in 0..calls {
+        let started = Instant::now();
+        service
+            .get_order(pb::GetOrderRequest {
+                order_id: order_id.into(),
+            })
+            .await
+            .expect("every call succeeds");
+        took.push(started.elapsed());
+    }
+    took.sort();
+    took
+}
+
+#[sqlx::test]
+async fn a_collector_that_hangs_never_slows_or_fails_a_call(pool: PgPool) {
+    let baseline = Binary::serve(&pool, &[]);
+    let quiet = latencies(&baseline, "order-1", 200).await;
+    assert!(baseline.terminate(Duration::from_secs(20)).await.success());
+
+    let endpoint = blackhole().await;
+    let binary = Binary::serve(
+        &pool,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "10"),
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "64"),
+            ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "32"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "30000"),
+        ],
+    );
+    let hung = latencies(&binary, "order-2", 200).await;
+    let p50 = |v: &[Duration]| v[v.len() / 2];
+    println!(
+        "GetOrder p50 / max: no collector {:?} / {:?}; hanging collector {:?} / {:?}",
+        p50(&quiet),
+        quiet[quiet.len() - 1],
+        p50(&hung),
+        hung[hung.len() - 1],
+    );
+    // An export blocks for its 30 s timeout; had any call waited on one, it would show.
+    assert!(
+        hung[hung.len() - 1] < Duration::from_secs(5),
+        "a call waited on the exporter: {:?}",
+        hung[hung.len() - 1]
+    );
+    // The flush on SIGTERM gives up after a few seconds instead of hanging the shutdown.
+    assert!(binary.terminate(Duration::from_secs(30)).await.success());
+}
