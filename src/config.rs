@@ -39,6 +39,21 @@ pub enum Command {
     Migrate(DatabaseConfig),
     /// Mint a development token signed with the HS256 secret.
     Token(TokenConfig),
+    /// Ask a server's gRPC health service; exit 0 when it is SERVING, 1 otherwise.
+    Healthcheck(HealthcheckConfig),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct HealthcheckConfig {
+    /// The server: host:port (or an http:// URL).
+    #[arg(long, env = "DISPUTE_HEALTHCHECK_ADDR", default_value = "127.0.0.1:50051")]
+    pub addr: String,
+    /// The service to ask about; empty means the whole server.
+    #[arg(long, default_value = "")]
+    pub service: String,
+    /// How long to wait for the answer.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -82,6 +97,12 @@ pub struct AuthConfig {
     /// Required `aud` claim.
     #[arg(long, env = "DISPUTE_JWT_AUDIENCE", default_value = "dispute-service")]
     pub jwt_audience: String,
+    /// How often a PEM or JWKS key file is re-read (keys rotate without a restart).
+    #[arg(long, env = "DISPUTE_JWT_KEYS_REFRESH", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub jwt_keys_refresh: Duration,
+    /// The soonest a token naming an unknown `kid` makes the key file be re-read again.
+    #[arg(long, env = "DISPUTE_JWT_KEYS_MIN_REFRESH", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub jwt_keys_min_refresh: Duration,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -6,6 +6,7 @@ pub mod commands;
 pub mod config;
 pub mod domain;
 pub mod grpc;
+pub mod healthcheck;
 pub mod metrics;
 pub mod shutdown;
 pub mod startup;

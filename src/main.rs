@@ -1,11 +1,13 @@
 use std::sync::Arc;
 
 use clap::Parser;
+use tonic_health::pb::health_check_response::ServingStatus;
 use dispute_service::{
     clock::SystemClock,
     config::{Cli, Command},
     domain::Role,
     grpc::auth,
+    healthcheck,
     startup::{self, Application},
     telemetry::{Telemetry, TraceExport},
 };
@@ -34,6 +36,16 @@ async fn run(command: Command) -> anyhow::Result<()> {
             app.run_until_stopped(shutdown_signal()).await
         }
         Command::Migrate(database) => startup::migrate(&startup::pool(&database)?).await,
+        Command::Healthcheck(config) => {
+            let status = healthcheck::check(&config).await?;
+            anyhow::ensure!(
+                status == ServingStatus::Serving,
+                "{} reports {status:?}",
+                config.addr
+            );
+            println!("SERVING");
+            Ok(())
+        }
         Command::Token(config) => {
             let role = Role::from_claim(&config.role)
                 .ok_or_else(|| anyhow::anyhow!("--role must be buyer, seller, agent or service"))?;

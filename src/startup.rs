@@ -26,6 +26,9 @@ use crate::{
 /// Largest request message accepted.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
+/// How many times migrations are tried while the database is unreachable, 2 s apart.
+const MIGRATE_ATTEMPTS: u32 = 30;
+
 /// A pool that connects on demand, so the server starts (NOT_SERVING) while the
 /// database is down and recovers when it comes back.
 pub fn pool(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
@@ -37,13 +40,23 @@ pub fn pool(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
 }
 
 /// Applies migrations, retrying while the database is unreachable. Replicas starting
-/// together are serialised by the migrator's advisory lock.
+/// together are serialised by the migrator's advisory lock. A TLS or configuration error
+/// (a certificate that does not verify, a bad `sslrootcert`) will not heal by waiting: it
+/// stops the start at once.
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     let mut attempt = 0;
     loop {
         match MIGRATOR.run(pool).await {
             Ok(()) => return Ok(()),
-            Err(error) if attempt < 30 => {
+            Err(sqlx::migrate::MigrateError::Execute(error @ sqlx::Error::Tls(_))) => {
+                return Err(error).context(
+                    "connecting to PostgreSQL over TLS failed (check sslmode, sslrootcert and the server's certificate)",
+                );
+            }
+            Err(sqlx::migrate::MigrateError::Execute(error @ sqlx::Error::Configuration(_))) => {
+                return Err(error).context("DATABASE_URL is not usable");
+            }
+            Err(error) if attempt < MIGRATE_ATTEMPTS => {
                 attempt += 1;
                 tracing::warn!(%error, attempt, "migrations failed; retrying");
                 tokio::time::sleep(Duration::from_secs(2)).await;

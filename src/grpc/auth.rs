@@ -1,7 +1,19 @@
 //! Token verification: the actor comes from a signed JWT and nothing else. The algorithm
 //! is pinned by configuration, never read from the token.
+//!
+//! A PEM or JWKS key file is re-read while the server runs, so keys rotate without a
+//! restart (a mounted Kubernetes Secret changes by a symlink swap): at most once per
+//! `DISPUTE_JWT_KEYS_REFRESH` on the next request, and at most once per
+//! `DISPUTE_JWT_KEYS_MIN_REFRESH` when a token names a `kid` the keys do not have. Keys
+//! removed from the file stop verifying at the next re-read. A file that cannot be read or
+//! parsed then keeps the keys already loaded (logged); at startup it is an error.
 
-use std::{fs, time::Duration};
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, RwLock},
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, bail};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, jwk::JwkSet};
@@ -30,9 +42,55 @@ enum Keys {
     Set(Vec<(Option<String>, DecodingKey)>),
 }
 
+/// Which key a token asks for, as far as the keys can tell.
+enum Lookup<'k> {
+    Found(&'k DecodingKey),
+    UnknownKid,
+    Refused(&'static str),
+}
+
+impl Keys {
+    fn lookup(&self, kid: Option<&str>) -> Lookup<'_> {
+        match self {
+            Keys::One(key) => Lookup::Found(key),
+            Keys::Set(keys) => match (kid, keys.as_slice()) {
+                (Some(kid), keys) => keys
+                    .iter()
+                    .find(|(id, _)| id.as_deref() == Some(kid))
+                    .map_or(Lookup::UnknownKid, |(_, key)| Lookup::Found(key)),
+                (None, [(_, only)]) => Lookup::Found(only),
+                (None, _) => Lookup::Refused("token names no signing key"),
+            },
+        }
+    }
+}
+
+/// A key file and when it may be read again.
+struct KeyFile {
+    path: PathBuf,
+    algorithm: Algorithm,
+    jwks: bool,
+    refresh: Duration,
+    min_refresh: Duration,
+    /// When the file was last read (successfully or not).
+    read_at: Mutex<Instant>,
+}
+
+impl KeyFile {
+    fn load(&self) -> anyhow::Result<Keys> {
+        if self.jwks {
+            load_jwks(&self.path)
+        } else {
+            load_pem(&self.path, self.algorithm)
+        }
+    }
+}
+
 /// Verifies bearer tokens with the configured key and algorithm.
 pub struct Authenticator {
-    keys: Keys,
+    keys: RwLock<Arc<Keys>>,
+    /// Where the keys come from when they can rotate (a PEM or JWKS file).
+    file: Option<KeyFile>,
     validation: Validation,
 }
 
@@ -52,7 +110,7 @@ impl Authenticator {
             AsymmetricAlgorithm::Rs256 => Algorithm::RS256,
             AsymmetricAlgorithm::EdDsa => Algorithm::EdDSA,
         };
-        let (algorithm, keys) = match (
+        let (algorithm, file) = match (
             &config.jwt_hs256_secret,
             &config.jwt_public_key_file,
             &config.jwt_jwks_file,
@@ -61,37 +119,13 @@ impl Authenticator {
                 if secret.len() < 16 {
                     bail!("DISPUTE_JWT_HS256_SECRET must be at least 16 bytes");
                 }
-                (
-                    Algorithm::HS256,
-                    Keys::One(DecodingKey::from_secret(secret.as_bytes())),
-                )
+                (Algorithm::HS256, None)
             }
-            (None, Some(path), None) => {
-                let pem = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-                let key = match asymmetric {
-                    Algorithm::EdDSA => DecodingKey::from_ed_pem(&pem),
-                    _ => DecodingKey::from_rsa_pem(&pem),
-                }
-                .with_context(|| {
-                    format!("{} is not a {asymmetric:?} public key", path.display())
-                })?;
-                (asymmetric, Keys::One(key))
-            }
-            (None, None, Some(path)) => {
-                let text = fs::read_to_string(path)
-                    .with_context(|| format!("reading {}", path.display()))?;
-                let set: JwkSet = serde_json::from_str(&text)
-                    .with_context(|| format!("{} is not a JWKS", path.display()))?;
-                let keys = set
-                    .keys
-                    .iter()
-                    .map(|jwk| Ok((jwk.common.key_id.clone(), DecodingKey::from_jwk(jwk)?)))
-                    .collect::<anyhow::Result<Vec<_>>>()?;
-                if keys.is_empty() {
-                    bail!("{} holds no keys", path.display());
-                }
-                (asymmetric, Keys::Set(keys))
-            }
+            (None, Some(path), None) => (
+                asymmetric,
+                Some(key_file(config, path, asymmetric, false)),
+            ),
+            (None, None, Some(path)) => (asymmetric, Some(key_file(config, path, asymmetric, true))),
             (None, None, None) => bail!(
                 "no token key configured: set DISPUTE_JWT_HS256_SECRET, DISPUTE_JWT_PUBLIC_KEY_FILE or DISPUTE_JWT_JWKS_FILE"
             ),
@@ -105,7 +139,48 @@ impl Authenticator {
         validation.set_audience(&[&config.jwt_audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         validation.leeway = LEEWAY_SECS;
-        Ok(Self { keys, validation })
+        let keys = match (&file, &config.jwt_hs256_secret) {
+            (Some(file), _) => file.load()?,
+            (None, Some(secret)) => Keys::One(DecodingKey::from_secret(secret.as_bytes())),
+            (None, None) => unreachable!("one key source was required above"),
+        };
+        Ok(Self {
+            keys: RwLock::new(Arc::new(keys)),
+            file,
+            validation,
+        })
+    }
+
+    /// The keys now: re-read from the file first when `refresh` has passed, or when the
+    /// caller missed a `kid` and `min_refresh` has passed.
+    fn keys(&self, missed_kid: bool) -> Arc<Keys> {
+        if let Some(file) = &self.file {
+            let due = {
+                let mut read_at = file.read_at.lock().unwrap_or_else(|e| e.into_inner());
+                let wait = if missed_kid {
+                    file.min_refresh
+                } else {
+                    file.refresh
+                };
+                let due = read_at.elapsed() >= wait;
+                if due {
+                    *read_at = Instant::now();
+                }
+                due
+            };
+            if due {
+                match file.load() {
+                    Ok(keys) => {
+                        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
+                    }
+                    Err(error) => tracing::warn!(
+                        error = format!("{error:#}"),
+                        "token keys could not be re-read; keeping the keys already loaded"
+                    ),
+                }
+            }
+        }
+        self.keys.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// The actor of an `authorization` metadata value, or why there is none.
@@ -118,22 +193,18 @@ impl Authenticator {
             })
             .ok_or("missing bearer token")?
             .trim();
-        let key = match &self.keys {
-            Keys::One(key) => key,
-            Keys::Set(keys) => {
-                let kid = jsonwebtoken::decode_header(token)
-                    .map_err(|_| "malformed token")?
-                    .kid;
-                match (kid, keys.as_slice()) {
-                    (Some(kid), keys) => keys
-                        .iter()
-                        .find(|(id, _)| id.as_deref() == Some(kid.as_str()))
-                        .map(|(_, key)| key)
-                        .ok_or("unknown signing key")?,
-                    (None, [(_, only)]) => only,
-                    (None, _) => return Err("token names no signing key"),
-                }
-            }
+        let kid = jsonwebtoken::decode_header(token)
+            .map_err(|_| "malformed token")?
+            .kid;
+        let mut keys = self.keys(false);
+        if let Lookup::UnknownKid = keys.lookup(kid.as_deref()) {
+            // Perhaps a key rolled out since the file was read.
+            keys = self.keys(true);
+        }
+        let key = match keys.lookup(kid.as_deref()) {
+            Lookup::Found(key) => key,
+            Lookup::UnknownKid => return Err("unknown signing key"),
+            Lookup::Refused(why) => return Err(why),
         };
         let claims = jsonwebtoken::decode::<Claims>(token, key, &self.validation)
             .map_err(|_| "invalid or expired token")?
@@ -144,6 +215,42 @@ impl Authenticator {
         }
         Ok(Actor::new(role, claims.sub))
     }
+}
+
+fn key_file(config: &AuthConfig, path: &Path, algorithm: Algorithm, jwks: bool) -> KeyFile {
+    KeyFile {
+        path: path.to_owned(),
+        algorithm,
+        jwks,
+        refresh: config.jwt_keys_refresh,
+        min_refresh: config.jwt_keys_min_refresh,
+        read_at: Mutex::new(Instant::now()),
+    }
+}
+
+fn load_pem(path: &Path, algorithm: Algorithm) -> anyhow::Result<Keys> {
+    let pem = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let key = match algorithm {
+        Algorithm::EdDSA => DecodingKey::from_ed_pem(&pem),
+        _ => DecodingKey::from_rsa_pem(&pem),
+    }
+    .with_context(|| format!("{} is not a {algorithm:?} public key", path.display()))?;
+    Ok(Keys::One(key))
+}
+
+fn load_jwks(path: &Path) -> anyhow::Result<Keys> {
+    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let set: JwkSet =
+        serde_json::from_str(&text).with_context(|| format!("{} is not a JWKS", path.display()))?;
+    let keys = set
+        .keys
+        .iter()
+        .map(|jwk| Ok((jwk.common.key_id.clone(), DecodingKey::from_jwk(jwk)?)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if keys.is_empty() {
+        bail!("{} holds no keys", path.display());
+    }
+    Ok(Keys::Set(keys))
 }
 
 /// Mints a development HS256 token (the `token` subcommand, and tests).

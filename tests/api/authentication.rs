@@ -166,6 +166,8 @@ fn an_eddsa_public_key_or_jwks_verifies_only_tokens_it_signed() {
         jwt_algorithm: AsymmetricAlgorithm::EdDsa,
         jwt_issuer: "dispute-dev".into(),
         jwt_audience: "dispute-service".into(),
+        jwt_keys_refresh: std::time::Duration::from_secs(60),
+        jwt_keys_min_refresh: std::time::Duration::from_secs(5),
     };
     let mut header = Header::new(Algorithm::EdDSA);
     header.kid = Some("test-key-1".into());
@@ -191,4 +193,96 @@ fn an_eddsa_public_key_or_jwks_verifies_only_tokens_it_signed() {
                 .is_err()
         );
     }
+}
+
+/// The public half of `tests/fixtures/ed25519-private.pem` (kid `test-key-1`) and of
+/// `ed25519-2-private.pem` (kid `test-key-2`), as JWKs.
+const KEY_1_X: &str = "m2T8EtW1qmLlgR3-SeOyN6ptG3KPWt9vuB5TR_mKsJY";
+const KEY_2_X: &str = "VbnpWn4qv-AKcJaUUD6kWszELfdMqFPBwzw4Mj79eLo";
+
+fn jwks(keys: &[(&str, &str)]) -> String {
+    let keys: Vec<_> = keys
+        .iter()
+        .map(|(kid, x)| {
+            serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": x, "kid": kid, "alg": "EdDSA", "use": "sig"})
+        })
+        .collect();
+    serde_json::json!({ "keys": keys }).to_string()
+}
+
+/// Publishes `text` as `dir/jwks.json` the way the kubelet updates a mounted Secret: a
+/// new timestamped directory, then an atomic rename of the `..data` symlink to it.
+fn publish(dir: &std::path::Path, version: u32, text: &str) {
+    let data = dir.join(format!("..v{version}"));
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("jwks.json"), text).unwrap();
+    let staged = dir.join("..data_tmp");
+    std::os::unix::fs::symlink(format!("..v{version}"), &staged).unwrap();
+    std::fs::rename(&staged, dir.join("..data")).unwrap();
+    let link = dir.join("jwks.json");
+    if link.symlink_metadata().is_err() {
+        std::os::unix::fs::symlink("..data/jwks.json", &link).unwrap();
+    }
+}
+
+fn eddsa_token(private_pem: &str, kid: &str, role: &str) -> String {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let private = std::fs::read(dir.join(private_pem)).unwrap();
+    let mut header = Header::new(Algorithm::EdDSA);
+    header.kid = Some(kid.into());
+    jsonwebtoken::encode(
+        &header,
+        &claims(role),
+        &EncodingKey::from_ed_pem(&private).unwrap(),
+    )
+    .unwrap()
+}
+
+#[sqlx::test]
+async fn rotated_jwks_keys_verify_without_a_restart_and_removed_ones_stop(pool: PgPool) {
+    let mounted = std::env::temp_dir().join(format!("jwks-{}", uuid::Uuid::now_v7()));
+    std::fs::create_dir(&mounted).unwrap();
+    publish(&mounted, 1, &jwks(&[("test-key-1", KEY_1_X)]));
+    let mut config = serve_config(&[
+        "--jwt-algorithm",
+        "EdDSA",
+        // Only a token naming an unknown key makes the file be read before this.
+        "--jwt-keys-refresh",
+        "1s",
+        "--jwt-keys-min-refresh",
+        "0s",
+    ]);
+    config.auth.jwt_hs256_secret = None;
+    config.auth.jwt_jwks_file = Some(mounted.join("jwks.json"));
+    let clock = std::sync::Arc::new(dispute_service::clock::ManualClock::new(chrono::Utc::now()));
+    let server = start(config, pool, clock).await;
+    let old = eddsa_token("ed25519-private.pem", "test-key-1", "agent");
+    let new = eddsa_token("ed25519-2-private.pem", "test-key-2", "agent");
+    let get = |token: String| {
+        let server = &server;
+        async move {
+            let mut client = server
+                .client_with_header(Some(&format!("Bearer {token}")))
+                .await;
+            let request = pb::GetOrderRequest {
+                order_id: "order-1".into(),
+            };
+            client.get_order(request).await.map(|_| ()).map_err(|s| s.code())
+        }
+    };
+    // Authenticated and allowed; the order does not exist.
+    assert_eq!(get(old.clone()).await, Err(Code::NotFound));
+    assert_eq!(get(new.clone()).await, Err(Code::Unauthenticated));
+
+    // The new key rolls out next to the old one: its first token is accepted at once.
+    publish(&mounted, 2, &jwks(&[("test-key-1", KEY_1_X), ("test-key-2", KEY_2_X)]));
+    assert_eq!(get(new.clone()).await, Err(Code::NotFound));
+    assert_eq!(get(old.clone()).await, Err(Code::NotFound));
+
+    // The old key is withdrawn: once the file has been re-read, its tokens are refused.
+    publish(&mounted, 3, &jwks(&[("test-key-2", KEY_2_X)]));
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(get(old).await, Err(Code::Unauthenticated));
+    assert_eq!(get(new).await, Err(Code::NotFound));
+    let _ = std::fs::remove_dir_all(&mounted);
 }
