@@ -48,7 +48,7 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     loop {
         match MIGRATOR.run(pool).await {
             Ok(()) => return Ok(()),
-            Err(sqlx::migrate::MigrateError::Execute(error @ sqlx::Error::Tls(_))) => {
+            Err(sqlx::migrate::MigrateError::Execute(error)) if is_tls_failure(&error) => {
                 return Err(error).context(
                     "connecting to PostgreSQL over TLS failed (check sslmode, sslrootcert and the server's certificate)",
                 );
@@ -63,6 +63,16 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
             }
             Err(error) => return Err(error).context("applying migrations"),
         }
+    }
+}
+
+/// A TLS handshake that failed: a certificate that does not verify arrives as invalid data
+/// on the socket (rustls), a bad TLS setting as a TLS error. Neither heals by retrying.
+fn is_tls_failure(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Tls(_) => true,
+        sqlx::Error::Io(io) => io.kind() == std::io::ErrorKind::InvalidData,
+        _ => false,
     }
 }
 

@@ -15,4 +15,5 @@ mod orders;
 mod process;
 mod server;
 mod telemetry;
+mod tls;
 mod workflow;
