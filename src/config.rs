@@ -134,6 +134,14 @@ pub struct ServeConfig {
     pub health_interval: Duration,
     #[command(flatten)]
     pub worker: WorkerArgs,
+    /// A client connection older than this is asked to go away (HTTP/2 GOAWAY), so clients
+    /// reconnect and spread over new replicas.
+    #[arg(long, env = "DISPUTE_MAX_CONNECTION_AGE", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub max_connection_age: Duration,
+    /// How long calls under way on such a connection may still run (WatchEvents streams
+    /// are then ended; consumers resume from their cursor).
+    #[arg(long, env = "DISPUTE_MAX_CONNECTION_AGE_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub max_connection_age_grace: Duration,
     /// How long SIGTERM waits for in-flight calls before closing anyway.
     #[arg(long, env = "DISPUTE_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,

@@ -26,6 +26,10 @@ use crate::{
 /// Largest request message accepted.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
+/// The health service name that is SERVING whenever the process answers, whatever the
+/// database does: for liveness and startup probes.
+pub const LIVENESS: &str = "liveness";
+
 /// How many times migrations are tried while the database is unreachable, 2 s apart.
 const MIGRATE_ATTEMPTS: u32 = 30;
 
@@ -156,6 +160,11 @@ impl Application {
                 .set_service_status(service, tonic_health::ServingStatus::NotServing)
                 .await;
         }
+        // The process answers: what a liveness probe should ask (a database outage must not
+        // get pods restarted; readiness asks "" instead).
+        reporter
+            .set_service_status(LIVENESS, tonic_health::ServingStatus::Serving)
+            .await;
         let health_task = tokio::spawn(watch_health(
             self.store.clone(),
             reporter.clone(),
@@ -206,6 +215,10 @@ impl Application {
             let _ = stop_tx.send(true);
         };
         let server = Server::builder()
+            // Clients keep HTTP/2 connections for hours: bounding their age (GOAWAY, then a
+            // grace for calls under way) lets new replicas behind a ClusterIP get traffic.
+            .max_connection_age(self.config.max_connection_age)
+            .max_connection_age_grace(self.config.max_connection_age_grace)
             .layer(GateLayer::new(
                 self.authenticator.clone(),
                 self.config.max_in_flight,

@@ -228,5 +228,47 @@ async fn an_unreachable_database_gives_unavailable_and_not_serving() {
         .await
         .unwrap();
     assert_eq!(answer.into_inner().status(), ServingStatus::NotServing);
+    // The process itself is alive: a liveness probe must not restart it for an outage.
+    let alive = health
+        .check(HealthCheckRequest {
+            service: "liveness".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(alive.into_inner().status(), ServingStatus::Serving);
     server.stop().await.unwrap();
+}
+
+#[sqlx::test]
+async fn the_healthcheck_command_exits_zero_only_when_serving(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    // The server runs on this test's thread: the command must not block it.
+    let run = |addr: String, service: &'static str| {
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_dispute-service"))
+                .args(["healthcheck", "--addr", &addr, "--service", service])
+                .args(["--timeout", "2s"])
+                .output()
+                .unwrap()
+        })
+    };
+    // Health turns SERVING once the schema check has run.
+    let service = "dispute.v1.DisputeService";
+    let mut serving = run(app.addr.to_string(), service).await.unwrap();
+    for _ in 0..50 {
+        if serving.status.success() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        serving = run(app.addr.to_string(), service).await.unwrap();
+    }
+    assert!(serving.status.success(), "{serving:?}");
+    assert_eq!(String::from_utf8_lossy(&serving.stdout).trim(), "SERVING");
+    let unknown = run(app.addr.to_string(), "no.such.Service").await.unwrap();
+    assert!(!unknown.status.success());
+    let nobody = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed = nobody.local_addr().unwrap().to_string();
+    drop(nobody);
+    let down = run(closed, "").await.unwrap();
+    assert!(!down.status.success());
 }
