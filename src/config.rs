@@ -46,7 +46,11 @@ pub enum Command {
 #[derive(Debug, Clone, Args)]
 pub struct HealthcheckConfig {
     /// The server: host:port (or an http:// URL).
-    #[arg(long, env = "DISPUTE_HEALTHCHECK_ADDR", default_value = "127.0.0.1:50051")]
+    #[arg(
+        long,
+        env = "DISPUTE_HEALTHCHECK_ADDR",
+        default_value = "127.0.0.1:50051"
+    )]
     pub addr: String,
     /// The service to ask about; empty means the whole server.
     #[arg(long, default_value = "")]

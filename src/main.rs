@@ -1,7 +1,6 @@
 use std::sync::Arc;
 
 use clap::Parser;
-use tonic_health::pb::health_check_response::ServingStatus;
 use dispute_service::{
     clock::SystemClock,
     config::{Cli, Command},
@@ -11,6 +10,7 @@ use dispute_service::{
     startup::{self, Application},
     telemetry::{Telemetry, TraceExport},
 };
+use tonic_health::pb::health_check_response::ServingStatus;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

@@ -121,11 +121,12 @@ impl Authenticator {
                 }
                 (Algorithm::HS256, None)
             }
-            (None, Some(path), None) => (
-                asymmetric,
-                Some(key_file(config, path, asymmetric, false)),
-            ),
-            (None, None, Some(path)) => (asymmetric, Some(key_file(config, path, asymmetric, true))),
+            (None, Some(path), None) => {
+                (asymmetric, Some(key_file(config, path, asymmetric, false)))
+            }
+            (None, None, Some(path)) => {
+                (asymmetric, Some(key_file(config, path, asymmetric, true)))
+            }
             (None, None, None) => bail!(
                 "no token key configured: set DISPUTE_JWT_HS256_SECRET, DISPUTE_JWT_PUBLIC_KEY_FILE or DISPUTE_JWT_JWKS_FILE"
             ),

@@ -267,7 +267,11 @@ async fn rotated_jwks_keys_verify_without_a_restart_and_removed_ones_stop(pool: 
             let request = pb::GetOrderRequest {
                 order_id: "order-1".into(),
             };
-            client.get_order(request).await.map(|_| ()).map_err(|s| s.code())
+            client
+                .get_order(request)
+                .await
+                .map(|_| ())
+                .map_err(|s| s.code())
         }
     };
     // Authenticated and allowed; the order does not exist.
@@ -275,7 +279,11 @@ async fn rotated_jwks_keys_verify_without_a_restart_and_removed_ones_stop(pool: 
     assert_eq!(get(new.clone()).await, Err(Code::Unauthenticated));
 
     // The new key rolls out next to the old one: its first token is accepted at once.
-    publish(&mounted, 2, &jwks(&[("test-key-1", KEY_1_X), ("test-key-2", KEY_2_X)]));
+    publish(
+        &mounted,
+        2,
+        &jwks(&[("test-key-1", KEY_1_X), ("test-key-2", KEY_2_X)]),
+    );
     assert_eq!(get(new.clone()).await, Err(Code::NotFound));
     assert_eq!(get(old.clone()).await, Err(Code::NotFound));
 

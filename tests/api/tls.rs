@@ -75,14 +75,37 @@ fn certificates(dir: &Path) {
     let openssl = |args: &[&str]| run(Command::new("openssl").current_dir(dir).args(args));
     for ca in ["ca", "other-ca"] {
         openssl(&[
-            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-            "-nodes", "-days", "2", "-subj", &format!("/CN=test {ca}"),
-            "-keyout", &format!("{ca}.key"), "-out", &format!("{ca}.crt"),
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN=test {ca}"),
+            "-keyout",
+            &format!("{ca}.key"),
+            "-out",
+            &format!("{ca}.crt"),
         ]);
     }
     openssl(&[
-        "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-        "-subj", "/CN=localhost", "-keyout", "server.key", "-out", "server.csr",
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
     ]);
     std::fs::write(
         dir.join("san.ext"),
@@ -90,8 +113,21 @@ fn certificates(dir: &Path) {
     )
     .unwrap();
     openssl(&[
-        "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-        "-CAcreateserial", "-days", "2", "-extfile", "san.ext", "-out", "server.crt",
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+        "-out",
+        "server.crt",
     ]);
 }
 
@@ -114,7 +150,9 @@ impl Cluster {
         if current_uid() == 0 {
             run(Command::new("chown").args(["-R", "postgres:"]).arg(&data));
         }
-        run(Command::new("chmod").arg("600").arg(data.join("server.key")));
+        run(Command::new("chmod")
+            .arg("600")
+            .arg(data.join("server.key")));
         run(as_postgres(&bindir.join("pg_ctl"))
             .args(["-w", "-t", "60", "-D"])
             .arg(&data)
