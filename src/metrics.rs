@@ -22,9 +22,9 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
 use tokio::net::TcpListener;
 
 use crate::{
-    domain::{Change, DisputeState, EventKind, Order, Settlement},
+    domain::{Change, DisputeState, EventKind, Order, Position, Settlement},
     shutdown::{Stop, stopped},
-    store::{self, Position, Store},
+    store::{self, Store},
 };
 
 /// Latency buckets, seconds: from a cached read to the request deadline.

@@ -190,11 +190,11 @@ impl Application {
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         };
         let (committed_tx, committed) = tokio::sync::watch::channel(0u64);
-        let listener_task = tokio::spawn(listen_for_commits(
-            self.store.pool().clone(),
-            committed_tx,
-            stop_rx.clone(),
-        ));
+        let listener_task = tokio::spawn(
+            self.store
+                .clone()
+                .listen_for_commits(committed_tx, stop_rx.clone()),
+        );
         let feed = EventFeed {
             committed,
             stop: stop_rx.clone(),
@@ -249,34 +249,6 @@ impl Application {
         self.store.pool().close().await;
         tracing::info!("stopped");
         Ok(())
-    }
-}
-
-/// Bumps `committed` whenever an outbox write commits (`LISTEN dispute_outbox`), so event
-/// streams wake at once; reconnects after errors. Streams also poll, so a lost
-/// notification only delays them.
-async fn listen_for_commits(
-    pool: PgPool,
-    committed: tokio::sync::watch::Sender<u64>,
-    mut stop: Stop,
-) {
-    loop {
-        let listen = async {
-            let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
-            listener.listen("dispute_outbox").await?;
-            loop {
-                listener.recv().await?;
-                committed.send_modify(|n| *n = n.wrapping_add(1));
-            }
-        };
-        tokio::select! {
-            result = listen => {
-                let error: sqlx::Error = match result { Err(error) => error, Ok(()) => continue };
-                tracing::warn!(%error, "outbox listener failed; reconnecting");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            _ = stopped(&mut stop) => return,
-        }
     }
 }
 

@@ -12,7 +12,7 @@ use crate::{
     commands::{Commands, Error},
     domain::Deadlines,
     shutdown::stopped,
-    store::{Store, StoreError},
+    store::Store,
 };
 
 /// Longest wait between failed passes.
@@ -135,9 +135,7 @@ impl DeadlineWorker {
 /// go on. An unreachable database ends the pass.
 fn skip_broken(result: Result<bool, Error>) -> Result<bool, Error> {
     match result {
-        Err(Error::Store(StoreError::Unavailable(cause))) => {
-            Err(Error::Store(StoreError::Unavailable(cause)))
-        }
+        Err(unavailable @ Error::Unavailable(_)) => Err(unavailable),
         Err(error) => {
             tracing::error!(error = ?error, "deadline could not be applied; skipping it this pass");
             Ok(false)

@@ -6,8 +6,8 @@ use serde_json::json;
 
 use super::{Commands, Error, Origin};
 use crate::{
-    domain::{Actor, Change, DisputeId, Order, Settlement},
-    store::{self, HistoryEvent, NewEvent, Position, StreamEvent},
+    domain::{Actor, Change, DisputeId, HistoryEvent, Order, Position, Settlement, StreamEvent},
+    store::{self, NewEvent},
 };
 
 /// Version of every payload below; bumped when a payload changes incompatibly.

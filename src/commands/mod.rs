@@ -1,30 +1,29 @@
-//! Use cases: one transaction per command. Each locks the order it changes first, then
-//! claims the request's idempotency key, asks the domain what to do, and writes the new
-//! facts, the settlement ledger and the events together. Reads apply the same
-//! visibility rule as the domain.
+//! Use cases: one transaction per command, owned here from BEGIN to COMMIT. Each write
+//! locks the order it changes, claims the request's idempotency key (or returns the reply
+//! saved for it), asks the domain what to do, writes the new facts, the settlement ledger
+//! and the events, saves its reply with the key, commits, and only then counts and logs
+//! what it did. The edge hands in a parsed command and gets a domain value back.
+//! Reads apply the same visibility rule as the domain.
 
 mod deadlines;
 mod events;
+mod idempotency;
 mod reads;
 mod writes;
 
+pub use idempotency::RequestKey;
 pub use reads::ListPage;
-pub use writes::RegisterOutcome;
 
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use futures::future::BoxFuture;
-use sqlx::PgConnection;
 use thiserror::Error;
-
-use tracing::Instrument;
 
 use crate::{
     clock::Clock,
     domain::{Actor, Change, DomainError, Order, PartyId, TraceId},
     metrics::Metrics,
-    store::{self, IdempotencyKey, KeyState, Store, StoreError},
+    store::{Store, StoreError},
 };
 
 /// Every way a command can fail.
@@ -38,12 +37,23 @@ pub enum Error {
     /// The consumer's cursor points at events retention has deleted.
     #[error("cursor expired")]
     CursorExpired,
-    /// The request was done before: this is its response. Only [`Commands::idempotent`]
-    /// sees it; it turns it into that response.
-    #[error("replayed response")]
-    Replay(Vec<u8>),
+    /// The database cannot be reached now: retry later.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Unavailable(StoreError),
+    /// A real internal fault (a bug, a corrupt row, an unexpected database error).
+    #[error(transparent)]
+    Internal(StoreError),
+}
+
+impl From<StoreError> for Error {
+    /// A write the schema refused is the domain error of the rule behind the constraint.
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Refused { refusal, .. } => Error::Domain(refusal),
+            unavailable @ StoreError::Unavailable(_) => Error::Unavailable(unavailable),
+            other => Error::Internal(other),
+        }
+    }
 }
 
 /// The service's commands and queries over one store and one clock.
@@ -58,7 +68,7 @@ pub struct Commands {
 /// What a committed command did: counted and logged only once its transaction has
 /// committed, so neither a metric nor a success line ever describes a rolled-back write.
 #[derive(Debug)]
-pub enum Done {
+enum Done {
     OrderRegistered { order_id: PartyId, created: bool },
     DisputeChanged(Box<Change>),
     ProtectionExtended(Order),
@@ -110,32 +120,6 @@ impl Origin {
     }
 }
 
-/// A request's idempotency key, for the command to claim once it holds its locks, and
-/// where the request came from.
-pub struct KeyClaim {
-    key: IdempotencyKey,
-    origin: Origin,
-    clock: Arc<dyn Clock>,
-}
-
-impl KeyClaim {
-    /// Claims the key and returns the time the command runs at: read once the command
-    /// holds its locks, so a command that waited for them does not decide on a stale
-    /// time. A request done before ends the command with its first response.
-    pub async fn claim(&self, conn: &mut PgConnection) -> Result<DateTime<Utc>, Error> {
-        let now = self.clock.now();
-        match store::claim(conn, &self.key, now).await? {
-            KeyState::Fresh => Ok(now),
-            KeyState::Replay(response) => Err(Error::Replay(response)),
-            KeyState::Reused => Err(Error::RequestIdReused),
-        }
-    }
-
-    pub fn origin(&self) -> &Origin {
-        &self.origin
-    }
-}
-
 impl Commands {
     pub fn new(
         store: Store,
@@ -157,61 +141,5 @@ impl Commands {
 
     pub fn now(&self) -> DateTime<Utc> {
         self.clock.now()
-    }
-
-    /// Runs `command` in one transaction under an idempotency key and returns its encoded
-    /// response, or the response the first call with this key got. A different payload
-    /// under the same key is refused; a refused command leaves no key behind. What the
-    /// command did is counted and logged after COMMIT.
-    pub async fn idempotent<F>(
-        &self,
-        key: IdempotencyKey,
-        trace_id: TraceId,
-        command: F,
-    ) -> Result<Vec<u8>, Error>
-    where
-        F: for<'c> FnOnce(
-            &'c mut PgConnection,
-            KeyClaim,
-        ) -> BoxFuture<'c, Result<(Vec<u8>, Done), Error>>,
-    {
-        let (response, done) = self
-            .transaction(key, trace_id, command)
-            .instrument(store::transaction_span())
-            .await?;
-        if let Some(done) = done {
-            done.report(&self.metrics);
-        }
-        Ok(response)
-    }
-
-    async fn transaction<F>(
-        &self,
-        key: IdempotencyKey,
-        trace_id: TraceId,
-        command: F,
-    ) -> Result<(Vec<u8>, Option<Done>), Error>
-    where
-        F: for<'c> FnOnce(
-            &'c mut PgConnection,
-            KeyClaim,
-        ) -> BoxFuture<'c, Result<(Vec<u8>, Done), Error>>,
-    {
-        let mut tx = self.store.begin().await?;
-        let claim = KeyClaim {
-            origin: Origin {
-                actor: key.actor.clone(),
-                trace_id,
-            },
-            key: key.clone(),
-            clock: self.clock.clone(),
-        };
-        let (response, done) = match command(&mut tx, claim).await {
-            Err(Error::Replay(response)) => return Ok((response, None)),
-            other => other?,
-        };
-        store::complete(&mut tx, &key, &response).await?;
-        store::commit(tx).await?;
-        Ok((response, Some(done)))
     }
 }

@@ -1,9 +1,8 @@
 //! Queries, filtered by who may see what: parties their own, the platform everything.
 
 use super::{Commands, Error};
-use crate::{
-    domain::{Actor, Dispute, DisputeId, DomainError, Order, PartyId, Resource, Role},
-    store::DisputeFilter,
+use crate::domain::{
+    Actor, Dispute, DisputeFilter, DisputeId, DomainError, Order, PartyId, Resource, Role,
 };
 
 /// A page of disputes and whether there may be more.

@@ -1,124 +1,154 @@
-//! The commands that change orders and disputes.
+//! The commands that change orders and disputes. Each is one transaction, top to bottom:
+//! lock the order, claim the key (or return the saved reply), let the domain decide,
+//! write, finish (save the reply, commit, report).
 
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
+use tracing::Instrument;
 
-use super::{Commands, Error, KeyClaim, Origin, events};
+use super::{
+    Commands, Done, Error, Origin, events,
+    idempotency::{NextAction, RequestKey},
+};
 use crate::{
     domain::{
-        self, Change, DisputeCommand, DisputeId, DomainError, NewDispute, NewOrder, Order, PartyId,
-        Registration, Resource,
+        self, Change, Dispute, DisputeCommand, DisputeId, DomainError, NewDispute, NewOrder, Order,
+        PartyId, Registration, Resource,
     },
     store::{self, StoreError},
 };
 
-/// What RegisterOrder did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RegisterOutcome {
-    pub order: Order,
-    pub created: bool,
-}
-
 impl Commands {
-    pub async fn register_order(
-        &self,
-        conn: &mut PgConnection,
-        new: NewOrder,
-        claim: KeyClaim,
-    ) -> Result<RegisterOutcome, Error> {
-        let existing = store::lock_order(&mut *conn, &new.order_id).await?;
-        let now = claim.claim(&mut *conn).await?;
-        let order = match domain::register(existing.as_ref(), new.clone())? {
-            Registration::Unchanged => existing,
-            Registration::Created(order) => {
-                if store::insert_order(&mut *conn, &order, now).await? {
-                    let event = events::order_registered(&order, claim.origin(), now);
-                    store::record_event(conn, event).await?;
-                    return Ok(RegisterOutcome {
-                        order,
-                        created: true,
-                    });
+    /// RegisterOrder: the order as registered (the same facts again change nothing).
+    pub async fn register_order(&self, new: NewOrder, request: RequestKey) -> Result<Order, Error> {
+        async {
+            let mut tx = self.store.begin().await?;
+            let existing = store::lock_order(&mut tx, &new.order_id).await?;
+            let (now, claimed) = match self.claim(&mut tx, request).await? {
+                NextAction::Start { now, claimed } => (now, claimed),
+                NextAction::Return(saved) => return Ok(saved),
+            };
+            let (order, created) = match domain::register(existing.as_ref(), new.clone())? {
+                Registration::Unchanged => (existing, false),
+                Registration::Created(order) => {
+                    if store::insert_order(&mut tx, &order, now).await? {
+                        let event = events::order_registered(&order, claimed.origin(), now);
+                        store::record_event(&mut tx, event).await?;
+                        (Some(order), true)
+                    } else {
+                        // Registered meanwhile by a concurrent call: compare with what it wrote.
+                        let registered = store::lock_order(&mut tx, &new.order_id).await?;
+                        match domain::register(registered.as_ref(), new)? {
+                            Registration::Unchanged => (registered, false),
+                            Registration::Created(_) => (None, false),
+                        }
+                    }
                 }
-                // Registered meanwhile by a concurrent call: compare with what it wrote.
-                let registered = store::lock_order(&mut *conn, &new.order_id).await?;
-                match domain::register(registered.as_ref(), new)? {
-                    Registration::Unchanged => registered,
-                    Registration::Created(_) => None,
-                }
-            }
-        };
-        let order =
-            order.ok_or_else(|| StoreError::Corrupt("a registered order vanished".into()))?;
-        Ok(RegisterOutcome {
-            order,
-            created: false,
-        })
+            };
+            let order =
+                order.ok_or_else(|| StoreError::Corrupt("a registered order vanished".into()))?;
+            let done = Done::OrderRegistered {
+                order_id: order.order_id.clone(),
+                created,
+            };
+            self.finish(tx, claimed, order, done).await
+        }
+        .instrument(store::transaction_span())
+        .await
     }
 
+    /// OpenDispute: the new dispute.
     pub async fn open_dispute(
         &self,
-        conn: &mut PgConnection,
         new: NewDispute,
-        claim: KeyClaim,
-    ) -> Result<Change, Error> {
-        let order = store::lock_order(&mut *conn, &new.order_id)
-            .await?
-            .ok_or(DomainError::NotFound(Resource::Order))?;
-        let now = claim.claim(&mut *conn).await?;
-        let active = store::active_dispute_id(&mut *conn, &order.order_id)
-            .await?
-            .is_some();
-        let change = domain::open(
-            &order,
-            active,
-            new,
-            &claim.origin().actor,
-            self.max_disputes_per_order,
-            DisputeId::new(),
-            now,
-        )?;
-        store::insert_dispute(&mut *conn, &change.dispute).await?;
-        persist(conn, &change, claim.origin()).await?;
-        Ok(change)
+        request: RequestKey,
+    ) -> Result<Dispute, Error> {
+        async {
+            let mut tx = self.store.begin().await?;
+            let order = store::lock_order(&mut tx, &new.order_id)
+                .await?
+                .ok_or(DomainError::NotFound(Resource::Order))?;
+            let (now, claimed) = match self.claim(&mut tx, request).await? {
+                NextAction::Start { now, claimed } => (now, claimed),
+                NextAction::Return(saved) => return Ok(saved),
+            };
+            let active = store::active_dispute_id(&mut tx, &order.order_id)
+                .await?
+                .is_some();
+            let change = domain::open(
+                &order,
+                active,
+                new,
+                &claimed.origin().actor,
+                self.max_disputes_per_order,
+                DisputeId::new(),
+                now,
+            )?;
+            store::insert_dispute(&mut tx, &change.dispute).await?;
+            persist(&mut tx, &change, claimed.origin()).await?;
+            let dispute = change.dispute.clone();
+            self.finish(tx, claimed, dispute, Done::DisputeChanged(Box::new(change)))
+                .await
+        }
+        .instrument(store::transaction_span())
+        .await
     }
 
-    /// Runs `command` on an existing dispute: lock its order, let the domain decide,
-    /// write the result.
+    /// Every command on an existing dispute: lock its order, let the domain decide, write
+    /// the result. The dispute and its order afterwards.
     pub async fn execute(
         &self,
-        conn: &mut PgConnection,
         dispute_id: DisputeId,
         command: DisputeCommand,
-        claim: KeyClaim,
-    ) -> Result<Change, Error> {
-        let (order, dispute) = store::lock_dispute(&mut *conn, dispute_id)
-            .await?
-            .ok_or(DomainError::NotFound(Resource::Dispute))?;
-        let now = claim.claim(&mut *conn).await?;
-        let change = domain::decide(&order, &dispute, &claim.origin().actor, command, now)?;
-        apply(conn, &change, claim.origin()).await?;
-        Ok(change)
+        request: RequestKey,
+    ) -> Result<(Dispute, Order), Error> {
+        async {
+            let mut tx = self.store.begin().await?;
+            let (order, dispute) = store::lock_dispute(&mut tx, dispute_id)
+                .await?
+                .ok_or(DomainError::NotFound(Resource::Dispute))?;
+            let (now, claimed) = match self.claim(&mut tx, request).await? {
+                NextAction::Start { now, claimed } => (now, claimed),
+                NextAction::Return(saved) => return Ok(saved),
+            };
+            let change = domain::decide(&order, &dispute, &claimed.origin().actor, command, now)?;
+            apply(&mut tx, &change, claimed.origin()).await?;
+            let reply = (change.dispute.clone(), change.order.clone());
+            self.finish(tx, claimed, reply, Done::DisputeChanged(Box::new(change)))
+                .await
+        }
+        .instrument(store::transaction_span())
+        .await
     }
 
     /// ExtendProtection: moves the order's protection end later. The active dispute, if
-    /// any, records it in its history.
+    /// any, records it in its history. The order afterwards.
     pub async fn extend_protection(
         &self,
-        conn: &mut PgConnection,
         order_id: &PartyId,
         new_end: DateTime<Utc>,
-        claim: KeyClaim,
+        request: RequestKey,
     ) -> Result<Order, Error> {
-        let order = store::lock_order(&mut *conn, order_id)
-            .await?
-            .ok_or(DomainError::NotFound(Resource::Order))?;
-        let now = claim.claim(&mut *conn).await?;
-        let extended = domain::extend_protection(&order, &claim.origin().actor, new_end)?;
-        store::update_order(&mut *conn, &extended, now).await?;
-        let active = store::active_dispute_id(&mut *conn, order_id).await?;
-        let event = events::protection_extended(&order, &extended, active, claim.origin(), now);
-        store::record_event(conn, event).await?;
-        Ok(extended)
+        async {
+            let mut tx = self.store.begin().await?;
+            let order = store::lock_order(&mut tx, order_id)
+                .await?
+                .ok_or(DomainError::NotFound(Resource::Order))?;
+            let (now, claimed) = match self.claim(&mut tx, request).await? {
+                NextAction::Start { now, claimed } => (now, claimed),
+                NextAction::Return(saved) => return Ok(saved),
+            };
+            let extended = domain::extend_protection(&order, &claimed.origin().actor, new_end)?;
+            store::update_order(&mut tx, &extended, now).await?;
+            let active = store::active_dispute_id(&mut tx, order_id).await?;
+            let event =
+                events::protection_extended(&order, &extended, active, claimed.origin(), now);
+            store::record_event(&mut tx, event).await?;
+            let done = Done::ProtectionExtended(extended.clone());
+            self.finish(tx, claimed, extended, done).await
+        }
+        .instrument(store::transaction_span())
+        .await
     }
 }
 

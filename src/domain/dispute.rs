@@ -8,7 +8,7 @@ use super::{
 };
 
 /// Why the buyer disputes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Reason {
     ItemNotReceived,
     NotAsDescribed,
@@ -16,7 +16,7 @@ pub enum Reason {
 }
 
 /// What the buyer asks for, or the seller proposes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Remedy {
     FullRefund,
     /// Keep the item, get this much back: 0 < amount < order amount, order currency.
@@ -94,7 +94,7 @@ pub(super) fn check_partial_refund(
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum DisputeState {
     AwaitingSeller,
     Negotiating,
@@ -122,7 +122,7 @@ impl DisputeState {
 }
 
 /// How a terminal dispute ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Outcome {
     CancelledByBuyer,
     ResolvedBuyerFavour,
@@ -140,7 +140,7 @@ impl Outcome {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ReturnStatus {
     Requested,
     AwaitingShipment,
@@ -159,7 +159,7 @@ impl ReturnStatus {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ItemReturn {
     pub status: ReturnStatus,
     pub carrier: Option<String>,
@@ -183,13 +183,13 @@ impl ItemReturn {
 }
 
 /// A seller's counter-offer, fixed once made: the buyer accepts exactly this.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Proposal {
     pub remedy: Remedy,
     pub message: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Dispute {
     pub dispute_id: DisputeId,
     pub order_id: PartyId,

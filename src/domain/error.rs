@@ -50,6 +50,9 @@ pub enum Precondition {
     InvalidDisputeState,
     /// A new protection end must be later than the current one.
     ProtectionNotExtended,
+    /// The database refused the write by a constraint the rules above should have kept:
+    /// nothing was written. Seeing it means a rule is missing here.
+    InvariantViolated,
 }
 
 impl Precondition {
@@ -65,6 +68,7 @@ impl Precondition {
             Precondition::DisputeClosed => "DISPUTE_CLOSED",
             Precondition::InvalidDisputeState => "INVALID_DISPUTE_STATE",
             Precondition::ProtectionNotExtended => "PROTECTION_NOT_EXTENDED",
+            Precondition::InvariantViolated => "INVARIANT_VIOLATED",
         }
     }
 
@@ -95,6 +99,9 @@ impl Precondition {
             }
             Precondition::ProtectionNotExtended => {
                 "buyer protection can only be moved later than its current end"
+            }
+            Precondition::InvariantViolated => {
+                "the change would break an invariant the database enforces; nothing was written"
             }
         }
     }
@@ -127,6 +134,18 @@ pub enum DomainError {
 }
 
 impl DomainError {
+    /// The order already has an active dispute.
+    pub const DISPUTE_ALREADY_OPEN: DomainError = DomainError::AlreadyExists {
+        reason: "DISPUTE_ALREADY_OPEN",
+        message: "the order already has an active dispute",
+    };
+
+    /// An order with this id is registered with other facts.
+    pub const ORDER_ALREADY_EXISTS: DomainError = DomainError::AlreadyExists {
+        reason: "ORDER_ALREADY_EXISTS",
+        message: "an order with this id is already registered with different facts",
+    };
+
     pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
         Self::InvalidArgument(vec![FieldViolation::new(field, description)])
     }

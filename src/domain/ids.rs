@@ -4,7 +4,9 @@ use std::fmt;
 use uuid::Uuid;
 
 /// An order, buyer or seller id: 1-64 characters of `[A-Za-z0-9._:-]`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct PartyId(String);
 
 impl PartyId {
@@ -36,7 +38,9 @@ impl fmt::Display for PartyId {
 }
 
 /// A dispute id: a UUID (v7, so ids sort by creation time).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct DisputeId(pub Uuid);
 
 impl DisputeId {

@@ -50,10 +50,7 @@ pub fn open(
         return Err(DomainError::FailedPrecondition(precondition));
     }
     if has_active_dispute {
-        return Err(DomainError::AlreadyExists {
-            reason: "DISPUTE_ALREADY_OPEN",
-            message: "the order already has an active dispute",
-        });
+        return Err(DomainError::DISPUTE_ALREADY_OPEN);
     }
     if order.dispute_count >= max_disputes {
         return Err(DomainError::FailedPrecondition(

@@ -14,6 +14,7 @@ mod lifecycle;
 mod money;
 mod order;
 mod protection;
+mod records;
 mod trace;
 mod workflow;
 
@@ -29,6 +30,7 @@ pub use lifecycle::{CancelVia, NewDispute, Resolution, cancel, open, resolve};
 pub use money::{Currency, Money};
 pub use order::{FundsState, NewOrder, Order, Registration, Settlement, register};
 pub use protection::{extend_protection, release_at_protection_end};
+pub use records::{DisputeFilter, HistoryEvent, Position, StreamEvent};
 pub use trace::TraceId;
 pub use workflow::{
     DisputeCommand, SellerDecision, accept_proposal, confirm_return_received, decide, escalate,

@@ -3,7 +3,7 @@
 use std::fmt;
 
 /// An ISO 4217 currency code: three upper-case ASCII letters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Currency([u8; 3]);
 
 impl Currency {
@@ -27,7 +27,7 @@ impl fmt::Display for Currency {
 }
 
 /// A non-negative amount of one currency.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Money {
     pub currency: Currency,
     pub minor: i64,

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use super::{Actor, DomainError, Money, PartyId, Precondition, Resource};
 
 /// Where an order's funds are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum FundsState {
     Held,
     ReleasedToSeller,
@@ -26,7 +26,7 @@ impl FundsState {
 
 /// How an order's amount was divided. Only [`Settlement::new`] builds one, and it
 /// conserves the amount: `refund + release == amount`, both non-negative.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Settlement {
     refund_minor: i64,
     release_minor: i64,
@@ -75,7 +75,7 @@ pub struct NewOrder {
 }
 
 /// A registered order.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Order {
     pub order_id: PartyId,
     pub buyer_id: PartyId,
@@ -111,10 +111,7 @@ pub fn register(existing: Option<&Order>, new: NewOrder) -> Result<Registration,
             dispute_count: 0,
         })),
         Some(order) if order.facts() == new => Ok(Registration::Unchanged),
-        Some(_) => Err(DomainError::AlreadyExists {
-            reason: "ORDER_ALREADY_EXISTS",
-            message: "an order with this id is already registered with different facts",
-        }),
+        Some(_) => Err(DomainError::ORDER_ALREADY_EXISTS),
     }
 }
 

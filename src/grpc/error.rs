@@ -10,7 +10,6 @@ use tonic_types::{ErrorDetails, FieldViolation as PbFieldViolation, StatusExt};
 use crate::{
     commands::Error,
     domain::{DomainError, FieldViolation, Resource},
-    store::StoreError,
 };
 
 pub const DOMAIN: &str = "dispute.v1";
@@ -90,11 +89,7 @@ impl From<Error> for Status {
                 "CURSOR_EXPIRED",
                 "events after this cursor were deleted by retention; resume from an empty cursor and reconcile",
             ),
-            Error::Replay(_) => {
-                tracing::error!("a replayed response escaped the idempotency wrapper");
-                status(Code::Internal, "INTERNAL", "internal error")
-            }
-            Error::Store(StoreError::Unavailable(cause)) => {
+            Error::Unavailable(cause) => {
                 tracing::warn!(error = %cause, "database unavailable");
                 status(
                     Code::Unavailable,
@@ -102,7 +97,7 @@ impl From<Error> for Status {
                     "the database is unavailable; retry later",
                 )
             }
-            Error::Store(cause) => {
+            Error::Internal(cause) => {
                 tracing::error!(error = ?cause, "internal error");
                 status(Code::Internal, "INTERNAL", "internal error")
             }

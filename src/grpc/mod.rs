@@ -1,15 +1,20 @@
 //! The gRPC edge: generated types, the gate (authentication, authorization, admission),
-//! request parsing and the one error mapping. Protobuf types never leave this module.
+//! request parsing, encoding, page tokens and cursors, the event stream and the one error
+//! mapping. It translates; the commands decide. Protobuf types never leave this module.
 
 pub mod auth;
-mod convert;
+mod encode;
 pub mod error;
 mod gate;
+mod parse;
 pub mod policy;
 mod service;
+mod stream;
+mod tokens;
 
 pub use gate::GateLayer;
-pub use service::{DisputeApi, EventFeed};
+pub use service::DisputeApi;
+pub use stream::EventFeed;
 
 #[allow(clippy::all, missing_docs)]
 pub mod pb {

@@ -9,7 +9,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::{Store, StoreError, codec, lock_order};
-use crate::domain::{Dispute, DisputeId, DisputeState, ItemReturn, Order, PartyId, Proposal};
+use crate::domain::{Dispute, DisputeFilter, DisputeId, ItemReturn, Order, PartyId, Proposal};
 
 struct DisputeRow {
     dispute_id: Uuid,
@@ -95,17 +95,6 @@ impl TryFrom<DisputeRow> for Dispute {
             updated_at: row.updated_at,
         })
     }
-}
-
-/// Filters of a dispute listing; `None` matches everything. `after` is the last dispute
-/// of the previous page (pages run newest first).
-#[derive(Debug, Clone, Default)]
-pub struct DisputeFilter {
-    pub order_id: Option<String>,
-    pub buyer_id: Option<String>,
-    pub seller_id: Option<String>,
-    pub state: Option<DisputeState>,
-    pub after: Option<DisputeId>,
 }
 
 impl Store {

@@ -12,7 +12,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::{Store, StoreError};
-use crate::domain::{Actor, DisputeId, PartyId, Role};
+use crate::domain::{Actor, DisputeId, HistoryEvent, PartyId, Position, Role, StreamEvent};
 
 /// An event to record.
 #[derive(Debug, Clone)]
@@ -25,45 +25,6 @@ pub struct NewEvent<'a> {
     pub payload: serde_json::Value,
     /// The trace of the request that caused it, when there is one.
     pub trace_id: Option<&'a str>,
-}
-
-/// One entry of a dispute's history.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HistoryEvent {
-    pub dispute_id: DisputeId,
-    pub seq: i32,
-    pub kind: String,
-    pub actor: Actor,
-    pub occurred_at: DateTime<Utc>,
-    pub payload: serde_json::Value,
-    pub trace_id: Option<String>,
-}
-
-/// Where a consumer is in the outbox: the transaction id and the row id of the last
-/// event it saw. `Position::START` is before everything.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Position {
-    pub tx_id: i64,
-    pub id: i64,
-}
-
-impl Position {
-    pub const START: Position = Position { tx_id: 0, id: 0 };
-}
-
-/// One event of the stream.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StreamEvent {
-    pub position: Position,
-    pub event_id: Uuid,
-    pub event_type: String,
-    pub order_id: String,
-    pub dispute_id: Option<DisputeId>,
-    pub dispute_seq: Option<i32>,
-    pub actor: Actor,
-    pub occurred_at: DateTime<Utc>,
-    pub payload: serde_json::Value,
-    pub trace_id: Option<String>,
 }
 
 fn actor(role: &str, id: String) -> Result<Actor, StoreError> {
@@ -238,3 +199,36 @@ impl Store {
         Ok(deleted.map_or(0, |row| row.deleted as u64))
     }
 }
+
+impl Store {
+    /// Bumps `committed` whenever an outbox write commits (`LISTEN dispute_outbox`), so
+    /// event streams wake at once; reconnects after errors. Streams also poll, so a lost
+    /// notification only delays them. Runs until `stop`.
+    pub async fn listen_for_commits(
+        self,
+        committed: tokio::sync::watch::Sender<u64>,
+        mut stop: crate::shutdown::Stop,
+    ) {
+        loop {
+            let listen = async {
+                let mut listener = sqlx::postgres::PgListener::connect_with(self.pool()).await?;
+                listener.listen("dispute_outbox").await?;
+                loop {
+                    listener.recv().await?;
+                    committed.send_modify(|n| *n = n.wrapping_add(1));
+                }
+            };
+            tokio::select! {
+                result = listen => {
+                    let error: sqlx::Error = match result { Err(error) => error, Ok(()) => continue };
+                    tracing::warn!(%error, "outbox listener failed; reconnecting");
+                    tokio::time::sleep(LISTEN_RETRY).await;
+                }
+                _ = crate::shutdown::stopped(&mut stop) => return,
+            }
+        }
+    }
+}
+
+/// How long the commit listener waits before reconnecting.
+const LISTEN_RETRY: std::time::Duration = std::time::Duration::from_secs(1);

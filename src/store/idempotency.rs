@@ -1,4 +1,6 @@
-//! Idempotency keys: one remembered response per (actor, RPC, request id).
+//! Idempotency keys: one remembered reply per (actor, RPC, request id). The reply is a
+//! domain snapshot (JSON) the edge encodes the same way every time, so a retry gets the
+//! first answer byte for byte.
 //!
 //! The key is inserted in the command's own transaction, after the command has locked its
 //! order. A concurrent duplicate waits on the lock (or on the key's unique index) until
@@ -29,8 +31,8 @@ pub struct IdempotencyKey {
 pub enum KeyState {
     /// First time: run the command, then [`complete`] the key.
     Fresh,
-    /// Done before with the same payload: here is the response it got.
-    Replay(Vec<u8>),
+    /// Done before with the same payload: here is the reply it got.
+    Saved(serde_json::Value),
     /// Done before with a different payload.
     Reused,
 }
@@ -58,7 +60,7 @@ pub async fn claim(
         return Ok(KeyState::Fresh);
     }
     let row = sqlx::query!(
-        r#"SELECT request_hash, response FROM idempotency_keys
+        r#"SELECT request_hash, reply FROM idempotency_keys
            WHERE actor_role = $1 AND actor_id = $2 AND rpc = $3 AND request_id = $4"#,
         key.actor.role.as_str(),
         key.actor.id,
@@ -68,31 +70,41 @@ pub async fn claim(
     .fetch_one(&mut *conn)
     .instrument(statement("SELECT", "idempotency_keys"))
     .await?;
-    match row.response {
+    match row.reply {
         _ if row.request_hash != key.request_hash => Ok(KeyState::Reused),
-        Some(response) => Ok(KeyState::Replay(response)),
+        Some(reply) => Ok(KeyState::Saved(reply)),
+        // Committed keys always have a reply; one without was written by a version
+        // before replies were saved as snapshots (README, "Decisions").
         None => Err(StoreError::Corrupt(
-            "committed idempotency key without a response".into(),
+            "committed idempotency key without a reply".into(),
         )),
     }
 }
 
+/// Saves the reply of the key this transaction claimed: exactly one row, still without
+/// a reply, or the claim was not ours.
 pub async fn complete(
     conn: &mut PgConnection,
     key: &IdempotencyKey,
-    response: &[u8],
+    reply: &serde_json::Value,
 ) -> Result<(), StoreError> {
-    sqlx::query!(
-        r#"UPDATE idempotency_keys SET response = $5
-           WHERE actor_role = $1 AND actor_id = $2 AND rpc = $3 AND request_id = $4"#,
+    let done = sqlx::query!(
+        r#"UPDATE idempotency_keys SET reply = $5
+           WHERE actor_role = $1 AND actor_id = $2 AND rpc = $3 AND request_id = $4
+             AND reply IS NULL"#,
         key.actor.role.as_str(),
         key.actor.id,
         key.rpc,
         key.request_id.as_str(),
-        response,
+        reply,
     )
     .execute(conn)
     .instrument(statement("UPDATE", "idempotency_keys"))
     .await?;
-    Ok(())
+    match done.rows_affected() {
+        1 => Ok(()),
+        n => Err(StoreError::Corrupt(format!(
+            "completing an idempotency key touched {n} rows, not 1"
+        ))),
+    }
 }

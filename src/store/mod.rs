@@ -2,6 +2,7 @@
 //! the connection of the caller's transaction so one command is one transaction.
 
 mod codec;
+pub mod constraints;
 mod deadlines;
 mod disputes;
 mod events;
@@ -13,10 +14,9 @@ pub use codec::{
     return_status_str as return_status_name, state_str as state_name,
 };
 pub use disputes::{
-    DisputeFilter, active_dispute_id, fetch_dispute, insert_dispute, lock_dispute, order_of,
-    update_dispute,
+    active_dispute_id, fetch_dispute, insert_dispute, lock_dispute, order_of, update_dispute,
 };
-pub use events::{HistoryEvent, NewEvent, Position, StreamEvent, record_event};
+pub use events::{NewEvent, record_event};
 pub use idempotency::{IdempotencyKey, KeyState, claim, complete};
 pub use orders::{insert_order, insert_settlement, lock_order, try_lock_order, update_order};
 
@@ -29,6 +29,8 @@ use sqlx::{PgPool, Postgres, Transaction, migrate::Migrator};
 use thiserror::Error;
 use tracing::Instrument;
 
+use crate::domain::{DomainError, Precondition};
+
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
 pub type Tx = Transaction<'static, Postgres>;
@@ -38,12 +40,11 @@ pub enum StoreError {
     /// The database could not be reached or gave no connection in time.
     #[error("database unavailable: {0}")]
     Unavailable(#[source] sqlx::Error),
-    /// A constraint refused the write: names the constraint.
-    #[error("constraint {constraint} violated")]
-    Constraint {
+    /// A constraint or guard trigger refused the write: the domain error for its rule.
+    #[error("refused by {constraint}: {refusal}")]
+    Refused {
         constraint: String,
-        #[source]
-        source: sqlx::Error,
+        refusal: DomainError,
     },
     #[error("database error: {0}")]
     Database(#[source] sqlx::Error),
@@ -54,29 +55,41 @@ pub enum StoreError {
 
 impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
-        match &error {
+        use constraints::sqlstate::*;
+        let database = match &error {
             sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_) => StoreError::Unavailable(error),
-            // The server is going away, refuses connections, or has none left.
-            sqlx::Error::Database(db)
-                if db.code().is_some_and(|code| {
-                    code.starts_with("08")
-                        || matches!(code.as_ref(), "57P01" | "57P02" | "57P03" | "53300")
-                }) =>
-            {
-                StoreError::Unavailable(error)
-            }
-            sqlx::Error::Database(db) => match db.constraint() {
-                Some(constraint) => StoreError::Constraint {
-                    constraint: constraint.to_owned(),
-                    source: error,
-                },
-                None => StoreError::Database(error),
-            },
-            _ => StoreError::Database(error),
+            | sqlx::Error::Tls(_) => return StoreError::Unavailable(error),
+            sqlx::Error::Database(database) => database,
+            _ => return StoreError::Database(error),
+        };
+        let code = database.code().unwrap_or_default();
+        // The server is going away, refuses connections, or has none left.
+        if code.starts_with(CONNECTION_EXCEPTION_CLASS)
+            || [
+                ADMIN_SHUTDOWN,
+                CRASH_SHUTDOWN,
+                CANNOT_CONNECT_NOW,
+                TOO_MANY_CONNECTIONS,
+            ]
+            .contains(&code.as_ref())
+        {
+            return StoreError::Unavailable(error);
         }
+        if code.starts_with(INTEGRITY_CONSTRAINT_CLASS) {
+            let constraint = database.constraint().unwrap_or("unnamed").to_owned();
+            let refusal = constraints::refusal(&constraint);
+            if refusal == DomainError::FailedPrecondition(Precondition::InvariantViolated) {
+                // The rules let through what the schema refuses: a gap in the code.
+                tracing::error!(%constraint, %error, "the database refused a write the rules allowed");
+            }
+            return StoreError::Refused {
+                constraint,
+                refusal,
+            };
+        }
+        StoreError::Database(error)
     }
 }
 
@@ -163,7 +176,11 @@ impl Store {
         .await
         .or_else(|e| match &e {
             // No migrations table yet: nothing is applied.
-            sqlx::Error::Database(db) if db.code().as_deref() == Some("42P01") => Ok(vec![]),
+            sqlx::Error::Database(db)
+                if db.code().as_deref() == Some(constraints::sqlstate::UNDEFINED_TABLE) =>
+            {
+                Ok(vec![])
+            }
             _ => Err(e),
         })?;
         Ok(MIGRATOR

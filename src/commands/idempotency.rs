@@ -1,0 +1,116 @@
+//! The idempotency of every write (README, "API conventions"), as zero2prod does it: a
+//! command claims its request's key inside its own transaction, once it holds its locks,
+//! and is told what to do next — start, or return the reply saved for the key. Claiming
+//! hands out the one [`Claimed`] that [`Commands::finish`] needs to commit, and finishing
+//! saves the reply with the key (exactly one row), so a command cannot commit without
+//! completing its key.
+
+use chrono::{DateTime, Utc};
+use serde::{Serialize, de::DeserializeOwned};
+use sha2::{Digest, Sha256};
+use sqlx::PgConnection;
+
+use super::{Commands, Done, Error, Origin};
+use crate::{
+    domain::{Actor, RequestId, TraceId},
+    store::{self, IdempotencyKey, KeyState, StoreError, Tx},
+};
+
+/// Who sent a write, which RPC, under which request id, with which payload (hashed), in
+/// which trace.
+#[derive(Debug, Clone)]
+pub struct RequestKey {
+    key: IdempotencyKey,
+    trace_id: TraceId,
+}
+
+impl RequestKey {
+    /// `payload` is the request as received (its bytes): the same request id with another
+    /// payload is refused.
+    pub fn new(
+        actor: Actor,
+        rpc: &'static str,
+        request_id: RequestId,
+        payload: &[u8],
+        trace_id: TraceId,
+    ) -> Self {
+        Self {
+            key: IdempotencyKey {
+                actor,
+                rpc,
+                request_id,
+                request_hash: Sha256::digest(payload).to_vec(),
+            },
+            trace_id,
+        }
+    }
+}
+
+/// What a command does once it holds its locks.
+pub(super) enum NextAction<T> {
+    /// First time: go on at `now` (read once the locks are held, so a command that waited
+    /// does not decide on a stale time).
+    Start {
+        now: DateTime<Utc>,
+        claimed: Claimed,
+    },
+    /// Done before with the same payload: this is what it answered.
+    Return(T),
+}
+
+/// The key this transaction claimed; [`Commands::finish`] completes it.
+#[must_use = "a claimed key must be finished, or the command rolls back"]
+pub(super) struct Claimed {
+    key: IdempotencyKey,
+    origin: Origin,
+}
+
+impl Claimed {
+    pub(super) fn origin(&self) -> &Origin {
+        &self.origin
+    }
+}
+
+impl Commands {
+    /// Claims `request`'s key in `conn`'s transaction. A reused key (another payload) is
+    /// refused; a refused command rolls back and leaves no key.
+    pub(super) async fn claim<T: DeserializeOwned>(
+        &self,
+        conn: &mut PgConnection,
+        request: RequestKey,
+    ) -> Result<NextAction<T>, Error> {
+        let now = self.clock.now();
+        match store::claim(conn, &request.key, now).await? {
+            KeyState::Fresh => Ok(NextAction::Start {
+                now,
+                claimed: Claimed {
+                    origin: Origin {
+                        actor: request.key.actor.clone(),
+                        trace_id: request.trace_id,
+                    },
+                    key: request.key,
+                },
+            }),
+            KeyState::Saved(reply) => serde_json::from_value(reply)
+                .map(NextAction::Return)
+                .map_err(|e| Error::Internal(StoreError::Corrupt(format!("saved reply: {e}")))),
+            KeyState::Reused => Err(Error::RequestIdReused),
+        }
+    }
+
+    /// Saves `reply` with the claimed key, commits, then counts and logs what was done.
+    pub(super) async fn finish<T: Serialize>(
+        &self,
+        mut tx: Tx,
+        claimed: Claimed,
+        reply: T,
+        done: Done,
+    ) -> Result<T, Error> {
+        let saved = serde_json::to_value(&reply)
+            .map_err(|e| Error::Internal(StoreError::Corrupt(format!("reply: {e}"))))?;
+        store::complete(&mut tx, &claimed.key, &saved).await?;
+        store::commit(tx).await?;
+        done.report(&self.metrics);
+        Ok(reply)
+    }
+}

@@ -1,0 +1,185 @@
+//! Domain → protobuf: orders, disputes, history entries and stream events. Event payloads
+//! become `google.protobuf.Struct`s; their amounts are strings of digits (a Struct number is
+//! a double, which cannot hold every int64).
+
+use chrono::{DateTime, Utc};
+use prost_types::Timestamp;
+
+use super::{pb, tokens::cursor};
+use crate::domain::{
+    self, DisputeState, HistoryEvent, Money, Order, Outcome, Reason, Remedy, ReturnStatus,
+    StreamEvent,
+};
+
+fn json_to_pb(value: &serde_json::Value) -> prost_types::Value {
+    use prost_types::value::Kind;
+    let kind = match value {
+        serde_json::Value::Null => Kind::NullValue(0),
+        serde_json::Value::Bool(b) => Kind::BoolValue(*b),
+        // Amounts are integers well inside f64's exact range (< 2^53).
+        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+        serde_json::Value::String(s) => Kind::StringValue(s.clone()),
+        serde_json::Value::Array(items) => Kind::ListValue(prost_types::ListValue {
+            values: items.iter().map(json_to_pb).collect(),
+        }),
+        serde_json::Value::Object(map) => Kind::StructValue(struct_to_pb(map)),
+    };
+    prost_types::Value { kind: Some(kind) }
+}
+
+fn struct_to_pb(map: &serde_json::Map<String, serde_json::Value>) -> prost_types::Struct {
+    prost_types::Struct {
+        fields: map
+            .iter()
+            .map(|(k, v)| (k.clone(), json_to_pb(v)))
+            .collect(),
+    }
+}
+
+fn payload_to_pb(payload: &serde_json::Value) -> Option<prost_types::Struct> {
+    payload.as_object().map(struct_to_pb)
+}
+
+pub fn history_event_to_pb(event: &HistoryEvent) -> pb::DisputeEvent {
+    pb::DisputeEvent {
+        dispute_id: event.dispute_id.to_string(),
+        sequence: event.seq,
+        kind: event.kind.clone(),
+        actor_role: event.actor.role.as_str().to_owned(),
+        actor_id: event.actor.id.clone(),
+        occurred_at: Some(timestamp_to_pb(event.occurred_at)),
+        payload: payload_to_pb(&event.payload),
+        trace_id: event.trace_id.clone().unwrap_or_default(),
+    }
+}
+
+pub fn stream_event_to_pb(event: &StreamEvent) -> pb::Event {
+    pb::Event {
+        cursor: cursor(event.position),
+        event_id: event.event_id.to_string(),
+        r#type: event.event_type.clone(),
+        order_id: event.order_id.clone(),
+        dispute_id: event
+            .dispute_id
+            .map(|id| id.to_string())
+            .unwrap_or_default(),
+        dispute_sequence: event.dispute_seq.unwrap_or_default(),
+        actor_role: event.actor.role.as_str().to_owned(),
+        actor_id: event.actor.id.clone(),
+        occurred_at: Some(timestamp_to_pb(event.occurred_at)),
+        payload: payload_to_pb(&event.payload),
+        trace_id: event.trace_id.clone().unwrap_or_default(),
+    }
+}
+
+pub(super) fn state_to_pb(state: DisputeState) -> pb::DisputeState {
+    match state {
+        DisputeState::AwaitingSeller => pb::DisputeState::AwaitingSeller,
+        DisputeState::Negotiating => pb::DisputeState::Negotiating,
+        DisputeState::AwaitingReturnShipment => pb::DisputeState::AwaitingReturnShipment,
+        DisputeState::ReturnInTransit => pb::DisputeState::ReturnInTransit,
+        DisputeState::UnderReview => pb::DisputeState::UnderReview,
+        DisputeState::Cancelled => pb::DisputeState::Cancelled,
+        DisputeState::Resolved => pb::DisputeState::Resolved,
+    }
+}
+
+fn timestamp_to_pb(t: DateTime<Utc>) -> Timestamp {
+    Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }
+}
+
+fn money_to_pb(money: Money) -> pb::Money {
+    pb::Money {
+        currency_code: money.currency.as_str().to_owned(),
+        amount_minor: money.minor,
+    }
+}
+
+pub fn order_to_pb(order: &Order) -> pb::Order {
+    let funds_state = match order.funds_state() {
+        domain::FundsState::Held => pb::FundsState::Held,
+        domain::FundsState::ReleasedToSeller => pb::FundsState::ReleasedToSeller,
+        domain::FundsState::RefundedToBuyer => pb::FundsState::RefundedToBuyer,
+        domain::FundsState::Split => pb::FundsState::Split,
+    };
+    let part = |minor| Some(money_to_pb(Money::new(order.amount.currency, minor)));
+    pb::Order {
+        order_id: order.order_id.to_string(),
+        buyer_id: order.buyer_id.to_string(),
+        seller_id: order.seller_id.to_string(),
+        amount: Some(money_to_pb(order.amount)),
+        protection_ends_at: Some(timestamp_to_pb(order.protection_ends_at)),
+        funds_state: funds_state as i32,
+        refunded_to_buyer: order.settlement.and_then(|s| part(s.refund_minor())),
+        released_to_seller: order.settlement.and_then(|s| part(s.release_minor())),
+        settled_at: order.settlement.map(|s| timestamp_to_pb(s.settled_at)),
+        disputes_closed: order.disputes_closed,
+        dispute_count: order.dispute_count,
+    }
+}
+
+fn remedy_to_pb(remedy: Remedy) -> (pb::Remedy, Option<pb::Money>) {
+    match remedy {
+        Remedy::FullRefund => (pb::Remedy::FullRefund, None),
+        Remedy::PartialRefund(refund) => (pb::Remedy::PartialRefund, Some(money_to_pb(refund))),
+        Remedy::ReturnAndRefund => (pb::Remedy::ReturnAndRefund, None),
+    }
+}
+
+pub fn dispute_to_pb(dispute: &domain::Dispute) -> pb::Dispute {
+    let (remedy, refund_amount) = remedy_to_pb(dispute.remedy);
+    let proposal = dispute.proposal.as_ref().map(|proposal| {
+        let (remedy, refund_amount) = remedy_to_pb(proposal.remedy);
+        pb::Proposal {
+            remedy: remedy as i32,
+            refund_amount,
+            message: proposal.message.clone(),
+        }
+    });
+    let reason = match dispute.reason {
+        Reason::ItemNotReceived => pb::DisputeReason::ItemNotReceived,
+        Reason::NotAsDescribed => pb::DisputeReason::NotAsDescribed,
+        Reason::QualityIssue => pb::DisputeReason::QualityIssue,
+    };
+    let outcome =
+        dispute
+            .outcome
+            .map_or(pb::DisputeOutcome::Unspecified, |outcome| match outcome {
+                Outcome::CancelledByBuyer => pb::DisputeOutcome::CancelledByBuyer,
+                Outcome::ResolvedBuyerFavour => pb::DisputeOutcome::ResolvedBuyerFavour,
+                Outcome::ResolvedPartial => pb::DisputeOutcome::ResolvedPartial,
+                Outcome::ResolvedSellerFavour => pb::DisputeOutcome::ResolvedSellerFavour,
+            });
+    let item_return = dispute.item_return.as_ref().map(|r| pb::ItemReturn {
+        status: match r.status {
+            ReturnStatus::Requested => pb::ReturnStatus::Requested,
+            ReturnStatus::AwaitingShipment => pb::ReturnStatus::AwaitingShipment,
+            ReturnStatus::InTransit => pb::ReturnStatus::InTransit,
+            ReturnStatus::Received => pb::ReturnStatus::Received,
+            ReturnStatus::Cancelled => pb::ReturnStatus::Cancelled,
+        } as i32,
+        carrier: r.carrier.clone().unwrap_or_default(),
+        tracking_number: r.tracking_number.clone().unwrap_or_default(),
+    });
+    pb::Dispute {
+        dispute_id: dispute.dispute_id.to_string(),
+        order_id: dispute.order_id.to_string(),
+        buyer_id: dispute.buyer_id.to_string(),
+        seller_id: dispute.seller_id.to_string(),
+        reason: reason as i32,
+        remedy: remedy as i32,
+        refund_amount,
+        description: dispute.description.clone(),
+        evidence_urls: dispute.evidence_urls.clone(),
+        state: state_to_pb(dispute.state) as i32,
+        outcome: outcome as i32,
+        item_return,
+        protection_ends_at: Some(timestamp_to_pb(dispute.protection_ends_at)),
+        created_at: Some(timestamp_to_pb(dispute.created_at)),
+        updated_at: Some(timestamp_to_pb(dispute.updated_at)),
+        proposal,
+    }
+}
