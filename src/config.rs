@@ -4,6 +4,51 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+/// A value that must never be printed (a password in `DATABASE_URL`, a signing secret):
+/// `Debug` and `Display` show `[redacted]`; [`Secret::expose`] is the one way to read it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl std::fmt::Display for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        Ok(Self::new(value))
+    }
+}
+
+/// A duration that must be more than zero (a zero interval would spin, a zero timeout
+/// would refuse everything).
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(duration) if duration > Duration::ZERO => Ok(duration),
+        Ok(_) => Err("must be more than zero".into()),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "dispute-service",
@@ -56,20 +101,20 @@ pub struct HealthcheckConfig {
     #[arg(long, default_value = "")]
     pub service: String,
     /// How long to wait for the answer.
-    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "3s", value_parser = positive_duration)]
     pub timeout: Duration,
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseConfig {
     /// PostgreSQL connection URL.
-    #[arg(long, env = "DATABASE_URL")]
-    pub database_url: String,
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Secret,
     /// Most connections the pool opens.
-    #[arg(long, env = "DISPUTE_DB_MAX_CONNECTIONS", default_value_t = 16)]
+    #[arg(long, env = "DISPUTE_DB_MAX_CONNECTIONS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
     pub db_max_connections: u32,
     /// How long a request waits for a free connection before it is refused UNAVAILABLE.
-    #[arg(long, env = "DISPUTE_DB_ACQUIRE_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "DISPUTE_DB_ACQUIRE_TIMEOUT", default_value = "2s", value_parser = positive_duration)]
     pub db_acquire_timeout: Duration,
 }
 
@@ -85,7 +130,7 @@ pub enum AsymmetricAlgorithm {
 pub struct AuthConfig {
     /// Shared secret for HS256 tokens (development, tests).
     #[arg(long, env = "DISPUTE_JWT_HS256_SECRET", hide_env_values = true)]
-    pub jwt_hs256_secret: Option<String>,
+    pub jwt_hs256_secret: Option<Secret>,
     /// PEM public key for asymmetric tokens (production).
     #[arg(long, env = "DISPUTE_JWT_PUBLIC_KEY_FILE")]
     pub jwt_public_key_file: Option<PathBuf>,
@@ -102,7 +147,7 @@ pub struct AuthConfig {
     #[arg(long, env = "DISPUTE_JWT_AUDIENCE", default_value = "dispute-service")]
     pub jwt_audience: String,
     /// How often a PEM or JWKS key file is re-read (keys rotate without a restart).
-    #[arg(long, env = "DISPUTE_JWT_KEYS_REFRESH", default_value = "60s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "DISPUTE_JWT_KEYS_REFRESH", default_value = "60s", value_parser = positive_duration)]
     pub jwt_keys_refresh: Duration,
     /// The soonest a token naming an unknown `kid` makes the key file be re-read again.
     #[arg(long, env = "DISPUTE_JWT_KEYS_MIN_REFRESH", default_value = "5s", value_parser = humantime::parse_duration)]
@@ -125,29 +170,29 @@ pub struct ServeConfig {
     #[arg(long, env = "DISPUTE_MIGRATE_ON_START", default_value_t = true, action = clap::ArgAction::Set)]
     pub migrate_on_start: bool,
     /// Most disputes a buyer may open on one order.
-    #[arg(long, env = "DISPUTE_MAX_DISPUTES_PER_ORDER", default_value_t = 3)]
+    #[arg(long, env = "DISPUTE_MAX_DISPUTES_PER_ORDER", default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..))]
     pub max_disputes_per_order: i32,
     /// Server-side deadline of every request.
-    #[arg(long, env = "DISPUTE_REQUEST_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "DISPUTE_REQUEST_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
     pub request_timeout: Duration,
     /// Most requests in flight at once; more are refused RESOURCE_EXHAUSTED.
-    #[arg(long, env = "DISPUTE_MAX_IN_FLIGHT", default_value_t = 256)]
-    pub max_in_flight: usize,
+    #[arg(long, env = "DISPUTE_MAX_IN_FLIGHT", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_in_flight: u32,
     /// How often health re-checks the database and schema.
-    #[arg(long, env = "DISPUTE_HEALTH_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "DISPUTE_HEALTH_INTERVAL", default_value = "2s", value_parser = positive_duration)]
     pub health_interval: Duration,
     #[command(flatten)]
     pub worker: WorkerArgs,
     /// A client connection older than this is asked to go away (HTTP/2 GOAWAY), so clients
     /// reconnect and spread over new replicas.
-    #[arg(long, env = "DISPUTE_MAX_CONNECTION_AGE", default_value = "5m", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "DISPUTE_MAX_CONNECTION_AGE", default_value = "5m", value_parser = positive_duration)]
     pub max_connection_age: Duration,
     /// How long calls under way on such a connection may still run (WatchEvents streams
     /// are then ended; consumers resume from their cursor).
     #[arg(long, env = "DISPUTE_MAX_CONNECTION_AGE_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub max_connection_age_grace: Duration,
     /// How long SIGTERM waits for in-flight calls before closing anyway.
-    #[arg(long, env = "DISPUTE_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "DISPUTE_SHUTDOWN_GRACE", default_value = "20s", value_parser = positive_duration)]
     pub shutdown_grace: Duration,
 }
 
@@ -162,37 +207,37 @@ pub struct TokenConfig {
     #[arg(long)]
     pub sub: String,
     /// Lifetime of the token.
-    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "1h", value_parser = positive_duration)]
     pub ttl: Duration,
 }
 
-/// The deadline worker (SPEC §8). Durations are humantime: `5days`, `36h`, `1s`.
+/// The deadline worker (README, "Deadlines"). Durations are humantime: `5days`, `36h`, `1s`.
 #[derive(Debug, Clone, Args)]
 pub struct WorkerArgs {
     /// How often deadlines are checked.
-    #[arg(long, env = "DISPUTE_WORKER_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "DISPUTE_WORKER_INTERVAL", default_value = "5s", value_parser = positive_duration)]
     pub worker_interval: Duration,
     /// Run the deadline worker in this process.
     #[arg(long, env = "DISPUTE_WORKER_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
     pub worker_enabled: bool,
     /// Candidates fetched per scan.
-    #[arg(long, env = "DISPUTE_WORKER_BATCH", default_value_t = 100)]
+    #[arg(long, env = "DISPUTE_WORKER_BATCH", default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..))]
     pub worker_batch: i64,
     /// Seller silent in AWAITING_SELLER, from opening: the buyer's remedy is granted.
-    #[arg(long, env = "DISPUTE_DEADLINE_SELLER_RESPONSE", default_value = "5days", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "DISPUTE_DEADLINE_SELLER_RESPONSE", default_value = "5days", value_parser = positive_duration)]
     pub deadline_seller_response: Duration,
     /// Still NEGOTIATING, from opening: the dispute goes UNDER_REVIEW.
-    #[arg(long, env = "DISPUTE_DEADLINE_NEGOTIATION", default_value = "15days", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "DISPUTE_DEADLINE_NEGOTIATION", default_value = "15days", value_parser = positive_duration)]
     pub deadline_negotiation: Duration,
     /// Return not shipped, from when it was agreed: funds released to the seller.
-    #[arg(long, env = "DISPUTE_DEADLINE_RETURN_SHIPMENT", default_value = "10days", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "DISPUTE_DEADLINE_RETURN_SHIPMENT", default_value = "10days", value_parser = positive_duration)]
     pub deadline_return_shipment: Duration,
     /// Seller silent in RETURN_IN_TRANSIT, from the tracking: the buyer is refunded.
-    #[arg(long, env = "DISPUTE_DEADLINE_RETURN_RECEIPT", default_value = "15days", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "DISPUTE_DEADLINE_RETURN_RECEIPT", default_value = "15days", value_parser = positive_duration)]
     pub deadline_return_receipt: Duration,
     /// How long events stay in the outbox for WatchEvents consumers to catch up (the
     /// history is never deleted).
-    #[arg(long, env = "DISPUTE_OUTBOX_RETENTION", default_value = "7days", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "DISPUTE_OUTBOX_RETENTION", default_value = "7days", value_parser = positive_duration)]
     pub outbox_retention: Duration,
     /// How long idempotency keys are remembered (at least 24h).
     #[arg(long, env = "DISPUTE_IDEMPOTENCY_RETENTION", default_value = "48h", value_parser = humantime::parse_duration)]
@@ -207,9 +252,6 @@ impl WorkerArgs {
         if self.idempotency_retention < Duration::from_secs(24 * 3600) {
             anyhow::bail!("DISPUTE_IDEMPOTENCY_RETENTION must be at least 24h");
         }
-        if self.worker_batch < 1 {
-            anyhow::bail!("DISPUTE_WORKER_BATCH must be at least 1");
-        }
         Ok(crate::worker::WorkerConfig {
             interval: self.worker_interval,
             batch: self.worker_batch,
@@ -222,5 +264,55 @@ impl WorkerArgs {
             idempotency_retention: days(self.idempotency_retention)?,
             outbox_retention: days(self.outbox_retention)?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve(extra: &[&str]) -> Result<ServeConfig, clap::Error> {
+        let mut args = vec![
+            "dispute-service",
+            "serve",
+            "--database-url",
+            "postgres://user:hunter2@db/dispute",
+            "--jwt-hs256-secret",
+            "a-secret-nobody-may-print-0123456789",
+        ];
+        args.extend_from_slice(extra);
+        Cli::try_parse_from(args).map(|cli| match cli.command {
+            Command::Serve(config) => *config,
+            _ => unreachable!(),
+        })
+    }
+
+    #[test]
+    fn out_of_range_settings_stop_the_start_naming_the_setting() {
+        for (flag, value) in [
+            ("--max-in-flight", "0"),
+            ("--max-disputes-per-order", "0"),
+            ("--db-max-connections", "0"),
+            ("--worker-batch", "0"),
+            ("--request-timeout", "0s"),
+            ("--worker-interval", "0s"),
+            ("--health-interval", "0ms"),
+        ] {
+            let error = serve(&[flag, value]).unwrap_err().to_string();
+            assert!(error.contains(flag), "{flag} {value}: {error}");
+        }
+        assert!(serve(&["--max-in-flight", "1", "--worker-interval", "1s"]).is_ok());
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let config = serve(&[]).unwrap();
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(!printed.contains("a-secret-nobody-may-print"), "{printed}");
+        assert_eq!(
+            config.database.database_url.expose(),
+            "postgres://user:hunter2@db/dispute"
+        );
     }
 }

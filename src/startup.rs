@@ -39,7 +39,7 @@ pub fn pool(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
     PgPoolOptions::new()
         .max_connections(config.db_max_connections)
         .acquire_timeout(config.db_acquire_timeout)
-        .connect_lazy(&config.database_url)
+        .connect_lazy(config.database_url.expose())
         .context("DATABASE_URL is not a valid PostgreSQL URL")
 }
 
@@ -221,7 +221,7 @@ impl Application {
             .max_connection_age_grace(self.config.max_connection_age_grace)
             .layer(GateLayer::new(
                 self.authenticator.clone(),
-                self.config.max_in_flight,
+                self.config.max_in_flight as usize,
                 self.config.request_timeout,
                 self.metrics.clone(),
             ))

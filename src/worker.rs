@@ -1,4 +1,4 @@
-//! The deadline worker (SPEC §8), running inside `serve`. Every replica runs one: they
+//! The deadline worker (README, "Deadlines"), running inside `serve`. Every replica runs one: they
 //! find the same candidates, but each candidate is locked with `SKIP LOCKED` and re-decided
 //! by the domain in its own transaction, so every deadline is applied exactly once. A
 //! failed pass (say, the database is down) is logged and retried with backoff.

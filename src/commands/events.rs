@@ -10,8 +10,16 @@ use crate::{
     store::{self, NewEvent},
 };
 
-/// Version of every payload below; bumped when a payload changes incompatibly.
-const PAYLOAD_VERSION: u32 = 1;
+/// Version of every payload below; bumped when a payload changes incompatibly (2: amounts
+/// became strings of digits).
+const PAYLOAD_VERSION: u32 = 2;
+
+/// An amount of minor units in a payload: a string of digits, because consumers read
+/// payloads as `google.protobuf.Struct`, whose numbers are doubles and cannot hold every
+/// int64 exactly.
+fn minor(amount: i64) -> String {
+    amount.to_string()
+}
 
 pub(super) fn order_registered<'a>(
     order: &'a Order,
@@ -30,7 +38,7 @@ pub(super) fn order_registered<'a>(
             "buyer_id": order.buyer_id.as_str(),
             "seller_id": order.seller_id.as_str(),
             "currency_code": order.amount.currency.as_str(),
-            "amount_minor": order.amount.minor,
+            "amount_minor": minor(order.amount.minor),
             "protection_ends_at": order.protection_ends_at,
         }),
         trace_id: Some(origin.trace_id.as_str()),
@@ -58,7 +66,7 @@ pub(super) fn dispute_changed<'a>(change: &'a Change, origin: &'a Origin) -> New
             "return_status": dispute.item_return.as_ref().map(|r| store::return_status_name(r.status)),
             "proposal": dispute.proposal.as_ref().map(|p| {
                 let (remedy, currency_code, refund_minor) = store::remedy_columns(p.remedy);
-                json!({ "remedy": remedy, "currency_code": currency_code, "refund_minor": refund_minor, "message": p.message })
+                json!({ "remedy": remedy, "currency_code": currency_code, "refund_minor": refund_minor.map(minor), "message": p.message })
             }),
             "note": change.note,
         }),
@@ -88,9 +96,9 @@ pub(super) fn funds_settled<'a>(
             "buyer_id": order.buyer_id.as_str(),
             "seller_id": order.seller_id.as_str(),
             "currency_code": order.amount.currency.as_str(),
-            "amount_minor": order.amount.minor,
-            "refunded_to_buyer_minor": settlement.refund_minor(),
-            "released_to_seller_minor": settlement.release_minor(),
+            "amount_minor": minor(order.amount.minor),
+            "refunded_to_buyer_minor": minor(settlement.refund_minor()),
+            "released_to_seller_minor": minor(settlement.release_minor()),
             "funds_state": settlement.funds_state().as_str(),
             "settled_at": settlement.settled_at,
         }),

@@ -1,4 +1,4 @@
-//! Deadlines (SPEC §8): what happens when a party stays silent. Applied by the worker as
+//! Deadlines (README, "Deadlines"): what happens when a party stays silent. Applied by the worker as
 //! the `system` service actor, through the same transitions as the RPCs.
 
 use chrono::{DateTime, Duration, Utc};

@@ -116,7 +116,7 @@ impl Authenticator {
             &config.jwt_jwks_file,
         ) {
             (Some(secret), None, None) => {
-                if secret.len() < 16 {
+                if secret.expose().len() < 16 {
                     bail!("DISPUTE_JWT_HS256_SECRET must be at least 16 bytes");
                 }
                 (Algorithm::HS256, None)
@@ -142,7 +142,7 @@ impl Authenticator {
         validation.leeway = LEEWAY_SECS;
         let keys = match (&file, &config.jwt_hs256_secret) {
             (Some(file), _) => file.load()?,
-            (None, Some(secret)) => Keys::One(DecodingKey::from_secret(secret.as_bytes())),
+            (None, Some(secret)) => Keys::One(DecodingKey::from_secret(secret.expose().as_bytes())),
             (None, None) => unreachable!("one key source was required above"),
         };
         Ok(Self {
@@ -275,6 +275,6 @@ pub fn mint_hs256(
     Ok(jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
         &claims,
-        &EncodingKey::from_secret(secret.as_bytes()),
+        &EncodingKey::from_secret(secret.expose().as_bytes()),
     )?)
 }

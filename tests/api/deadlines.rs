@@ -1,4 +1,4 @@
-//! The deadline worker (SPEC §8): each row of the table with a moved clock, the moot
+//! The deadline worker (README, "Deadlines"): each row of the table with a moved clock, the moot
 //! cases, the protection end, many workers on one database, a real-time run, an outage.
 
 use std::{sync::Arc, time::Duration as StdDuration};

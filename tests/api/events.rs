@@ -1,4 +1,4 @@
-//! History and the event stream (SPEC §7): what each call emits, nothing for refused or
+//! History and the event stream (README, "Consuming the event stream"): what each call emits, nothing for refused or
 //! rolled-back work, resuming from a cursor, a transaction that commits late, and a
 //! stream racing concurrent writers.
 
@@ -108,16 +108,16 @@ async fn every_call_and_deadline_emits_its_events_and_refusals_emit_none(pool: P
     assert_eq!(settled.order_id, "order-1");
     assert_eq!(settled.dispute_id, d);
     use prost_types::value::Kind::{NumberValue, StringValue};
-    assert_eq!(field(settled, "version"), &NumberValue(1.0));
+    assert_eq!(field(settled, "version"), &NumberValue(2.0));
     assert_eq!(field(settled, "currency_code"), &StringValue("USD".into()));
-    assert_eq!(field(settled, "amount_minor"), &NumberValue(10_000.0));
+    assert_eq!(field(settled, "amount_minor"), &StringValue("10000".into()));
     assert_eq!(
         field(settled, "refunded_to_buyer_minor"),
-        &NumberValue(10_000.0)
+        &StringValue("10000".into())
     );
     assert_eq!(
         field(settled, "released_to_seller_minor"),
-        &NumberValue(0.0)
+        &StringValue("0".into())
     );
     assert_eq!(field(settled, "buyer_id"), &StringValue("buyer-1".into()));
     assert_eq!(field(settled, "seller_id"), &StringValue("seller-1".into()));
@@ -590,4 +590,59 @@ async fn events_carry_the_trace_id_of_the_request_that_caused_them(pool: PgPool)
         .await
         .unwrap();
     assert_eq!(untraced, 0);
+}
+
+#[sqlx::test]
+async fn settlement_amounts_in_events_equal_the_ledger_for_any_int64(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    // Beyond 2^53 a double cannot tell neighbours apart; i64::MAX is the largest amount.
+    let amounts = [9_007_199_254_740_993_i64, i64::MAX];
+    for (i, amount) in amounts.into_iter().enumerate() {
+        let order_id = format!("big-{i}");
+        let mut request = register_request(&order_id, app.now() + Duration::days(30));
+        request.amount = Some(usd(amount));
+        app.service().await.register_order(request).await.unwrap();
+        let dispute = app.open(&order_id, Remedy::FullRefund).await;
+        app.agent()
+            .await
+            .resolve_funds(resolve_request(
+                &dispute.dispute_id,
+                ResolveOutcome::RefundPartial,
+                Some(amount - 1),
+            ))
+            .await
+            .unwrap();
+    }
+    let ledger: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+        "SELECT order_id, amount_minor, refund_minor, release_minor FROM settlements ORDER BY order_id",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(ledger.len(), 2);
+    let mut stream = watch(&app, "").await;
+    // Per order: registered, opened, resolved, settled.
+    let events = take(&mut stream, 8, PATIENCE).await;
+    let settled: Vec<&pb::Event> = events
+        .iter()
+        .filter(|e| e.r#type == "FUNDS_SETTLED")
+        .collect();
+    assert_eq!(settled.len(), 2);
+    use prost_types::value::Kind::StringValue;
+    for (order_id, amount, refund, release) in ledger {
+        let event = settled.iter().find(|e| e.order_id == order_id).unwrap();
+        assert_eq!(
+            field(event, "amount_minor"),
+            &StringValue(amount.to_string())
+        );
+        assert_eq!(
+            field(event, "refunded_to_buyer_minor"),
+            &StringValue(refund.to_string())
+        );
+        assert_eq!(
+            field(event, "released_to_seller_minor"),
+            &StringValue(release.to_string())
+        );
+        assert_eq!(release, 1, "{order_id}: refund amount − 1, release 1");
+    }
 }

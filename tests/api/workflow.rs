@@ -1,4 +1,4 @@
-//! The negotiation and return workflow (SPEC §6): every transition and every refusal.
+//! The negotiation and return workflow (README, "What it does"): every transition and every refusal.
 
 use chrono::Duration;
 use dispute_service::{
