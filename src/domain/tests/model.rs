@@ -1,7 +1,8 @@
 //! The state machine against a reference model: random sequences of every command, by
 //! every role (own and someone else's), at moving times, including deadlines and the
 //! protection end. After each step the model and the domain must agree on whether the
-//! command was allowed and on every state, and the invariants must hold.
+//! command was allowed, on the reason when it was refused, and on every state, and the
+//! invariants must hold. The model is written from the rules, with its own predicates.
 
 use chrono::Duration;
 use proptest::prelude::*;
@@ -71,6 +72,24 @@ fn valid_ask(reason: Reason, ask: Ask) -> bool {
     }
 }
 
+/// Why the model refuses a command: the reason the API reports (`ErrorInfo.reason`), or
+/// `MOOT` when nothing is due (the worker finds nothing to do).
+type Refusal = &'static str;
+
+const MOOT: Refusal = "MOOT";
+
+/// The model's own words for "terminal" and "the return is under way", not the domain's.
+fn ended(state: DisputeState) -> bool {
+    matches!(state, DisputeState::Cancelled | DisputeState::Resolved)
+}
+
+fn return_under_way(ret: Option<ReturnStatus>) -> bool {
+    matches!(
+        ret,
+        Some(ReturnStatus::Requested | ReturnStatus::AwaitingShipment | ReturnStatus::InTransit)
+    )
+}
+
 impl Model {
     fn settle(&mut self, refund: i64) {
         self.refund = Some(refund);
@@ -92,158 +111,235 @@ impl Model {
     fn end(&mut self, state: DisputeState) {
         let d = self.dispute.as_mut().unwrap();
         d.state = state;
-        if d.ret.is_some_and(|r| r.is_active()) {
+        if return_under_way(d.ret) {
             d.ret = Some(ReturnStatus::Cancelled);
         }
     }
 
-    /// The next model, or `None` if the command must be refused.
-    fn step(&self, cmd: &Cmd, actor: &Actor, day: i64) -> Option<Model> {
+    /// The checks a workflow step makes, in the order the README gives: the role may act
+    /// at all, the dispute is the actor's to see, it is still open, it is in `states`.
+    fn workflow(
+        &self,
+        actor: &Actor,
+        roles: &[Role],
+        states: &[DisputeState],
+    ) -> Result<&ModelDispute, Refusal> {
+        let d = self.dispute.as_ref().ok_or(MOOT)?;
+        if !roles.contains(&actor.role) {
+            return Err("ROLE_NOT_ALLOWED");
+        }
+        if !sees(actor) {
+            return Err("NOT_FOUND");
+        }
+        if ended(d.state) {
+            return Err("DISPUTE_CLOSED");
+        }
+        if !states.contains(&d.state) {
+            return Err("INVALID_DISPUTE_STATE");
+        }
+        Ok(d)
+    }
+
+    /// The next model, or why the command must be refused.
+    fn step(&self, cmd: &Cmd, actor: &Actor, day: i64) -> Result<Model, Refusal> {
         use DisputeState::*;
         let mut m = self.clone();
-        let own = |role| actor.role == role && (actor.id == "b1" || actor.id == "s1");
-        let buyer = own(Role::Buyer);
-        let seller = own(Role::Seller);
-        let active = self.dispute.as_ref().filter(|d| !d.state.is_terminal());
+        let is = |role, id| actor.role == role && actor.id == id;
         let expired = day >= PROTECTION_DAYS;
         match cmd {
             Cmd::Open(reason, ask) => {
-                let ok = buyer
-                    && valid_ask(*reason, *ask)
-                    && !self.closed
-                    && self.refund.is_none()
-                    && !expired
-                    && active.is_none()
-                    && self.count < MAX_DISPUTES;
-                ok.then(|| {
-                    m.count += 1;
-                    m.dispute = Some(ModelDispute {
-                        state: AwaitingSeller,
-                        reason: *reason,
-                        ask: *ask,
-                        ret: (*ask == Ask::Return).then_some(ReturnStatus::Requested),
-                        proposal: None,
-                        opened: day,
-                        agreed: None,
-                        shipped: None,
-                    });
-                    m
-                })
+                if actor.role != Role::Buyer {
+                    return Err("ONLY_BUYER_CAN_OPEN");
+                }
+                if !is(Role::Buyer, "b1") {
+                    return Err("NOT_FOUND");
+                }
+                if !valid_ask(*reason, *ask) {
+                    return Err("INVALID_ARGUMENT");
+                }
+                let refusal = if self.closed {
+                    Some("DISPUTES_CLOSED")
+                } else if self.refund.is_some() {
+                    Some("FUNDS_SETTLED")
+                } else if expired {
+                    Some("PROTECTION_EXPIRED")
+                } else if self.dispute.as_ref().is_some_and(|d| !ended(d.state)) {
+                    Some("DISPUTE_ALREADY_OPEN")
+                } else if self.count >= MAX_DISPUTES {
+                    Some("DISPUTE_LIMIT_REACHED")
+                } else {
+                    None
+                };
+                if let Some(refusal) = refusal {
+                    return Err(refusal);
+                }
+                m.count += 1;
+                m.dispute = Some(ModelDispute {
+                    state: AwaitingSeller,
+                    reason: *reason,
+                    ask: *ask,
+                    ret: (*ask == Ask::Return).then_some(ReturnStatus::Requested),
+                    proposal: None,
+                    opened: day,
+                    agreed: None,
+                    shipped: None,
+                });
+                Ok(m)
             }
             Cmd::Cancel(via) => {
-                let d = active?;
-                let return_active = d.ret.is_some_and(|r| r.is_active());
-                let via_ok = match via {
-                    CancelVia::Dispute => !return_active,
-                    CancelVia::Return => return_active,
-                };
-                (buyer && via_ok).then(|| {
-                    m.end(Cancelled);
-                    if expired {
-                        m.settle(0);
-                        m.closed = true;
+                let d = self.dispute.as_ref().ok_or(MOOT)?;
+                if actor.role != Role::Buyer {
+                    return Err("ONLY_BUYER_CAN_CANCEL");
+                }
+                if !sees(actor) {
+                    return Err("NOT_FOUND");
+                }
+                if ended(d.state) {
+                    return Err("DISPUTE_CLOSED");
+                }
+                match via {
+                    CancelVia::Dispute if return_under_way(d.ret) => {
+                        return Err("RETURN_IN_PROGRESS");
                     }
-                    m
-                })
+                    CancelVia::Return if d.ret.is_none() => return Err("NO_RETURN"),
+                    CancelVia::Return if !return_under_way(d.ret) => {
+                        return Err("RETURN_ALREADY_RECEIVED");
+                    }
+                    _ => {}
+                }
+                m.end(Cancelled);
+                if expired {
+                    m.settle(0);
+                    m.closed = true;
+                }
+                Ok(m)
             }
             Cmd::Resolve(resolution) => {
-                let d = active?;
+                let d = self.dispute.as_ref().ok_or(MOOT)?;
+                if !matches!(actor.role, Role::Agent | Role::Seller) {
+                    return Err("RESOLVE_NOT_ALLOWED");
+                }
+                if !sees(actor) {
+                    return Err("NOT_FOUND");
+                }
                 let refund = match resolution {
                     Resolution::RefundFull => AMOUNT,
                     Resolution::ReleaseToSeller => 0,
-                    Resolution::RefundPartial(money) if money.currency == usd(1).currency => {
+                    Resolution::RefundPartial(money)
+                        if money.currency == usd(1).currency
+                            && 0 < money.minor
+                            && money.minor < AMOUNT =>
+                    {
                         money.minor
                     }
-                    Resolution::RefundPartial(_) => return None,
+                    Resolution::RefundPartial(_) => return Err("INVALID_ARGUMENT"),
                 };
-                let partial_ok = !matches!(resolution, Resolution::RefundPartial(_))
-                    || (0 < refund && refund < AMOUNT);
-                let who_ok = actor.role == Role::Agent || (seller && refund >= refund_of(d.ask));
-                (partial_ok && who_ok).then(|| {
-                    m.end(Resolved);
-                    m.settle(refund);
-                    m
-                })
+                if actor.role == Role::Seller && refund < refund_of(d.ask) {
+                    return Err("SELLER_CANNOT_REDUCE_REFUND");
+                }
+                if ended(d.state) {
+                    return Err("DISPUTE_CLOSED");
+                }
+                m.end(Resolved);
+                m.settle(refund);
+                Ok(m)
             }
             Cmd::Accept => {
-                let d = active.filter(|d| d.state == AwaitingSeller)?;
-                seller.then(|| {
-                    m.grant(d.ask, day);
-                    m
-                })
+                let d = self.workflow(actor, &[Role::Seller], &[AwaitingSeller])?;
+                m.grant(d.ask, day);
+                Ok(m)
             }
             Cmd::Propose(ask) => {
-                let d = active.filter(|d| d.state == AwaitingSeller)?;
-                (seller && valid_ask(d.reason, *ask)).then(|| {
-                    let md = m.dispute.as_mut().unwrap();
-                    md.state = Negotiating;
-                    md.proposal = Some(*ask);
-                    m
-                })
+                let d = self.workflow(actor, &[Role::Seller], &[AwaitingSeller])?;
+                if !valid_ask(d.reason, *ask) {
+                    return Err("INVALID_ARGUMENT");
+                }
+                let md = m.dispute.as_mut().unwrap();
+                md.state = Negotiating;
+                md.proposal = Some(*ask);
+                Ok(m)
             }
             Cmd::AcceptProposal => {
-                let d = active.filter(|d| d.state == Negotiating)?;
-                buyer.then(|| {
-                    m.grant(d.proposal.unwrap(), day);
-                    m
-                })
+                let d = self.workflow(actor, &[Role::Buyer], &[Negotiating])?;
+                m.grant(d.proposal.unwrap(), day);
+                Ok(m)
             }
             Cmd::Escalate => {
-                let d = active?;
-                let ok = (buyer && d.state == Negotiating)
-                    || (seller && matches!(d.state, Negotiating | ReturnInTransit));
-                ok.then(|| {
-                    m.dispute.as_mut().unwrap().state = UnderReview;
-                    m
-                })
+                let states: &[DisputeState] = if actor.role == Role::Seller {
+                    &[Negotiating, ReturnInTransit]
+                } else {
+                    &[Negotiating]
+                };
+                self.workflow(actor, &[Role::Buyer, Role::Seller], states)?;
+                m.dispute.as_mut().unwrap().state = UnderReview;
+                Ok(m)
             }
             Cmd::Ship => {
-                let d = active.filter(|d| d.state == AwaitingReturnShipment)?;
-                let _ = d;
-                buyer.then(|| {
-                    let md = m.dispute.as_mut().unwrap();
-                    md.state = ReturnInTransit;
-                    md.ret = Some(ReturnStatus::InTransit);
-                    md.shipped = Some(day);
-                    m
-                })
+                self.workflow(actor, &[Role::Buyer], &[AwaitingReturnShipment])?;
+                let md = m.dispute.as_mut().unwrap();
+                md.state = ReturnInTransit;
+                md.ret = Some(ReturnStatus::InTransit);
+                md.shipped = Some(day);
+                Ok(m)
             }
             Cmd::Confirm => {
-                active.filter(|d| d.state == ReturnInTransit)?;
-                seller.then(|| {
-                    m.dispute.as_mut().unwrap().ret = Some(ReturnStatus::Received);
-                    m.end(Resolved);
-                    m.settle(AMOUNT);
-                    m
-                })
+                self.workflow(actor, &[Role::Seller], &[ReturnInTransit])?;
+                m.dispute.as_mut().unwrap().ret = Some(ReturnStatus::Received);
+                m.end(Resolved);
+                m.settle(AMOUNT);
+                Ok(m)
             }
             Cmd::Deadline => {
-                let d = active?.clone();
+                let d = self.dispute.clone().ok_or(MOOT)?;
                 match d.state {
                     AwaitingSeller if day >= d.opened + 5 => m.grant(d.ask, day),
                     Negotiating if day >= d.opened + 15 => {
                         m.dispute.as_mut().unwrap().state = UnderReview
                     }
-                    AwaitingReturnShipment if day >= d.agreed? + 10 => {
+                    AwaitingReturnShipment if day >= d.agreed.ok_or(MOOT)? + 10 => {
                         m.end(Resolved);
                         m.settle(0);
                     }
-                    ReturnInTransit if day >= d.shipped? + 15 => {
+                    ReturnInTransit if day >= d.shipped.ok_or(MOOT)? + 15 => {
                         m.dispute.as_mut().unwrap().ret = Some(ReturnStatus::Received);
                         m.end(Resolved);
                         m.settle(AMOUNT);
                     }
-                    _ => return None,
+                    _ => return Err(MOOT),
                 }
-                Some(m)
+                Ok(m)
             }
             Cmd::ProtectionEnd => {
-                (active.is_none() && expired && self.refund.is_none()).then(|| {
-                    m.settle(0);
-                    m
-                })
+                let active = self.dispute.as_ref().is_some_and(|d| !ended(d.state));
+                if active || !expired || self.refund.is_some() {
+                    return Err(MOOT);
+                }
+                m.settle(0);
+                Ok(m)
             }
         }
+    }
+}
+
+/// Whether `actor` may see the order's dispute: the parties their own, staff everything.
+fn sees(actor: &Actor) -> bool {
+    match actor.role {
+        Role::Buyer => actor.id == "b1",
+        Role::Seller => actor.id == "s1",
+        Role::Agent | Role::Service => true,
+    }
+}
+
+/// The reason the API would report for a domain refusal, or `MOOT` for nothing to do.
+fn reason_of(result: &Result<Option<Step>, DomainError>) -> Option<Refusal> {
+    match result {
+        Ok(Some(_)) => None,
+        Ok(None) => Some(MOOT),
+        Err(DomainError::InvalidArgument(_)) => Some("INVALID_ARGUMENT"),
+        Err(DomainError::NotFound(_)) => Some("NOT_FOUND"),
+        Err(DomainError::PermissionDenied { reason, .. })
+        | Err(DomainError::AlreadyExists { reason, .. }) => Some(reason),
+        Err(DomainError::FailedPrecondition(precondition)) => Some(precondition.reason()),
     }
 }
 
@@ -438,18 +534,15 @@ proptest! {
             };
             let expected = model.step(&cmd, &actor, day);
             let got = run(&order, &disputes, &cmd, &actor, day);
-            let change = match (&expected, got) {
-                (Some(_), Ok(Some(change))) => change,
-                (None, Err(_) | Ok(None)) => continue,
-                (expected, got) => {
-                    prop_assert!(false, "{cmd:?} by {actor:?} on day {day}: model {expected:?}, domain {got:?}");
-                    unreachable!()
-                }
-            };
-            let next = expected.unwrap();
+            prop_assert_eq!(
+                expected.as_ref().err().copied(),
+                reason_of(&got),
+                "{:?} by {:?} on day {}: model {:?}, domain {:?}", cmd, actor, day, expected, got
+            );
+            let (Ok(next), Ok(Some(change))) = (expected, got) else { continue };
             // Invariants.
             if let Some(before) = disputes.last().filter(|_| !matches!(cmd, Cmd::Open(..) | Cmd::ProtectionEnd)) {
-                prop_assert!(!before.state.is_terminal(), "a terminal dispute changed");
+                prop_assert!(!ended(before.state), "a terminal dispute changed");
             }
             if matches!(cmd, Cmd::Cancel(_)) {
                 prop_assert_eq!((actor.role, actor.id.as_str()), (Role::Buyer, "b1"), "only the buyer cancels");
@@ -478,7 +571,7 @@ proptest! {
                 prop_assert_eq!(d.item_return.as_ref().map(|r| r.status), md.ret);
                 prop_assert_eq!(d.proposal.as_ref().map(|p| p.remedy), md.proposal.map(remedy_of));
             }
-            prop_assert!(disputes.iter().filter(|d| !d.state.is_terminal()).count() <= 1);
+            prop_assert!(disputes.iter().filter(|d| !ended(d.state)).count() <= 1);
         }
     }
 }
