@@ -13,6 +13,7 @@ mod idempotency;
 mod metrics;
 mod orders;
 mod process;
+mod schema;
 mod server;
 mod telemetry;
 mod tls;
