@@ -56,6 +56,8 @@ pub struct Server {
     pub metrics_addr: std::net::SocketAddr,
     /// The server's metrics, for deadline workers the test runs itself.
     pub metrics: Metrics,
+    /// One connection per role, shared by every client of that role.
+    channels: std::sync::Mutex<std::collections::HashMap<Role, Channel>>,
     pub config: ServeConfig,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
@@ -140,6 +142,7 @@ pub async fn start(config: ServeConfig, pool: PgPool, clock: Arc<dyn Clock>) -> 
         addr,
         metrics_addr,
         metrics,
+        channels: Default::default(),
         config,
         shutdown: Some(tx),
         server: Some(server),
@@ -160,8 +163,20 @@ impl Server {
         DisputeServiceClient::with_interceptor(self.channel().await, Bearer(value))
     }
 
+    /// A client for `role` and `sub` on the role's one shared connection.
     pub async fn client(&self, role: Role, sub: &str) -> Client {
-        client_at(self.addr, role, sub).await
+        let channel = self
+            .channels
+            .lock()
+            .unwrap()
+            .entry(role)
+            .or_insert_with(|| {
+                Channel::from_shared(format!("http://{}", self.addr))
+                    .unwrap()
+                    .connect_lazy()
+            })
+            .clone();
+        with_token(channel, role, sub)
     }
 
     pub async fn service(&self) -> Client {
@@ -216,13 +231,18 @@ impl Server {
 
 /// A client of the server at `addr` (configured as `serve_config` does) for `role` and `sub`.
 pub async fn client_at(addr: std::net::SocketAddr, role: Role, sub: &str) -> Client {
-    let token =
-        auth::mint_hs256(&serve_config(&[]).auth, role, sub, Duration::from_secs(600)).unwrap();
     let channel = Channel::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()
         .await
         .expect("connecting to the server");
+    with_token(channel, role, sub)
+}
+
+/// A client on `channel` carrying a token for `role` and `sub`.
+fn with_token(channel: Channel, role: Role, sub: &str) -> Client {
+    let token =
+        auth::mint_hs256(&serve_config(&[]).auth, role, sub, Duration::from_secs(600)).unwrap();
     let value = MetadataValue::try_from(format!("Bearer {token}")).unwrap();
     DisputeServiceClient::with_interceptor(channel, Bearer(Some(value)))
 }

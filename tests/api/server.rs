@@ -33,7 +33,26 @@ async fn health_is_serving_once_the_schema_is_current_and_not_serving_after_shut
     }
     assert_eq!(status, ServingStatus::Serving);
     assert_eq!(health(&app, "").await, ServingStatus::Serving);
-    app.server.stop().await.expect("a clean stop");
+    // Watch health across the shutdown: NOT_SERVING is announced before the server goes.
+    let mut watch = HealthClient::new(app.channel().await)
+        .watch(HealthCheckRequest {
+            service: "dispute.v1.DisputeService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.message().await.unwrap().unwrap();
+    assert_eq!(first.status(), ServingStatus::Serving);
+    let TestApp { server, .. } = app;
+    let stopping = tokio::spawn(server.stop());
+    let next = tokio::time::timeout(std::time::Duration::from_secs(10), watch.message())
+        .await
+        .expect("health announced the shutdown")
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.status(), ServingStatus::NotServing);
+    drop(watch);
+    stopping.await.unwrap().expect("a clean stop");
 }
 
 #[sqlx::test(migrations = false)]
