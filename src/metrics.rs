@@ -158,9 +158,15 @@ impl Metrics {
             .register_gauge(&Key::from_static_name(name), &METADATA)
     }
 
-    /// One RPC answered: its code (`grpc-status`) and how long it took.
-    pub fn rpc_handled(&self, method: &str, code: tonic::Code, elapsed: Duration) {
-        let service = Label::new("grpc_service", crate::grpc::SERVICE_NAME);
+    /// One RPC of `service` answered: its code (`grpc-status`) and how long it took.
+    pub fn rpc_handled(
+        &self,
+        service: &'static str,
+        method: &str,
+        code: tonic::Code,
+        elapsed: Duration,
+    ) {
+        let service = Label::new("grpc_service", service);
         let method = Label::new("grpc_method", method.to_owned());
         self.counter(
             RPC_HANDLED,

@@ -41,7 +41,14 @@ use tracing_subscriber::{
     util::SubscriberInitExt,
 };
 
-use crate::{config::LogFormat, domain::TraceId};
+use crate::domain::TraceId;
+
+/// How log lines are written (`DISPUTE_LOG_FORMAT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
 
 /// The name traces carry when `OTEL_SERVICE_NAME` does not give one.
 const DEFAULT_SERVICE_NAME: &str = "dispute-service";

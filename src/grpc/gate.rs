@@ -199,7 +199,7 @@ where
                 if server_fault(code) {
                     span.record("otel.status_code", "ERROR");
                 }
-                metrics.rpc_handled(&method, code, started.elapsed());
+                metrics.rpc_handled(SERVICE_NAME, &method, code, started.elapsed());
                 Ok(response)
             }
             .instrument(span),

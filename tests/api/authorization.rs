@@ -306,7 +306,9 @@ async fn every_rpc_role_and_ownership_gets_the_answer_the_rules_give(pool: PgPoo
                 Err(status) if status.code() == Code::NotFound => Seen::Hidden,
                 Err(status) if status.code() == Code::PermissionDenied => Seen::Denied,
                 Err(status) => {
-                    return Some(format!("{rpc} as {role:?} on {target:?}: unexpected {status:?}"));
+                    return Some(format!(
+                        "{rpc} as {role:?} on {target:?}: unexpected {status:?}"
+                    ));
                 }
             };
             let want = expected(rpc, role, target);

@@ -161,5 +161,8 @@ async fn a_write_the_schema_refuses_is_the_rules_error_not_internal(pool: PgPool
     // Nothing was written: the dispute is as it was.
     let after = app.dispute(&dispute.dispute_id).await;
     assert_eq!(after.state, pb::DisputeState::AwaitingSeller as i32);
-    assert_eq!(history(&app.pool, &dispute.dispute_id).await, ["DISPUTE_OPENED"]);
+    assert_eq!(
+        history(&app.pool, &dispute.dispute_id).await,
+        ["DISPUTE_OPENED"]
+    );
 }
