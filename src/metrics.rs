@@ -33,6 +33,8 @@ const LATENCY_BUCKETS: &[f64] = &[
 ];
 /// A scrape that takes longer than this is answered without the outbox lag.
 const LAG_QUERY_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the listener pauses after a failed accept (say, out of descriptors).
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// Slow or idle scrapers are cut off after this long without a complete request head.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -387,7 +389,7 @@ pub async fn serve(listener: TcpListener, metrics: Metrics, store: Store, mut st
                 Ok(accepted) => accepted,
                 Err(error) => {
                     tracing::warn!(%error, "metrics listener accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    tokio::time::sleep(ACCEPT_RETRY).await;
                     continue;
                 }
             },

@@ -45,6 +45,10 @@ pub const MAX_EVIDENCE_URLS: usize = 10;
 pub const MAX_EVIDENCE_URL_CHARS: usize = 512;
 /// A ruling's note, a proposal's message or an escalation's reason is at most this long.
 pub const MAX_NOTE_CHARS: usize = 2_000;
+/// A return's carrier name is at most this long.
+pub const MAX_CARRIER_CHARS: usize = 64;
+/// A return's tracking number is at most this long.
+pub const MAX_TRACKING_CHARS: usize = 128;
 
 #[cfg(test)]
 mod tests;

@@ -24,6 +24,9 @@ use crate::{
     domain::{Actor, Role},
 };
 
+/// The shortest HS256 secret accepted.
+const MIN_HS256_SECRET_BYTES: usize = 16;
+
 /// Most clock skew tolerated on `exp`.
 const LEEWAY_SECS: u64 = 60;
 
@@ -116,8 +119,10 @@ impl Authenticator {
             &config.jwt_jwks_file,
         ) {
             (Some(secret), None, None) => {
-                if secret.expose().len() < 16 {
-                    bail!("DISPUTE_JWT_HS256_SECRET must be at least 16 bytes");
+                if secret.expose().len() < MIN_HS256_SECRET_BYTES {
+                    bail!(
+                        "DISPUTE_JWT_HS256_SECRET must be at least {MIN_HS256_SECRET_BYTES} bytes"
+                    );
                 }
                 (Algorithm::HS256, None)
             }

@@ -293,8 +293,14 @@ fn submit_return_shipment(
     req: &pb::SubmitReturnShipmentRequest,
 ) -> Result<DisputeRequest, DomainError> {
     dispute_request(&req.dispute_id, &req.request_id, |v| {
-        let carrier = v.check("carrier", required_text(&req.carrier, 64));
-        let tracking_number = v.check("tracking_number", required_text(&req.tracking_number, 128));
+        let carrier = v.check(
+            "carrier",
+            required_text(&req.carrier, domain::MAX_CARRIER_CHARS),
+        );
+        let tracking_number = v.check(
+            "tracking_number",
+            required_text(&req.tracking_number, domain::MAX_TRACKING_CHARS),
+        );
         Some(DisputeCommand::SubmitReturnShipment {
             carrier: carrier?,
             tracking_number: tracking_number?,
