@@ -25,11 +25,7 @@ impl Commands {
             order.id = Empty,
             deadline.kind = Empty,
         );
-        let Some(change) = self
-            .decide_deadline(dispute_id, deadlines)
-            .instrument(span.in_scope(store::transaction_span))
-            .instrument(span.clone())
-            .await?
+        let Some(change) = in_span(&span, self.decide_deadline(dispute_id, deadlines)).await?
         else {
             return Ok(false);
         };
@@ -76,11 +72,7 @@ impl Commands {
             order.id = %order_id,
             deadline.kind = "PROTECTION_END",
         );
-        let Some((order, settlement)) = self
-            .release_transaction(order_id)
-            .instrument(span.in_scope(store::transaction_span))
-            .instrument(span.clone())
-            .await?
+        let Some((order, settlement)) = in_span(&span, self.release_transaction(order_id)).await?
         else {
             return Ok(false);
         };
@@ -118,4 +110,16 @@ impl Commands {
         store::commit(tx).await?;
         Ok(Some((order, settlement)))
     }
+}
+
+/// Runs a deadline's `transaction` inside the deadline's `span`, with a transaction span of
+/// its own under it.
+async fn in_span<T>(
+    span: &tracing::Span,
+    transaction: impl std::future::Future<Output = Result<Option<T>, Error>>,
+) -> Result<Option<T>, Error> {
+    transaction
+        .instrument(span.in_scope(store::transaction_span))
+        .instrument(span.clone())
+        .await
 }
