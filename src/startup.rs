@@ -229,7 +229,7 @@ impl Application {
             .add_service(reflection().build_v1()?)
             .add_service(reflection().build_v1alpha()?)
             .add_service(disputes)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), signal);
+            .serve_with_incoming_shutdown(no_delay(self.listener), signal);
         tracing::info!(%addr, "serving");
         let drained = async move {
             stopped(&mut draining).await;
@@ -250,6 +250,20 @@ impl Application {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Accepted connections with Nagle's algorithm off: a small response is sent at once,
+/// not held back waiting for the client's acknowledgement (tonic sets this only on
+/// listeners it binds itself).
+fn no_delay(
+    listener: TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use futures::StreamExt;
+    TcpListenerStream::new(listener).map(|accepted| {
+        let socket = accepted?;
+        socket.set_nodelay(true)?;
+        Ok(socket)
+    })
 }
 
 /// SERVING only while the database answers and the schema is current.

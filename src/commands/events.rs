@@ -154,14 +154,9 @@ impl Commands {
         after: Option<Position>,
         limit: usize,
     ) -> Result<Vec<StreamEvent>, Error> {
-        if let Some(after) = after
-            && after < self.store.outbox_purged_to().await?
-        {
-            return Err(Error::CursorExpired);
-        }
-        Ok(self
-            .store
-            .stream_events(after.unwrap_or(Position::START), limit as i64)
-            .await?)
+        self.store
+            .stream_events(after, limit as i64)
+            .await?
+            .ok_or(Error::CursorExpired)
     }
 }

@@ -3,10 +3,10 @@
 //! mapping. It translates; the commands decide. Protobuf types never leave this module.
 
 pub mod auth;
-mod encode;
+pub mod encode;
 pub mod error;
 mod gate;
-mod parse;
+pub mod parse;
 pub mod policy;
 mod service;
 mod stream;

@@ -96,46 +96,69 @@ impl Store {
             .collect()
     }
 
-    /// Up to `limit` stream events after `after`, in position order, none from a
-    /// transaction that may still be in flight.
+    /// Up to `limit` stream events after `after` (from the oldest kept when `None`), in
+    /// position order, none from a transaction that may still be in flight; `None` when
+    /// retention has deleted events after `after` (the cursor expired). One statement: the
+    /// retention mark and the events are read together.
     pub async fn stream_events(
         &self,
-        after: Position,
+        after: Option<Position>,
         limit: i64,
-    ) -> Result<Vec<StreamEvent>, StoreError> {
+    ) -> Result<Option<Vec<StreamEvent>>, StoreError> {
+        let from = after.unwrap_or(Position::START);
         let rows = sqlx::query!(
-            r#"SELECT tx_id::text::bigint AS "tx_id!", id, event_id, event_type, order_id, dispute_id, dispute_seq,
-                      actor_role, actor_id, occurred_at, payload, trace_id
-               FROM outbox
-               WHERE (tx_id, id) > ($1::text::xid8, $2)
-                 AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
-               ORDER BY tx_id, id
-               LIMIT $3"#,
-            after.tx_id.to_string(),
-            after.id,
+            r#"SELECT ($4 AND (r.purged_to_tx_id, r.purged_to_id) > ($1::text::xid8, $2)) AS "expired!",
+                      e.tx_id AS "tx_id?", e.id AS "id?", e.event_id AS "event_id?",
+                      e.event_type AS "event_type?", e.order_id AS "order_id?", e.dispute_id,
+                      e.dispute_seq, e.actor_role AS "actor_role?", e.actor_id AS "actor_id?",
+                      e.occurred_at AS "occurred_at?", e.payload AS "payload?", e.trace_id
+               FROM outbox_retention r
+               LEFT JOIN LATERAL (
+                 SELECT tx_id::text::bigint AS tx_id, id, event_id, event_type, order_id, dispute_id,
+                        dispute_seq, actor_role, actor_id, occurred_at, payload, trace_id
+                 FROM outbox
+                 WHERE (tx_id, id) > ($1::text::xid8, $2)
+                   AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
+                 ORDER BY tx_id, id
+                 LIMIT $3
+               ) e ON true
+               ORDER BY e.tx_id, e.id"#,
+            from.tx_id.to_string(),
+            from.id,
             limit,
+            after.is_some(),
         )
         .fetch_all(self.pool())
-        .instrument(statement("SELECT", "outbox")).await?;
+        .instrument(statement("SELECT", "outbox"))
+        .await?;
+        if rows.first().is_some_and(|row| row.expired) {
+            return Ok(None);
+        }
+        let missing = |what: &str| StoreError::Corrupt(format!("outbox row without {what}"));
         rows.into_iter()
+            .filter(|row| row.event_id.is_some())
             .map(|row| {
                 Ok(StreamEvent {
                     position: Position {
-                        tx_id: row.tx_id,
-                        id: row.id,
+                        tx_id: row.tx_id.ok_or_else(|| missing("tx_id"))?,
+                        id: row.id.ok_or_else(|| missing("id"))?,
                     },
-                    event_id: row.event_id,
-                    event_type: row.event_type,
-                    order_id: row.order_id,
+                    event_id: row.event_id.ok_or_else(|| missing("event_id"))?,
+                    event_type: row.event_type.ok_or_else(|| missing("event_type"))?,
+                    order_id: row.order_id.ok_or_else(|| missing("order_id"))?,
                     dispute_id: row.dispute_id.map(DisputeId),
                     dispute_seq: row.dispute_seq,
-                    actor: actor(&row.actor_role, row.actor_id)?,
-                    occurred_at: row.occurred_at,
-                    payload: row.payload,
+                    actor: actor(
+                        &row.actor_role.ok_or_else(|| missing("actor_role"))?,
+                        row.actor_id.ok_or_else(|| missing("actor_id"))?,
+                    )?,
+                    occurred_at: row.occurred_at.ok_or_else(|| missing("occurred_at"))?,
+                    payload: row.payload.ok_or_else(|| missing("payload"))?,
                     trace_id: row.trace_id,
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
     }
 
     /// When the oldest event after `after` occurred, committed or not yet deliverable
@@ -156,19 +179,6 @@ impl Store {
         .instrument(statement("SELECT", "outbox"))
         .await?;
         Ok(row)
-    }
-
-    /// Where retention has deleted up to: a consumer behind it has missed events.
-    pub async fn outbox_purged_to(&self) -> Result<Position, StoreError> {
-        let row = sqlx::query!(
-            r#"SELECT purged_to_tx_id::text::bigint AS "tx_id!", purged_to_id FROM outbox_retention"#
-        )
-        .fetch_one(self.pool())
-        .instrument(statement("SELECT", "outbox_retention")).await?;
-        Ok(Position {
-            tx_id: row.tx_id,
-            id: row.purged_to_id,
-        })
     }
 
     /// Deletes up to `limit` outbox rows that occurred before `before` (and are below the
