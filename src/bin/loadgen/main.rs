@@ -101,7 +101,7 @@ async fn operation(
         Scenario::Lifecycle => scenario::lifecycle(actors, &shared.ids, n, rec).await,
         Scenario::Read => scenario::read(actors, pick(n), rec).await,
         Scenario::List => scenario::list(actors, n, rec).await,
-        Scenario::Mixed if n % 10 == 0 => {
+        Scenario::Mixed if n.is_multiple_of(10) => {
             scenario::open(actors, &shared.ids, n, pb::Remedy::FullRefund, rec)
                 .await
                 .map(drop)
