@@ -38,6 +38,8 @@ const STOP: u8 = 2;
 const MAX_CONNECTIONS: usize = 16;
 /// Concurrency used to create the data set of the read scenarios.
 const SETUP_CONCURRENCY: u64 = 16;
+/// How long the stream must be quiet for its last cursor to count as the tail.
+const TAIL_QUIET: Duration = Duration::from_millis(300);
 /// How often the progress line is redrawn.
 const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 
@@ -137,6 +139,23 @@ async fn dataset(actors: &Actors, ids: &Arc<Ids>, size: u64) -> anyhow::Result<V
     Ok(made)
 }
 
+/// The cursor of the newest event: read the stream until it is quiet for a moment.
+async fn tail_cursor(actors: &Actors) -> anyhow::Result<String> {
+    let mut service = actors.service.clone();
+    let mut stream = service
+        .watch_events(pb::WatchEventsRequest::default())
+        .await
+        .context("opening a WatchEvents stream")?
+        .into_inner();
+    let mut cursor = String::new();
+    while let Ok(Some(message)) = tokio::time::timeout(TAIL_QUIET, stream.next()).await {
+        if let Some(event) = message?.event {
+            cursor = event.cursor;
+        }
+    }
+    Ok(cursor)
+}
+
 async fn run(args: &Args) -> anyhow::Result<Summary> {
     let mut channels = Vec::new();
     for _ in 0..(args.concurrency as usize).min(MAX_CONNECTIONS) {
@@ -166,11 +185,15 @@ async fn run(args: &Args) -> anyhow::Result<Summary> {
     let measure_from = Arc::new(Mutex::new(chrono::Utc::now() + chrono::Duration::days(1)));
     let mut watchers = Vec::new();
     if args.scenario == Scenario::Watch {
+        // Consumers resume near the tail, as real ones do from their saved cursors.
+        let tail = tail_cursor(&actors[0]).await?;
         for i in 0..args.watchers {
             let mut service = actors[i as usize % actors.len()].service.clone();
             let (shared, lag, from) = (shared.clone(), lag.clone(), measure_from.clone());
             let mut stream = service
-                .watch_events(pb::WatchEventsRequest::default())
+                .watch_events(pb::WatchEventsRequest {
+                    after_cursor: tail.clone(),
+                })
                 .await
                 .context("opening a WatchEvents stream")?
                 .into_inner();

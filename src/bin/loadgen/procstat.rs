@@ -13,15 +13,16 @@ pub fn ticks_per_second() -> u64 {
         .unwrap_or(100)
 }
 
-/// utime + stime of a /proc/<pid>/stat line. The command name is in parentheses and may
-/// hold spaces, so fields are counted from the closing one.
+/// utime + stime of a /proc/<pid>/stat line, plus cutime + cstime: the time of children
+/// that ended and were reaped (PostgreSQL backends whose connection closed are counted in
+/// the postmaster's). The command name is in parentheses and may hold spaces, so fields
+/// are counted from the closing one.
 pub fn cpu_ticks(stat: &str) -> Option<u64> {
     let rest = &stat[stat.rfind(')')? + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    // After the command: state(3) ... utime(14) stime(15), so indexes 11 and 12 here.
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(utime + stime)
+    // After the command: state(3) ... utime(14) stime(15) cutime(16) cstime(17), so
+    // indexes 11 to 14 here.
+    (11..=14).try_fold(0u64, |sum, i| Some(sum + fields.get(i)?.parse::<u64>().ok()?))
 }
 
 /// Processes whose command name is `name`, with their CPU ticks so far.
@@ -76,10 +77,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cpu_ticks_are_utime_plus_stime_even_with_spaces_in_the_name() {
+    fn cpu_ticks_add_own_and_reaped_childrens_time_even_with_spaces_in_the_name() {
         let stat = "4242 (postgres: dispute idle) S 1 4242 4242 0 -1 4194560 1234 0 0 0 \
-                    150 37 0 0 20 0 1 0 12345 123456789 2048 18446744073709551615";
-        assert_eq!(cpu_ticks(stat), Some(187));
+                    150 37 8 5 20 0 1 0 12345 123456789 2048 18446744073709551615";
+        assert_eq!(cpu_ticks(stat), Some(150 + 37 + 8 + 5));
         assert_eq!(cpu_ticks("garbage"), None);
     }
 
