@@ -195,10 +195,8 @@ impl Application {
                 .clone()
                 .listen_for_commits(committed_tx, stop_rx.clone()),
         );
-        let feed = EventFeed {
-            committed,
-            stop: stop_rx.clone(),
-        };
+        let feed = EventFeed::new(stop_rx.clone());
+        let feed_task = tokio::spawn(feed.clone().run(self.commands.clone(), committed));
         let disputes = DisputeServiceServer::new(DisputeApi::new(self.commands.clone(), feed))
             .max_decoding_message_size(MAX_REQUEST_BYTES);
 
@@ -241,6 +239,7 @@ impl Application {
         }
         health_task.abort();
         listener_task.abort();
+        feed_task.abort();
         metrics_task.abort();
         if let Some(worker) = worker_task {
             // The pass under way finishes its transaction first.

@@ -145,6 +145,11 @@ impl Commands {
             .await?)
     }
 
+    /// Where the stream ends now: new events come after it.
+    pub async fn stream_tail(&self) -> Result<Option<Position>, Error> {
+        Ok(self.store.stream_tail().await?)
+    }
+
     /// The committed events after `after` (from the oldest kept when `None`), oldest
     /// first. Refuses a cursor whose following events retention has already deleted; a
     /// live stream asks on every read too, so a consumer slower than the retention is told

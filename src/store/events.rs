@@ -161,6 +161,24 @@ impl Store {
             .map(Some)
     }
 
+    /// The position of the newest event below the in-flight horizon (`None` when there is
+    /// none): where a reader that only wants new events starts.
+    pub async fn stream_tail(&self) -> Result<Option<Position>, StoreError> {
+        let row = sqlx::query!(
+            r#"SELECT tx_id::text::bigint AS "tx_id!", id FROM outbox
+               WHERE tx_id < pg_snapshot_xmin(pg_current_snapshot())
+               ORDER BY tx_id DESC, id DESC
+               LIMIT 1"#
+        )
+        .fetch_optional(self.pool())
+        .instrument(statement("SELECT", "outbox"))
+        .await?;
+        Ok(row.map(|row| Position {
+            tx_id: row.tx_id,
+            id: row.id,
+        }))
+    }
+
     /// When the oldest event after `after` occurred, committed or not yet deliverable
     /// (`None` when there is none): how far behind a stream at `after` is.
     pub async fn oldest_event_after(

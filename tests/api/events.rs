@@ -646,3 +646,34 @@ async fn settlement_amounts_in_events_equal_the_ledger_for_any_int64(pool: PgPoo
         assert_eq!(release, 1, "{order_id}: refund amount − 1, release 1");
     }
 }
+
+#[sqlx::test]
+async fn a_consumer_that_stops_reading_falls_behind_the_feed_and_still_misses_nothing(
+    pool: PgPool,
+) {
+    let app = spawn_app(pool).await;
+    let mut stream = watch(&app, "").await;
+    // More events than the stream's own buffer holds, one commit each, while the consumer
+    // reads nothing: its task blocks, the shared feed's batches pass it by, and it must
+    // catch up from the outbox.
+    let total = 800;
+    let mut service = app.service().await;
+    for i in 0..total {
+        service
+            .register_order(register_request(
+                &format!("order-{i:04}"),
+                app.now() + Duration::days(30),
+            ))
+            .await
+            .unwrap();
+    }
+    let events = take(&mut stream, total, PATIENCE).await;
+    let orders: Vec<&str> = events.iter().map(|e| e.order_id.as_str()).collect();
+    let expected: Vec<String> = (0..total).map(|i| format!("order-{i:04}")).collect();
+    assert_eq!(orders, expected, "every event once, in commit order");
+    assert!(
+        take(&mut stream, 1, StdDuration::from_millis(500))
+            .await
+            .is_empty()
+    );
+}

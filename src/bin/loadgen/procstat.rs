@@ -22,7 +22,9 @@ pub fn cpu_ticks(stat: &str) -> Option<u64> {
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // After the command: state(3) ... utime(14) stime(15) cutime(16) cstime(17), so
     // indexes 11 to 14 here.
-    (11..=14).try_fold(0u64, |sum, i| Some(sum + fields.get(i)?.parse::<u64>().ok()?))
+    (11..=14).try_fold(0u64, |sum, i| {
+        Some(sum + fields.get(i)?.parse::<u64>().ok()?)
+    })
 }
 
 /// Processes whose command name is `name`, with their CPU ticks so far.
