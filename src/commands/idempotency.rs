@@ -106,11 +106,43 @@ impl Commands {
         reply: T,
         done: Done,
     ) -> Result<T, Error> {
-        let saved = serde_json::to_value(&reply)
-            .map_err(|e| Error::Internal(StoreError::Corrupt(format!("reply: {e}"))))?;
+        let saved = saved_reply(&reply)?;
         store::complete(&mut tx, &claimed.key, &saved).await?;
+        self.commit(tx, Completed { _claimed: claimed }, reply, done)
+            .await
+    }
+
+    /// Commits a transaction whose writes already saved the reply with the claimed key
+    /// (a one-statement write, given [`Claimed::completing`]'s key), then counts and logs.
+    pub(super) async fn commit<T>(
+        &self,
+        tx: Tx,
+        _completed: Completed,
+        reply: T,
+        done: Done,
+    ) -> Result<T, Error> {
         store::commit(tx).await?;
         done.report(&self.metrics);
         Ok(reply)
+    }
+}
+
+/// A claimed key whose reply is saved (or being saved by the statement it was handed to):
+/// only [`Commands::commit`] takes it, and only a claim makes one.
+pub(super) struct Completed {
+    _claimed: Claimed,
+}
+
+/// The reply as saved with its key: the domain snapshot as JSON.
+pub(super) fn saved_reply<T: Serialize>(reply: &T) -> Result<serde_json::Value, Error> {
+    serde_json::to_value(reply)
+        .map_err(|e| Error::Internal(StoreError::Corrupt(format!("reply: {e}"))))
+}
+
+impl Claimed {
+    /// Hands the key to a statement that saves the reply itself (and checks it touched
+    /// exactly one row): the key, and the proof to commit with.
+    pub(super) fn completing(self) -> (IdempotencyKey, Completed) {
+        (self.key.clone(), Completed { _claimed: self })
     }
 }

@@ -8,7 +8,7 @@ use tracing::Instrument;
 
 use super::{
     Commands, Done, Error, Origin, events,
-    idempotency::{NextAction, RequestKey},
+    idempotency::{NextAction, RequestKey, saved_reply},
 };
 use crate::{
     domain::{
@@ -84,11 +84,20 @@ impl Commands {
                 DisputeId::new(),
                 now,
             )?;
-            store::insert_dispute(&mut tx, &change.dispute).await?;
-            persist(&mut tx, &change, claimed.origin()).await?;
+            // One statement writes it all and saves the reply with the key.
             let dispute = change.dispute.clone();
-            self.finish(tx, claimed, dispute, Done::DisputeChanged(Box::new(change)))
-                .await
+            let saved = saved_reply(&dispute)?;
+            let origin = claimed.origin().clone();
+            let (key, completed) = claimed.completing();
+            let event = events::dispute_changed(&change, &origin);
+            store::insert_opened(&mut tx, &change, event, &key, &saved).await?;
+            self.commit(
+                tx,
+                completed,
+                dispute,
+                Done::DisputeChanged(Box::new(change)),
+            )
+            .await
         }
         .instrument(store::transaction_span())
         .await

@@ -8,8 +8,10 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::{Store, StoreError, codec, lock_order};
-use crate::domain::{Dispute, DisputeFilter, DisputeId, ItemReturn, Order, PartyId, Proposal};
+use super::{IdempotencyKey, NewEvent, Store, StoreError, codec, lock_order};
+use crate::domain::{
+    Change, Dispute, DisputeFilter, DisputeId, ItemReturn, Order, PartyId, Proposal,
+};
 
 struct DisputeRow {
     dispute_id: Uuid,
@@ -215,13 +217,42 @@ pub async fn active_dispute_id(
     Ok(id.map(DisputeId))
 }
 
-pub async fn insert_dispute(conn: &mut PgConnection, dispute: &Dispute) -> Result<(), StoreError> {
+/// Writes everything OpenDispute changes in one statement (one round trip): the new
+/// dispute, its order's count, its first history entry and outbox event, and the reply
+/// saved with the request's claimed key, which must be exactly one row still without one.
+pub async fn insert_opened(
+    conn: &mut PgConnection,
+    change: &Change,
+    event: NewEvent<'_>,
+    key: &IdempotencyKey,
+    reply: &serde_json::Value,
+) -> Result<(), StoreError> {
+    let dispute = &change.dispute;
+    let order = &change.order;
     let (remedy, refund_currency, refund_minor) = codec::remedy_columns(dispute.remedy);
-    sqlx::query!(
-        r#"INSERT INTO disputes (dispute_id, order_id, buyer_id, seller_id, reason, remedy,
-                                 refund_currency, refund_minor, description, evidence_urls, state,
-                                 outcome, return_status, created_at, updated_at)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"#,
+    let completed = sqlx::query_scalar!(
+        r#"WITH new_dispute AS (
+             INSERT INTO disputes (dispute_id, order_id, buyer_id, seller_id, reason, remedy,
+                                   refund_currency, refund_minor, description, evidence_urls, state,
+                                   outcome, return_status, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14)
+           ), counted AS (
+             UPDATE orders SET dispute_count = $15, updated_at = $14 WHERE order_id = $2
+           ), history AS (
+             INSERT INTO dispute_events (dispute_id, seq, kind, actor_role, actor_id, occurred_at, payload, trace_id)
+             VALUES ($1, 1, $16, $17, $18, $14, $19, $20)
+             RETURNING seq
+           ), event AS (
+             INSERT INTO outbox (event_id, event_type, order_id, dispute_id, dispute_seq, actor_role,
+                                 actor_id, occurred_at, payload, trace_id)
+             SELECT $21, $16, $2, $1, seq, $17, $18, $14, $19, $20 FROM history
+           ), completed AS (
+             UPDATE idempotency_keys SET reply = $26
+             WHERE actor_role = $22 AND actor_id = $23 AND rpc = $24 AND request_id = $25
+               AND reply IS NULL
+             RETURNING 1
+           )
+           SELECT count(*) AS "completed!" FROM completed"#,
         dispute.dispute_id.0,
         dispute.order_id.as_str(),
         dispute.buyer_id.as_str(),
@@ -239,12 +270,28 @@ pub async fn insert_dispute(conn: &mut PgConnection, dispute: &Dispute) -> Resul
             .as_ref()
             .map(|r| codec::return_status_str(r.status)),
         dispute.created_at,
-        dispute.updated_at,
+        order.dispute_count,
+        event.event_type,
+        event.actor.role.as_str(),
+        event.actor.id,
+        event.payload,
+        event.trace_id,
+        Uuid::now_v7(),
+        key.actor.role.as_str(),
+        key.actor.id,
+        key.rpc,
+        key.request_id.as_str(),
+        reply,
     )
-    .execute(conn)
+    .fetch_one(conn)
     .instrument(statement("INSERT", "disputes"))
     .await?;
-    Ok(())
+    match completed {
+        1 => Ok(()),
+        n => Err(StoreError::Corrupt(format!(
+            "opening a dispute completed {n} idempotency keys, not 1"
+        ))),
+    }
 }
 
 /// Writes the dispute's mutable facts: state, outcome, return, proposal, time of change.

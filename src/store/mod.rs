@@ -14,7 +14,7 @@ pub use codec::{
     return_status_str as return_status_name, state_str as state_name,
 };
 pub use disputes::{
-    active_dispute_id, fetch_dispute, insert_dispute, lock_dispute, order_of, update_dispute,
+    active_dispute_id, fetch_dispute, insert_opened, lock_dispute, order_of, update_dispute,
 };
 pub use events::{NewEvent, record_event};
 pub use idempotency::{IdempotencyKey, KeyState, claim, complete};
