@@ -286,12 +286,7 @@ pub async fn insert_opened(
     .fetch_one(conn)
     .instrument(statement("INSERT", "disputes"))
     .await?;
-    match completed {
-        1 => Ok(()),
-        n => Err(StoreError::Corrupt(format!(
-            "opening a dispute completed {n} idempotency keys, not 1"
-        ))),
-    }
+    super::idempotency::exactly_one_key(completed.try_into().unwrap_or(u64::MAX))
 }
 
 /// Writes the dispute's mutable facts: state, outcome, return, proposal, time of change.

@@ -101,7 +101,13 @@ pub async fn complete(
     .execute(conn)
     .instrument(statement("UPDATE", "idempotency_keys"))
     .await?;
-    match done.rows_affected() {
+    exactly_one_key(done.rows_affected())
+}
+
+/// Completing a claimed key touches exactly one row: the key this transaction inserted,
+/// still without a reply. Anything else means the claim was not ours.
+pub(super) fn exactly_one_key(rows: u64) -> Result<(), StoreError> {
+    match rows {
         1 => Ok(()),
         n => Err(StoreError::Corrupt(format!(
             "completing an idempotency key touched {n} rows, not 1"
