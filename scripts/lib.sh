@@ -1,0 +1,23 @@
+# Sourced by the scripts that run a server of their own (bench, loadgen-smoke, image-smoke).
+
+# A free TCP port on 127.0.0.1.
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# start_server BIN PORT LOG [NAME=VALUE ...]: runs `BIN serve` on 127.0.0.1:PORT with the
+# given environment on top, stderr to LOG; sets $server to its pid and returns once it
+# answers SERVING, or fails after 30 s.
+start_server() {
+  local bin=$1 port=$2 log=$3
+  shift 3
+  env "$@" DISPUTE_LISTEN_ADDR="127.0.0.1:${port}" DISPUTE_METRICS_ADDR=127.0.0.1:0 RUST_LOG=warn \
+    "${bin}" serve 2>"${log}" &
+  server=$!
+  for _ in $(seq 1 150); do
+    "${bin}" healthcheck --addr "127.0.0.1:${port}" >/dev/null 2>&1 && return 0
+    sleep 0.2
+  done
+  echo "the server on port ${port} never became SERVING; its log is ${log}" >&2
+  return 1
+}
