@@ -46,19 +46,13 @@ impl Commands {
     ) -> Result<Option<domain::Change>, Error> {
         let mut tx = self.store.begin().await?;
         let now = self.now();
-        let Some(order_id) = store::order_of(&mut tx, dispute_id).await? else {
-            return Ok(None);
-        };
-        let Some(order) = store::try_lock_order(&mut tx, &order_id).await? else {
-            return Ok(None);
-        };
-        let Some(dispute) = store::fetch_dispute(&mut *tx, dispute_id).await? else {
+        let Some((order, dispute)) = store::try_lock_dispute(&mut tx, dispute_id).await? else {
             return Ok(None);
         };
         let Some(change) = domain::apply_deadline(&order, &dispute, deadlines, now)? else {
             return Ok(None);
         };
-        writes::apply(&mut tx, &change, &Origin::system()).await?;
+        writes::apply(&mut tx, &change, &Origin::system(), None).await?;
         store::commit(tx).await?;
         Ok(Some(change))
     }

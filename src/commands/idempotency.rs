@@ -25,6 +25,11 @@ pub struct RequestKey {
 }
 
 impl RequestKey {
+    /// The key a command's lock statement claims.
+    pub(super) fn key(&self) -> &IdempotencyKey {
+        &self.key
+    }
+
     /// `payload` is the request as received (its bytes): the same request id with another
     /// payload is refused.
     pub fn new(
@@ -72,17 +77,18 @@ impl Claimed {
 }
 
 impl Commands {
-    /// Claims `request`'s key in `conn`'s transaction. A reused key (another payload) is
-    /// refused; a refused command rolls back and leaves no key.
+    /// What to do once the command's lock statement has tried to claim `request`'s key
+    /// (`claimed`: it did). A key claimed before is replayed, or refused when its payload
+    /// differs; a refused command rolls back and leaves no key.
     pub(super) async fn claim<T: DeserializeOwned>(
         &self,
         conn: &mut PgConnection,
         request: RequestKey,
+        claimed: bool,
     ) -> Result<NextAction<T>, Error> {
-        let now = self.clock.now();
-        match store::claim(conn, &request.key, now).await? {
-            KeyState::Fresh => Ok(NextAction::Start {
-                now,
+        if claimed {
+            return Ok(NextAction::Start {
+                now: self.clock.now(),
                 claimed: Claimed {
                     origin: Origin {
                         actor: request.key.actor.clone(),
@@ -90,7 +96,9 @@ impl Commands {
                     },
                     key: request.key,
                 },
-            }),
+            });
+        }
+        match store::claimed_before(conn, &request.key).await? {
             KeyState::Saved(reply) => serde_json::from_value(reply)
                 .map(NextAction::Return)
                 .map_err(|e| Error::Internal(StoreError::Corrupt(format!("saved reply: {e}")))),
@@ -140,9 +148,14 @@ pub(super) fn saved_reply<T: Serialize>(reply: &T) -> Result<serde_json::Value, 
 }
 
 impl Claimed {
-    /// Hands the key to a statement that saves the reply itself (and checks it touched
-    /// exactly one row): the key, and the proof to commit with.
-    pub(super) fn completing(self) -> (IdempotencyKey, Completed) {
-        (self.key.clone(), Completed { _claimed: self })
+    /// The key, for a statement that saves the reply with it itself (and checks it touched
+    /// exactly one row).
+    pub(super) fn key(&self) -> &IdempotencyKey {
+        &self.key
+    }
+
+    /// The proof to commit with, once such a statement has saved the reply.
+    pub(super) fn completed(self) -> Completed {
+        Completed { _claimed: self }
     }
 }

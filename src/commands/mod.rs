@@ -50,7 +50,9 @@ impl From<StoreError> for Error {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::Refused { refusal, .. } => Error::Domain(refusal),
-            unavailable @ StoreError::Unavailable(_) => Error::Unavailable(unavailable),
+            unavailable @ (StoreError::Unavailable(_) | StoreError::Contended(_)) => {
+                Error::Unavailable(unavailable)
+            }
             other => Error::Internal(other),
         }
     }

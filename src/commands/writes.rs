@@ -15,7 +15,7 @@ use crate::{
         self, Change, Dispute, DisputeCommand, DisputeId, DomainError, NewDispute, NewOrder, Order,
         PartyId, Registration, Resource,
     },
-    store::{self, StoreError},
+    store::{self, IdempotencyKey, StoreError},
 };
 
 impl Commands {
@@ -23,33 +23,44 @@ impl Commands {
     pub async fn register_order(&self, new: NewOrder, request: RequestKey) -> Result<Order, Error> {
         async {
             let mut tx = self.store.begin().await?;
-            let existing = store::lock_order(&mut tx, &new.order_id).await?;
-            let (now, claimed) = match self.claim(&mut tx, request).await? {
+            let locked =
+                store::lock_order(&mut tx, &new.order_id, request.key(), self.now()).await?;
+            let (now, claimed) = match self.claim(&mut tx, request, locked.claimed).await? {
                 NextAction::Start { now, claimed } => (now, claimed),
                 NextAction::Return(saved) => return Ok(saved),
             };
-            let (order, created) = match domain::register(existing.as_ref(), new.clone())? {
-                Registration::Unchanged => (existing, false),
+            let existing = locked.order;
+            let order = match domain::register(existing.as_ref(), new.clone())? {
+                Registration::Unchanged => existing,
                 Registration::Created(order) => {
-                    if store::insert_order(&mut tx, &order, now).await? {
-                        let event = events::order_registered(&order, claimed.origin(), now);
-                        store::record_event(&mut tx, event).await?;
-                        (Some(order), true)
-                    } else {
-                        // Registered meanwhile by a concurrent call: compare with what it wrote.
-                        let registered = store::lock_order(&mut tx, &new.order_id).await?;
-                        match domain::register(registered.as_ref(), new)? {
-                            Registration::Unchanged => (registered, false),
-                            Registration::Created(_) => (None, false),
-                        }
+                    let saved = saved_reply(&order)?;
+                    let event = events::order_registered(&order, claimed.origin(), now);
+                    if store::insert_order(&mut tx, &order, event, claimed.key(), &saved).await? {
+                        let done = Done::OrderRegistered {
+                            order_id: order.order_id.clone(),
+                            created: true,
+                        };
+                        return self.commit(tx, claimed.completed(), order, done).await;
                     }
+                    // Registered meanwhile by a concurrent call: compare with what it wrote.
+                    let registered = store::relock_order(&mut tx, &new.order_id).await?;
+                    return match domain::register(registered.as_ref(), new)? {
+                        Registration::Unchanged => {
+                            let order = registered.ok_or_else(vanished)?;
+                            let done = Done::OrderRegistered {
+                                order_id: order.order_id.clone(),
+                                created: false,
+                            };
+                            self.finish(tx, claimed, order, done).await
+                        }
+                        Registration::Created(_) => Err(vanished().into()),
+                    };
                 }
             };
-            let order =
-                order.ok_or_else(|| StoreError::Corrupt("a registered order vanished".into()))?;
+            let order = order.ok_or_else(vanished)?;
             let done = Done::OrderRegistered {
                 order_id: order.order_id.clone(),
-                created,
+                created: false,
             };
             self.finish(tx, claimed, order, done).await
         }
@@ -65,19 +76,18 @@ impl Commands {
     ) -> Result<Dispute, Error> {
         async {
             let mut tx = self.store.begin().await?;
-            let order = store::lock_order(&mut tx, &new.order_id)
-                .await?
-                .ok_or(DomainError::NotFound(Resource::Order))?;
-            let (now, claimed) = match self.claim(&mut tx, request).await? {
+            let locked =
+                store::lock_order(&mut tx, &new.order_id, request.key(), self.now()).await?;
+            let order = locked.order.ok_or(DomainError::NotFound(Resource::Order))?;
+            // Someone else's order is a missing one, whatever the key says.
+            order.ensure_visible_to(&request.key().actor)?;
+            let (now, claimed) = match self.claim(&mut tx, request, locked.claimed).await? {
                 NextAction::Start { now, claimed } => (now, claimed),
                 NextAction::Return(saved) => return Ok(saved),
             };
-            let active = store::active_dispute_id(&mut tx, &order.order_id)
-                .await?
-                .is_some();
             let change = domain::open(
                 &order,
-                active,
+                locked.active_dispute.is_some(),
                 new,
                 &claimed.origin().actor,
                 self.max_disputes_per_order,
@@ -87,13 +97,11 @@ impl Commands {
             // One statement writes it all and saves the reply with the key.
             let dispute = change.dispute.clone();
             let saved = saved_reply(&dispute)?;
-            let origin = claimed.origin().clone();
-            let (key, completed) = claimed.completing();
-            let event = events::dispute_changed(&change, &origin);
-            store::insert_opened(&mut tx, &change, event, &key, &saved).await?;
+            let event = events::dispute_changed(&change, claimed.origin());
+            store::insert_opened(&mut tx, &change, event, claimed.key(), &saved).await?;
             self.commit(
                 tx,
-                completed,
+                claimed.completed(),
                 dispute,
                 Done::DisputeChanged(Box::new(change)),
             )
@@ -103,8 +111,8 @@ impl Commands {
         .await
     }
 
-    /// Every command on an existing dispute: lock its order, let the domain decide, write
-    /// the result. The dispute and its order afterwards.
+    /// Every command on an existing dispute: lock it and its order, let the domain decide,
+    /// write the result. The dispute and its order afterwards.
     pub async fn execute(
         &self,
         dispute_id: DisputeId,
@@ -113,18 +121,31 @@ impl Commands {
     ) -> Result<(Dispute, Order), Error> {
         async {
             let mut tx = self.store.begin().await?;
-            let (order, dispute) = store::lock_dispute(&mut tx, dispute_id)
+            let store::LockedDispute {
+                order,
+                dispute,
+                claimed,
+            } = store::lock_dispute(&mut tx, dispute_id, request.key(), self.now())
                 .await?
                 .ok_or(DomainError::NotFound(Resource::Dispute))?;
-            let (now, claimed) = match self.claim(&mut tx, request).await? {
+            // Someone else's dispute is a missing one, whatever the key says.
+            dispute.ensure_visible_to(&request.key().actor)?;
+            let (now, claimed) = match self.claim(&mut tx, request, claimed).await? {
                 NextAction::Start { now, claimed } => (now, claimed),
                 NextAction::Return(saved) => return Ok(saved),
             };
             let change = domain::decide(&order, &dispute, &claimed.origin().actor, command, now)?;
-            apply(&mut tx, &change, claimed.origin()).await?;
             let reply = (change.dispute.clone(), change.order.clone());
-            self.finish(tx, claimed, reply, Done::DisputeChanged(Box::new(change)))
-                .await
+            let saved = saved_reply(&reply)?;
+            apply(
+                &mut tx,
+                &change,
+                claimed.origin(),
+                Some((claimed.key(), &saved)),
+            )
+            .await?;
+            let done = Done::DisputeChanged(Box::new(change));
+            self.commit(tx, claimed.completed(), reply, done).await
         }
         .instrument(store::transaction_span())
         .await
@@ -140,55 +161,55 @@ impl Commands {
     ) -> Result<Order, Error> {
         async {
             let mut tx = self.store.begin().await?;
-            let order = store::lock_order(&mut tx, order_id)
-                .await?
-                .ok_or(DomainError::NotFound(Resource::Order))?;
-            let (now, claimed) = match self.claim(&mut tx, request).await? {
+            let locked = store::lock_order(&mut tx, order_id, request.key(), self.now()).await?;
+            let order = locked.order.ok_or(DomainError::NotFound(Resource::Order))?;
+            order.ensure_visible_to(&request.key().actor)?;
+            let (now, claimed) = match self.claim(&mut tx, request, locked.claimed).await? {
                 NextAction::Start { now, claimed } => (now, claimed),
                 NextAction::Return(saved) => return Ok(saved),
             };
             let extended = domain::extend_protection(&order, &claimed.origin().actor, new_end)?;
-            store::update_order(&mut tx, &extended, now).await?;
-            let active = store::active_dispute_id(&mut tx, order_id).await?;
-            let event =
-                events::protection_extended(&order, &extended, active, claimed.origin(), now);
-            store::record_event(&mut tx, event).await?;
+            let saved = saved_reply(&extended)?;
+            let event = events::protection_extended(
+                &order,
+                &extended,
+                locked.active_dispute,
+                claimed.origin(),
+                now,
+            );
+            store::update_protection(&mut tx, &extended, event, claimed.key(), &saved).await?;
             let done = Done::ProtectionExtended(extended.clone());
-            self.finish(tx, claimed, extended, done).await
+            self.commit(tx, claimed.completed(), extended, done).await
         }
         .instrument(store::transaction_span())
         .await
     }
 }
 
-/// Writes a change to an existing dispute.
+fn vanished() -> StoreError {
+    StoreError::Corrupt("a registered order vanished".into())
+}
+
+/// Writes a change to an existing dispute, with its events (the dispute's, and the
+/// settlement's when it settled the funds) and, for an RPC, the reply saved with its key:
+/// one statement.
 pub(super) async fn apply(
     conn: &mut PgConnection,
     change: &Change,
     origin: &Origin,
+    key: Option<(&IdempotencyKey, &serde_json::Value)>,
 ) -> Result<(), Error> {
-    store::update_dispute(&mut *conn, &change.dispute).await?;
-    persist(conn, change, origin).await
-}
-
-/// Writes what every change shares: the order, the ledger entry and its event if it
-/// settled, and the dispute's event. The dispute row itself is inserted or updated by the
-/// caller.
-async fn persist(conn: &mut PgConnection, change: &Change, origin: &Origin) -> Result<(), Error> {
-    let Change {
-        order,
-        dispute,
-        settlement,
-        ..
-    } = change;
-    store::update_order(&mut *conn, order, dispute.updated_at).await?;
-    store::record_event(&mut *conn, events::dispute_changed(change, origin)).await?;
-    if let Some(settlement) = settlement {
-        let dispute_id = Some(dispute.dispute_id);
-        store::insert_settlement(&mut *conn, order, settlement, dispute_id, &origin.actor).await?;
-        let event =
-            events::funds_settled(order, settlement, dispute_id, change.event.as_str(), origin);
-        store::record_event(conn, event).await?;
+    let mut events = vec![events::dispute_changed(change, origin)];
+    if let Some(settlement) = &change.settlement {
+        let dispute_id = Some(change.dispute.dispute_id);
+        events.push(events::funds_settled(
+            &change.order,
+            settlement,
+            dispute_id,
+            change.event.as_str(),
+            origin,
+        ));
     }
+    store::write_change(conn, change, &origin.actor, &events, key).await?;
     Ok(())
 }

@@ -8,9 +8,10 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::{IdempotencyKey, NewEvent, Store, StoreError, codec, lock_order};
+use super::{IdempotencyKey, NewEvent, Store, StoreError, codec, orders::OrderRow};
 use crate::domain::{
-    Change, Dispute, DisputeFilter, DisputeId, ItemReturn, Order, PartyId, Proposal,
+    Actor, Change, Dispute, DisputeFilter, DisputeId, ItemReturn, Order, PartyId, Proposal,
+    Settlement,
 };
 
 struct DisputeRow {
@@ -142,41 +143,183 @@ impl Store {
     }
 }
 
-/// Loads a dispute and its order, the order locked until the transaction ends. Every
-/// command locks the order first, so commands on one order run one at a time.
+/// A dispute and its order as one row, both locked.
+struct LockedRow {
+    claimed: bool,
+    order_id: String,
+    buyer_id: String,
+    seller_id: String,
+    currency_code: String,
+    amount_minor: i64,
+    protection_ends_at: DateTime<Utc>,
+    refunded_minor: Option<i64>,
+    settled_at: Option<DateTime<Utc>>,
+    disputes_closed: bool,
+    dispute_count: i32,
+    dispute_id: Uuid,
+    reason: String,
+    remedy: String,
+    refund_currency: Option<String>,
+    refund_minor: Option<i64>,
+    description: String,
+    evidence_urls: Vec<String>,
+    state: String,
+    outcome: Option<String>,
+    return_status: Option<String>,
+    return_carrier: Option<String>,
+    return_tracking: Option<String>,
+    return_agreed_at: Option<DateTime<Utc>>,
+    return_shipped_at: Option<DateTime<Utc>>,
+    proposal_remedy: Option<String>,
+    proposal_refund_currency: Option<String>,
+    proposal_refund_minor: Option<i64>,
+    proposal_message: Option<String>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+/// A dispute locked by a command, with its order.
+pub struct LockedDispute {
+    pub order: Order,
+    pub dispute: Dispute,
+    /// Whether the statement claimed the request's idempotency key; when not, the key was
+    /// claimed by a committed transaction ([`super::claimed_before`] tells what it saved).
+    pub claimed: bool,
+}
+
+impl TryFrom<LockedRow> for LockedDispute {
+    type Error = StoreError;
+
+    fn try_from(row: LockedRow) -> Result<Self, StoreError> {
+        let order = Order::try_from(OrderRow {
+            order_id: row.order_id.clone(),
+            buyer_id: row.buyer_id.clone(),
+            seller_id: row.seller_id.clone(),
+            currency_code: row.currency_code,
+            amount_minor: row.amount_minor,
+            protection_ends_at: row.protection_ends_at,
+            refunded_minor: row.refunded_minor,
+            settled_at: row.settled_at,
+            disputes_closed: row.disputes_closed,
+            dispute_count: row.dispute_count,
+        })?;
+        let dispute = Dispute::try_from(DisputeRow {
+            dispute_id: row.dispute_id,
+            order_id: row.order_id,
+            buyer_id: row.buyer_id,
+            seller_id: row.seller_id,
+            reason: row.reason,
+            remedy: row.remedy,
+            refund_currency: row.refund_currency,
+            refund_minor: row.refund_minor,
+            description: row.description,
+            evidence_urls: row.evidence_urls,
+            state: row.state,
+            outcome: row.outcome,
+            return_status: row.return_status,
+            return_carrier: row.return_carrier,
+            return_tracking: row.return_tracking,
+            return_agreed_at: row.return_agreed_at,
+            return_shipped_at: row.return_shipped_at,
+            proposal_remedy: row.proposal_remedy,
+            proposal_refund_currency: row.proposal_refund_currency,
+            proposal_refund_minor: row.proposal_refund_minor,
+            proposal_message: row.proposal_message,
+            protection_ends_at: row.protection_ends_at,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        })?;
+        Ok(LockedDispute {
+            order,
+            dispute,
+            claimed: row.claimed,
+        })
+    }
+}
+
+/// Locks a dispute and its order until the transaction ends, reads both, and claims the
+/// request's key once the locks are held: one round trip. The order is locked first, as
+/// by every other command (the locking clause names it first); a row changed while this
+/// statement waited for it is read in its new version (PostgreSQL re-reads every locked
+/// row), so no stale snapshot reaches the domain.
 pub async fn lock_dispute(
     conn: &mut PgConnection,
     dispute_id: DisputeId,
-) -> Result<Option<(Order, Dispute)>, StoreError> {
-    let Some(order_id) = order_of(&mut *conn, dispute_id).await? else {
-        return Ok(None);
-    };
-    let Some(order) = lock_order(&mut *conn, &order_id).await? else {
-        return Err(StoreError::Corrupt(format!(
-            "dispute {dispute_id} without its order"
-        )));
-    };
-    // The order lock serialises every writer of its disputes: no second lock needed.
-    let dispute = fetch_dispute(&mut *conn, dispute_id)
-        .await?
-        .ok_or_else(|| StoreError::Corrupt(format!("dispute {dispute_id} vanished")))?;
-    Ok(Some((order, dispute)))
-}
-
-/// The order a dispute belongs to.
-pub async fn order_of(
-    conn: &mut PgConnection,
-    dispute_id: DisputeId,
-) -> Result<Option<PartyId>, StoreError> {
-    let id = sqlx::query_scalar!(
-        "SELECT order_id FROM disputes WHERE dispute_id = $1",
-        dispute_id.0
+    key: &IdempotencyKey,
+    now: DateTime<Utc>,
+) -> Result<Option<LockedDispute>, StoreError> {
+    sqlx::query_as!(
+        LockedRow,
+        r#"WITH locked AS (
+             SELECT o.order_id, o.buyer_id, o.seller_id, o.currency_code, o.amount_minor,
+                    o.protection_ends_at, o.refunded_minor, o.settled_at, o.disputes_closed,
+                    o.dispute_count, d.dispute_id, d.reason, d.remedy, d.refund_currency,
+                    d.refund_minor, d.description, d.evidence_urls, d.state, d.outcome,
+                    d.return_status, d.return_carrier, d.return_tracking, d.return_agreed_at,
+                    d.return_shipped_at, d.proposal_remedy, d.proposal_refund_currency,
+                    d.proposal_refund_minor, d.proposal_message, d.created_at, d.updated_at
+             FROM orders o JOIN disputes d ON d.order_id = o.order_id
+             WHERE d.dispute_id = $1
+             FOR UPDATE OF o, d
+           ), claim AS (
+             INSERT INTO idempotency_keys (actor_role, actor_id, rpc, request_id, request_hash, created_at)
+             SELECT $2, $3, $4, $5, $6, $7 FROM locked
+             ON CONFLICT DO NOTHING
+             RETURNING 1
+           )
+           SELECT (SELECT count(*) FROM claim) = 1 AS "claimed!",
+                  order_id AS "order_id!", buyer_id AS "buyer_id!", seller_id AS "seller_id!",
+                  currency_code AS "currency_code!", amount_minor AS "amount_minor!",
+                  protection_ends_at AS "protection_ends_at!", refunded_minor, settled_at,
+                  disputes_closed AS "disputes_closed!", dispute_count AS "dispute_count!",
+                  dispute_id AS "dispute_id!", reason AS "reason!", remedy AS "remedy!",
+                  refund_currency, refund_minor, description AS "description!",
+                  evidence_urls AS "evidence_urls!", state AS "state!", outcome, return_status,
+                  return_carrier, return_tracking, return_agreed_at, return_shipped_at,
+                  proposal_remedy, proposal_refund_currency, proposal_refund_minor,
+                  proposal_message, created_at AS "created_at!", updated_at AS "updated_at!"
+           FROM locked"#,
+        dispute_id.0,
+        key.actor.role.as_str(),
+        key.actor.id,
+        key.rpc,
+        key.request_id.as_str(),
+        key.request_hash,
+        now,
     )
     .fetch_optional(conn)
     .instrument(statement("SELECT", "disputes"))
-    .await?;
-    id.map(|id| PartyId::parse(&id).map_err(StoreError::Corrupt))
-        .transpose()
+    .await?
+    .map(LockedDispute::try_from)
+    .transpose()
+}
+
+/// Locks a dispute and its order unless another transaction holds either (then `None`:
+/// someone else is working on it; the deadline worker's replicas share work this way).
+pub async fn try_lock_dispute(
+    conn: &mut PgConnection,
+    dispute_id: DisputeId,
+) -> Result<Option<(Order, Dispute)>, StoreError> {
+    sqlx::query_as!(
+        LockedRow,
+        r#"SELECT false AS "claimed!", o.order_id, o.buyer_id, o.seller_id, o.currency_code,
+                  o.amount_minor, o.protection_ends_at, o.refunded_minor, o.settled_at,
+                  o.disputes_closed, o.dispute_count, d.dispute_id, d.reason, d.remedy,
+                  d.refund_currency, d.refund_minor, d.description, d.evidence_urls, d.state,
+                  d.outcome, d.return_status, d.return_carrier, d.return_tracking,
+                  d.return_agreed_at, d.return_shipped_at, d.proposal_remedy,
+                  d.proposal_refund_currency, d.proposal_refund_minor, d.proposal_message,
+                  d.created_at, d.updated_at
+           FROM orders o JOIN disputes d ON d.order_id = o.order_id
+           WHERE d.dispute_id = $1
+           FOR UPDATE OF o, d SKIP LOCKED"#,
+        dispute_id.0,
+    )
+    .fetch_optional(conn)
+    .instrument(statement("SELECT", "disputes"))
+    .await?
+    .map(|row| LockedDispute::try_from(row).map(|locked| (locked.order, locked.dispute)))
+    .transpose()
 }
 
 /// Reads one dispute with its order's protection end.
@@ -289,8 +432,23 @@ pub async fn insert_opened(
     super::idempotency::exactly_one_key(completed.try_into().unwrap_or(u64::MAX))
 }
 
-/// Writes the dispute's mutable facts: state, outcome, return, proposal, time of change.
-pub async fn update_dispute(conn: &mut PgConnection, dispute: &Dispute) -> Result<(), StoreError> {
+/// Writes a change to an existing dispute in one statement: the dispute's mutable facts,
+/// its order's, the ledger entry when the change settled the funds, the `events` (all of
+/// this dispute, by `actor`, numbered on from its history), and the reply saved with the
+/// claimed key when there is one (the deadline worker has none).
+pub async fn write_change(
+    conn: &mut PgConnection,
+    change: &Change,
+    actor: &Actor,
+    events: &[NewEvent<'_>],
+    key: Option<(&IdempotencyKey, &serde_json::Value)>,
+) -> Result<(), StoreError> {
+    let Change {
+        order,
+        dispute,
+        settlement: settled,
+        ..
+    } = change;
     let item_return = dispute.item_return.as_ref();
     let proposal = dispute.proposal.as_ref();
     let (proposal_remedy, proposal_currency, proposal_minor) = match proposal {
@@ -300,13 +458,46 @@ pub async fn update_dispute(conn: &mut PgConnection, dispute: &Dispute) -> Resul
         }
         None => (None, None, None),
     };
-    sqlx::query!(
-        r#"UPDATE disputes
-           SET state = $2, outcome = $3, return_status = $4, return_carrier = $5,
-               return_tracking = $6, return_agreed_at = $7, return_shipped_at = $8,
-               proposal_remedy = $9, proposal_refund_currency = $10, proposal_refund_minor = $11,
-               proposal_message = $12, updated_at = $13
-           WHERE dispute_id = $1"#,
+    let settlement = order.settlement.as_ref();
+    let trace_id = events.iter().find_map(|e| e.trace_id);
+    let completed = sqlx::query_scalar!(
+        r#"WITH changed AS (
+             UPDATE disputes
+             SET state = $2, outcome = $3, return_status = $4, return_carrier = $5,
+                 return_tracking = $6, return_agreed_at = $7, return_shipped_at = $8,
+                 proposal_remedy = $9, proposal_refund_currency = $10, proposal_refund_minor = $11,
+                 proposal_message = $12, updated_at = $13
+             WHERE dispute_id = $1
+           ), ord AS (
+             UPDATE orders
+             SET funds_state = $15, refunded_minor = $16, released_minor = $17, settled_at = $18,
+                 disputes_closed = $19, dispute_count = $20, protection_ends_at = $21, updated_at = $13
+             WHERE order_id = $14
+           ), ledger AS (
+             INSERT INTO settlements (order_id, dispute_id, currency_code, amount_minor, refund_minor,
+                                      release_minor, actor_role, actor_id, settled_at)
+             SELECT $14, $1, $22, $23, $16, $17, $24, $25, $18 WHERE $26::bool
+           ), events AS (
+             SELECT e.event_id, e.kind, e.occurred_at, e.payload, e.n, last.seq + e.n AS seq
+             FROM (SELECT COALESCE(max(seq), 0) AS seq FROM dispute_events WHERE dispute_id = $1) last,
+                  unnest($27::uuid[], $28::text[], $29::timestamptz[], $30::jsonb[])
+                    WITH ORDINALITY AS e (event_id, kind, occurred_at, payload, n)
+           ), history AS (
+             INSERT INTO dispute_events (dispute_id, seq, kind, actor_role, actor_id, occurred_at,
+                                         payload, trace_id)
+             SELECT $1, seq, kind, $24, $25, occurred_at, payload, $31 FROM events
+           ), outboxed AS (
+             INSERT INTO outbox (event_id, event_type, order_id, dispute_id, dispute_seq, actor_role,
+                                 actor_id, occurred_at, payload, trace_id)
+             SELECT event_id, kind, $14, $1, seq, $24, $25, occurred_at, payload, $31
+             FROM events ORDER BY n
+           ), completed AS (
+             UPDATE idempotency_keys SET reply = $36
+             WHERE actor_role = $32 AND actor_id = $33 AND rpc = $34 AND request_id = $35
+               AND reply IS NULL
+             RETURNING 1
+           )
+           SELECT count(*) AS "completed!" FROM completed"#,
         dispute.dispute_id.0,
         codec::state_str(dispute.state),
         dispute.outcome.map(codec::outcome_str),
@@ -320,9 +511,35 @@ pub async fn update_dispute(conn: &mut PgConnection, dispute: &Dispute) -> Resul
         proposal_minor,
         proposal.map(|p| p.message.clone()),
         dispute.updated_at,
+        order.order_id.as_str(),
+        order.funds_state().as_str(),
+        settlement.map(Settlement::refund_minor),
+        settlement.map(Settlement::release_minor),
+        settlement.map(|s| s.settled_at),
+        order.disputes_closed,
+        order.dispute_count,
+        order.protection_ends_at,
+        order.amount.currency.as_str(),
+        order.amount.minor,
+        actor.role.as_str(),
+        actor.id,
+        settled.is_some(),
+        &events.iter().map(|_| Uuid::now_v7()).collect::<Vec<_>>(),
+        &events.iter().map(|e| e.event_type.to_owned()).collect::<Vec<_>>(),
+        &events.iter().map(|e| e.occurred_at).collect::<Vec<_>>(),
+        &events.iter().map(|e| e.payload.clone()).collect::<Vec<_>>(),
+        trace_id,
+        key.map(|(k, _)| k.actor.role.as_str()),
+        key.map(|(k, _)| k.actor.id.as_str()),
+        key.map(|(k, _)| k.rpc),
+        key.map(|(k, _)| k.request_id.as_str()),
+        key.map(|(_, reply)| reply),
     )
-    .execute(conn)
+    .fetch_one(conn)
     .instrument(statement("UPDATE", "disputes"))
     .await?;
-    Ok(())
+    match key {
+        Some(_) => super::idempotency::exactly_one_key(completed.try_into().unwrap_or(u64::MAX)),
+        None => Ok(()),
+    }
 }

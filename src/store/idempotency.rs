@@ -12,7 +12,6 @@ use tracing::Instrument;
 
 use super::statement;
 
-use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
 use super::StoreError;
@@ -29,36 +28,19 @@ pub struct IdempotencyKey {
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum KeyState {
-    /// First time: run the command, then [`complete`] the key.
-    Fresh,
     /// Done before with the same payload: here is the reply it got.
     Saved(serde_json::Value),
     /// Done before with a different payload.
     Reused,
 }
 
-pub async fn claim(
+/// What became of a key the command's lock statement tried to claim ([`super::lock_order`],
+/// [`super::lock_dispute`]) and could not: another transaction holds it, committed.
+/// Read in a statement of its own, so its snapshot sees the key the claim collided with.
+pub async fn claimed_before(
     conn: &mut PgConnection,
     key: &IdempotencyKey,
-    now: DateTime<Utc>,
 ) -> Result<KeyState, StoreError> {
-    let inserted = sqlx::query_scalar!(
-        r#"INSERT INTO idempotency_keys (actor_role, actor_id, rpc, request_id, request_hash, created_at)
-           VALUES ($1, $2, $3, $4, $5, $6)
-           ON CONFLICT DO NOTHING
-           RETURNING true AS "inserted!""#,
-        key.actor.role.as_str(),
-        key.actor.id,
-        key.rpc,
-        key.request_id.as_str(),
-        key.request_hash,
-        now,
-    )
-    .fetch_optional(&mut *conn)
-    .instrument(statement("INSERT", "idempotency_keys")).await?;
-    if inserted.is_some() {
-        return Ok(KeyState::Fresh);
-    }
     let row = sqlx::query!(
         r#"SELECT request_hash, reply FROM idempotency_keys
            WHERE actor_role = $1 AND actor_id = $2 AND rpc = $3 AND request_id = $4"#,
@@ -67,17 +49,23 @@ pub async fn claim(
         key.rpc,
         key.request_id.as_str(),
     )
-    .fetch_one(&mut *conn)
+    .fetch_optional(&mut *conn)
     .instrument(statement("SELECT", "idempotency_keys"))
     .await?;
-    match row.reply {
-        _ if row.request_hash != key.request_hash => Ok(KeyState::Reused),
-        Some(reply) => Ok(KeyState::Saved(reply)),
-        // Committed keys always have a reply; one without was written by a version
-        // before replies were saved as snapshots (README, "Decisions").
-        None => Err(StoreError::Corrupt(
-            "committed idempotency key without a reply".into(),
+    match row {
+        // Purged by retention between the claim and this read: a retry starts afresh.
+        None => Err(StoreError::Contended(
+            "the request's idempotency key expired while it was being replayed",
         )),
+        Some(row) if row.request_hash != key.request_hash => Ok(KeyState::Reused),
+        Some(row) => match row.reply {
+            Some(reply) => Ok(KeyState::Saved(reply)),
+            // Committed keys always have a reply; one without was written by a version
+            // before replies were saved as snapshots (README, "Decisions").
+            None => Err(StoreError::Corrupt(
+                "committed idempotency key without a reply".into(),
+            )),
+        },
     }
 }
 

@@ -14,11 +14,15 @@ pub use codec::{
     return_status_str as return_status_name, state_str as state_name,
 };
 pub use disputes::{
-    active_dispute_id, fetch_dispute, insert_opened, lock_dispute, order_of, update_dispute,
+    LockedDispute, active_dispute_id, fetch_dispute, insert_opened, lock_dispute, try_lock_dispute,
+    write_change,
 };
 pub use events::{NewEvent, record_event};
-pub use idempotency::{IdempotencyKey, KeyState, claim, complete};
-pub use orders::{insert_order, insert_settlement, lock_order, try_lock_order, update_order};
+pub use idempotency::{IdempotencyKey, KeyState, claimed_before, complete};
+pub use orders::{
+    LockedOrder, insert_order, insert_settlement, lock_order, relock_order, try_lock_order,
+    update_order, update_protection,
+};
 
 use std::sync::{
     Arc,
@@ -48,6 +52,9 @@ pub enum StoreError {
     },
     #[error("database error: {0}")]
     Database(#[source] sqlx::Error),
+    /// The command collided with concurrent work in a way a retry resolves.
+    #[error("contended: {0}")]
+    Contended(&'static str),
     /// A row the code cannot read back: a bug or a hand edit.
     #[error("corrupt row: {0}")]
     Corrupt(String),

@@ -7,20 +7,22 @@ use super::statement;
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
-use super::{Store, StoreError};
+use uuid::Uuid;
+
+use super::{IdempotencyKey, NewEvent, Store, StoreError, active_dispute_id};
 use crate::domain::{Actor, Currency, DisputeId, Money, Order, PartyId, Settlement};
 
-struct OrderRow {
-    order_id: String,
-    buyer_id: String,
-    seller_id: String,
-    currency_code: String,
-    amount_minor: i64,
-    protection_ends_at: DateTime<Utc>,
-    refunded_minor: Option<i64>,
-    settled_at: Option<DateTime<Utc>>,
-    disputes_closed: bool,
-    dispute_count: i32,
+pub(super) struct OrderRow {
+    pub(super) order_id: String,
+    pub(super) buyer_id: String,
+    pub(super) seller_id: String,
+    pub(super) currency_code: String,
+    pub(super) amount_minor: i64,
+    pub(super) protection_ends_at: DateTime<Utc>,
+    pub(super) refunded_minor: Option<i64>,
+    pub(super) settled_at: Option<DateTime<Utc>>,
+    pub(super) disputes_closed: bool,
+    pub(super) dispute_count: i32,
 }
 
 impl TryFrom<OrderRow> for Order {
@@ -69,10 +71,112 @@ impl Store {
     }
 }
 
-/// Reads the order and locks it until the transaction ends. Every command that changes
-/// an order or its disputes locks the order first, so commands on one order run one at
-/// a time and in the same lock order.
+/// An order locked by a command, with what the command's lock statement learned beside it.
+pub struct LockedOrder {
+    /// `None`: no such order (nothing locked).
+    pub order: Option<Order>,
+    /// The order's active dispute, if any, read after the lock was granted.
+    pub active_dispute: Option<DisputeId>,
+    /// Whether the statement claimed the request's idempotency key; when not, the key was
+    /// claimed by a committed transaction ([`super::claimed_before`] tells what it saved).
+    pub claimed: bool,
+}
+
+/// Locks the order until the transaction ends, reads it and its active dispute, and
+/// claims the request's key once the lock is held: one round trip. Every command that
+/// changes an order or its disputes locks the order first, so commands on one order run
+/// one at a time and in the same lock order.
+///
+/// The active dispute comes from the statement's snapshot, taken before any wait for the
+/// lock. Every write to an order's disputes also writes the order row, so when the row
+/// locked is the row the snapshot saw, nothing has changed its disputes since; when it is
+/// not (this command waited for another), the active dispute is read again afterwards.
 pub async fn lock_order(
+    conn: &mut PgConnection,
+    order_id: &PartyId,
+    key: &IdempotencyKey,
+    now: DateTime<Utc>,
+) -> Result<LockedOrder, StoreError> {
+    let row = sqlx::query!(
+        r#"WITH locked AS (
+             SELECT order_id, buyer_id, seller_id, currency_code, amount_minor, protection_ends_at,
+                    refunded_minor, settled_at, disputes_closed, dispute_count, xmin AS version
+             FROM orders WHERE order_id = $1 FOR UPDATE
+           ), claim AS (
+             INSERT INTO idempotency_keys (actor_role, actor_id, rpc, request_id, request_hash, created_at)
+             SELECT $2, $3, $4, $5, $6, $7 WHERE (SELECT count(*) FROM locked) >= 0
+             ON CONFLICT DO NOTHING
+             RETURNING 1
+           )
+           SELECT (SELECT count(*) FROM claim) = 1 AS "claimed!",
+                  l.order_id AS "order_id?", l.buyer_id AS "buyer_id?", l.seller_id AS "seller_id?",
+                  l.currency_code AS "currency_code?", l.amount_minor AS "amount_minor?",
+                  l.protection_ends_at AS "protection_ends_at?", l.refunded_minor, l.settled_at,
+                  l.disputes_closed AS "disputes_closed?", l.dispute_count AS "dispute_count?",
+                  (SELECT o.xmin = l.version FROM orders o WHERE o.order_id = $1) AS "as_seen?",
+                  (SELECT d.dispute_id FROM disputes d
+                   WHERE d.order_id = $1 AND d.state NOT IN ('CANCELLED', 'RESOLVED')) AS "active_dispute?"
+           FROM (VALUES (1)) AS one (n) LEFT JOIN locked l ON true"#,
+        order_id.as_str(),
+        key.actor.role.as_str(),
+        key.actor.id,
+        key.rpc,
+        key.request_id.as_str(),
+        key.request_hash,
+        now,
+    )
+    .fetch_one(&mut *conn)
+    .instrument(statement("SELECT", "orders"))
+    .await?;
+    let order = match (
+        row.order_id,
+        row.buyer_id,
+        row.seller_id,
+        row.currency_code,
+        row.amount_minor,
+        row.protection_ends_at,
+        row.disputes_closed,
+        row.dispute_count,
+    ) {
+        (
+            Some(order_id),
+            Some(buyer_id),
+            Some(seller_id),
+            Some(currency_code),
+            Some(amount_minor),
+            Some(protection_ends_at),
+            Some(disputes_closed),
+            Some(dispute_count),
+        ) => Some(Order::try_from(OrderRow {
+            order_id,
+            buyer_id,
+            seller_id,
+            currency_code,
+            amount_minor,
+            protection_ends_at,
+            refunded_minor: row.refunded_minor,
+            settled_at: row.settled_at,
+            disputes_closed,
+            dispute_count,
+        })?),
+        _ => None,
+    };
+    let active_dispute = match (&order, row.as_seen) {
+        (Some(order), seen) if seen != Some(true) => {
+            active_dispute_id(conn, &order.order_id).await?
+        }
+        _ => row.active_dispute.map(DisputeId),
+    };
+    Ok(LockedOrder {
+        order,
+        active_dispute,
+        claimed: row.claimed,
+    })
+}
+
+/// Reads the order and locks it until the transaction ends (no key to claim: a retry of
+/// [`insert_order`] that lost a race).
+pub async fn relock_order(
     conn: &mut PgConnection,
     order_id: &PartyId,
 ) -> Result<Option<Order>, StoreError> {
@@ -110,30 +214,62 @@ pub async fn try_lock_order(
     .transpose()
 }
 
-/// Inserts a new order; `false` if one with its id exists already (registered by a
-/// concurrent call, whose transaction this one waited for).
+/// Inserts a new order, its ORDER_REGISTERED event and the reply saved with the claimed
+/// key, in one statement; `false` (and nothing written) if an order with its id exists
+/// already (registered by a concurrent call, whose transaction this one waited for).
 pub async fn insert_order(
     conn: &mut PgConnection,
     order: &Order,
-    now: DateTime<Utc>,
+    event: NewEvent<'_>,
+    key: &IdempotencyKey,
+    reply: &serde_json::Value,
 ) -> Result<bool, StoreError> {
-    let inserted = sqlx::query!(
-        r#"INSERT INTO orders (order_id, buyer_id, seller_id, currency_code, amount_minor,
-                               protection_ends_at, created_at, updated_at)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
-           ON CONFLICT (order_id) DO NOTHING"#,
+    let row = sqlx::query!(
+        r#"WITH new_order AS (
+             INSERT INTO orders (order_id, buyer_id, seller_id, currency_code, amount_minor,
+                                 protection_ends_at, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
+             ON CONFLICT (order_id) DO NOTHING
+             RETURNING order_id
+           ), event AS (
+             INSERT INTO outbox (event_id, event_type, order_id, actor_role, actor_id, occurred_at,
+                                 payload, trace_id)
+             SELECT $8, $9, order_id, $10, $11, $7, $12, $13 FROM new_order
+           ), completed AS (
+             UPDATE idempotency_keys SET reply = $18
+             WHERE actor_role = $14 AND actor_id = $15 AND rpc = $16 AND request_id = $17
+               AND reply IS NULL AND EXISTS (SELECT 1 FROM new_order)
+             RETURNING 1
+           )
+           SELECT (SELECT count(*) FROM new_order) AS "inserted!",
+                  (SELECT count(*) FROM completed) AS "completed!""#,
         order.order_id.as_str(),
         order.buyer_id.as_str(),
         order.seller_id.as_str(),
         order.amount.currency.as_str(),
         order.amount.minor,
         order.protection_ends_at,
-        now,
+        event.occurred_at,
+        Uuid::now_v7(),
+        event.event_type,
+        event.actor.role.as_str(),
+        event.actor.id,
+        event.payload,
+        event.trace_id,
+        key.actor.role.as_str(),
+        key.actor.id,
+        key.rpc,
+        key.request_id.as_str(),
+        reply,
     )
-    .execute(conn)
+    .fetch_one(conn)
     .instrument(statement("INSERT", "orders"))
     .await?;
-    Ok(inserted.rows_affected() == 1)
+    if row.inserted == 0 {
+        return Ok(false);
+    }
+    super::idempotency::exactly_one_key(row.completed.try_into().unwrap_or(u64::MAX))?;
+    Ok(true)
 }
 
 /// Writes the order's mutable facts: funds, closure, dispute count, protection end.
@@ -162,6 +298,58 @@ pub async fn update_order(
     .instrument(statement("UPDATE", "orders"))
     .await?;
     Ok(())
+}
+
+/// Writes an extended protection end, its PROTECTION_EXTENDED event (in the active
+/// dispute's history too, when the event names one) and the reply saved with the claimed
+/// key, in one statement.
+pub async fn update_protection(
+    conn: &mut PgConnection,
+    order: &Order,
+    event: NewEvent<'_>,
+    key: &IdempotencyKey,
+    reply: &serde_json::Value,
+) -> Result<(), StoreError> {
+    let completed = sqlx::query_scalar!(
+        r#"WITH extended AS (
+             UPDATE orders SET protection_ends_at = $2, updated_at = $3 WHERE order_id = $1
+           ), history AS (
+             INSERT INTO dispute_events (dispute_id, seq, kind, actor_role, actor_id, occurred_at, payload, trace_id)
+             SELECT $4::uuid, COALESCE(MAX(seq), 0) + 1, $5, $6, $7, $3, $8, $9
+             FROM dispute_events WHERE dispute_id = $4::uuid
+             HAVING $4::uuid IS NOT NULL
+             RETURNING seq
+           ), event AS (
+             INSERT INTO outbox (event_id, event_type, order_id, dispute_id, dispute_seq, actor_role,
+                                 actor_id, occurred_at, payload, trace_id)
+             VALUES ($10, $5, $1, $4, (SELECT seq FROM history), $6, $7, $3, $8, $9)
+           ), completed AS (
+             UPDATE idempotency_keys SET reply = $15
+             WHERE actor_role = $11 AND actor_id = $12 AND rpc = $13 AND request_id = $14
+               AND reply IS NULL
+             RETURNING 1
+           )
+           SELECT count(*) AS "completed!" FROM completed"#,
+        order.order_id.as_str(),
+        order.protection_ends_at,
+        event.occurred_at,
+        event.dispute_id.map(|id| id.0),
+        event.event_type,
+        event.actor.role.as_str(),
+        event.actor.id,
+        event.payload,
+        event.trace_id,
+        Uuid::now_v7(),
+        key.actor.role.as_str(),
+        key.actor.id,
+        key.rpc,
+        key.request_id.as_str(),
+        reply,
+    )
+    .fetch_one(conn)
+    .instrument(statement("UPDATE", "orders"))
+    .await?;
+    super::idempotency::exactly_one_key(completed.try_into().unwrap_or(u64::MAX))
 }
 
 /// Appends the order's settlement to the immutable ledger (one row per order).

@@ -345,3 +345,69 @@ async fn a_collector_that_hangs_never_slows_or_fails_a_call(pool: PgPool) {
     // The flush on SIGTERM gives up after a few seconds instead of hanging the shutdown.
     assert!(binary.terminate(Duration::from_secs(30)).await.success());
 }
+
+/// The database round trips of each write, counted from its exported statement spans
+/// (BEGIN, each statement, COMMIT): at most four for every command, the rule the README's
+/// "Performance" section states; a replay takes one more to read the saved reply.
+#[sqlx::test]
+async fn every_write_is_at_most_four_round_trips(pool: PgPool) {
+    let receiver = Receiver::default();
+    let endpoint = receiver.clone().start().await;
+    let binary = Binary::serve(&pool, &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)]);
+    let mut service = client_at(binary.addr, Role::Service, "order-service").await;
+    let mut buyer = client_at(binary.addr, Role::Buyer, "buyer-1").await;
+    let mut seller = client_at(binary.addr, Role::Seller, "seller-1").await;
+    let trace = |n: u32| format!("{:032x}", 0xabc0 + n);
+    let protection = chrono::Utc::now() + chrono::Duration::days(30);
+    service
+        .register_order(with_traceparent(
+            register_request("order-1", protection),
+            &trace(1),
+        ))
+        .await
+        .unwrap();
+    let open = open_request("order-1", Remedy::FullRefund);
+    let dispute = buyer
+        .open_dispute(with_traceparent(open.clone(), &trace(2)))
+        .await
+        .unwrap()
+        .into_inner()
+        .dispute
+        .unwrap();
+    buyer
+        .open_dispute(with_traceparent(open, &trace(3)))
+        .await
+        .unwrap();
+    seller
+        .extend_protection(with_traceparent(
+            extend("order-1", protection + chrono::Duration::days(5)),
+            &trace(4),
+        ))
+        .await
+        .unwrap();
+    // A full refund accepted: the dispute, the order, the ledger and two events.
+    seller
+        .respond_to_dispute(with_traceparent(accept(&dispute.dispute_id), &trace(5)))
+        .await
+        .unwrap();
+    assert!(binary.terminate(Duration::from_secs(20)).await.success());
+
+    let spans = receiver.spans();
+    let round_trips = |n: u32, method: &str| {
+        let call = server_span(&spans, &trace(n), method);
+        let statements: Vec<&str> = spans
+            .iter()
+            .filter(|s| attribute(s, "db.system").as_deref() == Some("postgresql"))
+            .filter(|s| attribute(s, "db.operation").is_some())
+            .filter(|s| descends_from(&spans, s, call))
+            .map(|s| s.name.as_str())
+            .collect();
+        println!("{method}: {} round trips {statements:?}", statements.len());
+        statements.len()
+    };
+    assert!(round_trips(1, "RegisterOrder") <= 4);
+    assert!(round_trips(2, "OpenDispute") <= 4);
+    assert!(round_trips(3, "OpenDispute") <= 5, "a replay");
+    assert!(round_trips(4, "ExtendProtection") <= 4);
+    assert!(round_trips(5, "RespondToDispute") <= 4);
+}
