@@ -12,11 +12,15 @@ use dispute_service::{
     grpc::{
         auth::{self, Authenticator},
         encode::dispute_to_pb,
-        parse::OpenDispute,
+        parse::{EvidencePrefixes, OpenDispute},
         pb,
     },
 };
 use prost::Message;
+
+fn evidence() -> EvidencePrefixes {
+    EvidencePrefixes::new(vec!["s3://".into(), "https://".into()])
+}
 
 fn open_request() -> pb::OpenDisputeRequest {
     pb::OpenDisputeRequest {
@@ -39,7 +43,9 @@ fn hot_paths(c: &mut Criterion) {
     c.bench_function("decode + parse OpenDisputeRequest", |b| {
         b.iter(|| {
             let decoded = pb::OpenDisputeRequest::decode(black_box(bytes.as_slice())).unwrap();
-            OpenDispute::try_from(&decoded).map(|_| ()).unwrap()
+            OpenDispute::parse(&decoded, &evidence())
+                .map(|_| ())
+                .unwrap()
         })
     });
 
@@ -86,7 +92,7 @@ fn hot_paths(c: &mut Criterion) {
     ) else {
         unreachable!()
     };
-    let new = OpenDispute::try_from(&request).unwrap().dispute;
+    let new = OpenDispute::parse(&request, &evidence()).unwrap().dispute;
     let buyer = Actor::new(Role::Buyer, "buyer-1");
     c.bench_function("domain: open a dispute", |b| {
         b.iter(|| {

@@ -148,6 +148,10 @@ pub struct AuthConfig {
     /// The soonest a token naming an unknown `kid` makes the key file be re-read again.
     #[arg(long, env = "DISPUTE_JWT_KEYS_MIN_REFRESH", default_value = "5s", value_parser = humantime::parse_duration)]
     pub jwt_keys_min_refresh: Duration,
+    /// Longest a token may live (`exp` − `iat`; tokens must carry `iat`): a leaked token
+    /// is useful for at most this long.
+    #[arg(long, env = "DISPUTE_JWT_MAX_LIFETIME", default_value = "24h", value_parser = positive_duration)]
+    pub jwt_max_lifetime: Duration,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -190,6 +194,51 @@ pub struct ServeConfig {
     /// How long SIGTERM waits for in-flight calls before closing anyway.
     #[arg(long, env = "DISPUTE_SHUTDOWN_GRACE", default_value = "20s", value_parser = positive_duration)]
     pub shutdown_grace: Duration,
+    #[command(flatten)]
+    pub limits: Limits,
+}
+
+/// What one caller, or one connection, may hold at once (README, "Limits"). Every bound
+/// is there so that no caller, however hostile, can starve the others.
+#[derive(Debug, Clone, Args)]
+pub struct Limits {
+    /// Most requests one caller (a token's role and subject) may have under way at once,
+    /// its requests still sending their bodies included: by default half the server's, so
+    /// one caller, however busy, leaves the other half to everyone else.
+    #[arg(long, env = "DISPUTE_MAX_IN_FLIGHT_PER_CALLER", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_in_flight_per_caller: u32,
+    /// How long a request may take to send its body once its headers arrived.
+    #[arg(long, env = "DISPUTE_REQUEST_BODY_TIMEOUT", default_value = "2s", value_parser = positive_duration)]
+    pub request_body_timeout: Duration,
+    /// Most WatchEvents streams open at once on this server.
+    #[arg(long, env = "DISPUTE_MAX_STREAMS", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_streams: u32,
+    /// Most WatchEvents streams one caller may have open at once.
+    #[arg(long, env = "DISPUTE_MAX_STREAMS_PER_CALLER", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_streams_per_caller: u32,
+    /// Most client connections open at once; more are closed as they arrive.
+    #[arg(long, env = "DISPUTE_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// Most concurrent HTTP/2 streams (calls) on one connection.
+    #[arg(long, env = "DISPUTE_MAX_STREAMS_PER_CONNECTION", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_streams_per_connection: u32,
+    /// How long a new connection may take to send the HTTP/2 preface.
+    #[arg(long, env = "DISPUTE_HANDSHAKE_TIMEOUT", default_value = "5s", value_parser = positive_duration)]
+    pub handshake_timeout: Duration,
+    /// How often an HTTP/2 PING checks an open connection's peer is still there.
+    #[arg(long, env = "DISPUTE_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = positive_duration)]
+    pub keepalive_interval: Duration,
+    /// How long a PING may go unanswered before the connection is closed.
+    #[arg(long, env = "DISPUTE_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
+    pub keepalive_timeout: Duration,
+    /// Where evidence may point: comma-separated URL prefixes (object storage).
+    #[arg(
+        long,
+        env = "DISPUTE_EVIDENCE_URL_PREFIXES",
+        default_value = "s3://,gs://,https://",
+        value_delimiter = ','
+    )]
+    pub evidence_url_prefixes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Args)]

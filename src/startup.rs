@@ -5,7 +5,6 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 use anyhow::Context;
 use sqlx::{PgPool, postgres::PgPoolOptions};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 use tonic_health::server::HealthReporter;
 
@@ -14,7 +13,8 @@ use crate::{
     commands::Commands,
     config::{DatabaseConfig, ServeConfig},
     grpc::{
-        self, DisputeApi, EventFeed, GateLayer, SERVICE_NAME, auth::Authenticator,
+        self, DisputeApi, EventFeed, GateLayer, MAX_REQUEST_BYTES, SERVICE_NAME, Slots,
+        auth::Authenticator, parse::EvidencePrefixes,
         pb::dispute_service_server::DisputeServiceServer,
     },
     metrics::{self, Metrics},
@@ -22,9 +22,6 @@ use crate::{
     store::{MIGRATOR, Store},
     worker::DeadlineWorker,
 };
-
-/// Largest request message accepted.
-pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
 /// The health service name that is SERVING whenever the process answers, whatever the
 /// database does: for liveness and startup probes.
@@ -197,8 +194,14 @@ impl Application {
         );
         let feed = EventFeed::new(stop_rx.clone());
         let feed_task = tokio::spawn(feed.clone().run(self.commands.clone(), committed));
-        let disputes = DisputeServiceServer::new(DisputeApi::new(self.commands.clone(), feed))
-            .max_decoding_message_size(MAX_REQUEST_BYTES);
+        let limits = &self.config.limits;
+        let streams = Slots::new(
+            limits.max_streams as usize,
+            limits.max_streams_per_caller as usize,
+        );
+        let evidence = EvidencePrefixes::new(limits.evidence_url_prefixes.clone());
+        let api = DisputeApi::new(self.commands.clone(), feed, streams, evidence);
+        let disputes = DisputeServiceServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES);
 
         let grace = self.config.shutdown_grace;
         let mut draining = stop_rx.clone();
@@ -217,17 +220,31 @@ impl Application {
             // grace for calls under way) lets new replicas behind a ClusterIP get traffic.
             .max_connection_age(self.config.max_connection_age)
             .max_connection_age_grace(self.config.max_connection_age_grace)
+            .max_concurrent_streams(limits.max_streams_per_connection)
+            .http2_keepalive_interval(Some(limits.keepalive_interval))
+            .http2_keepalive_timeout(Some(limits.keepalive_timeout))
             .layer(GateLayer::new(
                 self.authenticator.clone(),
-                self.config.max_in_flight as usize,
+                Slots::new(
+                    self.config.max_in_flight as usize,
+                    limits.max_in_flight_per_caller as usize,
+                ),
                 self.config.request_timeout,
+                limits.request_body_timeout,
                 self.metrics.clone(),
             ))
             .add_service(health_service)
             .add_service(reflection().build_v1()?)
             .add_service(reflection().build_v1alpha()?)
             .add_service(disputes)
-            .serve_with_incoming_shutdown(no_delay(self.listener), signal);
+            .serve_with_incoming_shutdown(
+                grpc::incoming(
+                    self.listener,
+                    limits.max_connections as usize,
+                    limits.handshake_timeout,
+                ),
+                signal,
+            );
         tracing::info!(%addr, "serving");
         let drained = async move {
             stopped(&mut draining).await;
@@ -249,20 +266,6 @@ impl Application {
         tracing::info!("stopped");
         Ok(())
     }
-}
-
-/// Accepted connections with Nagle's algorithm off: a small response is sent at once,
-/// not held back waiting for the client's acknowledgement (tonic sets this only on
-/// listeners it binds itself).
-fn no_delay(
-    listener: TcpListener,
-) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    use futures::StreamExt;
-    TcpListenerStream::new(listener).map(|accepted| {
-        let socket = accepted?;
-        socket.set_nodelay(true)?;
-        Ok(socket)
-    })
 }
 
 /// SERVING only while the database answers and the schema is current.

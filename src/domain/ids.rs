@@ -83,7 +83,10 @@ impl RequestId {
             n if n > Self::MAX_CHARS => {
                 Err(format!("must be at most {} characters", Self::MAX_CHARS))
             }
-            _ => Ok(Self(s.to_owned())),
+            _ => {
+                super::check_text(s, super::TextKind::Line)?;
+                Ok(Self(s.to_owned()))
+            }
         }
     }
 

@@ -15,6 +15,7 @@ mod money;
 mod order;
 mod protection;
 mod records;
+mod text;
 mod trace;
 mod workflow;
 
@@ -31,6 +32,7 @@ pub use money::{Currency, Money};
 pub use order::{FundsState, NewOrder, Order, Registration, Settlement, register};
 pub use protection::{extend_protection, release_at_protection_end};
 pub use records::{DisputeFilter, HistoryEvent, Position, StreamEvent};
+pub use text::{TextKind, check_text};
 pub use trace::TraceId;
 pub use workflow::{
     DisputeCommand, SellerDecision, accept_proposal, confirm_return_received, decide, escalate,

@@ -21,11 +21,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     config::{AsymmetricAlgorithm, AuthConfig},
-    domain::{Actor, Role},
+    domain::{Actor, Role, TextKind, check_text},
 };
 
-/// The shortest HS256 secret accepted.
-const MIN_HS256_SECRET_BYTES: usize = 16;
+/// The shortest HS256 secret accepted: 256 bits, as RFC 7518 §3.2 requires.
+pub const MIN_HS256_SECRET_BYTES: usize = 32;
+
+/// The longest `sub` accepted (it is kept as the actor of every write).
+const MAX_SUBJECT_CHARS: usize = 255;
 
 /// Most clock skew tolerated on `exp`.
 const LEEWAY_SECS: u64 = 60;
@@ -37,6 +40,12 @@ pub struct Claims {
     pub iss: String,
     pub aud: String,
     pub exp: u64,
+    /// Issued at: required, so a token's lifetime can be bounded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
+    /// Not before: checked when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
 }
 
 enum Keys {
@@ -95,6 +104,8 @@ pub struct Authenticator {
     /// Where the keys come from when they can rotate (a PEM or JWKS file).
     file: Option<KeyFile>,
     validation: Validation,
+    /// Longest `exp` − `iat` accepted.
+    max_lifetime: Duration,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -144,6 +155,7 @@ impl Authenticator {
         validation.set_issuer(&[&config.jwt_issuer]);
         validation.set_audience(&[&config.jwt_audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.validate_nbf = true;
         validation.leeway = LEEWAY_SECS;
         let keys = match (&file, &config.jwt_hs256_secret) {
             (Some(file), _) => file.load()?,
@@ -154,6 +166,7 @@ impl Authenticator {
             keys: RwLock::new(Arc::new(keys)),
             file,
             validation,
+            max_lifetime: config.jwt_max_lifetime,
         })
     }
 
@@ -202,6 +215,11 @@ impl Authenticator {
         let kid = jsonwebtoken::decode_header(token)
             .map_err(|_| "malformed token")?
             .kid;
+        if has_critical_extensions(token) {
+            // RFC 7515 §4.1.11: a token whose critical extensions are not understood must
+            // be refused; this service understands none.
+            return Err("unsupported critical header");
+        }
         let mut keys = self.keys(false);
         if let Lookup::UnknownKid = keys.lookup(kid.as_deref()) {
             // Perhaps a key rolled out since the file was read.
@@ -216,11 +234,37 @@ impl Authenticator {
             .map_err(|_| "invalid or expired token")?
             .claims;
         let role = Role::from_claim(&claims.role).ok_or("unknown role")?;
-        if claims.sub.is_empty() {
+        let issued = claims.iat.ok_or("token has no iat")?;
+        let now = jsonwebtoken::get_current_timestamp();
+        if issued > now + LEEWAY_SECS {
+            return Err("token issued in the future");
+        }
+        if claims.exp.saturating_sub(issued) > self.max_lifetime.as_secs() {
+            return Err("token lives longer than the maximum lifetime");
+        }
+        if claims.sub.trim().is_empty() {
             return Err("empty subject");
+        }
+        if claims.sub.chars().count() > MAX_SUBJECT_CHARS
+            || check_text(&claims.sub, TextKind::Line).is_err()
+        {
+            return Err("invalid subject");
         }
         Ok(Actor::new(role, claims.sub))
     }
+}
+
+/// Whether the token's protected header names a `crit` parameter.
+fn has_critical_extensions(token: &str) -> bool {
+    use base64::Engine;
+    let Some(header) = token.split('.').next() else {
+        return false;
+    };
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header.trim_end_matches('='))
+        .ok()
+        .and_then(|json| serde_json::from_slice::<serde_json::Value>(&json).ok())
+        .is_some_and(|header| header.get("crit").is_some())
 }
 
 fn key_file(config: &AuthConfig, path: &Path, algorithm: Algorithm, jwks: bool) -> KeyFile {
@@ -276,6 +320,8 @@ pub fn mint_hs256(
         iss: config.jwt_issuer.clone(),
         aud: config.jwt_audience.clone(),
         exp: jsonwebtoken::get_current_timestamp() + ttl.as_secs(),
+        iat: Some(jsonwebtoken::get_current_timestamp()),
+        nbf: None,
     };
     Ok(jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),

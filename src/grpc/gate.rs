@@ -1,8 +1,15 @@
-//! The tower layer in front of the service: admission (a bound on requests in flight),
-//! authentication (the bearer token), authorization (the policy table) and the
-//! server-side deadline. A request it refuses never reaches a handler. It also makes sure
-//! every error leaving the service carries an `ErrorInfo`, including the ones tonic itself
-//! produces (an oversized message, an unknown method). Health and reflection pass through.
+//! The tower layer in front of the service: authentication (the bearer token),
+//! authorization (the policy table), admission and the server-side deadline. A request it
+//! refuses never reaches a handler. It also makes sure every error leaving the server
+//! carries an `ErrorInfo`, including the ones tonic itself produces (an oversized or
+//! malformed message, an unknown method). Health and reflection pass through.
+//!
+//! Admission, in order (README, "Limits"): the caller takes one of its own slots
+//! (`DISPUTE_MAX_IN_FLIGHT_PER_CALLER`), the request's body is read whole within
+//! `DISPUTE_REQUEST_BODY_TIMEOUT`, and only then does it take one of the server's slots
+//! (`DISPUTE_MAX_IN_FLIGHT`). A request that sends headers and never its body therefore
+//! holds one slot of its own caller's, for at most the body timeout, and none of anyone
+//! else's.
 //!
 //! It opens the OpenTelemetry SERVER span of every RPC (a child of the caller's span when
 //! the request carries a W3C `traceparent`), records its gRPC status code, refused calls
@@ -14,34 +21,49 @@ use std::{
     time::{Duration, Instant},
 };
 
+use bytes::Bytes;
 use futures::future::BoxFuture;
-use tokio::sync::Semaphore;
+use http_body_util::{BodyExt, Full as FullBody, LengthLimitError, Limited};
 use tonic::{Code, Status, body::Body};
 use tower::{Layer, Service};
 use tracing::{Instrument, field::Empty};
 
-use super::{SERVICE_NAME, auth::Authenticator, error::status, policy};
+use super::{
+    SERVICE_NAME,
+    auth::Authenticator,
+    error::status,
+    limits::{Full, Slots},
+    policy,
+};
 use crate::{domain::Actor, metrics::Metrics, telemetry};
+
+/// Largest request message accepted, in bytes.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// A gRPC message's frame header: a compression flag and a four-byte length.
+const FRAME_HEADER_BYTES: usize = 5;
 
 #[derive(Clone)]
 pub struct GateLayer {
     authenticator: Arc<Authenticator>,
-    in_flight: Arc<Semaphore>,
+    in_flight: Slots,
     request_timeout: Duration,
+    body_timeout: Duration,
     metrics: Metrics,
 }
 
 impl GateLayer {
     pub fn new(
         authenticator: Arc<Authenticator>,
-        max_in_flight: usize,
+        in_flight: Slots,
         request_timeout: Duration,
+        body_timeout: Duration,
         metrics: Metrics,
     ) -> Self {
         Self {
             authenticator,
-            in_flight: Arc::new(Semaphore::new(max_in_flight)),
+            in_flight,
             request_timeout,
+            body_timeout,
             metrics,
         }
     }
@@ -96,11 +118,11 @@ pub struct Gate<S> {
     layer: GateLayer,
 }
 
-impl<S, B> Service<http::Request<B>> for Gate<S>
+impl<S> Service<http::Request<Body>> for Gate<S>
 where
-    S: Service<http::Request<B>, Response = http::Response<Body>> + Send + 'static,
+    S: Service<http::Request<Body>, Response = http::Response<Body>> + Clone + Send + 'static,
     S::Future: Send + 'static,
-    B: Send + 'static,
+    S::Error: Send + 'static,
 {
     type Response = http::Response<Body>;
     type Error = S::Error;
@@ -110,7 +132,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         let Some(method) = request
             .uri()
             .path()
@@ -119,7 +141,8 @@ where
             .and_then(|path| path.strip_prefix('/'))
             .map(str::to_owned)
         else {
-            return Box::pin(self.inner.call(request));
+            let answer = self.inner.call(request);
+            return Box::pin(async move { Ok(with_error_info(answer.await?)) });
         };
         let started = Instant::now();
         // OpenTelemetry RPC conventions; ids and the role are filled in once known.
@@ -137,59 +160,52 @@ where
             dispute.id = Empty,
         );
         let trace_id = telemetry::adopt_remote_parent(&span, request.headers());
-        let metrics = self.layer.metrics.clone();
-        let admitted = self
-            .layer
-            .in_flight
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| {
-                status(
-                    Code::ResourceExhausted,
-                    "OVERLOADED",
-                    "too many requests in flight; retry with backoff",
-                )
-            })
-            .and_then(|permit| {
-                let _entered = span.enter();
-                Ok((permit, self.layer.admit(&request, &method)?))
-            });
-        let answer = match admitted {
-            Err(refused) => futures::future::Either::Left(async move { Ok(refused.into_http()) }),
-            Ok((permit, actor)) => {
-                span.record("actor.role", actor.role.as_str());
-                let deadline = self.layer.deadline(&request);
-                request.extensions_mut().insert(actor);
-                request.extensions_mut().insert(trace_id);
-                let response = {
-                    let _entered = span.enter();
-                    self.inner.call(request)
-                };
-                let in_flight = metrics.in_flight();
-                let method = method.clone();
-                futures::future::Either::Right(async move {
-                    // The handler's future (and its transaction, rolled back) is dropped
-                    // at the deadline. A stream's deadline covers its start, not its life.
-                    let response = match tokio::time::timeout(deadline, response).await {
-                        Ok(response) => response?,
-                        Err(_) => {
-                            tracing::warn!(rpc = method, ?deadline, "deadline exceeded");
-                            status(
-                                Code::DeadlineExceeded,
-                                "DEADLINE_EXCEEDED",
-                                "the request did not finish within its deadline",
-                            )
-                            .into_http()
-                        }
-                    };
-                    drop((permit, in_flight));
-                    Ok(response)
-                })
-            }
+        let layer = self.layer.clone();
+        let metrics = layer.metrics.clone();
+        let rpc = method.clone();
+        // The service was polled ready for this call: take it, leave a clone for the next.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let call_span = span.clone();
+        let answer = async move {
+            let actor = {
+                let _entered = call_span.enter();
+                layer.admit(&request, &method)?
+            };
+            call_span.record("actor.role", actor.role.as_str());
+            let deadline = layer.deadline(&request);
+            let mine = layer.in_flight.caller_slot(&actor).map_err(overloaded)?;
+            let mut request = read_body(request, deadline.min(layer.body_timeout)).await?;
+            let everyone = layer.in_flight.total_slot().map_err(overloaded)?;
+            request.extensions_mut().insert(actor);
+            request.extensions_mut().insert(trace_id);
+            let response = {
+                let _entered = call_span.enter();
+                inner.call(request)
+            };
+            let in_flight = layer.metrics.in_flight();
+            // The handler's future (and its transaction, rolled back) is dropped at the
+            // deadline, which counts from the request's arrival. A stream's deadline
+            // covers its start, not its life.
+            let remaining = deadline.saturating_sub(started.elapsed());
+            let response = match tokio::time::timeout(remaining, response).await {
+                Ok(response) => response.map_err(Refusal::Inner)?,
+                Err(_) => {
+                    tracing::warn!(rpc = method, ?deadline, "deadline exceeded");
+                    return Err(deadline_exceeded().into());
+                }
+            };
+            drop((mine, everyone, in_flight));
+            Ok(response)
         };
         Box::pin(
             async move {
-                let response = with_error_info(answer.await?);
+                let response = match answer.await {
+                    Ok(response) => response,
+                    Err(Refusal::Status(refused)) => refused.into_http(),
+                    Err(Refusal::Inner(error)) => return Err(error),
+                };
+                let response = with_error_info(response);
                 // An error is answered in the headers (trailers-only); a success in the
                 // trailers, after the body, as OK.
                 let code = Status::from_header_map(response.headers())
@@ -199,12 +215,86 @@ where
                 if server_fault(code) {
                     span.record("otel.status_code", "ERROR");
                 }
-                metrics.rpc_handled(SERVICE_NAME, &method, code, started.elapsed());
+                metrics.rpc_handled(SERVICE_NAME, &rpc, code, started.elapsed());
                 Ok(response)
             }
             .instrument(span),
         )
     }
+}
+
+/// Why a call ended in the gate: an answer of its own, or the inner service's error.
+enum Refusal<E> {
+    Status(Status),
+    Inner(E),
+}
+
+impl<E> From<Status> for Refusal<E> {
+    fn from(status: Status) -> Self {
+        Refusal::Status(status)
+    }
+}
+
+fn overloaded(full: Full) -> Status {
+    match full {
+        Full::Caller => status(
+            Code::ResourceExhausted,
+            "CALLER_OVERLOADED",
+            "this caller has too many requests under way; retry with backoff",
+        ),
+        Full::Total => status(
+            Code::ResourceExhausted,
+            "OVERLOADED",
+            "too many requests in flight; retry with backoff",
+        ),
+    }
+}
+
+fn deadline_exceeded() -> Status {
+    status(
+        Code::DeadlineExceeded,
+        "DEADLINE_EXCEEDED",
+        "the request did not finish within its deadline",
+    )
+}
+
+/// Reads the request's body whole (one gRPC message) within `timeout`, so a handler
+/// never waits on a client: a body that does not arrive in time, or is larger than the
+/// largest message, is answered here.
+async fn read_body(
+    request: http::Request<Body>,
+    timeout: Duration,
+) -> Result<http::Request<Body>, Status> {
+    let (parts, body) = request.into_parts();
+    let limited = Limited::new(body, MAX_REQUEST_BYTES + FRAME_HEADER_BYTES);
+    let bytes: Bytes = match tokio::time::timeout(timeout, limited.collect()).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(error)) if error.downcast_ref::<LengthLimitError>().is_some() => {
+            return Err(status(
+                Code::OutOfRange,
+                "MESSAGE_TOO_LARGE",
+                format!("the request message is larger than {MAX_REQUEST_BYTES} bytes"),
+            ));
+        }
+        Ok(Err(_)) => {
+            return Err(status(
+                Code::Cancelled,
+                "REQUEST_CANCELLED",
+                "the client stopped sending the request",
+            ));
+        }
+        Err(_) => {
+            return Err(status(
+                Code::DeadlineExceeded,
+                "REQUEST_BODY_TIMEOUT",
+                format!("the request body did not arrive within {timeout:?}"),
+            ));
+        }
+    };
+    Ok(http::Request::from_parts(
+        parts,
+        Body::new(FullBody::new(bytes)),
+    ))
 }
 
 /// The codes the OpenTelemetry RPC conventions count as the server's error (a SERVER
@@ -221,8 +311,9 @@ fn server_fault(code: Code) -> bool {
     )
 }
 
-/// Gives an error response that has no rich details (tonic's own, e.g. an oversized
-/// message) an `ErrorInfo` named after its code.
+/// Gives an error response that has no rich details (tonic's own) an `ErrorInfo`, and
+/// answers a request tonic could not decode as the caller's fault: INVALID_ARGUMENT
+/// (MALFORMED_REQUEST), never INTERNAL.
 fn with_error_info(response: http::Response<Body>) -> http::Response<Body> {
     let headers = response.headers();
     if headers.contains_key("grpc-status-details-bin") {
@@ -230,6 +321,14 @@ fn with_error_info(response: http::Response<Body>) -> http::Response<Body> {
     }
     match Status::from_header_map(headers) {
         Some(bare) if bare.code() != Code::Ok => {
+            if is_decode_failure(&bare) {
+                return status(
+                    Code::InvalidArgument,
+                    "MALFORMED_REQUEST",
+                    "the request is not a valid protobuf message of the method's request type",
+                )
+                .into_http();
+            }
             let reason = match bare.code() {
                 Code::OutOfRange => "MESSAGE_TOO_LARGE",
                 Code::Unimplemented => "UNIMPLEMENTED",
@@ -240,6 +339,23 @@ fn with_error_info(response: http::Response<Body>) -> http::Response<Body> {
         }
         _ => response,
     }
+}
+
+/// tonic answers a body it cannot decode — not protobuf, truncated, bad UTF-8 in a
+/// string, nested too deep, no message at all, a bad compression flag — with INTERNAL
+/// and one of these messages (tonic's codec and prost's `DecodeError`).
+fn is_decode_failure(status: &Status) -> bool {
+    const DECODE_FAILURES: [&str; 5] = [
+        "failed to decode",
+        "Missing request message",
+        "protocol error",
+        "Unexpected EOF",
+        "Error decompressing",
+    ];
+    status.code() == Code::Internal
+        && DECODE_FAILURES
+            .iter()
+            .any(|failure| status.message().contains(failure))
 }
 
 /// `grpc-timeout`: an integer and a unit (H, M, S, m, u, n).

@@ -3,16 +3,20 @@
 //! mapping. It translates; the commands decide. Protobuf types never leave this module.
 
 pub mod auth;
+mod connections;
 pub mod encode;
 pub mod error;
 mod gate;
+mod limits;
 pub mod parse;
 pub mod policy;
 mod service;
 mod stream;
 mod tokens;
 
-pub use gate::GateLayer;
+pub use connections::incoming;
+pub use gate::{GateLayer, MAX_REQUEST_BYTES};
+pub use limits::Slots;
 pub use service::DisputeApi;
 pub use stream::EventFeed;
 

@@ -11,7 +11,8 @@ use crate::{
     domain::{
         self, CancelVia, DisputeCommand, DisputeFilter, DisputeId, DisputeState, DomainError,
         FieldViolation, Money, NewDispute, NewOrder, PartyId, Reason, Remedy, RequestId,
-        Resolution, SellerDecision,
+        Resolution, SellerDecision, TextKind,
+        TextKind::{Free, Line},
     },
 };
 
@@ -19,6 +20,9 @@ use super::{
     encode::state_to_pb,
     tokens::{self, parse_page_token},
 };
+
+/// Most field violations listed in one error (README, "Limits").
+pub const MAX_VIOLATIONS: usize = 20;
 
 /// Collects every violation while fields are parsed.
 #[derive(Default)]
@@ -31,10 +35,23 @@ impl Violations {
             .ok()
     }
 
-    fn finish<T>(self, value: impl FnOnce() -> Option<T>) -> Result<T, DomainError> {
+    /// The command, or every violation — at most [`MAX_VIOLATIONS`] of them, the last
+    /// saying how many more there were, so an error is never much larger than its request
+    /// (nor than a client's header limit: errors travel in trailers).
+    fn finish<T>(mut self, value: impl FnOnce() -> Option<T>) -> Result<T, DomainError> {
         match value() {
             Some(value) if self.0.is_empty() => Ok(value),
-            _ => Err(DomainError::InvalidArgument(self.0)),
+            _ => {
+                if self.0.len() > MAX_VIOLATIONS {
+                    let more = self.0.len() - (MAX_VIOLATIONS - 1);
+                    self.0.truncate(MAX_VIOLATIONS - 1);
+                    self.0.push(FieldViolation::new(
+                        "",
+                        format!("{more} more violations not listed"),
+                    ));
+                }
+                Err(DomainError::InvalidArgument(self.0))
+            }
         }
     }
 }
@@ -53,10 +70,22 @@ fn money(field: &str, value: Option<&pb::Money>, v: &mut Violations) -> Option<M
         .ok()
 }
 
+/// The range of `google.protobuf.Timestamp`: 0001-01-01T00:00:00Z to
+/// 9999-12-31T23:59:59.999999999Z, which PostgreSQL stores whole.
+const TIMESTAMP_SECONDS: std::ops::RangeInclusive<i64> = -62_135_596_800..=253_402_300_799;
+
+/// A timestamp in `google.protobuf.Timestamp`'s own range, nanos in 0..=999,999,999 (so
+/// never a leap second), cut to the microseconds PostgreSQL keeps: what is stored is
+/// exactly what was parsed, so the same facts sent again compare equal.
 fn timestamp(value: Option<&Timestamp>) -> Result<DateTime<Utc>, String> {
     let value = value.ok_or("is required")?;
-    let nanos = u32::try_from(value.nanos).map_err(|_| "has negative nanos")?;
-    DateTime::from_timestamp(value.seconds, nanos)
+    if !(0..=999_999_999).contains(&value.nanos) {
+        return Err("nanos must be between 0 and 999,999,999".into());
+    }
+    if !TIMESTAMP_SECONDS.contains(&value.seconds) {
+        return Err("must be between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z".into());
+    }
+    DateTime::from_timestamp(value.seconds, value.nanos as u32)
         .map(to_storage_precision)
         .ok_or_else(|| "is out of range".into())
 }
@@ -65,10 +94,11 @@ fn enum_value<T>(raw: i32, parse: impl Fn(i32) -> Option<T>) -> Result<T, String
     parse(raw).ok_or_else(|| "must be set to one of the enum's values (not UNSPECIFIED)".into())
 }
 
-fn bounded_text(text: &str, max: usize) -> Result<String, String> {
+fn bounded_text(text: &str, max: usize, kind: TextKind) -> Result<String, String> {
     if text.chars().count() > max {
         return Err(format!("must be at most {max} characters"));
     }
+    domain::check_text(text, kind)?;
     Ok(text.to_owned())
 }
 
@@ -107,56 +137,87 @@ fn register_order(req: &pb::RegisterOrderRequest) -> Result<RegisterOrder, Domai
     })
 }
 
-fn open_dispute(req: &pb::OpenDisputeRequest) -> Result<OpenDispute, DomainError> {
-    let mut v = Violations::default();
-    let order_id = v.check("order_id", PartyId::parse(&req.order_id));
-    let reason = v.check("reason", enum_value(req.reason, reason_from_pb));
-    let remedy = remedy(
-        "remedy",
-        "refund_amount",
-        req.remedy,
-        req.refund_amount.as_ref(),
-        &mut v,
-    );
-    if let (Some(reason), Some(remedy)) = (reason, remedy)
-        && !remedy.allowed_for(reason)
-    {
-        v.0.push(FieldViolation::new(
-            "remedy",
-            "RETURN_AND_REFUND is not allowed with ITEM_NOT_RECEIVED: there is nothing to return",
-        ));
+/// Where evidence may point: object-storage locations the platform controls, by prefix
+/// (`DISPUTE_EVIDENCE_URL_PREFIXES`). Anything else — `javascript:`, `data:`, `file:`, a
+/// cloud metadata address — would be opened by an agent's browser or a worker.
+#[derive(Debug, Clone)]
+pub struct EvidencePrefixes(Vec<String>);
+
+impl EvidencePrefixes {
+    pub fn new(prefixes: Vec<String>) -> Self {
+        Self(prefixes)
     }
-    let description = v.check(
-        "description",
-        bounded_text(&req.description, domain::MAX_DESCRIPTION_CHARS),
-    );
-    if req.evidence_urls.len() > domain::MAX_EVIDENCE_URLS {
-        v.0.push(FieldViolation::new(
-            "evidence_urls",
-            format!("must have at most {} entries", domain::MAX_EVIDENCE_URLS),
-        ));
-    }
-    for (i, url) in req.evidence_urls.iter().enumerate() {
-        let field = format!("evidence_urls[{i}]");
-        if url.is_empty() {
-            v.0.push(FieldViolation::new(field, "must not be empty"));
+
+    fn check(&self, url: &str) -> Result<(), String> {
+        if self.0.iter().any(|prefix| url.starts_with(prefix.as_str())) {
+            Ok(())
         } else {
-            v.check(&field, bounded_text(url, domain::MAX_EVIDENCE_URL_CHARS));
+            Err(format!("must start with one of: {}", self.0.join(", ")))
         }
     }
-    let request_id = v.check("request_id", RequestId::parse(&req.request_id));
-    v.finish(|| {
-        Some(OpenDispute {
-            dispute: NewDispute {
-                order_id: order_id?,
-                reason: reason?,
-                remedy: remedy?,
-                description: description?,
-                evidence_urls: req.evidence_urls.clone(),
-            },
-            request_id: request_id?,
+}
+
+impl OpenDispute {
+    /// Parses OpenDispute; evidence must point where `evidence` allows.
+    pub fn parse(
+        req: &pb::OpenDisputeRequest,
+        evidence: &EvidencePrefixes,
+    ) -> Result<Self, DomainError> {
+        let mut v = Violations::default();
+        let order_id = v.check("order_id", PartyId::parse(&req.order_id));
+        let reason = v.check("reason", enum_value(req.reason, reason_from_pb));
+        let remedy = remedy(
+            "remedy",
+            "refund_amount",
+            req.remedy,
+            req.refund_amount.as_ref(),
+            &mut v,
+        );
+        if let (Some(reason), Some(remedy)) = (reason, remedy)
+            && !remedy.allowed_for(reason)
+        {
+            v.0.push(FieldViolation::new(
+                "remedy",
+                "RETURN_AND_REFUND is not allowed with ITEM_NOT_RECEIVED: there is nothing to return",
+            ));
+        }
+        let description = v.check(
+            "description",
+            bounded_text(&req.description, domain::MAX_DESCRIPTION_CHARS, Free),
+        );
+        if req.evidence_urls.len() > domain::MAX_EVIDENCE_URLS {
+            // Too many to be worth checking one by one.
+            v.0.push(FieldViolation::new(
+                "evidence_urls",
+                format!("must have at most {} entries", domain::MAX_EVIDENCE_URLS),
+            ));
+        } else {
+            for (i, url) in req.evidence_urls.iter().enumerate() {
+                let field = format!("evidence_urls[{i}]");
+                if url.is_empty() {
+                    v.0.push(FieldViolation::new(field, "must not be empty"));
+                } else if let Some(()) = v.check(
+                    &field,
+                    bounded_text(url, domain::MAX_EVIDENCE_URL_CHARS, Line).map(drop),
+                ) {
+                    v.check(&field, evidence.check(url));
+                }
+            }
+        }
+        let request_id = v.check("request_id", RequestId::parse(&req.request_id));
+        v.finish(|| {
+            Some(OpenDispute {
+                dispute: NewDispute {
+                    order_id: order_id?,
+                    reason: reason?,
+                    remedy: remedy?,
+                    description: description?,
+                    evidence_urls: req.evidence_urls.clone(),
+                },
+                request_id: request_id?,
+            })
         })
-    })
+    }
 }
 
 /// A remedy and its amount: the amount is required with PARTIAL_REFUND, refused otherwise.
@@ -267,7 +328,7 @@ fn respond_to_dispute(req: &pb::RespondToDisputeRequest) -> Result<DisputeReques
                 );
                 let message = v.check(
                     "message",
-                    bounded_text(&req.message, domain::MAX_NOTE_CHARS),
+                    bounded_text(&req.message, domain::MAX_NOTE_CHARS, Free),
                 );
                 Some(SellerDecision::Propose {
                     remedy: remedy?,
@@ -284,7 +345,10 @@ fn respond_to_dispute(req: &pb::RespondToDisputeRequest) -> Result<DisputeReques
 
 fn escalate_dispute(req: &pb::EscalateDisputeRequest) -> Result<DisputeRequest, DomainError> {
     dispute_request(&req.dispute_id, &req.request_id, |v| {
-        let reason = v.check("reason", required_text(&req.reason, domain::MAX_NOTE_CHARS));
+        let reason = v.check(
+            "reason",
+            required_text(&req.reason, domain::MAX_NOTE_CHARS, Free),
+        );
         Some(DisputeCommand::Escalate { reason: reason? })
     })
 }
@@ -295,11 +359,11 @@ fn submit_return_shipment(
     dispute_request(&req.dispute_id, &req.request_id, |v| {
         let carrier = v.check(
             "carrier",
-            required_text(&req.carrier, domain::MAX_CARRIER_CHARS),
+            required_text(&req.carrier, domain::MAX_CARRIER_CHARS, Line),
         );
         let tracking_number = v.check(
             "tracking_number",
-            required_text(&req.tracking_number, domain::MAX_TRACKING_CHARS),
+            required_text(&req.tracking_number, domain::MAX_TRACKING_CHARS, Line),
         );
         Some(DisputeCommand::SubmitReturnShipment {
             carrier: carrier?,
@@ -322,11 +386,11 @@ fn extend_protection(req: &pb::ExtendProtectionRequest) -> Result<ExtendProtecti
     })
 }
 
-fn required_text(text: &str, max: usize) -> Result<String, String> {
+fn required_text(text: &str, max: usize, kind: TextKind) -> Result<String, String> {
     if text.trim().is_empty() {
         return Err("is required".into());
     }
-    bounded_text(text, max)
+    bounded_text(text, max, kind)
 }
 
 fn resolve_funds(req: &pb::ResolveFundsRequest) -> Result<DisputeRequest, DomainError> {
@@ -355,7 +419,10 @@ fn resolve_funds(req: &pb::ResolveFundsRequest) -> Result<DisputeRequest, Domain
                 Err("must be REFUND_FULL, REFUND_PARTIAL or RELEASE_TO_SELLER".into()),
             ),
         };
-        let note = v.check("note", bounded_text(&req.note, domain::MAX_NOTE_CHARS));
+        let note = v.check(
+            "note",
+            bounded_text(&req.note, domain::MAX_NOTE_CHARS, Free),
+        );
         Some(DisputeCommand::Resolve {
             resolution: resolution?,
             note: note?,
@@ -483,7 +550,6 @@ macro_rules! parsed_by {
 
 parsed_by! {
     pb::RegisterOrderRequest => RegisterOrder: register_order;
-    pb::OpenDisputeRequest => OpenDispute: open_dispute;
     pb::CancelDisputeRequest => DisputeRequest: cancel_dispute;
     pb::CancelReturnRequest => DisputeRequest: cancel_return;
     pb::ResolveFundsRequest => DisputeRequest: resolve_funds;

@@ -10,9 +10,10 @@ use tonic::{Code, Request, Response, Status};
 use super::{
     encode::{dispute_to_pb, history_event_to_pb, order_to_pb},
     error::status,
+    limits::{Full, Slots},
     parse::{
-        self, DisputeRequest, ExtendProtection, ListDisputeEvents, ListDisputes, OpenDispute,
-        RegisterOrder,
+        self, DisputeRequest, EvidencePrefixes, ExtendProtection, ListDisputeEvents, ListDisputes,
+        OpenDispute, RegisterOrder,
     },
     pb::{self, dispute_service_server::DisputeService},
     stream::{self, EventFeed, EventStream},
@@ -26,11 +27,24 @@ use crate::{
 pub struct DisputeApi {
     commands: Commands,
     feed: EventFeed,
+    /// WatchEvents streams open, in all and per caller.
+    streams: Slots,
+    evidence: EvidencePrefixes,
 }
 
 impl DisputeApi {
-    pub fn new(commands: Commands, feed: EventFeed) -> Self {
-        Self { commands, feed }
+    pub fn new(
+        commands: Commands,
+        feed: EventFeed,
+        streams: Slots,
+        evidence: EvidencePrefixes,
+    ) -> Self {
+        Self {
+            commands,
+            feed,
+            streams,
+            evidence,
+        }
     }
 
     /// Every RPC that acts on one dispute: parse, run, answer with the dispute and its order.
@@ -148,7 +162,7 @@ impl DisputeService for DisputeApi {
         let OpenDispute {
             dispute,
             request_id,
-        } = OpenDispute::try_from(&req)?;
+        } = OpenDispute::parse(&req, &self.evidence)?;
         on_span(Some(&dispute.order_id), None);
         let key = caller.key("OpenDispute", request_id, &req);
         let dispute = self.commands.open_dispute(dispute, key).await?;
@@ -323,7 +337,22 @@ impl DisputeService for DisputeApi {
         request: Request<pb::WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
         let after = tokens::parse_cursor(&request.get_ref().after_cursor)?;
-        let events = stream::watch(self.commands.clone(), self.feed.clone(), after).await?;
+        let slot = self
+            .streams
+            .slot(&actor(&request)?)
+            .map_err(|full| match full {
+                Full::Caller => status(
+                    Code::ResourceExhausted,
+                    "TOO_MANY_STREAMS",
+                    "this caller has too many WatchEvents streams open; close one first",
+                ),
+                Full::Total => status(
+                    Code::ResourceExhausted,
+                    "TOO_MANY_STREAMS",
+                    "the server has too many WatchEvents streams open; retry with backoff",
+                ),
+            })?;
+        let events = stream::watch(self.commands.clone(), self.feed.clone(), after, slot).await?;
         Ok(Response::new(events))
     }
 }

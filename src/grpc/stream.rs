@@ -13,11 +13,11 @@
 use std::{pin::Pin, sync::Arc, time::Duration};
 
 use futures::Stream;
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, broadcast, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
-use super::{encode::stream_event_to_pb, pb};
+use super::{encode::stream_event_to_pb, limits::CallerSlot, pb};
 use crate::{
     commands::{Commands, Error},
     domain::{Position, StreamEvent},
@@ -35,6 +35,10 @@ const STREAM_SAFETY_POLL: Duration = Duration::from_secs(5);
 /// Batches kept for streams that are a little behind; one further behind catches up from
 /// the outbox.
 const BROADCAST_BATCHES: usize = 64;
+/// Most events a stream reads at once to catch up, and most it has encoded and waiting
+/// for the consumer: what a consumer that stops reading holds (README, "Limits").
+const STREAM_CATCH_UP: usize = 64;
+const STREAM_BUFFER: usize = 16;
 
 /// Events after `after` (the start when `None`), as read by the feed.
 #[derive(Debug)]
@@ -113,15 +117,17 @@ pub type EventStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEventsResponse,
 
 /// Starts a stream of the events after `after` (from the oldest kept when `None`). An
 /// expired cursor is refused before the stream starts.
+/// `slot` is the stream's share of the server's stream limits, held while it lives.
 pub async fn watch(
     commands: Commands,
     feed: EventFeed,
     after: Option<Position>,
+    slot: (CallerSlot, OwnedSemaphorePermit),
 ) -> Result<EventStream, Status> {
     // Subscribe before the first read, so no batch falls between the two.
     let batches = feed.batches.subscribe();
-    let first = commands.stream(after, STREAM_BATCH).await?;
-    let (tx, rx) = mpsc::channel(STREAM_BATCH);
+    let first = commands.stream(after, STREAM_CATCH_UP).await?;
+    let (tx, rx) = mpsc::channel(STREAM_BUFFER);
     let open = commands
         .metrics()
         .stream_opened(after.unwrap_or(Position::START));
@@ -130,6 +136,7 @@ pub async fn watch(
         tx,
         after,
         open,
+        _slot: slot,
     };
     let mut stop = feed.stop;
     tokio::spawn(async move {
@@ -147,6 +154,7 @@ struct Consumer {
     tx: mpsc::Sender<Result<pb::WatchEventsResponse, Status>>,
     after: Option<Position>,
     open: crate::metrics::StreamGuard,
+    _slot: (CallerSlot, OwnedSemaphorePermit),
 }
 
 impl Consumer {
@@ -155,14 +163,14 @@ impl Consumer {
         loop {
             // Catch up from the outbox until a read comes back short.
             loop {
-                let full = read.len() == STREAM_BATCH;
+                let full = read.len() == STREAM_CATCH_UP;
                 if !self.send(&read).await {
                     return;
                 }
                 if !full {
                     break;
                 }
-                read = match self.commands.stream(self.after, STREAM_BATCH).await {
+                read = match self.commands.stream(self.after, STREAM_CATCH_UP).await {
                     Ok(events) => events,
                     Err(error) => return self.fail(error).await,
                 };
@@ -182,27 +190,25 @@ impl Consumer {
                 if batch.after > self.after {
                     break; // a gap: this stream is behind the batch
                 }
-                let after = self.after;
-                let new: Vec<StreamEvent> = batch
-                    .events
-                    .iter()
-                    .filter(|e| Some(e.position) > after)
-                    .cloned()
-                    .collect();
-                if !self.send(&new).await {
+                // The batch is shared by every stream: its events are not copied.
+                if !self.send(&batch.events).await {
                     return;
                 }
             }
-            read = match self.commands.stream(self.after, STREAM_BATCH).await {
+            read = match self.commands.stream(self.after, STREAM_CATCH_UP).await {
                 Ok(events) => events,
                 Err(error) => return self.fail(error).await,
             };
         }
     }
 
-    /// Sends `events` in order; `false` when the consumer left.
+    /// Sends those of `events` after the stream's position, in order; `false` when the
+    /// consumer left.
     async fn send(&mut self, events: &[StreamEvent]) -> bool {
         for event in events {
+            if Some(event.position) <= self.after {
+                continue;
+            }
             let message = pb::WatchEventsResponse {
                 event: Some(stream_event_to_pb(event)),
             };

@@ -25,6 +25,8 @@ fn claims(role: &str) -> Claims {
         iss: "dispute-dev".into(),
         aud: "dispute-service".into(),
         exp: now() + 600,
+        iat: Some(now()),
+        nbf: None,
     }
 }
 
@@ -168,6 +170,7 @@ fn an_eddsa_public_key_or_jwks_verifies_only_tokens_it_signed() {
         jwt_audience: "dispute-service".into(),
         jwt_keys_refresh: std::time::Duration::from_secs(60),
         jwt_keys_min_refresh: std::time::Duration::from_secs(5),
+        jwt_max_lifetime: std::time::Duration::from_secs(24 * 3600),
     };
     let mut header = Header::new(Algorithm::EdDSA);
     header.kid = Some("test-key-1".into());

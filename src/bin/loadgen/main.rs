@@ -21,7 +21,7 @@ use std::{
 
 use anyhow::Context;
 use clap::Parser;
-use dispute_service::grpc::pb;
+use dispute_service::{domain::Role, grpc::pb};
 use hdrhistogram::Histogram;
 use tokio_stream::StreamExt;
 use tonic::transport::{Channel, Endpoint};
@@ -188,7 +188,11 @@ async fn run(args: &Args) -> anyhow::Result<Summary> {
         // Consumers resume near the tail, as real ones do from their saved cursors.
         let tail = tail_cursor(&actors[0]).await?;
         for i in 0..args.watchers {
-            let mut service = actors[i as usize % actors.len()].service.clone();
+            // Each consumer is a caller of its own, as separate services are (a server
+            // bounds the streams one caller may hold).
+            let channel = &channels[i as usize % channels.len()];
+            let mut service =
+                scenario::client(channel, args, Role::Service, &format!("lg-watcher-{i}"))?;
             let (shared, lag, from) = (shared.clone(), lag.clone(), measure_from.clone());
             let mut stream = service
                 .watch_events(pb::WatchEventsRequest {

@@ -56,24 +56,7 @@ pub struct Actors {
 
 impl Actors {
     pub fn new(channel: Channel, args: &Args) -> anyhow::Result<Self> {
-        let config = AuthConfig {
-            jwt_hs256_secret: Some(Secret::new(args.secret.clone())),
-            jwt_public_key_file: None,
-            jwt_jwks_file: None,
-            jwt_algorithm: AsymmetricAlgorithm::Rs256,
-            jwt_issuer: args.issuer.clone(),
-            jwt_audience: args.audience.clone(),
-            jwt_keys_refresh: Duration::from_secs(60),
-            jwt_keys_min_refresh: Duration::from_secs(5),
-        };
-        let client = |role, sub: &str| -> anyhow::Result<Client> {
-            let token = auth::mint_hs256(&config, role, sub, Duration::from_secs(24 * 3600))?;
-            let value = format!("Bearer {token}").parse()?;
-            Ok(DisputeServiceClient::with_interceptor(
-                channel.clone(),
-                Bearer(value),
-            ))
-        };
+        let client = |role, sub: &str| client(&channel, args, role, sub);
         Ok(Self {
             service: client(Role::Service, "loadgen")?,
             agent: client(Role::Agent, "loadgen-agent")?,
@@ -93,6 +76,27 @@ impl Actors {
     pub fn seller(&self, n: u64) -> Client {
         self.sellers[(n % PARTIES) as usize].clone()
     }
+}
+
+/// A client on `channel` whose calls carry a token for `role` and `sub`.
+pub fn client(channel: &Channel, args: &Args, role: Role, sub: &str) -> anyhow::Result<Client> {
+    let config = AuthConfig {
+        jwt_hs256_secret: Some(Secret::new(args.secret.clone())),
+        jwt_public_key_file: None,
+        jwt_jwks_file: None,
+        jwt_algorithm: AsymmetricAlgorithm::Rs256,
+        jwt_issuer: args.issuer.clone(),
+        jwt_audience: args.audience.clone(),
+        jwt_keys_refresh: Duration::from_secs(60),
+        jwt_keys_min_refresh: Duration::from_secs(5),
+        jwt_max_lifetime: Duration::from_secs(24 * 3600),
+    };
+    let token = auth::mint_hs256(&config, role, sub, Duration::from_secs(24 * 3600))?;
+    let value = format!("Bearer {token}").parse()?;
+    Ok(DisputeServiceClient::with_interceptor(
+        channel.clone(),
+        Bearer(value),
+    ))
 }
 
 pub fn buyer(n: u64) -> String {
