@@ -239,10 +239,14 @@ pub async fn client_at(addr: std::net::SocketAddr, role: Role, sub: &str) -> Cli
     with_token(channel, role, sub)
 }
 
+/// A valid token for `role` and `sub`, as the test servers are configured.
+pub fn token(role: Role, sub: &str) -> String {
+    auth::mint_hs256(&serve_config(&[]).auth, role, sub, Duration::from_secs(600)).unwrap()
+}
+
 /// A client on `channel` carrying a token for `role` and `sub`.
 fn with_token(channel: Channel, role: Role, sub: &str) -> Client {
-    let token =
-        auth::mint_hs256(&serve_config(&[]).auth, role, sub, Duration::from_secs(600)).unwrap();
+    let token = token(role, sub);
     let value = MetadataValue::try_from(format!("Bearer {token}")).unwrap();
     DisputeServiceClient::with_interceptor(channel, Bearer(Some(value)))
 }

@@ -99,6 +99,17 @@ impl Binary {
             .collect()
     }
 
+    /// The process's resident memory now, in KiB (`VmRSS`).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("reading the child's /proc status");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("a VmRSS line")
+    }
+
     /// SIGTERM, then waits for the exit (at most `patience`).
     pub async fn terminate(mut self, patience: Duration) -> ExitStatus {
         let pid = self.child.id().to_string();
