@@ -104,7 +104,7 @@ mod tests {
         for role in Role::ALL {
             assert_eq!(
                 authorize("DropAllTables", role).unwrap_err().code(),
-                Code::PermissionDenied
+                Code::Unimplemented
             );
         }
     }

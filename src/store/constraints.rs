@@ -15,6 +15,11 @@ pub mod sqlstate {
     pub const CRASH_SHUTDOWN: &str = "57P02";
     pub const CANNOT_CONNECT_NOW: &str = "57P03";
     pub const TOO_MANY_CONNECTIONS: &str = "53300";
+    /// Deadlock, serialization failure: the database rolled the transaction back, and
+    /// the same request again will run afresh.
+    pub const TRANSACTION_ROLLBACK_CLASS: &str = "40";
+    /// A statement cancelled, e.g. by `statement_timeout`: the database was too slow.
+    pub const QUERY_CANCELED: &str = "57014";
     pub const UNDEFINED_TABLE: &str = "42P01";
 }
 

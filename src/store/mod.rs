@@ -72,13 +72,17 @@ impl From<sqlx::Error> for StoreError {
             _ => return StoreError::Database(error),
         };
         let code = database.code().unwrap_or_default();
-        // The server is going away, refuses connections, or has none left.
+        // The server is going away, refuses connections, or has none left; or it rolled
+        // the transaction back or cancelled a statement that took too long: a retry of
+        // the same request (idempotent) may well succeed.
         if code.starts_with(CONNECTION_EXCEPTION_CLASS)
+            || code.starts_with(TRANSACTION_ROLLBACK_CLASS)
             || [
                 ADMIN_SHUTDOWN,
                 CRASH_SHUTDOWN,
                 CANNOT_CONNECT_NOW,
                 TOO_MANY_CONNECTIONS,
+                QUERY_CANCELED,
             ]
             .contains(&code.as_ref())
         {
