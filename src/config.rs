@@ -112,6 +112,10 @@ pub struct DatabaseConfig {
     /// How long a request waits for a free connection before it is refused UNAVAILABLE.
     #[arg(long, env = "DISPUTE_DB_ACQUIRE_TIMEOUT", default_value = "2s", value_parser = positive_duration)]
     pub db_acquire_timeout: Duration,
+    /// Longest a statement may run, and a transaction sit idle, in the database before
+    /// the database ends it (`statement_timeout`, `idle_in_transaction_session_timeout`).
+    #[arg(long, env = "DISPUTE_DB_STATEMENT_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
+    pub db_statement_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

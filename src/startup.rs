@@ -3,7 +3,10 @@
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
-use sqlx::{PgPool, postgres::PgPoolOptions};
+use sqlx::{
+    PgPool,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
 use tokio::net::TcpListener;
 use tonic::transport::Server;
 use tonic_health::server::HealthReporter;
@@ -31,13 +34,58 @@ pub const LIVENESS: &str = "liveness";
 const MIGRATE_ATTEMPTS: u32 = 30;
 
 /// A pool that connects on demand, so the server starts (NOT_SERVING) while the
-/// database is down and recovers when it comes back.
+/// database is down and recovers when it comes back (README, "Fault tolerance"):
+///
+/// - every session gets `statement_timeout` and `idle_in_transaction_session_timeout`
+///   (`DISPUTE_DB_STATEMENT_TIMEOUT`), so the database itself ends work nobody waits for,
+///   and TCP keepalives on the server's side of the socket;
+/// - a connection is checked with a ping before use only after it sat idle (a busy
+///   connection is not pinged on every acquire: one round trip saved per request), and
+///   every check is bounded by [`PING_TIMEOUT`], so a connection to a database that
+///   stopped answering (a blackhole) is closed within it instead of holding its slot
+///   until the kernel gives up on the socket.
 pub fn pool(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
-    PgPoolOptions::new()
+    let timeout = format!("{}ms", config.db_statement_timeout.as_millis());
+    let options: PgConnectOptions = config
+        .database_url
+        .expose()
+        .parse()
+        .context("DATABASE_URL is not a valid PostgreSQL URL")?;
+    let options = options.options([
+        ("statement_timeout", timeout.as_str()),
+        ("idle_in_transaction_session_timeout", timeout.as_str()),
+        ("tcp_keepalives_idle", "30"),
+        ("tcp_keepalives_interval", "10"),
+        ("tcp_keepalives_count", "3"),
+    ]);
+    Ok(PgPoolOptions::new()
         .max_connections(config.db_max_connections)
         .acquire_timeout(config.db_acquire_timeout)
-        .connect_lazy(config.database_url.expose())
-        .context("DATABASE_URL is not a valid PostgreSQL URL")
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for < IDLE_BEFORE_PING {
+                    return Ok(true);
+                }
+                Ok(answers(conn).await)
+            })
+        })
+        .after_release(|conn, _| Box::pin(async move { Ok(answers(conn).await) }))
+        .connect_lazy_with(options))
+}
+
+/// How long a connection may sit idle before it is pinged on acquire.
+const IDLE_BEFORE_PING: Duration = Duration::from_secs(1);
+/// Longest a ping may take before its connection is given up.
+pub const PING_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Whether the connection answers a ping within [`PING_TIMEOUT`].
+async fn answers(conn: &mut sqlx::PgConnection) -> bool {
+    use sqlx::Connection;
+    matches!(
+        tokio::time::timeout(PING_TIMEOUT, conn.ping()).await,
+        Ok(Ok(()))
+    )
 }
 
 /// Applies migrations, retrying while the database is unreachable. Replicas starting

@@ -12,7 +12,7 @@ pub mod parse;
 pub mod policy;
 mod service;
 mod stream;
-mod tokens;
+pub mod tokens;
 
 pub use connections::incoming;
 pub use gate::{GateLayer, MAX_REQUEST_BYTES};

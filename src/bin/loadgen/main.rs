@@ -188,11 +188,12 @@ async fn run(args: &Args) -> anyhow::Result<Summary> {
         // Consumers resume near the tail, as real ones do from their saved cursors.
         let tail = tail_cursor(&actors[0]).await?;
         for i in 0..args.watchers {
-            // Each consumer is a caller of its own, as separate services are (a server
-            // bounds the streams one caller may hold).
-            let channel = &channels[i as usize % channels.len()];
+            // Each consumer is a caller of its own on a connection of its own, as
+            // separate services are (a server bounds the streams one caller, and one
+            // connection, may hold).
+            let channel = connect(&args.addr).await?;
             let mut service =
-                scenario::client(channel, args, Role::Service, &format!("lg-watcher-{i}"))?;
+                scenario::client(&channel, args, Role::Service, &format!("lg-watcher-{i}"))?;
             let (shared, lag, from) = (shared.clone(), lag.clone(), measure_from.clone());
             let mut stream = service
                 .watch_events(pb::WatchEventsRequest {
