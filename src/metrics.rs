@@ -55,6 +55,9 @@ const SETTLED: &str = "funds_settled_total";
 const SETTLED_MINOR: &str = "funds_settled_minor_units_total";
 const DEADLINES: &str = "deadlines_applied_total";
 const OUTBOX_LAG: &str = "outbox_oldest_undelivered_age_seconds";
+const HORIZON_AGE: &str = "dispute_stream_horizon_age_seconds";
+/// A horizon held back longer than this is logged with the transaction holding it.
+const HORIZON_WARN_SECONDS: f64 = 30.0;
 const SPANS_ENDED: &str = "otel_spans_ended_total";
 const SPANS_EXPORTED: &str = "otel_spans_exported_total";
 const SPANS_FAILED: &str = "otel_spans_export_failed_total";
@@ -134,6 +137,10 @@ impl Metrics {
             (
                 OUTBOX_LAG,
                 "Age of the oldest event past the slowest open stream's position (0 when every stream is caught up or none is open).",
+            ),
+            (
+                HORIZON_AGE,
+                "Age of the oldest transaction holding an xid anywhere on the PostgreSQL cluster: events committed after it wait for it to end.",
             ),
         ];
         for (name, help) in gauges {
@@ -292,6 +299,24 @@ impl Metrics {
         };
         if let Some(lag) = lag {
             self.gauge(OUTBOX_LAG).set(lag);
+        }
+        // Events committed after the oldest transaction still in flight on the whole
+        // cluster wait for it (README, "Fault tolerance"): how long that has been.
+        if let Ok(Ok(blocker)) =
+            tokio::time::timeout(LAG_QUERY_TIMEOUT, store.horizon_blocker()).await
+        {
+            let age = blocker.as_ref().map_or(0.0, |b| b.age_seconds);
+            self.gauge(HORIZON_AGE).set(age);
+            if let Some(b) = blocker.filter(|b| b.age_seconds > HORIZON_WARN_SECONDS) {
+                tracing::warn!(
+                    age_seconds = b.age_seconds,
+                    pid = b.pid,
+                    database = b.database.as_deref().unwrap_or("?"),
+                    application = b.application.as_deref().unwrap_or("?"),
+                    state = b.state.as_deref().unwrap_or("?"),
+                    "a long transaction is holding back the event stream"
+                );
+            }
         }
         let (ended, exported, failed) = crate::telemetry::span_counters();
         for (name, value) in [

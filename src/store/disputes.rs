@@ -248,46 +248,61 @@ pub async fn lock_dispute(
     key: &IdempotencyKey,
     now: DateTime<Utc>,
 ) -> Result<Option<LockedDispute>, StoreError> {
+    /// The statement, with its locking clause given (a test build takes none).
+    macro_rules! lock_dispute {
+        ($locking:tt) => {
     sqlx::query_as!(
-        LockedRow,
-        r#"WITH locked AS (
-             SELECT o.order_id, o.buyer_id, o.seller_id, o.currency_code, o.amount_minor,
-                    o.protection_ends_at, o.refunded_minor, o.settled_at, o.disputes_closed,
-                    o.dispute_count, d.dispute_id, d.reason, d.remedy, d.refund_currency,
-                    d.refund_minor, d.description, d.evidence_urls, d.state, d.outcome,
-                    d.return_status, d.return_carrier, d.return_tracking, d.return_agreed_at,
-                    d.return_shipped_at, d.proposal_remedy, d.proposal_refund_currency,
-                    d.proposal_refund_minor, d.proposal_message, d.created_at, d.updated_at
-             FROM orders o JOIN disputes d ON d.order_id = o.order_id
-             WHERE d.dispute_id = $1
-             FOR UPDATE OF o, d
-           ), claim AS (
-             INSERT INTO idempotency_keys (actor_role, actor_id, rpc, request_id, request_hash, created_at)
-             SELECT $2, $3, $4, $5, $6, $7 FROM locked
-             ON CONFLICT DO NOTHING
-             RETURNING 1
-           )
-           SELECT (SELECT count(*) FROM claim) = 1 AS "claimed!",
-                  order_id AS "order_id!", buyer_id AS "buyer_id!", seller_id AS "seller_id!",
-                  currency_code AS "currency_code!", amount_minor AS "amount_minor!",
-                  protection_ends_at AS "protection_ends_at!", refunded_minor, settled_at,
-                  disputes_closed AS "disputes_closed!", dispute_count AS "dispute_count!",
-                  dispute_id AS "dispute_id!", reason AS "reason!", remedy AS "remedy!",
-                  refund_currency, refund_minor, description AS "description!",
-                  evidence_urls AS "evidence_urls!", state AS "state!", outcome, return_status,
-                  return_carrier, return_tracking, return_agreed_at, return_shipped_at,
-                  proposal_remedy, proposal_refund_currency, proposal_refund_minor,
-                  proposal_message, created_at AS "created_at!", updated_at AS "updated_at!"
-           FROM locked"#,
-        dispute_id.0,
-        key.actor.role.as_str(),
-        key.actor.id,
-        key.rpc,
-        key.request_id.as_str(),
-        key.request_hash,
-        now,
-    )
-    .fetch_optional(conn)
+                LockedRow,
+                r#"WITH locked AS (
+                     SELECT o.order_id, o.buyer_id, o.seller_id, o.currency_code, o.amount_minor,
+                            o.protection_ends_at, o.refunded_minor, o.settled_at, o.disputes_closed,
+                            o.dispute_count, d.dispute_id, d.reason, d.remedy, d.refund_currency,
+                            d.refund_minor, d.description, d.evidence_urls, d.state, d.outcome,
+                            d.return_status, d.return_carrier, d.return_tracking, d.return_agreed_at,
+                            d.return_shipped_at, d.proposal_remedy, d.proposal_refund_currency,
+                            d.proposal_refund_minor, d.proposal_message, d.created_at, d.updated_at
+                     FROM orders o JOIN disputes d ON d.order_id = o.order_id
+                     WHERE d.dispute_id = $1 "#
+                    + $locking
+                    + r#"
+                   ), claim AS (
+                     INSERT INTO idempotency_keys (actor_role, actor_id, rpc, request_id, request_hash, created_at)
+                     SELECT $2, $3, $4, $5, $6, $7 FROM locked
+                     ON CONFLICT DO NOTHING
+                     RETURNING 1
+                   )
+                   SELECT (SELECT count(*) FROM claim) = 1 AS "claimed!",
+                          order_id AS "order_id!", buyer_id AS "buyer_id!", seller_id AS "seller_id!",
+                          currency_code AS "currency_code!", amount_minor AS "amount_minor!",
+                          protection_ends_at AS "protection_ends_at!", refunded_minor, settled_at,
+                          disputes_closed AS "disputes_closed!", dispute_count AS "dispute_count!",
+                          dispute_id AS "dispute_id!", reason AS "reason!", remedy AS "remedy!",
+                          refund_currency, refund_minor, description AS "description!",
+                          evidence_urls AS "evidence_urls!", state AS "state!", outcome, return_status,
+                          return_carrier, return_tracking, return_agreed_at, return_shipped_at,
+                          proposal_remedy, proposal_refund_currency, proposal_refund_minor,
+                          proposal_message, created_at AS "created_at!", updated_at AS "updated_at!"
+                   FROM locked"#,
+                dispute_id.0,
+                key.actor.role.as_str(),
+                key.actor.id,
+                key.rpc,
+                key.request_id.as_str(),
+                key.request_hash,
+                now,
+            )
+        };
+    }
+    // Both statements are compiled (and their query data kept) in every build.
+    async {
+        if cfg!(feature = "test-without-row-locks") {
+            lock_dispute!("").fetch_optional(&mut *conn).await
+        } else {
+            lock_dispute!("FOR UPDATE OF o, d")
+                .fetch_optional(&mut *conn)
+                .await
+        }
+    }
     .instrument(statement("SELECT", "disputes"))
     .await?
     .map(LockedDispute::try_from)

@@ -14,6 +14,16 @@ use uuid::Uuid;
 use super::{Store, StoreError};
 use crate::domain::{Actor, DisputeId, HistoryEvent, PartyId, Position, Role, StreamEvent};
 
+/// The transaction holding back the event stream's horizon.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HorizonBlocker {
+    pub age_seconds: f64,
+    pub pid: i32,
+    pub database: Option<String>,
+    pub application: Option<String>,
+    pub state: Option<String>,
+}
+
 /// An event to record.
 #[derive(Debug, Clone)]
 pub struct NewEvent<'a> {
@@ -176,6 +186,32 @@ impl Store {
         Ok(row.map(|row| Position {
             tx_id: row.tx_id,
             id: row.id,
+        }))
+    }
+
+    /// The oldest transaction in flight anywhere on the cluster that holds an xid — what
+    /// holds back the stream's horizon (`pg_snapshot_xmin` is cluster-wide): its age in
+    /// seconds, and where it runs as far as this role may see (`pg_read_all_stats` shows
+    /// other roles' sessions). `None` when no transaction holds one.
+    pub async fn horizon_blocker(&self) -> Result<Option<HorizonBlocker>, StoreError> {
+        let row = sqlx::query!(
+            r#"SELECT extract(epoch FROM now() - xact_start)::float8 AS "age_seconds!",
+                      pid AS "pid!", datname, application_name, state
+               FROM pg_stat_activity
+               WHERE backend_xid IS NOT NULL AND xact_start IS NOT NULL
+                 AND pid <> pg_backend_pid()
+               ORDER BY xact_start
+               LIMIT 1"#
+        )
+        .fetch_optional(self.pool())
+        .instrument(statement("SELECT", "pg_stat_activity"))
+        .await?;
+        Ok(row.map(|row| HorizonBlocker {
+            age_seconds: row.age_seconds.max(0.0),
+            pid: row.pid,
+            database: row.datname,
+            application: row.application_name,
+            state: row.state,
         }))
     }
 

@@ -17,7 +17,7 @@ pub use disputes::{
     LockedDispute, active_dispute_id, fetch_dispute, insert_opened, lock_dispute, try_lock_dispute,
     write_change,
 };
-pub use events::{NewEvent, record_event};
+pub use events::{HorizonBlocker, NewEvent, record_event};
 pub use idempotency::{IdempotencyKey, KeyState, claimed_before, complete};
 pub use orders::{
     LockedOrder, insert_order, insert_settlement, lock_order, relock_order, try_lock_order,
@@ -64,10 +64,13 @@ impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
         use constraints::sqlstate::*;
         let database = match &error {
+            // No connection, a broken one, or one whose stream makes no sense (a network
+            // that lost or mangled bytes): another connection will do.
             sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_) => return StoreError::Unavailable(error),
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_) => return StoreError::Unavailable(error),
             sqlx::Error::Database(database) => database,
             _ => return StoreError::Database(error),
         };

@@ -71,6 +71,23 @@ impl Store {
     }
 }
 
+/// The lock statement's row: the order's columns are null when there is no such order.
+struct LockedOrderRow {
+    claimed: bool,
+    order_id: Option<String>,
+    buyer_id: Option<String>,
+    seller_id: Option<String>,
+    currency_code: Option<String>,
+    amount_minor: Option<i64>,
+    protection_ends_at: Option<DateTime<Utc>>,
+    refunded_minor: Option<i64>,
+    settled_at: Option<DateTime<Utc>>,
+    disputes_closed: Option<bool>,
+    dispute_count: Option<i32>,
+    as_seen: Option<bool>,
+    active_dispute: Option<uuid::Uuid>,
+}
+
 /// An order locked by a command, with what the command's lock statement learned beside it.
 pub struct LockedOrder {
     /// `None`: no such order (nothing locked).
@@ -97,35 +114,50 @@ pub async fn lock_order(
     key: &IdempotencyKey,
     now: DateTime<Utc>,
 ) -> Result<LockedOrder, StoreError> {
-    let row = sqlx::query!(
-        r#"WITH locked AS (
-             SELECT order_id, buyer_id, seller_id, currency_code, amount_minor, protection_ends_at,
-                    refunded_minor, settled_at, disputes_closed, dispute_count, xmin AS version
-             FROM orders WHERE order_id = $1 FOR UPDATE
-           ), claim AS (
-             INSERT INTO idempotency_keys (actor_role, actor_id, rpc, request_id, request_hash, created_at)
-             SELECT $2, $3, $4, $5, $6, $7 WHERE (SELECT count(*) FROM locked) >= 0
-             ON CONFLICT DO NOTHING
-             RETURNING 1
-           )
-           SELECT (SELECT count(*) FROM claim) = 1 AS "claimed!",
-                  l.order_id AS "order_id?", l.buyer_id AS "buyer_id?", l.seller_id AS "seller_id?",
-                  l.currency_code AS "currency_code?", l.amount_minor AS "amount_minor?",
-                  l.protection_ends_at AS "protection_ends_at?", l.refunded_minor, l.settled_at,
-                  l.disputes_closed AS "disputes_closed?", l.dispute_count AS "dispute_count?",
-                  (SELECT o.xmin = l.version FROM orders o WHERE o.order_id = $1) AS "as_seen?",
-                  (SELECT d.dispute_id FROM disputes d
-                   WHERE d.order_id = $1 AND d.state NOT IN ('CANCELLED', 'RESOLVED')) AS "active_dispute?"
-           FROM (VALUES (1)) AS one (n) LEFT JOIN locked l ON true"#,
-        order_id.as_str(),
-        key.actor.role.as_str(),
-        key.actor.id,
-        key.rpc,
-        key.request_id.as_str(),
-        key.request_hash,
-        now,
-    )
-    .fetch_one(&mut *conn)
+    /// The statement, with its locking clause given (a test build takes none).
+    macro_rules! lock_order {
+        ($locking:tt) => {
+            sqlx::query_as!(
+                LockedOrderRow,
+                r#"WITH locked AS (
+                     SELECT order_id, buyer_id, seller_id, currency_code, amount_minor, protection_ends_at,
+                            refunded_minor, settled_at, disputes_closed, dispute_count, xmin AS version
+                     FROM orders WHERE order_id = $1 "#
+                    + $locking
+                    + r#"
+                   ), claim AS (
+                     INSERT INTO idempotency_keys (actor_role, actor_id, rpc, request_id, request_hash, created_at)
+                     SELECT $2, $3, $4, $5, $6, $7 WHERE (SELECT count(*) FROM locked) >= 0
+                     ON CONFLICT DO NOTHING
+                     RETURNING 1
+                   )
+                   SELECT (SELECT count(*) FROM claim) = 1 AS "claimed!",
+                          l.order_id AS "order_id?", l.buyer_id AS "buyer_id?", l.seller_id AS "seller_id?",
+                          l.currency_code AS "currency_code?", l.amount_minor AS "amount_minor?",
+                          l.protection_ends_at AS "protection_ends_at?", l.refunded_minor, l.settled_at,
+                          l.disputes_closed AS "disputes_closed?", l.dispute_count AS "dispute_count?",
+                          (SELECT o.xmin = l.version FROM orders o WHERE o.order_id = $1) AS "as_seen?",
+                          (SELECT d.dispute_id FROM disputes d
+                           WHERE d.order_id = $1 AND d.state NOT IN ('CANCELLED', 'RESOLVED')) AS "active_dispute?"
+                   FROM (VALUES (1)) AS one (n) LEFT JOIN locked l ON true"#,
+                order_id.as_str(),
+                key.actor.role.as_str(),
+                key.actor.id,
+                key.rpc,
+                key.request_id.as_str(),
+                key.request_hash,
+                now,
+            )
+        };
+    }
+    // Both statements are compiled (and their query data kept) in every build.
+    let row = async {
+        if cfg!(feature = "test-without-row-locks") {
+            lock_order!("").fetch_one(&mut *conn).await
+        } else {
+            lock_order!("FOR UPDATE").fetch_one(&mut *conn).await
+        }
+    }
     .instrument(statement("SELECT", "orders"))
     .await?;
     let order = match (

@@ -245,7 +245,7 @@ pub fn token(role: Role, sub: &str) -> String {
 }
 
 /// A client on `channel` carrying a token for `role` and `sub`.
-fn with_token(channel: Channel, role: Role, sub: &str) -> Client {
+pub fn with_token(channel: Channel, role: Role, sub: &str) -> Client {
     let token = token(role, sub);
     let value = MetadataValue::try_from(format!("Bearer {token}")).unwrap();
     DisputeServiceClient::with_interceptor(channel, Bearer(Some(value)))

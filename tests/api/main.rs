@@ -5,15 +5,18 @@ mod helpers;
 
 mod authentication;
 mod authorization;
+mod cluster;
 mod concurrency;
 mod deadlines;
 mod disputes;
 mod events;
+mod faults;
 mod hardening;
 mod idempotency;
 mod metrics;
 mod orders;
 mod process;
+mod proxy;
 mod raw;
 mod schema;
 mod server;

@@ -36,12 +36,17 @@ impl Binary {
     /// Starts `dispute-service serve` on the test's database with JSON logs, a free port
     /// and `env` on top; returns once it logged that it serves.
     pub fn serve(pool: &PgPool, env: &[(&str, &str)]) -> Binary {
+        Self::serve_url(&database_url(pool), env)
+    }
+
+    /// [`Binary::serve`] on the database at `url`.
+    pub fn serve_url(url: &str, env: &[(&str, &str)]) -> Binary {
         let mut command = Command::new(env!("CARGO_BIN_EXE_dispute-service"));
         command
             .arg("serve")
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("DATABASE_URL", database_url(pool))
+            .env("DATABASE_URL", url)
             .env("DISPUTE_JWT_HS256_SECRET", SECRET)
             .env("DISPUTE_LISTEN_ADDR", "127.0.0.1:0")
             .env("DISPUTE_METRICS_ADDR", "127.0.0.1:0")
@@ -97,6 +102,12 @@ impl Binary {
                 serde_json::from_str(line).unwrap_or_else(|_| panic!("not a JSON line: {line}"))
             })
             .collect()
+    }
+
+    /// SIGKILL: the process dies at once, mid-request, mid-transaction.
+    pub fn kill_hard(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// The process's resident memory now, in KiB (`VmRSS`).
