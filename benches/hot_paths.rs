@@ -111,7 +111,7 @@ fn hot_paths(c: &mut Criterion) {
 
     let change = domain::open(&order, false, new, &buyer, 3, DisputeId::new(), now).unwrap();
     c.bench_function("encode a Dispute (protobuf)", |b| {
-        b.iter(|| dispute_to_pb(black_box(&change.dispute)).encode_to_vec())
+        b.iter(|| dispute_to_pb(black_box(&change.dispute), None).encode_to_vec())
     });
 }
 

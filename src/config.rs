@@ -200,6 +200,10 @@ pub struct ServeConfig {
     pub shutdown_grace: Duration,
     #[command(flatten)]
     pub limits: Limits,
+    /// Key (at least 32 bytes) that signs page tokens and stream cursors. Unset: a key a
+    /// migration made, kept in the database, shared by every replica.
+    #[arg(long, env = "DISPUTE_PAGE_TOKEN_KEY", hide_env_values = true)]
+    pub page_token_key: Option<Secret>,
 }
 
 /// What one caller, or one connection, may hold at once (README, "Limits"). Every bound

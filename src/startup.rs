@@ -15,10 +15,11 @@ use crate::{
     clock::Clock,
     commands::Commands,
     config::{DatabaseConfig, ServeConfig},
+    domain::Deadlines,
     grpc::{
-        self, DisputeApi, EventFeed, GateLayer, MAX_REQUEST_BYTES, SERVICE_NAME, Slots,
+        self, ApiParts, DisputeApi, EventFeed, GateLayer, MAX_REQUEST_BYTES, SERVICE_NAME, Slots,
         auth::Authenticator, parse::EvidencePrefixes,
-        pb::dispute_service_server::DisputeServiceServer,
+        pb::dispute_service_server::DisputeServiceServer, tokens::TokenKey,
     },
     metrics::{self, Metrics},
     shutdown::{self, Stop, stopped},
@@ -134,6 +135,8 @@ pub struct Application {
     commands: Commands,
     authenticator: Arc<Authenticator>,
     worker: Option<DeadlineWorker>,
+    tokens: TokenKey,
+    deadlines: Deadlines,
 }
 
 impl Application {
@@ -157,11 +160,22 @@ impl Application {
             metrics.clone(),
         );
         let worker_config = config.worker.to_config()?;
+        let deadlines = worker_config.deadlines;
         let worker = config
             .worker
             .worker_enabled
             .then(|| DeadlineWorker::new(store.clone(), commands.clone(), worker_config));
+        let configured = config
+            .page_token_key
+            .as_ref()
+            .map(|k| k.expose().as_bytes());
+        if configured.is_some_and(|key| key.len() < 32) {
+            anyhow::bail!("DISPUTE_PAGE_TOKEN_KEY must be at least 32 bytes");
+        }
+        let tokens = TokenKey::new(configured, commands.clone());
         Ok(Self {
+            tokens,
+            deadlines,
             listener,
             metrics_listener,
             metrics,
@@ -248,7 +262,16 @@ impl Application {
             limits.max_streams_per_caller as usize,
         );
         let evidence = EvidencePrefixes::new(limits.evidence_url_prefixes.clone());
-        let api = DisputeApi::new(self.commands.clone(), feed, streams, evidence);
+        let api = DisputeApi::new(
+            self.commands.clone(),
+            ApiParts {
+                feed,
+                streams,
+                evidence,
+                tokens: self.tokens.clone(),
+                deadlines: self.deadlines,
+            },
+        );
         let disputes = DisputeServiceServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES);
 
         let grace = self.config.shutdown_grace;

@@ -43,7 +43,15 @@ fuzz_target!(|data: &[u8]| {
         8 => parse!(body, pb::SubmitReturnShipmentRequest => DisputeRequest),
         9 => parse!(body, pb::ConfirmReturnReceivedRequest => DisputeRequest),
         10 => parse!(body, pb::ExtendProtectionRequest => ExtendProtection),
-        11 => parse!(body, pb::ListDisputesRequest => ListDisputes),
-        _ => parse!(body, pb::ListDisputeEventsRequest => ListDisputeEvents),
+        11 => {
+            if let Ok(request) = pb::ListDisputesRequest::decode(body) {
+                let _ = ListDisputes::parse(&request, |_, _, _| None);
+            }
+        }
+        _ => {
+            if let Ok(request) = pb::ListDisputeEventsRequest::decode(body) {
+                let _ = ListDisputeEvents::parse(&request, |_, _| None);
+            }
+        }
     }
 });

@@ -13,7 +13,7 @@ use super::{
 use crate::{
     domain::{
         self, Change, Dispute, DisputeCommand, DisputeId, DomainError, NewDispute, NewOrder, Order,
-        PartyId, Registration, Resource,
+        PartyId, Registered, Registration, Resource,
     },
     store::{self, IdempotencyKey, StoreError},
 };
@@ -30,7 +30,12 @@ impl Commands {
                 NextAction::Return(saved) => return Ok(saved),
             };
             let existing = locked.order;
-            let order = match domain::register(existing.as_ref(), new.clone())? {
+            let stored = existing.as_ref().zip(locked.registered_protection_ends_at);
+            let stored = stored.map(|(order, protection_ends_at)| Registered {
+                order,
+                protection_ends_at,
+            });
+            let order = match domain::register(stored, new.clone())? {
                 Registration::Unchanged => existing,
                 Registration::Created(order) => {
                     let saved = saved_reply(&order)?;
@@ -44,9 +49,13 @@ impl Commands {
                     }
                     // Registered meanwhile by a concurrent call: compare with what it wrote.
                     let registered = store::relock_order(&mut tx, &new.order_id).await?;
-                    return match domain::register(registered.as_ref(), new)? {
+                    let stored = registered.as_ref().map(|(order, end)| Registered {
+                        order,
+                        protection_ends_at: *end,
+                    });
+                    return match domain::register(stored, new)? {
                         Registration::Unchanged => {
-                            let order = registered.ok_or_else(vanished)?;
+                            let (order, _) = registered.ok_or_else(vanished)?;
                             let done = Done::OrderRegistered {
                                 order_id: order.order_id.clone(),
                                 created: false,

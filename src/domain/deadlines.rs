@@ -4,7 +4,7 @@
 use chrono::{DateTime, Duration, Utc};
 
 use super::dispute::{grant, settle_and_resolve};
-use super::{Change, Dispute, DisputeState, DomainError, EventKind, Order, ReturnStatus};
+use super::{Change, Dispute, DisputeState, DomainError, EventKind, Order, Remedy, ReturnStatus};
 
 /// How long each party has. Defaults are the spec's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +54,76 @@ impl Deadlines {
             )),
             DisputeState::UnderReview | DisputeState::Cancelled | DisputeState::Resolved => None,
         }
+    }
+}
+
+/// Which deadline a dispute waits on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadlineKind {
+    /// The seller's time to answer the dispute.
+    SellerResponse,
+    /// The parties' time to agree on a counter-proposal.
+    Negotiation,
+    /// The buyer's time to ship an agreed return.
+    ReturnShipment,
+    /// The seller's time to confirm (or dispute) receipt of the return.
+    ReturnReceipt,
+}
+
+/// What the worker does when a deadline passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consequence {
+    /// The whole amount goes back to the buyer.
+    RefundBuyer,
+    /// The buyer's partial refund is granted; the rest goes to the seller.
+    RefundPartial,
+    /// The buyer's return is agreed: the buyer is then to ship the item.
+    StartReturn,
+    /// An agent takes the dispute over.
+    Escalate,
+    /// The whole amount goes to the seller.
+    ReleaseToSeller,
+}
+
+/// The next automatic step of a dispute: what the parties see as a countdown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NextDeadline {
+    pub kind: DeadlineKind,
+    pub due_at: DateTime<Utc>,
+    pub consequence: Consequence,
+}
+
+impl Deadlines {
+    /// The deadline [`apply_deadline`] will apply to `dispute`, when and with what effect
+    /// (from [`Deadlines::due`], the function the worker decides with, so the two never
+    /// disagree); `None` when nothing happens by itself.
+    pub fn next(&self, dispute: &Dispute) -> Option<NextDeadline> {
+        let (due_at, _) = self.due(dispute)?;
+        let (kind, consequence) = match dispute.state {
+            DisputeState::AwaitingSeller => (
+                DeadlineKind::SellerResponse,
+                match dispute.remedy {
+                    Remedy::FullRefund => Consequence::RefundBuyer,
+                    Remedy::PartialRefund(_) => Consequence::RefundPartial,
+                    Remedy::ReturnAndRefund => Consequence::StartReturn,
+                },
+            ),
+            DisputeState::Negotiating => (DeadlineKind::Negotiation, Consequence::Escalate),
+            DisputeState::AwaitingReturnShipment => {
+                (DeadlineKind::ReturnShipment, Consequence::ReleaseToSeller)
+            }
+            DisputeState::ReturnInTransit => {
+                (DeadlineKind::ReturnReceipt, Consequence::RefundBuyer)
+            }
+            DisputeState::UnderReview | DisputeState::Cancelled | DisputeState::Resolved => {
+                return None;
+            }
+        };
+        Some(NextDeadline {
+            kind,
+            due_at,
+            consequence,
+        })
     }
 }
 

@@ -119,6 +119,18 @@ impl DisputeState {
     pub fn is_terminal(self) -> bool {
         matches!(self, DisputeState::Cancelled | DisputeState::Resolved)
     }
+
+    /// Whose move the dispute waits for in this state (the workflow's rules): the seller
+    /// answers and confirms a return's receipt, the buyer decides on a counter-proposal
+    /// and ships a return, an agent rules under review; terminal states wait for nobody.
+    pub fn waits_for(self) -> Option<Role> {
+        match self {
+            DisputeState::AwaitingSeller | DisputeState::ReturnInTransit => Some(Role::Seller),
+            DisputeState::Negotiating | DisputeState::AwaitingReturnShipment => Some(Role::Buyer),
+            DisputeState::UnderReview => Some(Role::Agent),
+            DisputeState::Cancelled | DisputeState::Resolved => None,
+        }
+    }
 }
 
 /// How a terminal dispute ended.

@@ -20,7 +20,7 @@ mod trace;
 mod workflow;
 
 pub use actor::{Actor, Role};
-pub use deadlines::{Cutoffs, Deadlines, apply_deadline};
+pub use deadlines::{Consequence, Cutoffs, DeadlineKind, Deadlines, NextDeadline, apply_deadline};
 pub use dispute::{
     Change, Dispute, DisputeState, EventKind, ItemReturn, Outcome, Proposal, Reason, Remedy,
     ReturnStatus,
@@ -29,9 +29,9 @@ pub use error::{DomainError, FieldViolation, Precondition, Resource};
 pub use ids::{DisputeId, PartyId, RequestId};
 pub use lifecycle::{CancelVia, NewDispute, Resolution, cancel, open, resolve};
 pub use money::{Currency, Money};
-pub use order::{FundsState, NewOrder, Order, Registration, Settlement, register};
+pub use order::{FundsState, NewOrder, Order, Registered, Registration, Settlement, register};
 pub use protection::{extend_protection, release_at_protection_end};
-pub use records::{DisputeFilter, HistoryEvent, Position, StreamEvent};
+pub use records::{DisputeFilter, HistoryEvent, ListOrder, ListPosition, Position, StreamEvent};
 pub use text::{TextKind, check_text};
 pub use trace::TraceId;
 pub use workflow::{

@@ -97,8 +97,22 @@ pub enum Registration {
     Unchanged,
 }
 
-/// Registers `new`, given what is already stored under its id.
-pub fn register(existing: Option<&Order>, new: NewOrder) -> Result<Registration, DomainError> {
+/// An order as stored, with the protection end it was registered with: ExtendProtection
+/// moves the order's end later, never this.
+#[derive(Debug, Clone, Copy)]
+pub struct Registered<'a> {
+    pub order: &'a Order,
+    pub protection_ends_at: DateTime<Utc>,
+}
+
+/// Registers `new`, given what is already stored under its id. Sending the registered
+/// facts again changes nothing — after an extension too, whether they carry the
+/// registered protection end or the extended one (the extension is a later fact, not
+/// another registration); any other fact is a conflict.
+pub fn register(
+    existing: Option<Registered<'_>>,
+    new: NewOrder,
+) -> Result<Registration, DomainError> {
     match existing {
         None => Ok(Registration::Created(Order {
             order_id: new.order_id,
@@ -110,13 +124,25 @@ pub fn register(existing: Option<&Order>, new: NewOrder) -> Result<Registration,
             disputes_closed: false,
             dispute_count: 0,
         })),
-        Some(order) if order.facts() == new => Ok(Registration::Unchanged),
-        Some(_) => Err(DomainError::ORDER_ALREADY_EXISTS),
+        Some(Registered {
+            order,
+            protection_ends_at,
+        }) => {
+            let as_registered = NewOrder {
+                protection_ends_at,
+                ..order.facts()
+            };
+            if new == order.facts() || new == as_registered {
+                Ok(Registration::Unchanged)
+            } else {
+                Err(DomainError::ORDER_ALREADY_EXISTS)
+            }
+        }
     }
 }
 
 impl Order {
-    /// The registered facts, to compare a re-registration against.
+    /// The order's facts as they stand now (its protection end possibly extended).
     pub fn facts(&self) -> NewOrder {
         NewOrder {
             order_id: self.order_id.clone(),

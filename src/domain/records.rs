@@ -7,15 +7,34 @@ use uuid::Uuid;
 
 use super::{Actor, DisputeId, DisputeState};
 
-/// Filters of a dispute listing; `None` matches everything. `after` is the last dispute
-/// of the previous page (pages run newest first).
-#[derive(Debug, Clone, Default)]
+/// Filters of a dispute listing; `None` matches everything. `after` is where the previous
+/// page ended, in the list's order.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct DisputeFilter {
     pub order_id: Option<String>,
     pub buyer_id: Option<String>,
     pub seller_id: Option<String>,
-    pub state: Option<DisputeState>,
-    pub after: Option<DisputeId>,
+    /// Only disputes in one of these states (`Some(vec![])` matches nothing).
+    pub states: Option<Vec<DisputeState>>,
+    pub order: ListOrder,
+    pub after: Option<ListPosition>,
+}
+
+/// The order of a dispute listing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ListOrder {
+    /// Newest created first (dispute ids are time-ordered UUIDv7s).
+    #[default]
+    Created,
+    /// Most recently changed first.
+    Updated,
+}
+
+/// The last dispute of a page: where the next one starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListPosition {
+    pub updated_at: DateTime<Utc>,
+    pub dispute_id: DisputeId,
 }
 
 /// One entry of a dispute's history.

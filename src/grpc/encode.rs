@@ -5,10 +5,10 @@
 use chrono::{DateTime, Utc};
 use prost_types::Timestamp;
 
-use super::{pb, tokens::cursor};
+use super::{pb, tokens::Tokens};
 use crate::domain::{
-    self, DisputeState, HistoryEvent, Money, Order, Outcome, Reason, Remedy, ReturnStatus,
-    StreamEvent,
+    self, Consequence, DeadlineKind, DisputeState, HistoryEvent, Money, NextDeadline, Order,
+    Outcome, Reason, Remedy, ReturnStatus, StreamEvent,
 };
 
 fn json_to_pb(value: &serde_json::Value) -> prost_types::Value {
@@ -53,9 +53,9 @@ pub fn history_event_to_pb(event: &HistoryEvent) -> pb::DisputeEvent {
     }
 }
 
-pub fn stream_event_to_pb(event: &StreamEvent) -> pb::Event {
+pub fn stream_event_to_pb(event: &StreamEvent, tokens: &Tokens) -> pb::Event {
     pb::Event {
-        cursor: cursor(event.position),
+        cursor: tokens.cursor(event.position),
         event_id: event.event_id.to_string(),
         r#type: event.event_type.clone(),
         order_id: event.order_id.clone(),
@@ -129,7 +129,8 @@ fn remedy_to_pb(remedy: Remedy) -> (pb::Remedy, Option<pb::Money>) {
     }
 }
 
-pub fn dispute_to_pb(dispute: &domain::Dispute) -> pb::Dispute {
+/// A dispute with its next deadline (`Deadlines::next`; the caller knows the deadlines).
+pub fn dispute_to_pb(dispute: &domain::Dispute, next: Option<NextDeadline>) -> pb::Dispute {
     let (remedy, refund_amount) = remedy_to_pb(dispute.remedy);
     let proposal = dispute.proposal.as_ref().map(|proposal| {
         let (remedy, refund_amount) = remedy_to_pb(proposal.remedy);
@@ -181,5 +182,27 @@ pub fn dispute_to_pb(dispute: &domain::Dispute) -> pb::Dispute {
         created_at: Some(timestamp_to_pb(dispute.created_at)),
         updated_at: Some(timestamp_to_pb(dispute.updated_at)),
         proposal,
+        next_deadline: next.map(next_deadline_to_pb),
+    }
+}
+
+fn next_deadline_to_pb(next: NextDeadline) -> pb::NextDeadline {
+    let kind = match next.kind {
+        DeadlineKind::SellerResponse => pb::DeadlineKind::SellerResponse,
+        DeadlineKind::Negotiation => pb::DeadlineKind::Negotiation,
+        DeadlineKind::ReturnShipment => pb::DeadlineKind::ReturnShipment,
+        DeadlineKind::ReturnReceipt => pb::DeadlineKind::ReturnReceipt,
+    };
+    let consequence = match next.consequence {
+        Consequence::RefundBuyer => pb::DeadlineConsequence::RefundBuyer,
+        Consequence::RefundPartial => pb::DeadlineConsequence::RefundPartial,
+        Consequence::StartReturn => pb::DeadlineConsequence::StartReturn,
+        Consequence::Escalate => pb::DeadlineConsequence::Escalate,
+        Consequence::ReleaseToSeller => pb::DeadlineConsequence::ReleaseToSeller,
+    };
+    pb::NextDeadline {
+        kind: kind as i32,
+        due_at: Some(timestamp_to_pb(next.due_at)),
+        consequence: consequence as i32,
     }
 }

@@ -17,7 +17,7 @@ pub mod tokens;
 pub use connections::incoming;
 pub use gate::{GateLayer, MAX_REQUEST_BYTES};
 pub use limits::Slots;
-pub use service::DisputeApi;
+pub use service::{ApiParts, DisputeApi};
 pub use stream::EventFeed;
 
 #[allow(clippy::all, missing_docs)]

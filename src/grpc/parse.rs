@@ -10,16 +10,13 @@ use crate::{
     clock::to_storage_precision,
     domain::{
         self, CancelVia, DisputeCommand, DisputeFilter, DisputeId, DisputeState, DomainError,
-        FieldViolation, Money, NewDispute, NewOrder, PartyId, Reason, Remedy, RequestId,
-        Resolution, SellerDecision, TextKind,
+        FieldViolation, ListOrder, ListPosition, Money, NewDispute, NewOrder, PartyId, Reason,
+        Remedy, RequestId, Resolution, SellerDecision, TextKind,
         TextKind::{Free, Line},
     },
 };
 
-use super::{
-    encode::state_to_pb,
-    tokens::{self, parse_page_token},
-};
+use super::{encode::state_to_pb, tokens};
 
 /// Most field violations listed in one error (README, "Limits").
 pub const MAX_VIOLATIONS: usize = 20;
@@ -326,9 +323,10 @@ fn respond_to_dispute(req: &pb::RespondToDisputeRequest) -> Result<DisputeReques
                     req.counter_refund_amount.as_ref(),
                     v,
                 );
+                // A counter-offer is explained: the buyer decides on it from this.
                 let message = v.check(
                     "message",
-                    bounded_text(&req.message, domain::MAX_NOTE_CHARS, Free),
+                    required_text(&req.message, domain::MAX_NOTE_CHARS, Free),
                 );
                 Some(SellerDecision::Propose {
                     remedy: remedy?,
@@ -430,62 +428,111 @@ fn resolve_funds(req: &pb::ResolveFundsRequest) -> Result<DisputeRequest, Domain
     })
 }
 
-fn list_disputes(req: &pb::ListDisputesRequest) -> Result<ListDisputes, DomainError> {
-    let mut v = Violations::default();
-    let page_size = v.check("page_size", tokens::page_size(req.page_size));
-    let after = match req.page_token.as_str() {
-        "" => None,
-        token => v.check(
-            "page_token",
-            parse_page_token(token, |s| DisputeId::parse(s).ok()),
-        ),
-    };
-    let optional_id = |field: &str, raw: &str, v: &mut Violations| {
-        (!raw.is_empty())
-            .then(|| v.check(field, PartyId::parse(raw).map(|id| id.as_str().to_owned())))
-            .flatten()
-    };
-    let order_id = optional_id("order_id", &req.order_id, &mut v);
-    let buyer_id = optional_id("buyer_id", &req.buyer_id, &mut v);
-    let seller_id = optional_id("seller_id", &req.seller_id, &mut v);
-    let state = match req.state {
-        0 => None,
-        raw => v.check("state", enum_value(raw, state_from_pb)),
-    };
-    v.finish(|| {
-        Some(ListDisputes {
-            filter: DisputeFilter {
-                order_id,
-                buyer_id,
-                seller_id,
-                state,
-                after,
-            },
-            page_size: page_size?,
+impl ListDisputes {
+    /// Parses ListDisputes. `open` gives the position a page token stands for, given the
+    /// filter it must have been issued for (`None`: not such a token); it is asked only
+    /// when the filter itself is valid.
+    pub fn parse(
+        req: &pb::ListDisputesRequest,
+        open: impl FnOnce(&DisputeFilter, bool, &str) -> Option<ListPosition>,
+    ) -> Result<Self, DomainError> {
+        let mut v = Violations::default();
+        let page_size = v.check("page_size", tokens::page_size(req.page_size));
+        let optional_id = |field: &str, raw: &str, v: &mut Violations| {
+            (!raw.is_empty())
+                .then(|| v.check(field, PartyId::parse(raw).map(|id| id.as_str().to_owned())))
+                .flatten()
+        };
+        let order_id = optional_id("order_id", &req.order_id, &mut v);
+        let buyer_id = optional_id("buyer_id", &req.buyer_id, &mut v);
+        let seller_id = optional_id("seller_id", &req.seller_id, &mut v);
+        let state = match req.state {
+            0 => None,
+            raw => v.check("state", enum_value(raw, state_from_pb)),
+        };
+        let mut states = Vec::new();
+        for (i, &raw) in req.states.iter().enumerate() {
+            if let Some(state) = v.check(&format!("states[{i}]"), enum_value(raw, state_from_pb)) {
+                states.push(state);
+            }
+        }
+        // Both given: a dispute must be in both.
+        let states = match (state, req.states.is_empty()) {
+            (None, true) => None,
+            (None, false) => Some(states),
+            (Some(state), true) => Some(vec![state]),
+            (Some(state), false) => Some(states.into_iter().filter(|s| *s == state).collect()),
+        };
+        let order = match pb::ListOrder::try_from(req.order_by) {
+            Ok(pb::ListOrder::Unspecified | pb::ListOrder::CreatedDesc) => ListOrder::Created,
+            Ok(pb::ListOrder::UpdatedDesc) => ListOrder::Updated,
+            Err(_) => {
+                v.0.push(FieldViolation::new(
+                    "order_by",
+                    "must be one of the enum's values",
+                ));
+                ListOrder::Created
+            }
+        };
+        let filter_valid = v.0.iter().all(|violation| violation.field == "page_size");
+        let mut filter = DisputeFilter {
+            order_id,
+            buyer_id,
+            seller_id,
+            states,
+            order,
+            after: None,
+        };
+        if !req.page_token.is_empty() {
+            let opened = filter_valid
+                .then(|| open(&filter, req.needs_my_action, &req.page_token))
+                .flatten();
+            if opened.is_none() {
+                v.0.push(FieldViolation::new(
+                    "page_token",
+                    "is not a page token this service issued for this caller and filter",
+                ));
+            }
+            filter.after = opened;
+        }
+        v.finish(|| {
+            Some(ListDisputes {
+                filter,
+                needs_my_action: req.needs_my_action,
+                page_size: page_size?,
+            })
         })
-    })
+    }
 }
 
-fn list_dispute_events(
-    req: &pb::ListDisputeEventsRequest,
-) -> Result<ListDisputeEvents, DomainError> {
-    let mut v = Violations::default();
-    let dispute_id = v.check("dispute_id", DisputeId::parse(&req.dispute_id));
-    let page_size = v.check("page_size", tokens::page_size(req.page_size));
-    let after = match req.page_token.as_str() {
-        "" => Some(0),
-        token => v.check(
-            "page_token",
-            parse_page_token(token, |s| s.parse::<i32>().ok()),
-        ),
-    };
-    v.finish(|| {
-        Some(ListDisputeEvents {
-            dispute_id: dispute_id?,
-            after_seq: after?,
-            page_size: page_size?,
+impl ListDisputeEvents {
+    /// Parses ListDisputeEvents. `open` gives the sequence number a page token stands for,
+    /// given the dispute it must have been issued for (`None`: not such a token).
+    pub fn parse(
+        req: &pb::ListDisputeEventsRequest,
+        open: impl FnOnce(DisputeId, &str) -> Option<i32>,
+    ) -> Result<Self, DomainError> {
+        let mut v = Violations::default();
+        let dispute_id = v.check("dispute_id", DisputeId::parse(&req.dispute_id));
+        let page_size = v.check("page_size", tokens::page_size(req.page_size));
+        let after_seq = match (req.page_token.as_str(), dispute_id) {
+            ("", _) => Some(0),
+            (token, Some(dispute_id)) => v.check(
+                "page_token",
+                open(dispute_id, token).ok_or_else(|| {
+                    "is not a page token this service issued for this caller and dispute".to_owned()
+                }),
+            ),
+            (_, None) => None,
+        };
+        v.finish(|| {
+            Some(ListDisputeEvents {
+                dispute_id: dispute_id?,
+                after_seq: after_seq?,
+                page_size: page_size?,
+            })
         })
-    })
+    }
 }
 
 fn reason_from_pb(raw: i32) -> Option<Reason> {
@@ -522,9 +569,11 @@ pub struct ExtendProtection {
     pub request_id: RequestId,
 }
 
-/// ListDisputes, parsed: the filter (with the page token's position) and the page size.
+/// ListDisputes, parsed: the filter (with the page token's position), whether only the
+/// caller's moves are asked for, and the page size.
 pub struct ListDisputes {
     pub filter: DisputeFilter,
+    pub needs_my_action: bool,
     pub page_size: usize,
 }
 
@@ -559,6 +608,4 @@ parsed_by! {
     pb::SubmitReturnShipmentRequest => DisputeRequest: submit_return_shipment;
     pb::ConfirmReturnReceivedRequest => DisputeRequest: confirm_return_received;
     pb::ExtendProtectionRequest => ExtendProtection: extend_protection;
-    pb::ListDisputesRequest => ListDisputes: list_disputes;
-    pb::ListDisputeEventsRequest => ListDisputeEvents: list_dispute_events;
 }

@@ -17,11 +17,14 @@ use super::{
     },
     pb::{self, dispute_service_server::DisputeService},
     stream::{self, EventFeed, EventStream},
-    tokens,
+    tokens::TokenKey,
 };
 use crate::{
     commands::{Commands, RequestKey},
-    domain::{Actor, DisputeId, DomainError, PartyId, RequestId, TraceId},
+    domain::{
+        Actor, Deadlines, Dispute, DisputeFilter, DisputeId, DomainError, ListPosition, PartyId,
+        RequestId, TraceId,
+    },
 };
 
 pub struct DisputeApi {
@@ -30,21 +33,42 @@ pub struct DisputeApi {
     /// WatchEvents streams open, in all and per caller.
     streams: Slots,
     evidence: EvidencePrefixes,
+    tokens: TokenKey,
+    /// The worker's deadlines: each dispute shows its next one.
+    deadlines: Deadlines,
+}
+
+/// What the API is built from besides the commands.
+pub struct ApiParts {
+    pub feed: EventFeed,
+    pub streams: Slots,
+    pub evidence: EvidencePrefixes,
+    pub tokens: TokenKey,
+    pub deadlines: Deadlines,
 }
 
 impl DisputeApi {
-    pub fn new(
-        commands: Commands,
-        feed: EventFeed,
-        streams: Slots,
-        evidence: EvidencePrefixes,
-    ) -> Self {
+    pub fn new(commands: Commands, parts: ApiParts) -> Self {
+        let ApiParts {
+            feed,
+            streams,
+            evidence,
+            tokens,
+            deadlines,
+        } = parts;
         Self {
             commands,
             feed,
             streams,
             evidence,
+            tokens,
+            deadlines,
         }
+    }
+
+    /// A dispute as the API shows it, with its next deadline.
+    fn dispute(&self, dispute: &Dispute) -> pb::Dispute {
+        dispute_to_pb(dispute, self.deadlines.next(dispute))
     }
 
     /// Every RPC that acts on one dispute: parse, run, answer with the dispute and its order.
@@ -69,7 +93,7 @@ impl DisputeApi {
         let (dispute, order) = self.commands.execute(dispute_id, command, key).await?;
         on_span(Some(&order.order_id), None);
         Ok(Response::new(respond(
-            Some(dispute_to_pb(&dispute)),
+            Some(self.dispute(&dispute)),
             Some(order_to_pb(&order)),
         )))
     }
@@ -92,6 +116,38 @@ impl Caller {
             self.trace_id,
         )
     }
+}
+
+/// What a ListDisputes page token is valid for: the caller and the whole filter (its
+/// position aside).
+fn list_scope(actor: &Actor, filter: &DisputeFilter, needs_my_action: bool) -> String {
+    format!(
+        "disputes|{}|{}|{:?}|{:?}|{:?}|{:?}|{needs_my_action}|{:?}",
+        actor.role.as_str(),
+        actor.id,
+        filter.order_id,
+        filter.buyer_id,
+        filter.seller_id,
+        filter.states,
+        filter.order,
+    )
+}
+
+/// A page position as a token's payload: the last dispute's update time (µs) and id.
+fn payload_of(position: ListPosition) -> String {
+    format!(
+        "{}:{}",
+        position.updated_at.timestamp_micros(),
+        position.dispute_id
+    )
+}
+
+fn position_of(payload: &str) -> Option<ListPosition> {
+    let (micros, id) = payload.split_once(':')?;
+    Some(ListPosition {
+        updated_at: chrono::DateTime::from_timestamp_micros(micros.parse().ok()?)?,
+        dispute_id: DisputeId::parse(id).ok()?,
+    })
 }
 
 /// The caller of a request and the request itself.
@@ -168,7 +224,7 @@ impl DisputeService for DisputeApi {
         let dispute = self.commands.open_dispute(dispute, key).await?;
         on_span(None, Some(&dispute.dispute_id));
         Ok(Response::new(pb::OpenDisputeResponse {
-            dispute: Some(dispute_to_pb(&dispute)),
+            dispute: Some(self.dispute(&dispute)),
         }))
     }
 
@@ -211,7 +267,7 @@ impl DisputeService for DisputeApi {
         on_span(None, Some(&dispute_id));
         let dispute = self.commands.get_dispute(&actor, dispute_id).await?;
         Ok(Response::new(pb::GetDisputeResponse {
-            dispute: Some(dispute_to_pb(&dispute)),
+            dispute: Some(self.dispute(&dispute)),
         }))
     }
 
@@ -220,17 +276,27 @@ impl DisputeService for DisputeApi {
         request: Request<pb::ListDisputesRequest>,
     ) -> Result<Response<pb::ListDisputesResponse>, Status> {
         let actor = actor(&request)?;
-        let ListDisputes { filter, page_size } = ListDisputes::try_from(request.get_ref())?;
+        let tokens = self.tokens.tokens().await?;
+        let ListDisputes {
+            filter,
+            needs_my_action,
+            page_size,
+        } = ListDisputes::parse(request.get_ref(), |filter, mine, token| {
+            let payload = tokens.open(&list_scope(&actor, filter, mine), token)?;
+            position_of(&payload)
+        })?;
+        let scope = list_scope(&actor, &filter, needs_my_action);
         let page = self
             .commands
-            .list_disputes(&actor, filter, page_size)
+            .list_disputes(&actor, filter, needs_my_action, page_size)
             .await?;
         Ok(Response::new(pb::ListDisputesResponse {
-            disputes: page.disputes.iter().map(dispute_to_pb).collect(),
+            disputes: page.disputes.iter().map(|d| self.dispute(d)).collect(),
             next_page_token: page
                 .next_after
-                .map(|id| tokens::page_token(&id))
+                .map(|p| tokens.seal(&scope, &payload_of(p)))
                 .unwrap_or_default(),
+            total_size: page.total.map(|n| n.try_into().unwrap_or(i32::MAX)),
         }))
     }
 
@@ -310,18 +376,26 @@ impl DisputeService for DisputeApi {
         request: Request<pb::ListDisputeEventsRequest>,
     ) -> Result<Response<pb::ListDisputeEventsResponse>, Status> {
         let actor = actor(&request)?;
+        let tokens = self.tokens.tokens().await?;
+        let scope = |dispute_id: DisputeId| {
+            format!("history|{}|{}|{dispute_id}", actor.role.as_str(), actor.id)
+        };
         let ListDisputeEvents {
             dispute_id,
             after_seq,
             page_size,
-        } = ListDisputeEvents::try_from(request.get_ref())?;
+        } = ListDisputeEvents::parse(request.get_ref(), |dispute_id, token| {
+            tokens.open(&scope(dispute_id), token)?.parse().ok()
+        })?;
         on_span(None, Some(&dispute_id));
         let events = self
             .commands
             .history(&actor, dispute_id, after_seq, page_size)
             .await?;
         let next_page_token = match events.last() {
-            Some(last) if events.len() == page_size => tokens::page_token(&last.seq),
+            Some(last) if events.len() == page_size => {
+                tokens.seal(&scope(dispute_id), &last.seq.to_string())
+            }
             _ => String::new(),
         };
         Ok(Response::new(pb::ListDisputeEventsResponse {
@@ -336,7 +410,8 @@ impl DisputeService for DisputeApi {
         &self,
         request: Request<pb::WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
-        let after = tokens::parse_cursor(&request.get_ref().after_cursor)?;
+        let tokens = self.tokens.tokens().await?;
+        let after = tokens.parse_cursor(&request.get_ref().after_cursor)?;
         let slot = self
             .streams
             .slot(&actor(&request)?)
@@ -352,7 +427,14 @@ impl DisputeService for DisputeApi {
                     "the server has too many WatchEvents streams open; retry with backoff",
                 ),
             })?;
-        let events = stream::watch(self.commands.clone(), self.feed.clone(), after, slot).await?;
+        let events = stream::watch(
+            self.commands.clone(),
+            self.feed.clone(),
+            tokens,
+            after,
+            slot,
+        )
+        .await?;
         Ok(Response::new(events))
     }
 }

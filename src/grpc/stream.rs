@@ -17,7 +17,7 @@ use tokio::sync::{OwnedSemaphorePermit, broadcast, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
-use super::{encode::stream_event_to_pb, limits::CallerSlot, pb};
+use super::{encode::stream_event_to_pb, limits::CallerSlot, pb, tokens::Tokens};
 use crate::{
     commands::{Commands, Error},
     domain::{Position, StreamEvent},
@@ -121,6 +121,7 @@ pub type EventStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEventsResponse,
 pub async fn watch(
     commands: Commands,
     feed: EventFeed,
+    tokens: Tokens,
     after: Option<Position>,
     slot: (CallerSlot, OwnedSemaphorePermit),
 ) -> Result<EventStream, Status> {
@@ -133,6 +134,7 @@ pub async fn watch(
         .stream_opened(after.unwrap_or(Position::START));
     let mut stream = Consumer {
         commands,
+        tokens,
         tx,
         after,
         open,
@@ -151,6 +153,8 @@ pub async fn watch(
 /// One consumer's stream.
 struct Consumer {
     commands: Commands,
+    /// Signs each event's cursor.
+    tokens: Tokens,
     tx: mpsc::Sender<Result<pb::WatchEventsResponse, Status>>,
     after: Option<Position>,
     open: crate::metrics::StreamGuard,
@@ -210,7 +214,7 @@ impl Consumer {
                 continue;
             }
             let message = pb::WatchEventsResponse {
-                event: Some(stream_event_to_pb(event)),
+                event: Some(stream_event_to_pb(event, &self.tokens)),
             };
             if self.tx.send(Ok(message)).await.is_err() {
                 return false;

@@ -1,32 +1,131 @@
-//! Page tokens and stream cursors: opaque strings to clients, positions to the service.
+//! Page tokens and stream cursors (README, "Page tokens and cursors"): opaque to clients
+//! and tamper-evident. Each is a version byte, a 16-byte HMAC-SHA256 tag and the position
+//! it stands for, base64url. The tag covers the position and the token's scope: for a page
+//! token, the caller and the whole filter of the request that made it, so a token edited,
+//! forged, or sent with another filter (or by another caller) is refused; for a cursor,
+//! the event stream. The key is the server's (`DISPUTE_PAGE_TOKEN_KEY`, or one made by a
+//! migration and shared by every replica through the database).
 
-use crate::domain::{DomainError, Position};
+use std::sync::Arc;
+
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use tokio::sync::OnceCell;
+
+use crate::{
+    commands::{Commands, Error},
+    domain::{DomainError, Position},
+};
 
 /// Default and largest page sizes of lists.
 pub const DEFAULT_PAGE_SIZE: usize = 50;
 pub const MAX_PAGE_SIZE: usize = 500;
-const PAGE_TOKEN_PREFIX: &str = "v1:";
+/// The token format; a new one gets a new byte.
+const VERSION: u8 = 2;
+const TAG_BYTES: usize = 16;
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+/// The scope of every cursor: the one event stream.
+const STREAM_SCOPE: &str = "events";
 
-/// An opaque page token for the last item of a page.
-pub fn page_token(last: &impl std::fmt::Display) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{PAGE_TOKEN_PREFIX}{last}"))
+/// Where the key comes from: configured, or read from the database once, on first use
+/// (so the server starts, NOT_SERVING, while the database is down).
+#[derive(Clone)]
+pub struct TokenKey {
+    configured: Option<Tokens>,
+    commands: Commands,
+    loaded: Arc<OnceCell<Tokens>>,
 }
 
-/// The last item of the previous page, from a token [`page_token`] made.
-pub(super) fn parse_page_token<T>(
-    token: &str,
-    parse: impl FnOnce(&str) -> Option<T>,
-) -> Result<T, String> {
-    use base64::Engine;
-    let invalid = || "is not a token this service issued".to_string();
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(token)
-        .map_err(|_| invalid())?;
-    let text = String::from_utf8(bytes).map_err(|_| invalid())?;
-    text.strip_prefix(PAGE_TOKEN_PREFIX)
-        .and_then(parse)
-        .ok_or_else(invalid)
+impl TokenKey {
+    pub fn new(configured: Option<&[u8]>, commands: Commands) -> Self {
+        Self {
+            configured: configured.map(Tokens::new),
+            commands,
+            loaded: Arc::default(),
+        }
+    }
+
+    /// The tokens of this server's key.
+    pub async fn tokens(&self) -> Result<Tokens, Error> {
+        if let Some(tokens) = &self.configured {
+            return Ok(tokens.clone());
+        }
+        self.loaded
+            .get_or_try_init(|| async { Ok(Tokens::new(&self.commands.page_token_key().await?)) })
+            .await
+            .cloned()
+    }
+}
+
+/// Seals positions into tokens and opens them again, with the server's key.
+#[derive(Clone)]
+pub struct Tokens {
+    key: Arc<[u8]>,
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tokens(..)")
+    }
+}
+
+impl Tokens {
+    pub fn new(key: &[u8]) -> Self {
+        Self { key: key.into() }
+    }
+
+    fn mac(&self, scope: &str, payload: &[u8]) -> Hmac<Sha256> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes any key");
+        mac.update(&[VERSION]);
+        mac.update(&(scope.len() as u64).to_be_bytes());
+        mac.update(scope.as_bytes());
+        mac.update(payload);
+        mac
+    }
+
+    /// A token for `payload` within `scope`.
+    pub fn seal(&self, scope: &str, payload: &str) -> String {
+        let tag = self.mac(scope, payload.as_bytes()).finalize().into_bytes();
+        let mut bytes = Vec::with_capacity(1 + TAG_BYTES + payload.len());
+        bytes.push(VERSION);
+        bytes.extend_from_slice(&tag[..TAG_BYTES]);
+        bytes.extend_from_slice(payload.as_bytes());
+        B64.encode(bytes)
+    }
+
+    /// The payload of a token this server sealed within `scope`; `None` for anything else.
+    pub fn open(&self, scope: &str, token: &str) -> Option<String> {
+        let bytes = B64.decode(token).ok()?;
+        let (&version, rest) = bytes.split_first()?;
+        if version != VERSION || rest.len() < TAG_BYTES {
+            return None;
+        }
+        let (tag, payload) = rest.split_at(TAG_BYTES);
+        self.mac(scope, payload).verify_truncated_left(tag).ok()?;
+        String::from_utf8(payload.to_vec()).ok()
+    }
+
+    /// The stream cursor of a position.
+    pub fn cursor(&self, position: Position) -> String {
+        self.seal(STREAM_SCOPE, &format!("{}:{}", position.tx_id, position.id))
+    }
+
+    /// `None` for an empty cursor (start from the oldest event kept).
+    pub fn parse_cursor(&self, raw: &str) -> Result<Option<Position>, DomainError> {
+        if raw.is_empty() {
+            return Ok(None);
+        }
+        let invalid =
+            || DomainError::invalid("after_cursor", "is not a cursor this service issued");
+        let text = self.open(STREAM_SCOPE, raw).ok_or_else(invalid)?;
+        let (tx_id, id) = text.split_once(':').ok_or_else(invalid)?;
+        match (tx_id.parse(), id.parse()) {
+            (Ok(tx_id), Ok(id)) => Ok(Some(Position { tx_id, id })),
+            _ => Err(invalid()),
+        }
+    }
 }
 
 pub(super) fn page_size(raw: i32) -> Result<usize, String> {
@@ -37,52 +136,43 @@ pub(super) fn page_size(raw: i32) -> Result<usize, String> {
     }
 }
 
-const CURSOR_PREFIX: &str = "c1:";
-
-/// The stream cursor of a position: opaque to consumers.
-pub fn cursor(position: Position) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .encode(format!("{CURSOR_PREFIX}{}:{}", position.tx_id, position.id))
-}
-
-/// `None` for an empty cursor (start from the oldest event kept).
-pub fn parse_cursor(raw: &str) -> Result<Option<Position>, DomainError> {
-    use base64::Engine;
-    if raw.is_empty() {
-        return Ok(None);
-    }
-    let invalid = || DomainError::invalid("after_cursor", "is not a cursor this service issued");
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(raw)
-        .map_err(|_| invalid())?;
-    let text = String::from_utf8(bytes).map_err(|_| invalid())?;
-    let (tx_id, id) = text
-        .strip_prefix(CURSOR_PREFIX)
-        .and_then(|rest| rest.split_once(':'))
-        .ok_or_else(invalid)?;
-    match (tx_id.parse(), id.parse()) {
-        (Ok(tx_id), Ok(id)) => Ok(Some(Position { tx_id, id })),
-        _ => Err(invalid()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn tokens() -> Tokens {
+        Tokens::new(b"a test key of thirty-two bytes!!")
+    }
+
     #[test]
-    fn a_page_token_gives_back_what_it_was_made_of_and_nothing_else_parses() {
-        let token = page_token(&"01a218a2-80c4-7226-9eb1-3ae75d3633c8");
+    fn a_token_opens_to_its_payload_in_its_scope_only() {
+        let t = tokens();
+        let token = t.seal("buyer-1|ACTIVE", "01a218a2-80c4-7226-9eb1-3ae75d3633c8");
         assert_eq!(
-            parse_page_token(&token, |s| Some(s.to_owned())).unwrap(),
-            "01a218a2-80c4-7226-9eb1-3ae75d3633c8"
+            t.open("buyer-1|ACTIVE", &token).as_deref(),
+            Some("01a218a2-80c4-7226-9eb1-3ae75d3633c8")
         );
-        for bad in ["", "not base64!", "djE6", "eDox"] {
-            assert!(
-                parse_page_token(bad, |s| s.parse::<u8>().ok()).is_err(),
-                "{bad}"
-            );
+        assert_eq!(t.open("buyer-1|RESOLVED", &token), None, "another filter");
+        assert_eq!(
+            Tokens::new(b"another key, also 32 bytes long!").open("buyer-1|ACTIVE", &token),
+            None
+        );
+    }
+
+    #[test]
+    fn an_edited_or_forged_token_is_refused() {
+        let t = tokens();
+        let token = t.seal("s", "12");
+        let mut bytes = B64.decode(&token).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1; // the position
+        assert_eq!(t.open("s", &B64.encode(&bytes)), None);
+        bytes[last] ^= 1;
+        bytes[1] ^= 1; // the tag
+        assert_eq!(t.open("s", &B64.encode(&bytes)), None);
+        // The old readable format, and plain garbage.
+        for forged in ["djE6MTI", "", "not base64!", "AgAAAA"] {
+            assert_eq!(t.open("s", forged), None, "{forged}");
         }
     }
 
@@ -96,11 +186,13 @@ mod tests {
 
     #[test]
     fn a_cursor_round_trips_and_a_forged_one_is_refused() {
+        let t = tokens();
         let position = Position { tx_id: 812, id: 9 };
-        assert_eq!(parse_cursor(&cursor(position)), Ok(Some(position)));
-        assert_eq!(parse_cursor(""), Ok(None));
-        for bad in ["garbage", "YzE6MQ", "YzI6MToy"] {
-            assert!(parse_cursor(bad).is_err(), "{bad}");
+        assert_eq!(t.parse_cursor(&t.cursor(position)), Ok(Some(position)));
+        assert_eq!(t.parse_cursor(""), Ok(None));
+        // A readable cursor of the old format, and a page token used as a cursor.
+        for bad in ["garbage", "YzE6ODEyOjk", &t.seal("disputes", "812:9")] {
+            assert!(t.parse_cursor(bad).is_err(), "{bad}");
         }
     }
 }

@@ -10,8 +10,8 @@ use uuid::Uuid;
 
 use super::{IdempotencyKey, NewEvent, Store, StoreError, codec, orders::OrderRow};
 use crate::domain::{
-    Actor, Change, Dispute, DisputeFilter, DisputeId, ItemReturn, Order, PartyId, Proposal,
-    Settlement,
+    Actor, Change, Dispute, DisputeFilter, DisputeId, ItemReturn, ListOrder, Order, PartyId,
+    Proposal, Settlement,
 };
 
 struct DisputeRow {
@@ -105,42 +105,159 @@ impl Store {
         fetch_dispute(self.pool(), dispute_id).await
     }
 
-    /// One page of disputes matching `filter`, newest first.
+    /// One page of disputes matching `filter`, in its order. One statement per scope (an
+    /// order, a buyer, a seller, none) and order, so each keeps its index plan whatever
+    /// the plan cache does; the other filters are checked on the rows the index yields.
     pub async fn list_disputes(
         &self,
         filter: &DisputeFilter,
         limit: i64,
     ) -> Result<Vec<Dispute>, StoreError> {
-        sqlx::query_as!(
-            DisputeRow,
-            r#"SELECT d.dispute_id, d.order_id, d.buyer_id, d.seller_id, d.reason, d.remedy,
+        let states = state_names(filter);
+        let after_id = filter.after.map(|p| p.dispute_id.0);
+        let after_updated = filter.after.map(|p| p.updated_at);
+        let (scope, by) = scope_of(filter);
+        macro_rules! by_creation {
+            ($scope:tt) => {
+                sqlx::query_as!(
+                    DisputeRow,
+                    r#"SELECT d.dispute_id, d.order_id, d.buyer_id, d.seller_id, d.reason, d.remedy,
                       d.refund_currency, d.refund_minor, d.description, d.evidence_urls, d.state,
                       d.outcome, d.return_status, d.return_carrier, d.return_tracking,
                       d.return_agreed_at, d.return_shipped_at, d.proposal_remedy,
                       d.proposal_refund_currency, d.proposal_refund_minor, d.proposal_message,
                       o.protection_ends_at, d.created_at, d.updated_at
-               FROM disputes d JOIN orders o USING (order_id)
-               WHERE ($1::text IS NULL OR d.order_id = $1)
-                 AND ($2::text IS NULL OR d.buyer_id = $2)
-                 AND ($3::text IS NULL OR d.seller_id = $3)
-                 AND ($4::text IS NULL OR d.state = $4)
-                 AND ($5::uuid IS NULL OR d.dispute_id < $5)
-               ORDER BY d.dispute_id DESC
-               LIMIT $6"#,
-            filter.order_id,
-            filter.buyer_id,
-            filter.seller_id,
-            filter.state.map(codec::state_str),
-            filter.after.map(|id| id.0),
-            limit,
-        )
-        .fetch_all(self.pool())
+                       FROM disputes d JOIN orders o USING (order_id)
+                       WHERE "# + $scope + r#"
+                         AND ($2::text IS NULL OR d.buyer_id = $2)
+                         AND ($3::text IS NULL OR d.seller_id = $3)
+                         AND ($4::text[] IS NULL OR d.state = ANY($4))
+                         AND ($5::uuid IS NULL OR d.dispute_id < $5)
+                       ORDER BY d.dispute_id DESC
+                       LIMIT $6"#,
+                    scope,
+                    filter.buyer_id,
+                    filter.seller_id,
+                    states.as_deref(),
+                    after_id,
+                    limit,
+                )
+                .fetch_all(self.pool())
+                .await
+            };
+        }
+        macro_rules! by_change {
+            ($scope:tt) => {
+                sqlx::query_as!(
+                    DisputeRow,
+                    r#"SELECT d.dispute_id, d.order_id, d.buyer_id, d.seller_id, d.reason, d.remedy,
+                      d.refund_currency, d.refund_minor, d.description, d.evidence_urls, d.state,
+                      d.outcome, d.return_status, d.return_carrier, d.return_tracking,
+                      d.return_agreed_at, d.return_shipped_at, d.proposal_remedy,
+                      d.proposal_refund_currency, d.proposal_refund_minor, d.proposal_message,
+                      o.protection_ends_at, d.created_at, d.updated_at
+                       FROM disputes d JOIN orders o USING (order_id)
+                       WHERE "# + $scope + r#"
+                         AND ($2::text IS NULL OR d.buyer_id = $2)
+                         AND ($3::text IS NULL OR d.seller_id = $3)
+                         AND ($4::text[] IS NULL OR d.state = ANY($4))
+                         AND ($5::timestamptz IS NULL OR (d.updated_at, d.dispute_id) < ($5, $6))
+                       ORDER BY d.updated_at DESC, d.dispute_id DESC
+                       LIMIT $7"#,
+                    scope,
+                    filter.buyer_id,
+                    filter.seller_id,
+                    states.as_deref(),
+                    after_updated,
+                    after_id,
+                    limit,
+                )
+                .fetch_all(self.pool())
+                .await
+            };
+        }
+        let rows = async {
+            match (by, filter.order) {
+                (Scope::Order, ListOrder::Created) => by_creation!("d.order_id = $1"),
+                (Scope::Buyer, ListOrder::Created) => by_creation!("d.buyer_id = $1"),
+                (Scope::Seller, ListOrder::Created) => by_creation!("d.seller_id = $1"),
+                (Scope::All, ListOrder::Created) => by_creation!("$1::text IS NULL"),
+                (Scope::Order, ListOrder::Updated) => by_change!("d.order_id = $1"),
+                (Scope::Buyer, ListOrder::Updated) => by_change!("d.buyer_id = $1"),
+                (Scope::Seller, ListOrder::Updated) => by_change!("d.seller_id = $1"),
+                (Scope::All, ListOrder::Updated) => by_change!("$1::text IS NULL"),
+            }
+        }
         .instrument(statement("SELECT", "disputes"))
-        .await?
-        .into_iter()
-        .map(Dispute::try_from)
-        .collect()
+        .await?;
+        rows.into_iter().map(Dispute::try_from).collect()
     }
+
+    /// How many disputes match `filter` (its position aside) when it is scoped to an
+    /// order, a buyer or a seller — counted from that index; `None` for an unscoped list,
+    /// which would mean a scan.
+    pub async fn count_disputes(&self, filter: &DisputeFilter) -> Result<Option<i64>, StoreError> {
+        let states = state_names(filter);
+        let (scope, by) = scope_of(filter);
+        macro_rules! count {
+            ($scope:tt) => {
+                sqlx::query_scalar!(
+                    r#"SELECT count(*) AS "n!" FROM disputes d
+                       WHERE "#
+                        + $scope
+                        + r#"
+                         AND ($2::text IS NULL OR d.buyer_id = $2)
+                         AND ($3::text IS NULL OR d.seller_id = $3)
+                         AND ($4::text[] IS NULL OR d.state = ANY($4))"#,
+                    scope,
+                    filter.buyer_id,
+                    filter.seller_id,
+                    states.as_deref(),
+                )
+                .fetch_one(self.pool())
+                .await
+            };
+        }
+        let n = async {
+            match by {
+                Scope::Order => count!("d.order_id = $1").map(Some),
+                Scope::Buyer => count!("d.buyer_id = $1").map(Some),
+                Scope::Seller => count!("d.seller_id = $1").map(Some),
+                Scope::All => Ok(None),
+            }
+        }
+        .instrument(statement("SELECT", "disputes"))
+        .await?;
+        Ok(n)
+    }
+}
+
+/// What a listing is confined to, by the index that serves it.
+#[derive(Debug, Clone, Copy)]
+enum Scope {
+    Order,
+    Buyer,
+    Seller,
+    All,
+}
+
+/// The narrowest scope of `filter` and its value.
+fn scope_of(filter: &DisputeFilter) -> (Option<&str>, Scope) {
+    match (&filter.order_id, &filter.buyer_id, &filter.seller_id) {
+        (Some(id), _, _) => (Some(id), Scope::Order),
+        (None, Some(id), _) => (Some(id), Scope::Buyer),
+        (None, None, Some(id)) => (Some(id), Scope::Seller),
+        (None, None, None) => (None, Scope::All),
+    }
+}
+
+fn state_names(filter: &DisputeFilter) -> Option<Vec<String>> {
+    filter.states.as_ref().map(|states| {
+        states
+            .iter()
+            .map(|&state| codec::state_str(state).to_owned())
+            .collect()
+    })
 }
 
 /// A dispute and its order as one row, both locked.

@@ -180,6 +180,17 @@ impl Store {
         self.waiting.load(Ordering::Relaxed)
     }
 
+    /// The key that signs page tokens and cursors when none is configured: made by a
+    /// migration, the same for every replica.
+    pub async fn page_token_key(&self) -> Result<Vec<u8>, StoreError> {
+        let key =
+            sqlx::query_scalar!("SELECT secret FROM service_secrets WHERE name = 'page_tokens'")
+                .fetch_one(&self.pool)
+                .instrument(statement("SELECT", "service_secrets"))
+                .await?;
+        Ok(key)
+    }
+
     /// True when the database answers and every migration this binary knows is applied.
     pub async fn schema_is_current(&self) -> Result<bool, StoreError> {
         // Checked at run time, not compile time: the table may not exist yet.

@@ -84,6 +84,7 @@ struct LockedOrderRow {
     settled_at: Option<DateTime<Utc>>,
     disputes_closed: Option<bool>,
     dispute_count: Option<i32>,
+    registered_protection_ends_at: Option<DateTime<Utc>>,
     as_seen: Option<bool>,
     active_dispute: Option<uuid::Uuid>,
 }
@@ -92,6 +93,9 @@ struct LockedOrderRow {
 pub struct LockedOrder {
     /// `None`: no such order (nothing locked).
     pub order: Option<Order>,
+    /// The protection end the order was registered with (ExtendProtection moves the
+    /// order's, never this).
+    pub registered_protection_ends_at: Option<DateTime<Utc>>,
     /// The order's active dispute, if any, read after the lock was granted.
     pub active_dispute: Option<DisputeId>,
     /// Whether the statement claimed the request's idempotency key; when not, the key was
@@ -121,7 +125,8 @@ pub async fn lock_order(
                 LockedOrderRow,
                 r#"WITH locked AS (
                      SELECT order_id, buyer_id, seller_id, currency_code, amount_minor, protection_ends_at,
-                            refunded_minor, settled_at, disputes_closed, dispute_count, xmin AS version
+                            refunded_minor, settled_at, disputes_closed, dispute_count,
+                            registered_protection_ends_at, xmin AS version
                      FROM orders WHERE order_id = $1 "#
                     + $locking
                     + r#"
@@ -136,6 +141,7 @@ pub async fn lock_order(
                           l.currency_code AS "currency_code?", l.amount_minor AS "amount_minor?",
                           l.protection_ends_at AS "protection_ends_at?", l.refunded_minor, l.settled_at,
                           l.disputes_closed AS "disputes_closed?", l.dispute_count AS "dispute_count?",
+                          l.registered_protection_ends_at AS "registered_protection_ends_at?",
                           (SELECT o.xmin = l.version FROM orders o WHERE o.order_id = $1) AS "as_seen?",
                           (SELECT d.dispute_id FROM disputes d
                            WHERE d.order_id = $1 AND d.state NOT IN ('CANCELLED', 'RESOLVED')) AS "active_dispute?"
@@ -201,28 +207,43 @@ pub async fn lock_order(
     };
     Ok(LockedOrder {
         order,
+        registered_protection_ends_at: row.registered_protection_ends_at,
         active_dispute,
         claimed: row.claimed,
     })
 }
 
-/// Reads the order and locks it until the transaction ends (no key to claim: a retry of
-/// [`insert_order`] that lost a race).
+/// Reads the order, with the protection end it was registered with, and locks it until
+/// the transaction ends (no key to claim: a retry of [`insert_order`] that lost a race).
 pub async fn relock_order(
     conn: &mut PgConnection,
     order_id: &PartyId,
-) -> Result<Option<Order>, StoreError> {
-    sqlx::query_as!(
-        OrderRow,
+) -> Result<Option<(Order, DateTime<Utc>)>, StoreError> {
+    let row = sqlx::query!(
         r#"SELECT order_id, buyer_id, seller_id, currency_code, amount_minor, protection_ends_at,
-                  refunded_minor, settled_at, disputes_closed, dispute_count
+                  refunded_minor, settled_at, disputes_closed, dispute_count,
+                  registered_protection_ends_at
            FROM orders WHERE order_id = $1 FOR UPDATE"#,
         order_id.as_str()
     )
     .fetch_optional(conn)
     .instrument(statement("SELECT", "orders"))
-    .await?
-    .map(Order::try_from)
+    .await?;
+    row.map(|row| {
+        let order = Order::try_from(OrderRow {
+            order_id: row.order_id,
+            buyer_id: row.buyer_id,
+            seller_id: row.seller_id,
+            currency_code: row.currency_code,
+            amount_minor: row.amount_minor,
+            protection_ends_at: row.protection_ends_at,
+            refunded_minor: row.refunded_minor,
+            settled_at: row.settled_at,
+            disputes_closed: row.disputes_closed,
+            dispute_count: row.dispute_count,
+        })?;
+        Ok((order, row.registered_protection_ends_at))
+    })
     .transpose()
 }
 
@@ -259,8 +280,9 @@ pub async fn insert_order(
     let row = sqlx::query!(
         r#"WITH new_order AS (
              INSERT INTO orders (order_id, buyer_id, seller_id, currency_code, amount_minor,
-                                 protection_ends_at, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
+                                 protection_ends_at, registered_protection_ends_at, created_at,
+                                 updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $7)
              ON CONFLICT (order_id) DO NOTHING
              RETURNING order_id
            ), event AS (

@@ -124,10 +124,13 @@ impl Cluster {
         assert!(status.success(), "pg_ctl {args:?}");
     }
 
-    /// `pg_ctl restart -m <mode>` (fast: sessions ended cleanly; immediate: a crash,
-    /// recovery from the WAL on start).
+    /// `pg_ctl stop -m <mode>`, a second down, then `pg_ctl start` (fast: sessions ended
+    /// cleanly; immediate: a crash, recovery from the WAL on start). The second makes the
+    /// outage long enough for a health check to see it.
     pub fn restart(&self, mode: &str) {
-        self.pg_ctl(&["restart", "-w", "-t", "60", "-m", mode]);
+        self.pg_ctl(&["stop", "-w", "-t", "60", "-m", mode]);
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        self.pg_ctl(&["start", "-w", "-t", "60"]);
     }
 }
 

@@ -84,19 +84,49 @@ fn conserved(order: &Order) -> bool {
 #[test]
 fn registering_the_same_facts_again_changes_nothing_and_other_facts_conflict() {
     let order = order(1000);
-    assert_eq!(
-        register(Some(&order), order.facts()),
-        Ok(Registration::Unchanged)
-    );
+    let stored = Some(Registered {
+        order: &order,
+        protection_ends_at: order.protection_ends_at,
+    });
+    assert_eq!(register(stored, order.facts()), Ok(Registration::Unchanged));
     let mut other = order.facts();
     other.amount = usd(999);
     assert!(matches!(
-        register(Some(&order), other),
+        register(stored, other),
         Err(DomainError::AlreadyExists {
             reason: "ORDER_ALREADY_EXISTS",
             ..
         })
     ));
+}
+
+#[test]
+fn after_an_extension_the_registered_facts_and_the_extended_ones_are_the_same_registration() {
+    let registered = order(1000);
+    let extended = extend_protection(
+        &registered,
+        &seller(),
+        registered.protection_ends_at + Duration::days(7),
+    )
+    .unwrap();
+    let stored = Some(Registered {
+        order: &extended,
+        protection_ends_at: registered.protection_ends_at,
+    });
+    assert_eq!(
+        register(stored, registered.facts()),
+        Ok(Registration::Unchanged)
+    );
+    assert_eq!(
+        register(stored, extended.facts()),
+        Ok(Registration::Unchanged)
+    );
+    let mut shorter = registered.facts();
+    shorter.protection_ends_at -= Duration::days(1);
+    assert_eq!(
+        register(stored, shorter),
+        Err(DomainError::ORDER_ALREADY_EXISTS)
+    );
 }
 
 #[test]
@@ -504,3 +534,109 @@ fn settlements_conserve_money_and_refuse_out_of_range_refunds() {
 }
 
 mod model;
+
+/// Every state with a deadline: the countdown the API shows is the one the worker keeps —
+/// nothing a microsecond before `due_at`, exactly the announced consequence at it — and
+/// the states without one show none.
+#[test]
+fn the_next_deadline_is_exactly_when_and_what_the_worker_does() {
+    let deadlines = Deadlines::default();
+    let order = order(10_000);
+    let later = t0() + Duration::hours(1);
+    let awaiting = |remedy| opened(&order, remedy).dispute;
+    let awaiting_shipment = {
+        let d = awaiting(Remedy::ReturnAndRefund);
+        respond(&order, &d, &seller(), SellerDecision::Accept, later)
+            .unwrap()
+            .dispute
+    };
+    let in_transit =
+        submit_return_shipment(&order, &awaiting_shipment, &buyer(), "ups", "1Z", later)
+            .unwrap()
+            .dispute;
+    let cases = [
+        (
+            awaiting(Remedy::FullRefund),
+            DeadlineKind::SellerResponse,
+            Consequence::RefundBuyer,
+        ),
+        (
+            awaiting(Remedy::PartialRefund(usd(2_500))),
+            DeadlineKind::SellerResponse,
+            Consequence::RefundPartial,
+        ),
+        (
+            awaiting(Remedy::ReturnAndRefund),
+            DeadlineKind::SellerResponse,
+            Consequence::StartReturn,
+        ),
+        (
+            negotiating(&order),
+            DeadlineKind::Negotiation,
+            Consequence::Escalate,
+        ),
+        (
+            awaiting_shipment,
+            DeadlineKind::ReturnShipment,
+            Consequence::ReleaseToSeller,
+        ),
+        (
+            in_transit,
+            DeadlineKind::ReturnReceipt,
+            Consequence::RefundBuyer,
+        ),
+    ];
+    for (dispute, kind, consequence) in cases {
+        let next = deadlines.next(&dispute).expect("a deadline");
+        assert_eq!(
+            (next.kind, next.consequence),
+            (kind, consequence),
+            "{:?}",
+            dispute.state
+        );
+        let early = next.due_at - Duration::microseconds(1);
+        assert!(
+            apply_deadline(&order, &dispute, &deadlines, early)
+                .unwrap()
+                .is_none()
+        );
+        let change = apply_deadline(&order, &dispute, &deadlines, next.due_at)
+            .unwrap()
+            .expect("applied at due_at");
+        let refund = change.settlement.map(|s| s.refund_minor());
+        match consequence {
+            Consequence::RefundBuyer => assert_eq!(refund, Some(10_000)),
+            Consequence::RefundPartial => assert_eq!(refund, Some(2_500)),
+            Consequence::ReleaseToSeller => assert_eq!(refund, Some(0)),
+            Consequence::StartReturn => {
+                assert_eq!(change.dispute.state, DisputeState::AwaitingReturnShipment)
+            }
+            Consequence::Escalate => assert_eq!(change.dispute.state, DisputeState::UnderReview),
+        }
+        // Applied, the dispute's next deadline (if any) is a later one.
+        if let Some(after) = deadlines.next(&change.dispute) {
+            assert!(after.due_at > next.due_at);
+        }
+    }
+    let negotiating = negotiating(&order);
+    let due = deadlines.next(&negotiating).unwrap().due_at;
+    let escalated = apply_deadline(&order, &negotiating, &deadlines, due)
+        .unwrap()
+        .unwrap()
+        .dispute;
+    assert_eq!(
+        deadlines.next(&escalated),
+        None,
+        "UNDER_REVIEW waits for an agent"
+    );
+}
+
+/// A dispute the seller answered with a counter-proposal.
+fn negotiating(order: &Order) -> Dispute {
+    let d = opened(order, Remedy::FullRefund).dispute;
+    let offer = SellerDecision::Propose {
+        remedy: Remedy::PartialRefund(usd(4_000)),
+        message: "half?".into(),
+    };
+    respond(order, &d, &seller(), offer, t0()).unwrap().dispute
+}
