@@ -15,6 +15,7 @@ mod hardening;
 mod idempotency;
 mod metrics;
 mod orders;
+mod parties;
 mod process;
 mod proxy;
 mod raw;
