@@ -4,7 +4,7 @@
 use chrono::{DateTime, Duration, Utc};
 
 use super::dispute::{grant, settle_and_resolve};
-use super::{Change, Dispute, DisputeState, DomainError, EventKind, Order, Remedy, ReturnStatus};
+use super::{Change, Dispute, DisputeState, DomainError, EventKind, Order, ReturnStatus};
 
 /// How long each party has. Defaults are the spec's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,16 +73,14 @@ pub enum DeadlineKind {
 /// What the worker does when a deadline passes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Consequence {
+    /// The buyer's remedy is granted as asked: a refund settles, a return starts.
+    GrantBuyerRemedy,
     /// The whole amount goes back to the buyer.
     RefundBuyer,
-    /// The buyer's partial refund is granted; the rest goes to the seller.
-    RefundPartial,
-    /// The buyer's return is agreed: the buyer is then to ship the item.
-    StartReturn,
-    /// An agent takes the dispute over.
-    Escalate,
     /// The whole amount goes to the seller.
     ReleaseToSeller,
+    /// An agent takes the dispute over.
+    Escalate,
 }
 
 /// The next automatic step of a dispute: what the parties see as a countdown.
@@ -100,14 +98,9 @@ impl Deadlines {
     pub fn next(&self, dispute: &Dispute) -> Option<NextDeadline> {
         let (due_at, _) = self.due(dispute)?;
         let (kind, consequence) = match dispute.state {
-            DisputeState::AwaitingSeller => (
-                DeadlineKind::SellerResponse,
-                match dispute.remedy {
-                    Remedy::FullRefund => Consequence::RefundBuyer,
-                    Remedy::PartialRefund(_) => Consequence::RefundPartial,
-                    Remedy::ReturnAndRefund => Consequence::StartReturn,
-                },
-            ),
+            DisputeState::AwaitingSeller => {
+                (DeadlineKind::SellerResponse, Consequence::GrantBuyerRemedy)
+            }
             DisputeState::Negotiating => (DeadlineKind::Negotiation, Consequence::Escalate),
             DisputeState::AwaitingReturnShipment => {
                 (DeadlineKind::ReturnShipment, Consequence::ReleaseToSeller)

@@ -186,7 +186,7 @@ pub fn dispute_to_pb(dispute: &domain::Dispute, next: Option<NextDeadline>) -> p
     }
 }
 
-fn next_deadline_to_pb(next: NextDeadline) -> pb::NextDeadline {
+fn next_deadline_to_pb(next: NextDeadline) -> pb::Deadline {
     let kind = match next.kind {
         DeadlineKind::SellerResponse => pb::DeadlineKind::SellerResponse,
         DeadlineKind::Negotiation => pb::DeadlineKind::Negotiation,
@@ -194,13 +194,12 @@ fn next_deadline_to_pb(next: NextDeadline) -> pb::NextDeadline {
         DeadlineKind::ReturnReceipt => pb::DeadlineKind::ReturnReceipt,
     };
     let consequence = match next.consequence {
+        Consequence::GrantBuyerRemedy => pb::DeadlineConsequence::GrantBuyerRemedy,
         Consequence::RefundBuyer => pb::DeadlineConsequence::RefundBuyer,
-        Consequence::RefundPartial => pb::DeadlineConsequence::RefundPartial,
-        Consequence::StartReturn => pb::DeadlineConsequence::StartReturn,
-        Consequence::Escalate => pb::DeadlineConsequence::Escalate,
         Consequence::ReleaseToSeller => pb::DeadlineConsequence::ReleaseToSeller,
+        Consequence::Escalate => pb::DeadlineConsequence::Escalate,
     };
-    pb::NextDeadline {
+    pb::Deadline {
         kind: kind as i32,
         due_at: Some(timestamp_to_pb(next.due_at)),
         consequence: consequence as i32,

@@ -78,10 +78,11 @@ async fn every_deadline_fires_exactly_when_the_api_said_and_does_what_it_said(po
         &app,
         &d.dispute_id,
         DeadlineKind::SellerResponse,
-        DeadlineConsequence::RefundBuyer,
+        DeadlineConsequence::GrantBuyerRemedy,
     )
     .await;
     assert_eq!(after.state(), DisputeState::Resolved);
+    assert_eq!(after.outcome(), pb::DisputeOutcome::ResolvedBuyerFavour);
     assert_eq!(
         after.next_deadline, None,
         "a resolved dispute waits for nothing"
@@ -147,7 +148,7 @@ async fn every_deadline_fires_exactly_when_the_api_said_and_does_what_it_said(po
         &app,
         &d.dispute_id,
         DeadlineKind::SellerResponse,
-        DeadlineConsequence::RefundPartial,
+        DeadlineConsequence::GrantBuyerRemedy,
     )
     .await;
     assert_eq!(after.outcome(), pb::DisputeOutcome::ResolvedPartial);
@@ -159,7 +160,7 @@ async fn every_deadline_fires_exactly_when_the_api_said_and_does_what_it_said(po
         &app,
         &d.dispute_id,
         DeadlineKind::SellerResponse,
-        DeadlineConsequence::StartReturn,
+        DeadlineConsequence::GrantBuyerRemedy,
     )
     .await;
     assert_eq!(after.state(), DisputeState::AwaitingReturnShipment);

@@ -558,17 +558,17 @@ fn the_next_deadline_is_exactly_when_and_what_the_worker_does() {
         (
             awaiting(Remedy::FullRefund),
             DeadlineKind::SellerResponse,
-            Consequence::RefundBuyer,
+            Consequence::GrantBuyerRemedy,
         ),
         (
             awaiting(Remedy::PartialRefund(usd(2_500))),
             DeadlineKind::SellerResponse,
-            Consequence::RefundPartial,
+            Consequence::GrantBuyerRemedy,
         ),
         (
             awaiting(Remedy::ReturnAndRefund),
             DeadlineKind::SellerResponse,
-            Consequence::StartReturn,
+            Consequence::GrantBuyerRemedy,
         ),
         (
             negotiating(&order),
@@ -604,14 +604,19 @@ fn the_next_deadline_is_exactly_when_and_what_the_worker_does() {
             .unwrap()
             .expect("applied at due_at");
         let refund = change.settlement.map(|s| s.refund_minor());
-        match consequence {
-            Consequence::RefundBuyer => assert_eq!(refund, Some(10_000)),
-            Consequence::RefundPartial => assert_eq!(refund, Some(2_500)),
-            Consequence::ReleaseToSeller => assert_eq!(refund, Some(0)),
-            Consequence::StartReturn => {
+        match (consequence, dispute.remedy) {
+            (Consequence::GrantBuyerRemedy, Remedy::FullRefund) => assert_eq!(refund, Some(10_000)),
+            (Consequence::GrantBuyerRemedy, Remedy::PartialRefund(asked)) => {
+                assert_eq!(refund, Some(asked.minor))
+            }
+            (Consequence::GrantBuyerRemedy, Remedy::ReturnAndRefund) => {
                 assert_eq!(change.dispute.state, DisputeState::AwaitingReturnShipment)
             }
-            Consequence::Escalate => assert_eq!(change.dispute.state, DisputeState::UnderReview),
+            (Consequence::RefundBuyer, _) => assert_eq!(refund, Some(10_000)),
+            (Consequence::ReleaseToSeller, _) => assert_eq!(refund, Some(0)),
+            (Consequence::Escalate, _) => {
+                assert_eq!(change.dispute.state, DisputeState::UnderReview)
+            }
         }
         // Applied, the dispute's next deadline (if any) is a later one.
         if let Some(after) = deadlines.next(&change.dispute) {
