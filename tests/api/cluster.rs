@@ -2,6 +2,7 @@
 //! `scripts/with-db` finds them), so a test can restart or crash it. Run as the
 //! `postgres` user when the tests run as root (PostgreSQL refuses root).
 
+use crate::helpers::free_port;
 use std::{
     path::PathBuf,
     process::{Command, Stdio},
@@ -45,14 +46,6 @@ fn as_postgres(program: PathBuf) -> Command {
     } else {
         Command::new(program)
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl Cluster {

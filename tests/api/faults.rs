@@ -262,14 +262,6 @@ fn lazy_client(addr: &str, role: Role, sub: &str) -> Client {
     with_token(channel, role, sub)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// What the client knows of one write it sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Outcome {

@@ -128,7 +128,7 @@ async fn watch_streams_are_bounded_per_caller_and_in_all(pool: PgPool) {
     let mut first = client_at(app.addr, Role::Service, "payments").await;
     let a = first.watch_events(watch()).await.unwrap();
     let _b = first.watch_events(watch()).await.unwrap();
-    let (code, reason) = self::reason(first.watch_events(watch()).await);
+    let (code, reason) = reason(first.watch_events(watch()).await);
     assert_eq!(
         (code, reason.as_str()),
         (Code::ResourceExhausted, "TOO_MANY_STREAMS")
@@ -136,7 +136,7 @@ async fn watch_streams_are_bounded_per_caller_and_in_all(pool: PgPool) {
     let mut second = client_at(app.addr, Role::Service, "notifications").await;
     let _c = second.watch_events(watch()).await.unwrap();
     let mut third = client_at(app.addr, Role::Agent, "console").await;
-    let (code, reason) = self::reason(third.watch_events(watch()).await);
+    let (code, reason) = crate::helpers::reason(third.watch_events(watch()).await);
     assert_eq!(
         (code, reason.as_str()),
         (Code::ResourceExhausted, "TOO_MANY_STREAMS")
@@ -154,10 +154,6 @@ async fn watch_streams_are_bounded_per_caller_and_in_all(pool: PgPool) {
             Err(status) => panic!("the slot never came back: {status:?}"),
         }
     }
-}
-
-fn reason<T: std::fmt::Debug>(result: Result<T, tonic::Status>) -> (Code, String) {
-    crate::helpers::reason(result)
 }
 
 /// Reads until the server closes the connection; how long that took.

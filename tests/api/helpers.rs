@@ -468,3 +468,12 @@ pub async fn history(pool: &PgPool, dispute_id: &str) -> Vec<String> {
         .await
         .unwrap()
 }
+
+/// A TCP port on 127.0.0.1 free right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

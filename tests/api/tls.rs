@@ -2,6 +2,7 @@
 //! certificate from a CA the test makes with openssl. `verify-full` with that CA connects;
 //! another CA is refused at once with a startup error that says so.
 
+use crate::helpers::free_port;
 use std::{
     path::{Path, PathBuf},
     process::{Command, Output},
@@ -60,14 +61,6 @@ fn bindir() -> PathBuf {
         .filter(|dir| dir.join("initdb").exists())
         .max()
         .expect("the TLS test needs PostgreSQL's binaries (initdb, pg_ctl), as scripts/test does")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A CA and a certificate it signed for `localhost` / 127.0.0.1, in `dir`.
