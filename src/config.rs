@@ -288,6 +288,17 @@ pub struct WorkerArgs {
     /// Seller silent in RETURN_IN_TRANSIT, from the tracking: the buyer is refunded.
     #[arg(long, env = "DISPUTE_DEADLINE_RETURN_RECEIPT", default_value = "15days", value_parser = positive_duration)]
     pub deadline_return_receipt: Duration,
+    /// Replacement not shipped, from when it was agreed: the buyer is refunded in full.
+    #[arg(long, env = "DISPUTE_DEADLINE_REPLACEMENT_SHIPMENT", default_value = "10days", value_parser = positive_duration)]
+    pub deadline_replacement_shipment: Duration,
+    /// Buyer silent in REPLACEMENT_IN_TRANSIT, from the shipment: funds released to the
+    /// seller.
+    #[arg(long, env = "DISPUTE_DEADLINE_REPLACEMENT_RECEIPT", default_value = "30days", value_parser = positive_duration)]
+    pub deadline_replacement_receipt: Duration,
+    /// When a replacement ships, the order's protection end moves to at least this long
+    /// after the shipment.
+    #[arg(long, env = "DISPUTE_REPLACEMENT_DELIVERY_WINDOW", default_value = "30days", value_parser = positive_duration)]
+    pub replacement_delivery_window: Duration,
     /// How long events stay in the outbox for WatchEvents consumers to catch up (the
     /// history is never deleted).
     #[arg(long, env = "DISPUTE_OUTBOX_RETENTION", default_value = "7days", value_parser = positive_duration)]
@@ -313,6 +324,9 @@ impl WorkerArgs {
                 negotiation: days(self.deadline_negotiation)?,
                 return_shipment: days(self.deadline_return_shipment)?,
                 return_receipt: days(self.deadline_return_receipt)?,
+                replacement_shipment: days(self.deadline_replacement_shipment)?,
+                replacement_receipt: days(self.deadline_replacement_receipt)?,
+                replacement_delivery: days(self.replacement_delivery_window)?,
             },
             idempotency_retention: days(self.idempotency_retention)?,
             outbox_retention: days(self.outbox_retention)?,

@@ -153,14 +153,15 @@ impl Application {
         let metrics_listener = metrics::bind(config.metrics_addr).await?;
         let metrics = Metrics::new();
         let store = Store::new(pool);
+        let worker_config = config.worker.to_config()?;
+        let deadlines = worker_config.deadlines;
         let commands = Commands::new(
             store.clone(),
             clock,
             config.max_disputes_per_order,
+            deadlines,
             metrics.clone(),
         );
-        let worker_config = config.worker.to_config()?;
-        let deadlines = worker_config.deadlines;
         let worker = config
             .worker
             .worker_enabled

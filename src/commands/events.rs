@@ -45,8 +45,9 @@ pub(super) fn order_registered<'a>(
     }
 }
 
-/// A dispute changed: its state, outcome, return and proposal afterwards, and the
-/// actor's note if any.
+/// A dispute changed (or a message was posted): its state, outcome, return, proposal and
+/// replacement afterwards, the order's protection end, and the actor's note (a message's
+/// text) and evidence if any.
 pub(super) fn dispute_changed<'a>(change: &'a Change, origin: &'a Origin) -> NewEvent<'a> {
     let dispute = &change.dispute;
     NewEvent {
@@ -69,6 +70,14 @@ pub(super) fn dispute_changed<'a>(change: &'a Change, origin: &'a Origin) -> New
                 json!({ "remedy": remedy, "currency_code": currency_code, "refund_minor": refund_minor.map(minor), "message": p.message })
             }),
             "note": change.note,
+            "replacement": dispute.replacement.as_ref().map(|r| json!({
+                "agreed_at": r.agreed_at,
+                "carrier": r.carrier,
+                "tracking_number": r.tracking_number,
+                "shipped_at": r.shipped_at,
+            })),
+            "protection_ends_at": change.order.protection_ends_at,
+            "evidence_urls": change.evidence_urls,
         }),
         trace_id: Some(origin.trace_id.as_str()),
     }

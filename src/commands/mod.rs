@@ -21,7 +21,7 @@ use thiserror::Error;
 
 use crate::{
     clock::Clock,
-    domain::{Actor, Change, DomainError, Order, PartyId, TraceId},
+    domain::{Actor, Change, Deadlines, DomainError, Order, PartyId, TraceId},
     metrics::Metrics,
     store::{Store, StoreError},
 };
@@ -64,6 +64,8 @@ pub struct Commands {
     store: Store,
     clock: Arc<dyn Clock>,
     max_disputes_per_order: i32,
+    /// The terms a command runs under (a replacement's delivery window).
+    deadlines: Deadlines,
     metrics: Metrics,
 }
 
@@ -127,12 +129,14 @@ impl Commands {
         store: Store,
         clock: Arc<dyn Clock>,
         max_disputes_per_order: i32,
+        deadlines: Deadlines,
         metrics: Metrics,
     ) -> Self {
         Self {
             store,
             clock,
             max_disputes_per_order,
+            deadlines,
             metrics,
         }
     }

@@ -3,7 +3,7 @@
 use super::{Commands, Error};
 use crate::domain::{
     Actor, Dispute, DisputeFilter, DisputeId, DisputeState, DomainError, ListPosition, Order,
-    PartyId, Resource, Role,
+    PartyId, Resource, Role, SellerStats, StatsWindow, ensure_may_read_record,
 };
 
 /// A page of disputes and whether there may be more.
@@ -21,6 +21,22 @@ impl Commands {
     /// migration and kept in the database, the same for every replica.
     pub async fn page_token_key(&self) -> Result<Vec<u8>, Error> {
         Ok(self.store.page_token_key().await?)
+    }
+
+    /// A store's dispute record over `window`, ending now: its seller's own, or any
+    /// store's for an agent.
+    pub async fn seller_stats(
+        &self,
+        actor: &Actor,
+        seller_id: &PartyId,
+        window: StatsWindow,
+    ) -> Result<SellerStats, Error> {
+        ensure_may_read_record(actor, seller_id)?;
+        let now = self.now();
+        Ok(self
+            .store
+            .seller_stats(seller_id, window.start(now), now)
+            .await?)
     }
 
     pub async fn get_order(&self, actor: &Actor, order_id: &PartyId) -> Result<Order, Error> {

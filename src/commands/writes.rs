@@ -143,7 +143,14 @@ impl Commands {
                 NextAction::Start { now, claimed } => (now, claimed),
                 NextAction::Return(saved) => return Ok(saved),
             };
-            let change = domain::decide(&order, &dispute, &claimed.origin().actor, command, now)?;
+            let change = domain::decide(
+                &order,
+                &dispute,
+                &claimed.origin().actor,
+                command,
+                &self.deadlines,
+                now,
+            )?;
             let reply = (change.dispute.clone(), change.order.clone());
             let saved = saved_reply(&reply)?;
             apply(

@@ -17,6 +17,14 @@ pub struct Deadlines {
     pub return_shipment: Duration,
     /// Seller silent in RETURN_IN_TRANSIT, from the tracking: the buyer is refunded.
     pub return_receipt: Duration,
+    /// Replacement not shipped, from when it was agreed: the buyer is refunded.
+    pub replacement_shipment: Duration,
+    /// Buyer silent in REPLACEMENT_IN_TRANSIT, from the shipment: funds released to the
+    /// seller (the replacement is taken as delivered).
+    pub replacement_receipt: Duration,
+    /// How long after a replacement ships the buyer is protected at least: the order's
+    /// protection end moves out to cover it.
+    pub replacement_delivery: Duration,
 }
 
 impl Default for Deadlines {
@@ -26,6 +34,9 @@ impl Default for Deadlines {
             negotiation: Duration::days(15),
             return_shipment: Duration::days(10),
             return_receipt: Duration::days(15),
+            replacement_shipment: Duration::days(10),
+            replacement_receipt: Duration::days(30),
+            replacement_delivery: Duration::days(30),
         }
     }
 }
@@ -52,6 +63,14 @@ impl Deadlines {
                 item_return?.shipped_at? + self.return_receipt,
                 EventKind::ReturnReceiptDeadlinePassed,
             )),
+            DisputeState::AwaitingReplacementShipment => Some((
+                dispute.replacement.as_ref()?.agreed_at + self.replacement_shipment,
+                EventKind::ReplacementShipmentDeadlinePassed,
+            )),
+            DisputeState::ReplacementInTransit => Some((
+                dispute.replacement.as_ref()?.shipped_at? + self.replacement_receipt,
+                EventKind::ReplacementReceiptDeadlinePassed,
+            )),
             DisputeState::UnderReview | DisputeState::Cancelled | DisputeState::Resolved => None,
         }
     }
@@ -68,6 +87,10 @@ pub enum DeadlineKind {
     ReturnShipment,
     /// The seller's time to confirm (or dispute) receipt of the return.
     ReturnReceipt,
+    /// The seller's time to ship an agreed replacement.
+    ReplacementShipment,
+    /// The buyer's time to confirm (or dispute) receipt of the replacement.
+    ReplacementReceipt,
 }
 
 /// What the worker does when a deadline passes.
@@ -108,6 +131,12 @@ impl Deadlines {
             DisputeState::ReturnInTransit => {
                 (DeadlineKind::ReturnReceipt, Consequence::RefundBuyer)
             }
+            DisputeState::AwaitingReplacementShipment => {
+                (DeadlineKind::ReplacementShipment, Consequence::RefundBuyer)
+            }
+            DisputeState::ReplacementInTransit => {
+                (DeadlineKind::ReplacementReceipt, Consequence::ReleaseToSeller)
+            }
             DisputeState::UnderReview | DisputeState::Cancelled | DisputeState::Resolved => {
                 return None;
             }
@@ -128,6 +157,8 @@ pub struct Cutoffs {
     pub negotiating_opened_before: DateTime<Utc>,
     pub return_agreed_before: DateTime<Utc>,
     pub return_shipped_before: DateTime<Utc>,
+    pub replacement_agreed_before: DateTime<Utc>,
+    pub replacement_shipped_before: DateTime<Utc>,
 }
 
 impl Deadlines {
@@ -137,6 +168,8 @@ impl Deadlines {
             negotiating_opened_before: now - self.negotiation,
             return_agreed_before: now - self.return_shipment,
             return_shipped_before: now - self.return_receipt,
+            replacement_agreed_before: now - self.replacement_shipment,
+            replacement_shipped_before: now - self.replacement_receipt,
         }
     }
 }
@@ -171,6 +204,12 @@ pub fn apply_deadline(
             }
             settle_and_resolve(order, &received, order.amount.minor, event, now)?
         }
+        // The seller never shipped the replacement: the buyer gets the money back.
+        DisputeState::AwaitingReplacementShipment => {
+            settle_and_resolve(order, dispute, order.amount.minor, event, now)?
+        }
+        // The buyer did not object in time: the replacement is taken as delivered.
+        DisputeState::ReplacementInTransit => settle_and_resolve(order, dispute, 0, event, now)?,
         DisputeState::UnderReview | DisputeState::Cancelled | DisputeState::Resolved => {
             return Ok(None);
         }
@@ -202,6 +241,14 @@ mod tests {
         );
         assert_eq!(
             cutoffs.return_shipped_before + deadlines.return_receipt,
+            now
+        );
+        assert_eq!(
+            cutoffs.replacement_agreed_before + deadlines.replacement_shipment,
+            now
+        );
+        assert_eq!(
+            cutoffs.replacement_shipped_before + deadlines.replacement_receipt,
             now
         );
     }

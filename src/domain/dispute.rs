@@ -23,6 +23,8 @@ pub enum Remedy {
     PartialRefund(Money),
     /// Send the item back for the whole amount.
     ReturnAndRefund,
+    /// The seller reissues the product; the funds go to the seller once it arrives.
+    Replacement,
 }
 
 impl Remedy {
@@ -31,10 +33,15 @@ impl Remedy {
         !(reason == Reason::ItemNotReceived && self == Remedy::ReturnAndRefund)
     }
 
-    /// How much of `order_amount` this remedy gives back to the buyer.
+    /// How much of `order_amount` this remedy is worth to the buyer in money: what a
+    /// seller who resolves the funds instead must give back at least. A replacement
+    /// stands for the whole item, so a seller who will not reissue it refunds in full
+    /// (as the deadline does when the replacement is never shipped).
     pub fn refund_minor(self, order_amount: Money) -> i64 {
         match self {
-            Remedy::FullRefund | Remedy::ReturnAndRefund => order_amount.minor,
+            Remedy::FullRefund | Remedy::ReturnAndRefund | Remedy::Replacement => {
+                order_amount.minor
+            }
             Remedy::PartialRefund(refund) => refund.minor,
         }
     }
@@ -103,15 +110,21 @@ pub enum DisputeState {
     UnderReview,
     Cancelled,
     Resolved,
+    /// A replacement was agreed: the seller ships it.
+    AwaitingReplacementShipment,
+    /// The replacement travels: the buyer confirms it arrived (or cancels, or escalates).
+    ReplacementInTransit,
 }
 
 impl DisputeState {
-    pub const ALL: [DisputeState; 7] = [
+    pub const ALL: [DisputeState; 9] = [
         DisputeState::AwaitingSeller,
         DisputeState::Negotiating,
         DisputeState::AwaitingReturnShipment,
         DisputeState::ReturnInTransit,
         DisputeState::UnderReview,
+        DisputeState::AwaitingReplacementShipment,
+        DisputeState::ReplacementInTransit,
         DisputeState::Cancelled,
         DisputeState::Resolved,
     ];
@@ -121,12 +134,17 @@ impl DisputeState {
     }
 
     /// Whose move the dispute waits for in this state (the workflow's rules): the seller
-    /// answers and confirms a return's receipt, the buyer decides on a counter-proposal
-    /// and ships a return, an agent rules under review; terminal states wait for nobody.
+    /// answers, confirms a return's receipt and ships a replacement; the buyer decides on
+    /// a counter-proposal, ships a return and confirms a replacement's arrival; an agent
+    /// rules under review; terminal states wait for nobody.
     pub fn waits_for(self) -> Option<Role> {
         match self {
-            DisputeState::AwaitingSeller | DisputeState::ReturnInTransit => Some(Role::Seller),
-            DisputeState::Negotiating | DisputeState::AwaitingReturnShipment => Some(Role::Buyer),
+            DisputeState::AwaitingSeller
+            | DisputeState::ReturnInTransit
+            | DisputeState::AwaitingReplacementShipment => Some(Role::Seller),
+            DisputeState::Negotiating
+            | DisputeState::AwaitingReturnShipment
+            | DisputeState::ReplacementInTransit => Some(Role::Buyer),
             DisputeState::UnderReview => Some(Role::Agent),
             DisputeState::Cancelled | DisputeState::Resolved => None,
         }
@@ -194,6 +212,18 @@ impl ItemReturn {
     }
 }
 
+/// A replacement the seller reissues, once agreed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Replacement {
+    /// When it was agreed (the shipment deadline runs from here).
+    pub agreed_at: DateTime<Utc>,
+    /// Set together when the seller ships it (the receipt deadline runs from
+    /// `shipped_at`).
+    pub carrier: Option<String>,
+    pub tracking_number: Option<String>,
+    pub shipped_at: Option<DateTime<Utc>>,
+}
+
 /// A seller's counter-offer, fixed once made: the buyer accepts exactly this.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Proposal {
@@ -217,6 +247,11 @@ pub struct Dispute {
     /// when a return is agreed.
     pub item_return: Option<ItemReturn>,
     pub proposal: Option<Proposal>,
+    /// Set once a replacement is agreed.
+    pub replacement: Option<Replacement>,
+    /// When the order's seller first acted on the dispute (answered, proposed, wrote,
+    /// shipped, resolved...): the store record's response time. Set once.
+    pub seller_first_response_at: Option<DateTime<Utc>>,
     /// The order's, copied so a dispute can tell the buyer what cancelling would do.
     pub protection_ends_at: DateTime<Utc>,
     pub created_at: DateTime<Utc>,
@@ -298,6 +333,11 @@ pub enum EventKind {
     NegotiationDeadlinePassed,
     ReturnShipmentDeadlinePassed,
     ReturnReceiptDeadlinePassed,
+    ReplacementShipped,
+    ReplacementReceived,
+    ReplacementShipmentDeadlinePassed,
+    ReplacementReceiptDeadlinePassed,
+    MessagePosted,
 }
 
 impl EventKind {
@@ -316,6 +356,13 @@ impl EventKind {
             EventKind::NegotiationDeadlinePassed => "NEGOTIATION_DEADLINE_PASSED",
             EventKind::ReturnShipmentDeadlinePassed => "RETURN_SHIPMENT_DEADLINE_PASSED",
             EventKind::ReturnReceiptDeadlinePassed => "RETURN_RECEIPT_DEADLINE_PASSED",
+            EventKind::ReplacementShipped => "REPLACEMENT_SHIPPED",
+            EventKind::ReplacementReceived => "REPLACEMENT_RECEIVED",
+            EventKind::ReplacementShipmentDeadlinePassed => {
+                "REPLACEMENT_SHIPMENT_DEADLINE_PASSED"
+            }
+            EventKind::ReplacementReceiptDeadlinePassed => "REPLACEMENT_RECEIPT_DEADLINE_PASSED",
+            EventKind::MessagePosted => "MESSAGE_POSTED",
         }
     }
 }
@@ -329,8 +376,10 @@ pub struct Change {
     pub settlement: Option<Settlement>,
     pub event: EventKind,
     /// Free text the actor gave (a ruling's note, a proposal's message, an escalation's
-    /// reason), kept in the history.
+    /// reason, a message's text), kept in the history.
     pub note: Option<String>,
+    /// Evidence a message refers to, kept in the history with it.
+    pub evidence_urls: Vec<String>,
 }
 
 impl Change {
@@ -346,6 +395,7 @@ impl Change {
             settlement,
             event,
             note: None,
+            evidence_urls: Vec::new(),
         }
     }
 
@@ -356,7 +406,7 @@ impl Change {
 }
 
 /// Gives the buyer `remedy`: a refund settles now and resolves the dispute; a return
-/// moves it to await the buyer's shipment.
+/// moves it to await the buyer's shipment, a replacement the seller's.
 pub(super) fn grant(
     order: &Order,
     dispute: &Dispute,
@@ -373,6 +423,16 @@ pub(super) fn grant(
         item_return.status = ReturnStatus::AwaitingShipment;
         item_return.agreed_at = Some(now);
         dispute.move_to(DisputeState::AwaitingReturnShipment, now);
+        return Ok(Change::new(order, dispute, None, event));
+    }
+    if remedy == Remedy::Replacement {
+        dispute.replacement = Some(Replacement {
+            agreed_at: now,
+            carrier: None,
+            tracking_number: None,
+            shipped_at: None,
+        });
+        dispute.move_to(DisputeState::AwaitingReplacementShipment, now);
         return Ok(Change::new(order, dispute, None, event));
     }
     let settlement = order.settle(remedy.refund_minor(order.amount), now)?;

@@ -72,6 +72,8 @@ pub fn open(
         outcome: None,
         item_return: (new.remedy == Remedy::ReturnAndRefund).then(ItemReturn::requested),
         proposal: None,
+        replacement: None,
+        seller_first_response_at: None,
         protection_ends_at: order.protection_ends_at,
         created_at: now,
         updated_at: now,

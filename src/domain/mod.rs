@@ -14,6 +14,7 @@ mod lifecycle;
 mod money;
 mod order;
 mod protection;
+mod record;
 mod records;
 mod text;
 mod trace;
@@ -23,7 +24,7 @@ pub use actor::{Actor, Role};
 pub use deadlines::{Consequence, Cutoffs, DeadlineKind, Deadlines, NextDeadline, apply_deadline};
 pub use dispute::{
     Change, Dispute, DisputeState, EventKind, ItemReturn, Outcome, Proposal, Reason, Remedy,
-    ReturnStatus,
+    Replacement, ReturnStatus,
 };
 pub use error::{DomainError, FieldViolation, Precondition, Resource};
 pub use ids::{DisputeId, PartyId, RequestId};
@@ -31,12 +32,17 @@ pub use lifecycle::{CancelVia, NewDispute, Resolution, cancel, open, resolve};
 pub use money::{Currency, Money};
 pub use order::{FundsState, NewOrder, Order, Registered, Registration, Settlement, register};
 pub use protection::{extend_protection, release_at_protection_end};
+pub use record::{
+    ByOutcome, ByReason, DEFAULT_WINDOW_DAYS, MAX_WINDOW_DAYS, SellerStats, StatsWindow,
+    ensure_may_read_record,
+};
 pub use records::{DisputeFilter, HistoryEvent, ListOrder, ListPosition, Position, StreamEvent};
 pub use text::{TextKind, check_text};
 pub use trace::TraceId;
 pub use workflow::{
-    DisputeCommand, SellerDecision, accept_proposal, confirm_return_received, decide, escalate,
-    respond, submit_return_shipment,
+    DisputeCommand, SellerDecision, accept_proposal, confirm_replacement_received,
+    confirm_return_received, decide, escalate, post_message, respond,
+    submit_replacement_shipment, submit_return_shipment,
 };
 
 /// Limits on what a buyer may attach to a dispute.
@@ -47,6 +53,8 @@ pub const MAX_EVIDENCE_URLS: usize = 10;
 pub const MAX_EVIDENCE_URL_CHARS: usize = 512;
 /// A ruling's note, a proposal's message or an escalation's reason is at most this long.
 pub const MAX_NOTE_CHARS: usize = 2_000;
+/// A message in a dispute's conversation is at most this long.
+pub const MAX_MESSAGE_CHARS: usize = 2_000;
 /// A return's carrier name is at most this long.
 pub const MAX_CARRIER_CHARS: usize = 64;
 /// A return's tracking number is at most this long.

@@ -1,7 +1,9 @@
-//! Negotiation and the return: the seller answers, the buyer accepts a proposal, either
-//! party escalates, the item travels back and the seller confirms it arrived.
+//! Negotiation, the return and the replacement: the seller answers, the buyer accepts a
+//! proposal, either party escalates, the item travels back and the seller confirms it
+//! arrived, or a replacement travels out and the buyer confirms it arrived; and the
+//! conversation beside all of it.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Duration, Utc};
 
 use super::dispute::{Proposal, grant, settle_and_resolve};
 use super::{
@@ -9,7 +11,8 @@ use super::{
 };
 
 use DisputeState::{
-    AwaitingReturnShipment, AwaitingSeller, Negotiating, ReturnInTransit, UnderReview,
+    AwaitingReplacementShipment, AwaitingReturnShipment, AwaitingSeller, Negotiating,
+    ReplacementInTransit, ReturnInTransit, UnderReview,
 };
 
 /// The seller's answer to a new dispute.
@@ -78,8 +81,9 @@ pub fn accept_proposal(
     )
 }
 
-/// EscalateDispute: the parties disagree (either, while negotiating), or the returned
-/// item is missing, wrong or damaged (the seller, while it is in transit). An agent
+/// EscalateDispute: the parties disagree (either, while negotiating), the returned item
+/// is missing, wrong or damaged (the seller, while it is in transit), or the replacement
+/// does not come or is not right (the buyer, while it is awaited or travels). An agent
 /// decides with ResolveFunds.
 pub fn escalate(
     order: &Order,
@@ -90,7 +94,7 @@ pub fn escalate(
 ) -> Result<Change, DomainError> {
     let states: &[DisputeState] = match actor.role {
         Role::Seller => &[Negotiating, ReturnInTransit],
-        _ => &[Negotiating],
+        _ => &[Negotiating, AwaitingReplacementShipment, ReplacementInTransit],
     };
     dispute.ensure_can(actor, &[Role::Buyer, Role::Seller], states)?;
     let mut dispute = dispute.clone();
@@ -149,6 +153,76 @@ pub fn confirm_return_received(
     )
 }
 
+/// SubmitReplacementShipment: the seller shipped the replacement. The order's protection
+/// end moves to at least now + `delivery_window`, so the buyer stays protected while it
+/// travels (never earlier than it was).
+pub fn submit_replacement_shipment(
+    order: &Order,
+    dispute: &Dispute,
+    actor: &Actor,
+    carrier: &str,
+    tracking_number: &str,
+    delivery_window: Duration,
+    now: DateTime<Utc>,
+) -> Result<Change, DomainError> {
+    dispute.ensure_can(actor, &[Role::Seller], &[AwaitingReplacementShipment])?;
+    let mut dispute = dispute.clone();
+    let replacement = dispute
+        .replacement
+        .as_mut()
+        .ok_or(DomainError::FailedPrecondition(
+            super::Precondition::InvalidDisputeState,
+        ))?;
+    replacement.carrier = Some(carrier.to_owned());
+    replacement.tracking_number = Some(tracking_number.to_owned());
+    replacement.shipped_at = Some(now);
+    let mut order = order.clone();
+    order.protection_ends_at = order.protection_ends_at.max(now + delivery_window);
+    dispute.protection_ends_at = order.protection_ends_at;
+    dispute.move_to(ReplacementInTransit, now);
+    Ok(Change::new(
+        order,
+        dispute,
+        None,
+        EventKind::ReplacementShipped,
+    ))
+}
+
+/// ConfirmReplacementReceived: the buyer has the replacement; the funds go to the seller.
+pub fn confirm_replacement_received(
+    order: &Order,
+    dispute: &Dispute,
+    actor: &Actor,
+    now: DateTime<Utc>,
+) -> Result<Change, DomainError> {
+    dispute.ensure_can(actor, &[Role::Buyer], &[ReplacementInTransit])?;
+    settle_and_resolve(order, dispute, 0, EventKind::ReplacementReceived, now)
+}
+
+/// PostDisputeMessage: the buyer, the order's seller or an agent writes in an open
+/// dispute's conversation. Nothing but the dispute's `updated_at` changes (a message is
+/// activity on the dispute, so lists ordered by change show it first).
+pub fn post_message(
+    order: &Order,
+    dispute: &Dispute,
+    actor: &Actor,
+    text: &str,
+    evidence_urls: &[String],
+    now: DateTime<Utc>,
+) -> Result<Change, DomainError> {
+    let open: Vec<DisputeState> = DisputeState::ALL
+        .into_iter()
+        .filter(|state| !state.is_terminal())
+        .collect();
+    dispute.ensure_can(actor, &[Role::Buyer, Role::Seller, Role::Agent], &open)?;
+    let mut dispute = dispute.clone();
+    dispute.updated_at = now;
+    let mut change =
+        Change::new(order.clone(), dispute, None, EventKind::MessagePosted).with_note(text);
+    change.evidence_urls = evidence_urls.to_vec();
+    Ok(change)
+}
+
 /// Every command that acts on one existing dispute.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DisputeCommand {
@@ -167,14 +241,41 @@ pub enum DisputeCommand {
         tracking_number: String,
     },
     ConfirmReturnReceived,
+    SubmitReplacementShipment {
+        carrier: String,
+        tracking_number: String,
+    },
+    ConfirmReplacementReceived,
+    PostMessage {
+        text: String,
+        evidence_urls: Vec<String>,
+    },
 }
 
-/// Decides `command` by `actor` on `dispute` of `order` at `now`.
+/// Decides `command` by `actor` on `dispute` of `order` at `now`, under `deadlines` (a
+/// replacement's delivery window). The first thing the order's seller does on a dispute
+/// is its first response (the store record's response time).
 pub fn decide(
     order: &Order,
     dispute: &Dispute,
     actor: &Actor,
     command: DisputeCommand,
+    deadlines: &super::Deadlines,
+    now: DateTime<Utc>,
+) -> Result<Change, DomainError> {
+    let mut change = decide_command(order, dispute, actor, command, deadlines, now)?;
+    if actor.role == Role::Seller {
+        change.dispute.seller_first_response_at.get_or_insert(now);
+    }
+    Ok(change)
+}
+
+fn decide_command(
+    order: &Order,
+    dispute: &Dispute,
+    actor: &Actor,
+    command: DisputeCommand,
+    deadlines: &super::Deadlines,
     now: DateTime<Utc>,
 ) -> Result<Change, DomainError> {
     match command {
@@ -192,5 +293,24 @@ pub fn decide(
         DisputeCommand::ConfirmReturnReceived => {
             confirm_return_received(order, dispute, actor, now)
         }
+        DisputeCommand::SubmitReplacementShipment {
+            carrier,
+            tracking_number,
+        } => submit_replacement_shipment(
+            order,
+            dispute,
+            actor,
+            &carrier,
+            &tracking_number,
+            deadlines.replacement_delivery,
+            now,
+        ),
+        DisputeCommand::ConfirmReplacementReceived => {
+            confirm_replacement_received(order, dispute, actor, now)
+        }
+        DisputeCommand::PostMessage {
+            text,
+            evidence_urls,
+        } => post_message(order, dispute, actor, &text, &evidence_urls, now),
     }
 }

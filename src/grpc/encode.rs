@@ -81,10 +81,12 @@ pub(super) fn state_to_pb(state: DisputeState) -> pb::DisputeState {
         DisputeState::UnderReview => pb::DisputeState::UnderReview,
         DisputeState::Cancelled => pb::DisputeState::Cancelled,
         DisputeState::Resolved => pb::DisputeState::Resolved,
+        DisputeState::AwaitingReplacementShipment => pb::DisputeState::AwaitingReplacementShipment,
+        DisputeState::ReplacementInTransit => pb::DisputeState::ReplacementInTransit,
     }
 }
 
-fn timestamp_to_pb(t: DateTime<Utc>) -> Timestamp {
+pub(super) fn timestamp_to_pb(t: DateTime<Utc>) -> Timestamp {
     Timestamp {
         seconds: t.timestamp(),
         nanos: t.timestamp_subsec_nanos() as i32,
@@ -126,6 +128,7 @@ fn remedy_to_pb(remedy: Remedy) -> (pb::Remedy, Option<pb::Money>) {
         Remedy::FullRefund => (pb::Remedy::FullRefund, None),
         Remedy::PartialRefund(refund) => (pb::Remedy::PartialRefund, Some(money_to_pb(refund))),
         Remedy::ReturnAndRefund => (pb::Remedy::ReturnAndRefund, None),
+        Remedy::Replacement => (pb::Remedy::Replacement, None),
     }
 }
 
@@ -165,6 +168,14 @@ pub fn dispute_to_pb(dispute: &domain::Dispute, next: Option<NextDeadline>) -> p
         carrier: r.carrier.clone().unwrap_or_default(),
         tracking_number: r.tracking_number.clone().unwrap_or_default(),
     });
+    let replacement = dispute
+        .replacement
+        .as_ref()
+        .map(|replacement| pb::ItemShipment {
+            carrier: replacement.carrier.clone().unwrap_or_default(),
+            tracking_number: replacement.tracking_number.clone().unwrap_or_default(),
+            shipped_at: replacement.shipped_at.map(timestamp_to_pb),
+        });
     pb::Dispute {
         dispute_id: dispute.dispute_id.to_string(),
         order_id: dispute.order_id.to_string(),
@@ -183,6 +194,39 @@ pub fn dispute_to_pb(dispute: &domain::Dispute, next: Option<NextDeadline>) -> p
         updated_at: Some(timestamp_to_pb(dispute.updated_at)),
         proposal,
         next_deadline: next.map(next_deadline_to_pb),
+        replacement,
+    }
+}
+
+fn duration_to_pb(d: chrono::Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: d.num_seconds(),
+        nanos: d.subsec_nanos(),
+    }
+}
+
+pub fn seller_stats_to_pb(stats: &domain::SellerStats) -> pb::GetSellerDisputeStatsResponse {
+    pb::GetSellerDisputeStatsResponse {
+        seller_id: stats.seller_id.to_string(),
+        window_start: Some(timestamp_to_pb(stats.window_start)),
+        window_end: Some(timestamp_to_pb(stats.window_end)),
+        orders_registered: stats.orders_registered,
+        disputes_opened: stats.opened.total(),
+        disputes_by_reason: Some(pb::DisputesByReason {
+            item_not_received: stats.opened.item_not_received,
+            not_as_described: stats.opened.not_as_described,
+            quality_issue: stats.opened.quality_issue,
+        }),
+        dispute_rate: stats.dispute_rate(),
+        outcomes: Some(pb::DisputeOutcomes {
+            cancelled_by_buyer: stats.ended.cancelled_by_buyer,
+            resolved_buyer_favour: stats.ended.resolved_buyer_favour,
+            resolved_partial: stats.ended.resolved_partial,
+            resolved_seller_favour: stats.ended.resolved_seller_favour,
+        }),
+        open_disputes: stats.open_now,
+        first_responses: stats.first_responses,
+        median_first_response: stats.median_first_response.map(duration_to_pb),
     }
 }
 
@@ -192,6 +236,8 @@ fn next_deadline_to_pb(next: NextDeadline) -> pb::Deadline {
         DeadlineKind::Negotiation => pb::DeadlineKind::Negotiation,
         DeadlineKind::ReturnShipment => pb::DeadlineKind::ReturnShipment,
         DeadlineKind::ReturnReceipt => pb::DeadlineKind::ReturnReceipt,
+        DeadlineKind::ReplacementShipment => pb::DeadlineKind::ReplacementShipment,
+        DeadlineKind::ReplacementReceipt => pb::DeadlineKind::ReplacementReceipt,
     };
     let consequence = match next.consequence {
         Consequence::GrantBuyerRemedy => pb::DeadlineConsequence::GrantBuyerRemedy,

@@ -152,6 +152,32 @@ impl EvidencePrefixes {
             Err(format!("must start with one of: {}", self.0.join(", ")))
         }
     }
+
+    /// Checks a request's `evidence_urls`: how many, and each one's length, characters
+    /// and prefix. The URLs when all are fine.
+    fn check_all(&self, urls: &[String], v: &mut Violations) -> Option<Vec<String>> {
+        let before = v.0.len();
+        if urls.len() > domain::MAX_EVIDENCE_URLS {
+            // Too many to be worth checking one by one.
+            v.0.push(FieldViolation::new(
+                "evidence_urls",
+                format!("must have at most {} entries", domain::MAX_EVIDENCE_URLS),
+            ));
+        } else {
+            for (i, url) in urls.iter().enumerate() {
+                let field = format!("evidence_urls[{i}]");
+                if url.is_empty() {
+                    v.0.push(FieldViolation::new(field, "must not be empty"));
+                } else if let Some(()) = v.check(
+                    &field,
+                    bounded_text(url, domain::MAX_EVIDENCE_URL_CHARS, Line).map(drop),
+                ) {
+                    v.check(&field, self.check(url));
+                }
+            }
+        }
+        (v.0.len() == before).then(|| urls.to_vec())
+    }
 }
 
 impl OpenDispute {
@@ -182,25 +208,7 @@ impl OpenDispute {
             "description",
             bounded_text(&req.description, domain::MAX_DESCRIPTION_CHARS, Free),
         );
-        if req.evidence_urls.len() > domain::MAX_EVIDENCE_URLS {
-            // Too many to be worth checking one by one.
-            v.0.push(FieldViolation::new(
-                "evidence_urls",
-                format!("must have at most {} entries", domain::MAX_EVIDENCE_URLS),
-            ));
-        } else {
-            for (i, url) in req.evidence_urls.iter().enumerate() {
-                let field = format!("evidence_urls[{i}]");
-                if url.is_empty() {
-                    v.0.push(FieldViolation::new(field, "must not be empty"));
-                } else if let Some(()) = v.check(
-                    &field,
-                    bounded_text(url, domain::MAX_EVIDENCE_URL_CHARS, Line).map(drop),
-                ) {
-                    v.check(&field, evidence.check(url));
-                }
-            }
-        }
+        let evidence_urls = evidence.check_all(&req.evidence_urls, &mut v);
         let request_id = v.check("request_id", RequestId::parse(&req.request_id));
         v.finish(|| {
             Some(OpenDispute {
@@ -209,7 +217,7 @@ impl OpenDispute {
                     reason: reason?,
                     remedy: remedy?,
                     description: description?,
-                    evidence_urls: req.evidence_urls.clone(),
+                    evidence_urls: evidence_urls?,
                 },
                 request_id: request_id?,
             })
@@ -227,22 +235,26 @@ fn remedy(
 ) -> Option<Remedy> {
     match pb::Remedy::try_from(raw) {
         Ok(pb::Remedy::PartialRefund) => money(amount_field, amount, v).map(Remedy::PartialRefund),
-        Ok(remedy @ (pb::Remedy::FullRefund | pb::Remedy::ReturnAndRefund)) => {
+        Ok(
+            remedy @ (pb::Remedy::FullRefund
+            | pb::Remedy::ReturnAndRefund
+            | pb::Remedy::Replacement),
+        ) => {
             if amount.is_some() {
                 v.0.push(FieldViolation::new(
                     amount_field,
                     format!("must be unset unless {field} is PARTIAL_REFUND"),
                 ));
             }
-            Some(if remedy == pb::Remedy::FullRefund {
-                Remedy::FullRefund
-            } else {
-                Remedy::ReturnAndRefund
+            Some(match remedy {
+                pb::Remedy::FullRefund => Remedy::FullRefund,
+                pb::Remedy::ReturnAndRefund => Remedy::ReturnAndRefund,
+                _ => Remedy::Replacement,
             })
         }
         Ok(pb::Remedy::Unspecified) | Err(_) => v.check(
             field,
-            Err("must be FULL_REFUND, PARTIAL_REFUND or RETURN_AND_REFUND".into()),
+            Err("must be FULL_REFUND, PARTIAL_REFUND, RETURN_AND_REFUND or REPLACEMENT".into()),
         ),
     }
 }
@@ -351,23 +363,69 @@ fn escalate_dispute(req: &pb::EscalateDisputeRequest) -> Result<DisputeRequest, 
     })
 }
 
+/// A shipment's carrier and tracking number (a return's or a replacement's).
+fn shipment(carrier: &str, tracking_number: &str, v: &mut Violations) -> Option<(String, String)> {
+    let carrier = v.check(
+        "carrier",
+        required_text(carrier, domain::MAX_CARRIER_CHARS, Line),
+    );
+    let tracking_number = v.check(
+        "tracking_number",
+        required_text(tracking_number, domain::MAX_TRACKING_CHARS, Line),
+    );
+    Some((carrier?, tracking_number?))
+}
+
 fn submit_return_shipment(
     req: &pb::SubmitReturnShipmentRequest,
 ) -> Result<DisputeRequest, DomainError> {
     dispute_request(&req.dispute_id, &req.request_id, |v| {
-        let carrier = v.check(
-            "carrier",
-            required_text(&req.carrier, domain::MAX_CARRIER_CHARS, Line),
-        );
-        let tracking_number = v.check(
-            "tracking_number",
-            required_text(&req.tracking_number, domain::MAX_TRACKING_CHARS, Line),
-        );
+        let (carrier, tracking_number) = shipment(&req.carrier, &req.tracking_number, v)?;
         Some(DisputeCommand::SubmitReturnShipment {
-            carrier: carrier?,
-            tracking_number: tracking_number?,
+            carrier,
+            tracking_number,
         })
     })
+}
+
+fn submit_replacement_shipment(
+    req: &pb::SubmitReplacementShipmentRequest,
+) -> Result<DisputeRequest, DomainError> {
+    dispute_request(&req.dispute_id, &req.request_id, |v| {
+        let (carrier, tracking_number) = shipment(&req.carrier, &req.tracking_number, v)?;
+        Some(DisputeCommand::SubmitReplacementShipment {
+            carrier,
+            tracking_number,
+        })
+    })
+}
+
+fn confirm_replacement_received(
+    req: &pb::ConfirmReplacementReceivedRequest,
+) -> Result<DisputeRequest, DomainError> {
+    dispute_request(&req.dispute_id, &req.request_id, |_| {
+        Some(DisputeCommand::ConfirmReplacementReceived)
+    })
+}
+
+impl DisputeRequest {
+    /// Parses PostDisputeMessage; evidence must point where `evidence` allows.
+    pub fn post_message(
+        req: &pb::PostDisputeMessageRequest,
+        evidence: &EvidencePrefixes,
+    ) -> Result<Self, DomainError> {
+        dispute_request(&req.dispute_id, &req.request_id, |v| {
+            let text = v.check(
+                "text",
+                required_text(&req.text, domain::MAX_MESSAGE_CHARS, Free),
+            );
+            let evidence_urls = evidence.check_all(&req.evidence_urls, v);
+            Some(DisputeCommand::PostMessage {
+                text: text?,
+                evidence_urls: evidence_urls?,
+            })
+        })
+    }
 }
 
 fn extend_protection(req: &pb::ExtendProtectionRequest) -> Result<ExtendProtection, DomainError> {
@@ -562,6 +620,46 @@ pub struct OpenDispute {
     pub request_id: RequestId,
 }
 
+/// GetSellerDisputeStats, parsed.
+pub struct SellerStatsRequest {
+    pub seller_id: PartyId,
+    pub window: domain::StatsWindow,
+}
+
+impl TryFrom<&pb::GetSellerDisputeStatsRequest> for SellerStatsRequest {
+    type Error = DomainError;
+
+    fn try_from(req: &pb::GetSellerDisputeStatsRequest) -> Result<Self, DomainError> {
+        let mut v = Violations::default();
+        let seller_id = v.check("seller_id", PartyId::parse(&req.seller_id));
+        let window = v.check("window", stats_window(req.window.as_ref()));
+        v.finish(|| {
+            Some(SellerStatsRequest {
+                seller_id: seller_id?,
+                window: window?,
+            })
+        })
+    }
+}
+
+/// A stats window: unset for the default, else a whole number of days.
+fn stats_window(window: Option<&prost_types::Duration>) -> Result<domain::StatsWindow, String> {
+    const DAY: i64 = 24 * 3600;
+    let Some(window) = window else {
+        return Ok(domain::StatsWindow::default());
+    };
+    let days = (window.nanos == 0 && window.seconds > 0 && window.seconds % DAY == 0)
+        .then(|| u32::try_from(window.seconds / DAY).ok())
+        .flatten()
+        .ok_or_else(|| {
+            format!(
+                "must be whole days (a multiple of 86400s), 1 to {} days",
+                domain::MAX_WINDOW_DAYS
+            )
+        })?;
+    domain::StatsWindow::of_days(days)
+}
+
 /// ExtendProtection, parsed.
 pub struct ExtendProtection {
     pub order_id: PartyId,
@@ -607,5 +705,7 @@ parsed_by! {
     pb::EscalateDisputeRequest => DisputeRequest: escalate_dispute;
     pb::SubmitReturnShipmentRequest => DisputeRequest: submit_return_shipment;
     pb::ConfirmReturnReceivedRequest => DisputeRequest: confirm_return_received;
+    pb::SubmitReplacementShipmentRequest => DisputeRequest: submit_replacement_shipment;
+    pb::ConfirmReplacementReceivedRequest => DisputeRequest: confirm_replacement_received;
     pb::ExtendProtectionRequest => ExtendProtection: extend_protection;
 }

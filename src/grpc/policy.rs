@@ -33,6 +33,10 @@ pub const POLICY: &[Rule] = &[
     Rule { rpc: "ExtendProtection",      roles: &[Seller, Agent] },
     Rule { rpc: "ListDisputeEvents",     roles: &[Buyer, Seller, Agent, Service] },
     Rule { rpc: "WatchEvents",           roles: &[Agent, Service] },
+    Rule { rpc: "SubmitReplacementShipment",  roles: &[Seller] },
+    Rule { rpc: "ConfirmReplacementReceived", roles: &[Buyer] },
+    Rule { rpc: "PostDisputeMessage",         roles: &[Buyer, Seller, Agent] },
+    Rule { rpc: "GetSellerDisputeStats",      roles: &[Seller, Agent] },
 ];
 
 /// Refuses `role` calling `rpc` unless the table allows it, stating the rule.

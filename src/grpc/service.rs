@@ -8,12 +8,12 @@ use prost::Message;
 use tonic::{Code, Request, Response, Status};
 
 use super::{
-    encode::{dispute_to_pb, history_event_to_pb, order_to_pb},
+    encode::{dispute_to_pb, history_event_to_pb, order_to_pb, seller_stats_to_pb},
     error::status,
     limits::{Full, Slots},
     parse::{
         self, DisputeRequest, EvidencePrefixes, ExtendProtection, ListDisputeEvents, ListDisputes,
-        OpenDispute, RegisterOrder,
+        OpenDispute, RegisterOrder, SellerStatsRequest,
     },
     pb::{self, dispute_service_server::DisputeService},
     stream::{self, EventFeed, EventStream},
@@ -82,12 +82,27 @@ impl DisputeApi {
         Req: Message,
         for<'r> DisputeRequest: TryFrom<&'r Req, Error = DomainError>,
     {
+        self.on_dispute_parsed(request, rpc, |req| DisputeRequest::try_from(req), respond)
+            .await
+    }
+
+    /// [`Self::on_dispute`] with the request parsed by `parse`.
+    async fn on_dispute_parsed<Req, Resp>(
+        &self,
+        request: Request<Req>,
+        rpc: &'static str,
+        parse: impl FnOnce(&Req) -> Result<DisputeRequest, DomainError>,
+        respond: fn(Option<pb::Dispute>, Option<pb::Order>) -> Resp,
+    ) -> Result<Response<Resp>, Status>
+    where
+        Req: Message,
+    {
         let (caller, req) = caller(request)?;
         let DisputeRequest {
             dispute_id,
             command,
             request_id,
-        } = DisputeRequest::try_from(&req)?;
+        } = parse(&req)?;
         on_span(None, Some(&dispute_id));
         let key = caller.key(rpc, request_id, &req);
         let (dispute, order) = self.commands.execute(dispute_id, command, key).await?;
@@ -348,6 +363,54 @@ impl DisputeService for DisputeApi {
             pb::ConfirmReturnReceivedResponse { dispute, order }
         })
         .await
+    }
+
+    async fn submit_replacement_shipment(
+        &self,
+        request: Request<pb::SubmitReplacementShipmentRequest>,
+    ) -> Result<Response<pb::SubmitReplacementShipmentResponse>, Status> {
+        self.on_dispute(request, "SubmitReplacementShipment", |dispute, order| {
+            pb::SubmitReplacementShipmentResponse { dispute, order }
+        })
+        .await
+    }
+
+    async fn confirm_replacement_received(
+        &self,
+        request: Request<pb::ConfirmReplacementReceivedRequest>,
+    ) -> Result<Response<pb::ConfirmReplacementReceivedResponse>, Status> {
+        self.on_dispute(request, "ConfirmReplacementReceived", |dispute, order| {
+            pb::ConfirmReplacementReceivedResponse { dispute, order }
+        })
+        .await
+    }
+
+    async fn post_dispute_message(
+        &self,
+        request: Request<pb::PostDisputeMessageRequest>,
+    ) -> Result<Response<pb::PostDisputeMessageResponse>, Status> {
+        let evidence = &self.evidence;
+        self.on_dispute_parsed(
+            request,
+            "PostDisputeMessage",
+            |req| DisputeRequest::post_message(req, evidence),
+            |dispute, _| pb::PostDisputeMessageResponse { dispute },
+        )
+        .await
+    }
+
+    async fn get_seller_dispute_stats(
+        &self,
+        request: Request<pb::GetSellerDisputeStatsRequest>,
+    ) -> Result<Response<pb::GetSellerDisputeStatsResponse>, Status> {
+        let actor = actor(&request)?;
+        let SellerStatsRequest { seller_id, window } =
+            SellerStatsRequest::try_from(request.get_ref())?;
+        let stats = self
+            .commands
+            .seller_stats(&actor, &seller_id, window)
+            .await?;
+        Ok(Response::new(seller_stats_to_pb(&stats)))
     }
 
     async fn extend_protection(

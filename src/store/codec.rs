@@ -32,6 +32,8 @@ spelling!(DisputeState, state_str, parse_state, {
     DisputeState::UnderReview => "UNDER_REVIEW",
     DisputeState::Cancelled => "CANCELLED",
     DisputeState::Resolved => "RESOLVED",
+    DisputeState::AwaitingReplacementShipment => "AWAITING_REPLACEMENT_SHIPMENT",
+    DisputeState::ReplacementInTransit => "REPLACEMENT_IN_TRANSIT",
 });
 
 spelling!(Outcome, outcome_str, parse_outcome, {
@@ -59,6 +61,7 @@ pub fn remedy_columns(remedy: Remedy) -> (&'static str, Option<String>, Option<i
             Some(refund.minor),
         ),
         Remedy::ReturnAndRefund => ("RETURN_AND_REFUND", None, None),
+        Remedy::Replacement => ("REPLACEMENT", None, None),
     }
 }
 
@@ -70,6 +73,7 @@ pub fn parse_remedy(
     match (kind, currency, minor) {
         ("FULL_REFUND", None, None) => Ok(Remedy::FullRefund),
         ("RETURN_AND_REFUND", None, None) => Ok(Remedy::ReturnAndRefund),
+        ("REPLACEMENT", None, None) => Ok(Remedy::Replacement),
         ("PARTIAL_REFUND", Some(currency), Some(minor)) => {
             let currency = Currency::parse(currency).map_err(StoreError::Corrupt)?;
             Ok(Remedy::PartialRefund(Money::new(currency, minor)))

@@ -24,6 +24,8 @@ impl Store {
                   OR (state = 'NEGOTIATING' AND created_at <= $2)
                   OR (state = 'AWAITING_RETURN_SHIPMENT' AND return_agreed_at <= $3)
                   OR (state = 'RETURN_IN_TRANSIT' AND return_shipped_at <= $4)
+                  OR (state = 'AWAITING_REPLACEMENT_SHIPMENT' AND replacement_agreed_at <= $6)
+                  OR (state = 'REPLACEMENT_IN_TRANSIT' AND replacement_shipped_at <= $7)
                ORDER BY updated_at
                LIMIT $5"#,
             cutoffs.awaiting_seller_opened_before,
@@ -31,6 +33,8 @@ impl Store {
             cutoffs.return_agreed_before,
             cutoffs.return_shipped_before,
             limit,
+            cutoffs.replacement_agreed_before,
+            cutoffs.replacement_shipped_before,
         )
         .fetch_all(self.pool())
         .instrument(statement("SELECT", "disputes"))

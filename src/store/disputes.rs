@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::{IdempotencyKey, NewEvent, Store, StoreError, codec, orders::OrderRow};
 use crate::domain::{
     Actor, Change, Dispute, DisputeFilter, DisputeId, ItemReturn, ListOrder, Order, PartyId,
-    Proposal, Settlement,
+    Proposal, Replacement, Settlement,
 };
 
 struct DisputeRow {
@@ -36,6 +36,11 @@ struct DisputeRow {
     proposal_refund_currency: Option<String>,
     proposal_refund_minor: Option<i64>,
     proposal_message: Option<String>,
+    replacement_agreed_at: Option<DateTime<Utc>>,
+    replacement_carrier: Option<String>,
+    replacement_tracking: Option<String>,
+    replacement_shipped_at: Option<DateTime<Utc>>,
+    seller_first_response_at: Option<DateTime<Utc>>,
     protection_ends_at: DateTime<Utc>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
@@ -93,6 +98,13 @@ impl TryFrom<DisputeRow> for Dispute {
                 .transpose()?,
             item_return,
             proposal,
+            replacement: row.replacement_agreed_at.map(|agreed_at| Replacement {
+                agreed_at,
+                carrier: row.replacement_carrier,
+                tracking_number: row.replacement_tracking,
+                shipped_at: row.replacement_shipped_at,
+            }),
+            seller_first_response_at: row.seller_first_response_at,
             protection_ends_at: row.protection_ends_at,
             created_at: row.created_at,
             updated_at: row.updated_at,
@@ -126,6 +138,8 @@ impl Store {
                       d.outcome, d.return_status, d.return_carrier, d.return_tracking,
                       d.return_agreed_at, d.return_shipped_at, d.proposal_remedy,
                       d.proposal_refund_currency, d.proposal_refund_minor, d.proposal_message,
+                      d.replacement_agreed_at, d.replacement_carrier, d.replacement_tracking,
+                      d.replacement_shipped_at, d.seller_first_response_at,
                       o.protection_ends_at, d.created_at, d.updated_at
                        FROM disputes d JOIN orders o USING (order_id)
                        WHERE "# + $scope + r#"
@@ -155,6 +169,8 @@ impl Store {
                       d.outcome, d.return_status, d.return_carrier, d.return_tracking,
                       d.return_agreed_at, d.return_shipped_at, d.proposal_remedy,
                       d.proposal_refund_currency, d.proposal_refund_minor, d.proposal_message,
+                      d.replacement_agreed_at, d.replacement_carrier, d.replacement_tracking,
+                      d.replacement_shipped_at, d.seller_first_response_at,
                       o.protection_ends_at, d.created_at, d.updated_at
                        FROM disputes d JOIN orders o USING (order_id)
                        WHERE "# + $scope + r#"
@@ -291,6 +307,11 @@ struct LockedRow {
     proposal_refund_currency: Option<String>,
     proposal_refund_minor: Option<i64>,
     proposal_message: Option<String>,
+    replacement_agreed_at: Option<DateTime<Utc>>,
+    replacement_carrier: Option<String>,
+    replacement_tracking: Option<String>,
+    replacement_shipped_at: Option<DateTime<Utc>>,
+    seller_first_response_at: Option<DateTime<Utc>>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
@@ -342,6 +363,11 @@ impl TryFrom<LockedRow> for LockedDispute {
             proposal_refund_currency: row.proposal_refund_currency,
             proposal_refund_minor: row.proposal_refund_minor,
             proposal_message: row.proposal_message,
+            replacement_agreed_at: row.replacement_agreed_at,
+            replacement_carrier: row.replacement_carrier,
+            replacement_tracking: row.replacement_tracking,
+            replacement_shipped_at: row.replacement_shipped_at,
+            seller_first_response_at: row.seller_first_response_at,
             protection_ends_at: row.protection_ends_at,
             created_at: row.created_at,
             updated_at: row.updated_at,
@@ -377,7 +403,9 @@ pub async fn lock_dispute(
                             d.refund_minor, d.description, d.evidence_urls, d.state, d.outcome,
                             d.return_status, d.return_carrier, d.return_tracking, d.return_agreed_at,
                             d.return_shipped_at, d.proposal_remedy, d.proposal_refund_currency,
-                            d.proposal_refund_minor, d.proposal_message, d.created_at, d.updated_at
+                            d.proposal_refund_minor, d.proposal_message,
+                      d.replacement_agreed_at, d.replacement_carrier, d.replacement_tracking,
+                      d.replacement_shipped_at, d.seller_first_response_at, d.created_at, d.updated_at
                      FROM orders o JOIN disputes d ON d.order_id = o.order_id
                      WHERE d.dispute_id = $1 "#
                     + $locking
@@ -398,7 +426,9 @@ pub async fn lock_dispute(
                           evidence_urls AS "evidence_urls!", state AS "state!", outcome, return_status,
                           return_carrier, return_tracking, return_agreed_at, return_shipped_at,
                           proposal_remedy, proposal_refund_currency, proposal_refund_minor,
-                          proposal_message, created_at AS "created_at!", updated_at AS "updated_at!"
+                          proposal_message, replacement_agreed_at, replacement_carrier,
+                          replacement_tracking, replacement_shipped_at, seller_first_response_at,
+                          created_at AS "created_at!", updated_at AS "updated_at!"
                    FROM locked"#,
                 dispute_id.0,
                 key.actor.role.as_str(),
@@ -441,6 +471,8 @@ pub async fn try_lock_dispute(
                   d.outcome, d.return_status, d.return_carrier, d.return_tracking,
                   d.return_agreed_at, d.return_shipped_at, d.proposal_remedy,
                   d.proposal_refund_currency, d.proposal_refund_minor, d.proposal_message,
+                      d.replacement_agreed_at, d.replacement_carrier, d.replacement_tracking,
+                      d.replacement_shipped_at, d.seller_first_response_at,
                   d.created_at, d.updated_at
            FROM orders o JOIN disputes d ON d.order_id = o.order_id
            WHERE d.dispute_id = $1
@@ -466,6 +498,8 @@ pub async fn fetch_dispute(
                   d.outcome, d.return_status, d.return_carrier, d.return_tracking,
                   d.return_agreed_at, d.return_shipped_at, d.proposal_remedy,
                   d.proposal_refund_currency, d.proposal_refund_minor, d.proposal_message,
+                      d.replacement_agreed_at, d.replacement_carrier, d.replacement_tracking,
+                      d.replacement_shipped_at, d.seller_first_response_at,
                   o.protection_ends_at, d.created_at, d.updated_at
            FROM disputes d JOIN orders o USING (order_id)
            WHERE d.dispute_id = $1"#,
@@ -583,6 +617,7 @@ pub async fn write_change(
     } = change;
     let item_return = dispute.item_return.as_ref();
     let proposal = dispute.proposal.as_ref();
+    let replacement = dispute.replacement.as_ref();
     let (proposal_remedy, proposal_currency, proposal_minor) = match proposal {
         Some(p) => {
             let (kind, currency, minor) = codec::remedy_columns(p.remedy);
@@ -598,7 +633,9 @@ pub async fn write_change(
              SET state = $2, outcome = $3, return_status = $4, return_carrier = $5,
                  return_tracking = $6, return_agreed_at = $7, return_shipped_at = $8,
                  proposal_remedy = $9, proposal_refund_currency = $10, proposal_refund_minor = $11,
-                 proposal_message = $12, updated_at = $13
+                 proposal_message = $12, updated_at = $13, replacement_agreed_at = $37,
+                 replacement_carrier = $38, replacement_tracking = $39, replacement_shipped_at = $40,
+                 seller_first_response_at = $41
              WHERE dispute_id = $1
            ), ord AS (
              UPDATE orders
@@ -666,6 +703,11 @@ pub async fn write_change(
         key.map(|(k, _)| k.rpc),
         key.map(|(k, _)| k.request_id.as_str()),
         key.map(|(_, reply)| reply),
+        replacement.map(|r| r.agreed_at),
+        replacement.and_then(|r| r.carrier.clone()),
+        replacement.and_then(|r| r.tracking_number.clone()),
+        replacement.and_then(|r| r.shipped_at),
+        dispute.seller_first_response_at,
     )
     .fetch_one(conn)
     .instrument(statement("UPDATE", "disputes"))

@@ -8,6 +8,7 @@ mod disputes;
 mod events;
 mod idempotency;
 mod orders;
+mod record;
 
 pub use codec::{
     outcome_str as outcome_name, reason_str as reason_name, remedy_columns,

@@ -263,13 +263,15 @@ impl TestApp {
     /// A deadline worker over the server's database and clock, configured as the server.
     pub fn worker(&self) -> DeadlineWorker {
         let store = Store::new(self.pool.clone());
+        let config = self.config.worker.to_config().unwrap();
         let commands = Commands::new(
             store.clone(),
             self.clock.clone(),
             self.config.max_disputes_per_order,
+            config.deadlines,
             self.server.metrics.clone(),
         );
-        DeadlineWorker::new(store, commands, self.config.worker.to_config().unwrap())
+        DeadlineWorker::new(store, commands, config)
     }
 
     /// Applies every deadline due now, once.

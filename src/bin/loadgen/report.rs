@@ -51,6 +51,9 @@ pub struct Summary {
     /// Failed calls by gRPC code; `unexpected` counts the ones the scenario never expects.
     pub errors: BTreeMap<String, u64>,
     pub unexpected_errors: u64,
+    /// Calls sent again after a transport failure (same request, same request_id), by
+    /// RPC and code; a call that then succeeded is not among `errors`.
+    pub retried: BTreeMap<String, u64>,
     /// CPU time per operation, µs, from /proc (when the processes were found).
     pub server_cpu_us_per_op: Option<f64>,
     pub postgres_cpu_us_per_op: Option<f64>,
@@ -113,6 +116,9 @@ impl Summary {
                 "  errors: {:?} ({} unexpected)\n",
                 self.errors, self.unexpected_errors
             );
+        }
+        if !self.retried.is_empty() {
+            out += &format!("  retried after a transport failure: {:?}\n", self.retried);
         }
         out
     }

@@ -111,7 +111,20 @@ fn seller(n: u64) -> String {
 pub struct Recorder {
     pub rpcs: BTreeMap<&'static str, Histogram<u64>>,
     pub errors: BTreeMap<String, u64>,
+    /// Calls tried again after a transport failure, by RPC and code.
+    pub retried: BTreeMap<String, u64>,
     pub recording: bool,
+}
+
+/// How often a call that failed at the transport is tried again.
+const TRANSPORT_RETRIES: u32 = 3;
+
+/// A failure of the connection rather than an answer of the server: the call may or may
+/// not have reached the service. tonic gives such a status the transport error as its
+/// source; a status the server sent has none. (A connection asked to go away with
+/// GOAWAY fails the calls that raced it this way.)
+fn transport_failure(status: &Status) -> bool {
+    std::error::Error::source(status).is_some()
 }
 
 impl Recorder {
@@ -119,18 +132,38 @@ impl Recorder {
         Self {
             rpcs: BTreeMap::new(),
             errors: BTreeMap::new(),
+            retried: BTreeMap::new(),
             recording: false,
         }
     }
 
-    /// Times one RPC; a failure is counted by code and ends the operation.
-    pub async fn time<T>(
-        &mut self,
-        rpc: &'static str,
-        call: impl std::future::Future<Output = Result<tonic::Response<T>, Status>>,
-    ) -> Result<T, Status> {
+    /// Times one RPC; a failure is counted by code and ends the operation. A call that
+    /// failed at the transport is sent again as it was — every write carries its
+    /// request_id, so a retry is answered with the first reply and never applied twice
+    /// (README, "Idempotency"): what every client of the service is told to do.
+    pub async fn time<T, F, Fut>(&mut self, rpc: &'static str, mut call: F) -> Result<T, Status>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    {
         let started = Instant::now();
-        let result = call.await;
+        let mut attempt = 0;
+        let result = loop {
+            let result = call().await;
+            match &result {
+                Err(status) if transport_failure(status) && attempt < TRANSPORT_RETRIES => {
+                    attempt += 1;
+                    if self.recording {
+                        *self
+                            .retried
+                            .entry(format!("{rpc}:{:?}", status.code()))
+                            .or_default() += 1;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt))).await;
+                }
+                _ => break result,
+            }
+        };
         if self.recording {
             match &result {
                 Ok(_) => {
@@ -151,6 +184,17 @@ impl Recorder {
         }
         result.map(tonic::Response::into_inner)
     }
+}
+
+/// A call `Recorder::time` can repeat: `client.method(request)` on fresh clones.
+macro_rules! rpc {
+    ($client:expr, $method:ident, $request:expr) => {{
+        let (client, request) = ($client.clone(), $request);
+        move || {
+            let (mut client, request) = (client.clone(), request.clone());
+            async move { client.$method(request).await }
+        }
+    }};
 }
 
 /// Unique order ids for this run.
@@ -204,8 +248,7 @@ pub async fn open(
         }),
         request_id: request_id(),
     };
-    let mut service = actors.service.clone();
-    rec.time("RegisterOrder", service.register_order(register))
+    rec.time("RegisterOrder", rpc!(actors.service, register_order, register))
         .await?;
     let open = pb::OpenDisputeRequest {
         order_id,
@@ -219,8 +262,9 @@ pub async fn open(
         evidence_urls: vec![],
         request_id: request_id(),
     };
-    let mut buyer = actors.buyer(n);
-    let dispute = rec.time("OpenDispute", buyer.open_dispute(open)).await?;
+    let dispute = rec
+        .time("OpenDispute", rpc!(actors.buyer(n), open_dispute, open))
+        .await?;
     Ok(dispute.dispute.map(|d| d.dispute_id).unwrap_or_default())
 }
 
@@ -239,8 +283,7 @@ pub async fn lifecycle(
                 dispute_id: id,
                 request_id: request_id(),
             };
-            let mut buyer = actors.buyer(n);
-            rec.time("CancelDispute", buyer.cancel_dispute(cancel))
+            rec.time("CancelDispute", rpc!(actors.buyer(n), cancel_dispute, cancel))
                 .await?;
         }
         1 => {
@@ -255,20 +298,19 @@ pub async fn lifecycle(
                 note: "load test ruling".into(),
                 request_id: request_id(),
             };
-            let mut agent = actors.agent.clone();
-            rec.time("ResolveFunds", agent.resolve_funds(ruling))
+            rec.time("ResolveFunds", rpc!(actors.agent, resolve_funds, ruling))
                 .await?;
         }
         _ => {
             let id = open(actors, ids, n, pb::Remedy::ReturnAndRefund, rec).await?;
-            let (mut buyer, mut seller) = (actors.buyer(n), actors.seller(n));
+            let (buyer, seller) = (actors.buyer(n), actors.seller(n));
             let accept = pb::RespondToDisputeRequest {
                 dispute_id: id.clone(),
                 decision: pb::SellerDecision::Accept as i32,
                 request_id: request_id(),
                 ..Default::default()
             };
-            rec.time("RespondToDispute", seller.respond_to_dispute(accept))
+            rec.time("RespondToDispute", rpc!(seller, respond_to_dispute, accept))
                 .await?;
             let ship = pb::SubmitReturnShipmentRequest {
                 dispute_id: id.clone(),
@@ -276,7 +318,7 @@ pub async fn lifecycle(
                 tracking_number: format!("1Z{n}"),
                 request_id: request_id(),
             };
-            rec.time("SubmitReturnShipment", buyer.submit_return_shipment(ship))
+            rec.time("SubmitReturnShipment", rpc!(buyer, submit_return_shipment, ship))
                 .await?;
             let confirm = pb::ConfirmReturnReceivedRequest {
                 dispute_id: id,
@@ -284,7 +326,7 @@ pub async fn lifecycle(
             };
             rec.time(
                 "ConfirmReturnReceived",
-                seller.confirm_return_received(confirm),
+                rpc!(seller, confirm_return_received, confirm),
             )
             .await?;
         }
@@ -293,10 +335,9 @@ pub async fn lifecycle(
 }
 
 pub async fn read(actors: &Actors, dispute_id: String, rec: &mut Recorder) -> Result<(), Status> {
-    let mut agent = actors.agent.clone();
     rec.time(
         "GetDispute",
-        agent.get_dispute(pb::GetDisputeRequest { dispute_id }),
+        rpc!(actors.agent, get_dispute, pb::GetDisputeRequest { dispute_id }),
     )
     .await?;
     Ok(())
@@ -308,8 +349,7 @@ pub async fn list(actors: &Actors, n: u64, rec: &mut Recorder) -> Result<(), Sta
         page_size: 50,
         ..Default::default()
     };
-    let mut buyer = actors.buyer(n);
-    rec.time("ListDisputes", buyer.list_disputes(request))
+    rec.time("ListDisputes", rpc!(actors.buyer(n), list_disputes, request))
         .await?;
     Ok(())
 }

@@ -554,6 +554,18 @@ fn the_next_deadline_is_exactly_when_and_what_the_worker_does() {
         submit_return_shipment(&order, &awaiting_shipment, &buyer(), "ups", "1Z", later)
             .unwrap()
             .dispute;
+    let awaiting_replacement = replacement_agreed(&order, later);
+    let replacement_in_transit = submit_replacement_shipment(
+        &order,
+        &awaiting_replacement,
+        &seller(),
+        "dhl",
+        "JD1",
+        deadlines.replacement_delivery,
+        later,
+    )
+    .unwrap()
+    .dispute;
     let cases = [
         (
             awaiting(Remedy::FullRefund),
@@ -585,6 +597,21 @@ fn the_next_deadline_is_exactly_when_and_what_the_worker_does() {
             DeadlineKind::ReturnReceipt,
             Consequence::RefundBuyer,
         ),
+        (
+            awaiting(Remedy::Replacement),
+            DeadlineKind::SellerResponse,
+            Consequence::GrantBuyerRemedy,
+        ),
+        (
+            awaiting_replacement,
+            DeadlineKind::ReplacementShipment,
+            Consequence::RefundBuyer,
+        ),
+        (
+            replacement_in_transit,
+            DeadlineKind::ReplacementReceipt,
+            Consequence::ReleaseToSeller,
+        ),
     ];
     for (dispute, kind, consequence) in cases {
         let next = deadlines.next(&dispute).expect("a deadline");
@@ -611,6 +638,12 @@ fn the_next_deadline_is_exactly_when_and_what_the_worker_does() {
             }
             (Consequence::GrantBuyerRemedy, Remedy::ReturnAndRefund) => {
                 assert_eq!(change.dispute.state, DisputeState::AwaitingReturnShipment)
+            }
+            (Consequence::GrantBuyerRemedy, Remedy::Replacement) => {
+                assert_eq!(
+                    change.dispute.state,
+                    DisputeState::AwaitingReplacementShipment
+                )
             }
             (Consequence::RefundBuyer, _) => assert_eq!(refund, Some(10_000)),
             (Consequence::ReleaseToSeller, _) => assert_eq!(refund, Some(0)),
@@ -644,4 +677,241 @@ fn negotiating(order: &Order) -> Dispute {
         message: "half?".into(),
     };
     respond(order, &d, &seller(), offer, t0()).unwrap().dispute
+}
+
+/// A dispute whose buyer asked for a replacement the seller accepted at `at`.
+fn replacement_agreed(order: &Order, at: DateTime<Utc>) -> Dispute {
+    let d = opened(order, Remedy::Replacement).dispute;
+    respond(order, &d, &seller(), SellerDecision::Accept, at)
+        .unwrap()
+        .dispute
+}
+
+#[test]
+fn a_replacement_is_asked_for_any_reason_and_agreed_by_accept_or_proposal() {
+    let order = order(10_000);
+    for reason in [
+        Reason::ItemNotReceived,
+        Reason::NotAsDescribed,
+        Reason::QualityIssue,
+    ] {
+        let new = NewDispute {
+            reason,
+            ..new_dispute(Remedy::Replacement)
+        };
+        let opened = open(&order, false, new, &buyer(), 3, DisputeId::new(), t0()).unwrap();
+        assert_eq!(opened.dispute.state, DisputeState::AwaitingSeller);
+        assert_eq!(opened.dispute.replacement, None);
+    }
+    let agreed = replacement_agreed(&order, t0());
+    assert_eq!(agreed.state, DisputeState::AwaitingReplacementShipment);
+    assert_eq!(agreed.replacement.as_ref().unwrap().agreed_at, t0());
+    assert_eq!(agreed.state.waits_for(), Some(Role::Seller));
+    // Proposed by the seller instead of the refund asked, accepted by the buyer.
+    let d = opened(&order, Remedy::FullRefund).dispute;
+    let offer = SellerDecision::Propose {
+        remedy: Remedy::Replacement,
+        message: "we send a new one".into(),
+    };
+    let negotiating = respond(&order, &d, &seller(), offer, t0()).unwrap().dispute;
+    let accepted = accept_proposal(&order, &negotiating, &buyer(), t0()).unwrap();
+    assert_eq!(
+        accepted.dispute.state,
+        DisputeState::AwaitingReplacementShipment
+    );
+    assert!(accepted.settlement.is_none(), "nothing is paid yet");
+}
+
+#[test]
+fn shipping_a_replacement_moves_protection_out_never_in() {
+    let order = order(10_000);
+    let window = Duration::days(30);
+    let agreed = replacement_agreed(&order, t0());
+    // Early: the order's own end (day 30) is before day 5 + 30: moved to day 35.
+    let shipped_at = t0() + Duration::days(5);
+    let early = submit_replacement_shipment(
+        &order, &agreed, &seller(), "dhl", "JD1", window, shipped_at,
+    )
+    .unwrap();
+    assert_eq!(early.dispute.state, DisputeState::ReplacementInTransit);
+    assert_eq!(early.order.protection_ends_at, shipped_at + window);
+    assert_eq!(early.dispute.protection_ends_at, shipped_at + window);
+    let r = early.dispute.replacement.as_ref().unwrap();
+    assert_eq!(
+        (r.carrier.as_deref(), r.tracking_number.as_deref(), r.shipped_at),
+        (Some("dhl"), Some("JD1"), Some(shipped_at))
+    );
+    assert_eq!(early.dispute.state.waits_for(), Some(Role::Buyer));
+    // An end already later than shipment + window stays.
+    let mut extended = order.clone();
+    extended.protection_ends_at = t0() + Duration::days(90);
+    let later = submit_replacement_shipment(
+        &extended, &agreed, &seller(), "dhl", "JD1", window, shipped_at,
+    )
+    .unwrap();
+    assert_eq!(later.order.protection_ends_at, t0() + Duration::days(90));
+    // Only the order's seller ships, and only an agreed replacement.
+    for actor in [buyer(), agent(), Actor::new(Role::Seller, "s2")] {
+        assert!(
+            submit_replacement_shipment(&order, &agreed, &actor, "dhl", "JD1", window, t0())
+                .is_err()
+        );
+    }
+    let not_agreed = opened(&order, Remedy::Replacement).dispute;
+    assert_eq!(
+        precondition(submit_replacement_shipment(
+            &order, &not_agreed, &seller(), "dhl", "JD1", window, t0()
+        )),
+        Precondition::InvalidDisputeState
+    );
+}
+
+#[test]
+fn the_buyer_confirms_the_replacement_and_the_seller_is_paid() {
+    let order = order(10_000);
+    let agreed = replacement_agreed(&order, t0());
+    let shipped = submit_replacement_shipment(
+        &order,
+        &agreed,
+        &seller(),
+        "dhl",
+        "JD1",
+        Duration::days(30),
+        t0(),
+    )
+    .unwrap();
+    let done = confirm_replacement_received(&shipped.order, &shipped.dispute, &buyer(), t0())
+        .unwrap();
+    assert_eq!(done.dispute.state, DisputeState::Resolved);
+    assert_eq!(done.dispute.outcome, Some(Outcome::ResolvedSellerFavour));
+    let s = done.settlement.unwrap();
+    assert_eq!((s.refund_minor(), s.release_minor()), (0, 10_000));
+    assert!(conserved(&done.order));
+    // Not the seller, not before it ships.
+    assert!(confirm_replacement_received(&shipped.order, &shipped.dispute, &seller(), t0()).is_err());
+    assert_eq!(
+        precondition(confirm_replacement_received(&order, &agreed, &buyer(), t0())),
+        Precondition::InvalidDisputeState
+    );
+}
+
+#[test]
+fn while_a_replacement_is_awaited_the_buyer_may_cancel_or_escalate_and_only_the_buyer_cancels() {
+    let order = order(10_000);
+    let agreed = replacement_agreed(&order, t0());
+    let shipped = submit_replacement_shipment(
+        &order,
+        &agreed,
+        &seller(),
+        "dhl",
+        "JD1",
+        Duration::days(30),
+        t0() + Duration::days(20),
+    )
+    .unwrap();
+    for (order, dispute) in [(&order, &agreed), (&shipped.order, &shipped.dispute)] {
+        // Day 40: past the registered end (30) — but not past the moved one (50) once shipped.
+        let at = t0() + Duration::days(40);
+        let cancelled = cancel(order, dispute, &buyer(), CancelVia::Dispute, at).unwrap();
+        assert_eq!(cancelled.dispute.outcome, Some(Outcome::CancelledByBuyer));
+        assert_eq!(
+            cancelled.settlement.is_some(),
+            dispute.state == DisputeState::AwaitingReplacementShipment,
+            "released only when protection has ended"
+        );
+        assert_eq!(
+            precondition(cancel(order, dispute, &buyer(), CancelVia::Return, at)),
+            Precondition::NoReturn
+        );
+        for actor in [seller(), agent(), Actor::new(Role::Service, "svc")] {
+            assert_eq!(
+                cancel(order, dispute, &actor, CancelVia::Dispute, at),
+                Err(DomainError::ONLY_BUYER_CAN_CANCEL)
+            );
+        }
+        let escalated = escalate(order, dispute, &buyer(), "never came", at).unwrap();
+        assert_eq!(escalated.dispute.state, DisputeState::UnderReview);
+        assert!(escalate(order, dispute, &seller(), "no", at).is_err());
+    }
+}
+
+#[test]
+fn a_seller_who_will_not_reissue_refunds_in_full() {
+    let order = order(10_000);
+    let agreed = replacement_agreed(&order, t0());
+    let partial = resolve(
+        &order,
+        &agreed,
+        &seller(),
+        Resolution::RefundPartial(usd(9_999)),
+        "",
+        t0(),
+    );
+    assert!(matches!(
+        partial,
+        Err(DomainError::PermissionDenied {
+            reason: "SELLER_CANNOT_REDUCE_REFUND",
+            ..
+        })
+    ));
+    let full = resolve(&order, &agreed, &seller(), Resolution::RefundFull, "", t0()).unwrap();
+    assert_eq!(full.settlement.unwrap().refund_minor(), 10_000);
+}
+
+#[test]
+fn messages_change_nothing_but_the_time_and_come_from_the_parties_or_an_agent() {
+    let order = order(10_000);
+    let d = opened(&order, Remedy::FullRefund).dispute;
+    let at = t0() + Duration::hours(2);
+    let urls = vec!["s3://evidence/photo.jpg".to_owned()];
+    for actor in [buyer(), seller(), agent()] {
+        let posted = post_message(&order, &d, &actor, "hello", &urls, at).unwrap();
+        assert_eq!(posted.event, EventKind::MessagePosted);
+        assert_eq!(posted.note.as_deref(), Some("hello"));
+        assert_eq!(posted.evidence_urls, urls);
+        assert_eq!(posted.order, order);
+        assert!(posted.settlement.is_none());
+        let mut expected = d.clone();
+        expected.updated_at = at;
+        assert_eq!(posted.dispute, expected);
+    }
+    for actor in [Actor::new(Role::Buyer, "b2"), Actor::new(Role::Seller, "s2")] {
+        assert_eq!(
+            post_message(&order, &d, &actor, "hi", &[], at),
+            Err(DomainError::NotFound(Resource::Dispute))
+        );
+    }
+    assert!(matches!(
+        post_message(&order, &d, &Actor::new(Role::Service, "svc"), "hi", &[], at),
+        Err(DomainError::PermissionDenied { .. })
+    ));
+    let ended = cancel(&order, &d, &buyer(), CancelVia::Dispute, at).unwrap().dispute;
+    assert_eq!(
+        precondition(post_message(&order, &ended, &buyer(), "hi", &[], at)),
+        Precondition::DisputeClosed
+    );
+}
+
+#[test]
+fn the_sellers_first_action_is_its_first_response_and_is_kept() {
+    let deadlines = Deadlines::default();
+    let order = order(10_000);
+    let d = opened(&order, Remedy::FullRefund).dispute;
+    let first = t0() + Duration::hours(3);
+    let message = |text: &str| DisputeCommand::PostMessage {
+        text: text.into(),
+        evidence_urls: vec![],
+    };
+    // The buyer writing is no response of the seller.
+    let by_buyer = decide(&order, &d, &buyer(), message("where?"), &deadlines, first).unwrap();
+    assert_eq!(by_buyer.dispute.seller_first_response_at, None);
+    let answered = decide(&order, &d, &seller(), message("on it"), &deadlines, first).unwrap();
+    assert_eq!(answered.dispute.seller_first_response_at, Some(first));
+    let offer = DisputeCommand::Respond(SellerDecision::Propose {
+        remedy: Remedy::Replacement,
+        message: "new one?".into(),
+    });
+    let later = first + Duration::hours(5);
+    let proposed = decide(&order, &answered.dispute, &seller(), offer, &deadlines, later).unwrap();
+    assert_eq!(proposed.dispute.seller_first_response_at, Some(first));
 }

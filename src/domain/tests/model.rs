@@ -12,6 +12,10 @@ use crate::domain::*;
 
 const AMOUNT: i64 = 1_000;
 const PROTECTION_DAYS: i64 = 30;
+/// The default replacement deadlines and delivery window, in days.
+const REPLACEMENT_SHIPMENT_DAYS: i64 = 10;
+const REPLACEMENT_RECEIPT_DAYS: i64 = 30;
+const REPLACEMENT_DELIVERY_DAYS: i64 = 30;
 const MAX_DISPUTES: i32 = 3;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -19,6 +23,7 @@ enum Ask {
     Full,
     Partial(i64),
     Return,
+    Replacement,
 }
 
 #[derive(Debug, Clone)]
@@ -32,6 +37,9 @@ enum Cmd {
     Escalate,
     Ship,
     Confirm,
+    ShipReplacement,
+    ConfirmReplacement,
+    Message,
     Deadline,
     ProtectionEnd,
 }
@@ -40,6 +48,8 @@ enum Cmd {
 #[derive(Debug, Clone, PartialEq)]
 struct Model {
     refund: Option<i64>,
+    /// The day buyer protection ends (a replacement's shipment moves it out).
+    protection: i64,
     closed: bool,
     count: i32,
     dispute: Option<ModelDispute>,
@@ -55,11 +65,14 @@ struct ModelDispute {
     opened: i64,
     agreed: Option<i64>,
     shipped: Option<i64>,
+    replacement_agreed: Option<i64>,
+    replacement_shipped: Option<i64>,
 }
 
 fn refund_of(ask: Ask) -> i64 {
     match ask {
-        Ask::Full | Ask::Return => AMOUNT,
+        // A replacement stands for the whole item.
+        Ask::Full | Ask::Return | Ask::Replacement => AMOUNT,
         Ask::Partial(r) => r,
     }
 }
@@ -68,7 +81,7 @@ fn valid_ask(reason: Reason, ask: Ask) -> bool {
     match ask {
         Ask::Partial(r) => 0 < r && r < AMOUNT,
         Ask::Return => reason != Reason::ItemNotReceived,
-        Ask::Full => true,
+        Ask::Full | Ask::Replacement => true,
     }
 }
 
@@ -95,13 +108,16 @@ impl Model {
         self.refund = Some(refund);
     }
 
-    /// Gives the buyer `ask`: a refund resolves now, a return is awaited.
+    /// Gives the buyer `ask`: a refund resolves now, a return or a replacement is awaited.
     fn grant(&mut self, ask: Ask, day: i64) {
         let d = self.dispute.as_mut().unwrap();
         if ask == Ask::Return {
             d.state = DisputeState::AwaitingReturnShipment;
             d.ret = Some(ReturnStatus::AwaitingShipment);
             d.agreed = Some(day);
+        } else if ask == Ask::Replacement {
+            d.state = DisputeState::AwaitingReplacementShipment;
+            d.replacement_agreed = Some(day);
         } else {
             self.end(DisputeState::Resolved);
             self.settle(refund_of(ask));
@@ -145,7 +161,7 @@ impl Model {
         use DisputeState::*;
         let mut m = self.clone();
         let is = |role, id| actor.role == role && actor.id == id;
-        let expired = day >= PROTECTION_DAYS;
+        let expired = day >= self.protection;
         match cmd {
             Cmd::Open(reason, ask) => {
                 if actor.role != Role::Buyer {
@@ -183,6 +199,8 @@ impl Model {
                     opened: day,
                     agreed: None,
                     shipped: None,
+                    replacement_agreed: None,
+                    replacement_shipped: None,
                 });
                 Ok(m)
             }
@@ -268,7 +286,11 @@ impl Model {
                 let states: &[DisputeState] = if actor.role == Role::Seller {
                     &[Negotiating, ReturnInTransit]
                 } else {
-                    &[Negotiating]
+                    &[
+                        Negotiating,
+                        AwaitingReplacementShipment,
+                        ReplacementInTransit,
+                    ]
                 };
                 self.workflow(actor, &[Role::Buyer, Role::Seller], states)?;
                 m.dispute.as_mut().unwrap().state = UnderReview;
@@ -289,6 +311,33 @@ impl Model {
                 m.settle(AMOUNT);
                 Ok(m)
             }
+            Cmd::ShipReplacement => {
+                self.workflow(actor, &[Role::Seller], &[AwaitingReplacementShipment])?;
+                let md = m.dispute.as_mut().unwrap();
+                md.state = ReplacementInTransit;
+                md.replacement_shipped = Some(day);
+                m.protection = m.protection.max(day + REPLACEMENT_DELIVERY_DAYS);
+                Ok(m)
+            }
+            Cmd::ConfirmReplacement => {
+                self.workflow(actor, &[Role::Buyer], &[ReplacementInTransit])?;
+                m.end(Resolved);
+                m.settle(0);
+                Ok(m)
+            }
+            Cmd::Message => {
+                let open = [
+                    AwaitingSeller,
+                    Negotiating,
+                    AwaitingReturnShipment,
+                    ReturnInTransit,
+                    UnderReview,
+                    AwaitingReplacementShipment,
+                    ReplacementInTransit,
+                ];
+                self.workflow(actor, &[Role::Buyer, Role::Seller, Role::Agent], &open)?;
+                Ok(m)
+            }
             Cmd::Deadline => {
                 let d = self.dispute.clone().ok_or(MOOT)?;
                 match d.state {
@@ -304,6 +353,18 @@ impl Model {
                         m.dispute.as_mut().unwrap().ret = Some(ReturnStatus::Received);
                         m.end(Resolved);
                         m.settle(AMOUNT);
+                    }
+                    AwaitingReplacementShipment
+                        if day >= d.replacement_agreed.ok_or(MOOT)? + REPLACEMENT_SHIPMENT_DAYS =>
+                    {
+                        m.end(Resolved);
+                        m.settle(AMOUNT);
+                    }
+                    ReplacementInTransit
+                        if day >= d.replacement_shipped.ok_or(MOOT)? + REPLACEMENT_RECEIPT_DAYS =>
+                    {
+                        m.end(Resolved);
+                        m.settle(0);
                     }
                     _ => return Err(MOOT),
                 }
@@ -348,6 +409,7 @@ fn remedy_of(ask: Ask) -> Remedy {
         Ask::Full => Remedy::FullRefund,
         Ask::Partial(r) => Remedy::PartialRefund(usd(r)),
         Ask::Return => Remedy::ReturnAndRefund,
+        Ask::Replacement => Remedy::Replacement,
     }
 }
 
@@ -382,7 +444,8 @@ fn run(
     let last = disputes.last();
     let active = last.filter(|d| !d.state.is_terminal());
     let on_last = |command| match last {
-        Some(d) => decide(order, d, actor, command, now).map(|c| Some(c.into())),
+        Some(d) => decide(order, d, actor, command, &Deadlines::default(), now)
+            .map(|c| Some(c.into())),
         None => Ok(None),
     };
     match cmd.clone() {
@@ -424,6 +487,15 @@ fn run(
             tracking_number: "1Z".into(),
         }),
         Cmd::Confirm => on_last(DisputeCommand::ConfirmReturnReceived),
+        Cmd::ShipReplacement => on_last(DisputeCommand::SubmitReplacementShipment {
+            carrier: "dhl".into(),
+            tracking_number: "JD1".into(),
+        }),
+        Cmd::ConfirmReplacement => on_last(DisputeCommand::ConfirmReplacementReceived),
+        Cmd::Message => on_last(DisputeCommand::PostMessage {
+            text: "hello".into(),
+            evidence_urls: vec![],
+        }),
         Cmd::Deadline => match last {
             Some(d) => Ok(apply_deadline(order, d, &Deadlines::default(), now)?.map(Step::from)),
             None => Ok(None),
@@ -447,6 +519,7 @@ fn arb_ask() -> impl Strategy<Value = Ask> {
     prop_oneof![
         Just(Ask::Full),
         Just(Ask::Return),
+        Just(Ask::Replacement),
         (-1i64..1_100).prop_map(Ask::Partial)
     ]
 }
@@ -477,6 +550,9 @@ fn arb_cmd() -> impl Strategy<Value = Cmd> {
         1 => Just(Cmd::Escalate),
         1 => Just(Cmd::Ship),
         1 => Just(Cmd::Confirm),
+        1 => Just(Cmd::ShipReplacement),
+        1 => Just(Cmd::ConfirmReplacement),
+        1 => Just(Cmd::Message),
         1 => Just(Cmd::Deadline),
         1 => Just(Cmd::ProtectionEnd),
     ]
@@ -499,12 +575,21 @@ fn arb_actor() -> impl Strategy<Value = Actor> {
 /// The party a command is meant for, so random runs reach deep states often.
 fn natural_actor(cmd: &Cmd, coin: bool) -> Actor {
     match cmd {
-        Cmd::Accept | Cmd::Propose(_) | Cmd::Confirm => Actor::new(Role::Seller, "s1"),
+        Cmd::Accept | Cmd::Propose(_) | Cmd::Confirm | Cmd::ShipReplacement => {
+            Actor::new(Role::Seller, "s1")
+        }
+        Cmd::Message if coin => Actor::new(Role::Seller, "s1"),
         Cmd::Resolve(_) if coin => Actor::new(Role::Seller, "s1"),
         Cmd::Resolve(_) => Actor::new(Role::Agent, "staff"),
         Cmd::Escalate if coin => Actor::new(Role::Seller, "s1"),
         _ => Actor::new(Role::Buyer, "b1"),
     }
+}
+
+/// Days between steps: mostly a few, sometimes weeks, so the long deadlines (a
+/// replacement's 30 days in transit) are reached with the dispute still open.
+fn arb_days() -> impl Strategy<Value = i64> {
+    prop_oneof![6 => 0i64..4, 1 => 5i64..40]
 }
 
 fn is_system(cmd: &Cmd) -> bool {
@@ -516,14 +601,14 @@ proptest! {
 
     #[test]
     fn the_domain_agrees_with_the_reference_model(
-        steps in prop::collection::vec((arb_cmd(), prop::option::weighted(0.3, arb_actor()), any::<bool>(), 0i64..4), 1..60),
+        steps in prop::collection::vec((arb_cmd(), prop::option::weighted(0.3, arb_actor()), any::<bool>(), arb_days()), 1..60),
     ) {
         let Ok(Registration::Created(mut order)) = register(None, NewOrder {
             order_id: id("o1"), buyer_id: id("b1"), seller_id: id("s1"), amount: usd(AMOUNT),
             protection_ends_at: t0() + Duration::days(PROTECTION_DAYS),
         }) else { panic!() };
         let mut disputes: Vec<Dispute> = Vec::new();
-        let mut model = Model { refund: None, closed: false, count: 0, dispute: None };
+        let mut model = Model { refund: None, protection: PROTECTION_DAYS, closed: false, count: 0, dispute: None };
         let mut day = 0;
         for (cmd, actor, coin, dt) in steps {
             day += dt;
@@ -566,10 +651,18 @@ proptest! {
             prop_assert_eq!(order.settlement.map(|s| s.refund_minor()), model.refund);
             prop_assert_eq!(order.disputes_closed, model.closed);
             prop_assert_eq!(order.dispute_count, model.count);
+            prop_assert_eq!(order.protection_ends_at, t0() + Duration::days(model.protection));
             if let (Some(d), Some(md)) = (disputes.last(), &model.dispute) {
                 prop_assert_eq!(d.state, md.state);
                 prop_assert_eq!(d.item_return.as_ref().map(|r| r.status), md.ret);
                 prop_assert_eq!(d.proposal.as_ref().map(|p| p.remedy), md.proposal.map(remedy_of));
+                prop_assert_eq!(
+                    d.replacement.as_ref().map(|r| (r.agreed_at, r.shipped_at)),
+                    md.replacement_agreed.map(|a| (
+                        t0() + Duration::days(a),
+                        md.replacement_shipped.map(|s| t0() + Duration::days(s)),
+                    ))
+                );
             }
             prop_assert!(disputes.iter().filter(|d| !ended(d.state)).count() <= 1);
         }
