@@ -32,6 +32,8 @@ struct Fixture {
     dispute_id: String,
     fresh_order_id: String,
     buyer: String,
+    /// The store whose record is asked for.
+    seller: String,
 }
 
 async fn fixture(app: &TestApp, case: usize, target: Target) -> Fixture {
@@ -72,12 +74,14 @@ async fn fixture(app: &TestApp, case: usize, target: Target) -> Fixture {
             dispute_id: uuid::Uuid::now_v7().to_string(),
             fresh_order_id: format!("missing-{case}"),
             buyer: buyer.into(),
+            seller: format!("missing-seller-{case}"),
         },
         _ => Fixture {
             order_id: ids[0].clone(),
             dispute_id: dispute.dispute_id,
             fresh_order_id: ids[1].clone(),
             buyer: buyer.into(),
+            seller: seller.into(),
         },
     }
 }
@@ -208,6 +212,38 @@ async fn call_rpc(
             .watch_events(pb::WatchEventsRequest::default())
             .await
             .map(found),
+        "SubmitReplacementShipment" => client
+            .submit_replacement_shipment(pb::SubmitReplacementShipmentRequest {
+                dispute_id: f.dispute_id.clone(),
+                carrier: "DHL".into(),
+                tracking_number: "JD014600".into(),
+                request_id: uuid::Uuid::now_v7().to_string(),
+            })
+            .await
+            .map(found),
+        "ConfirmReplacementReceived" => client
+            .confirm_replacement_received(pb::ConfirmReplacementReceivedRequest {
+                dispute_id: f.dispute_id.clone(),
+                request_id: uuid::Uuid::now_v7().to_string(),
+            })
+            .await
+            .map(found),
+        "PostDisputeMessage" => client
+            .post_dispute_message(pb::PostDisputeMessageRequest {
+                dispute_id: f.dispute_id.clone(),
+                text: "any news?".into(),
+                evidence_urls: vec![],
+                request_id: uuid::Uuid::now_v7().to_string(),
+            })
+            .await
+            .map(found),
+        "GetSellerDisputeStats" => client
+            .get_seller_dispute_stats(pb::GetSellerDisputeStatsRequest {
+                seller_id: f.seller.clone(),
+                window: None,
+            })
+            .await
+            .map(found),
         other => panic!("no call written for {other}: add it to this test"),
     }
 }
@@ -218,6 +254,8 @@ fn found<T>(_: T) -> bool {
 
 /// What each role gets from each RPC on its own resource, someone else's and a missing
 /// one: `A` allowed, `H` hidden (NOT_FOUND, or an empty list), `D` PERMISSION_DENIED.
+/// For GetSellerDisputeStats the three are the caller's store (seller-1), another store
+/// and a store with no orders: a seller reads only its own record, an agent any.
 /// Written from the rules in the README ("What it does" and the authorization table), not
 /// read from the code: widening or narrowing the policy table fails this test.
 const EXPECTED: &[(&str, [&str; 4])] = &[
@@ -238,6 +276,10 @@ const EXPECTED: &[(&str, [&str; 4])] = &[
     ("ExtendProtection", ["DDD", "AHH", "AAH", "DDD"]),
     ("ListDisputeEvents", ["AHH", "AHH", "AAH", "AAH"]),
     ("WatchEvents", ["DDD", "DDD", "AAA", "AAA"]),
+    ("SubmitReplacementShipment", ["DDD", "AHH", "DDD", "DDD"]),
+    ("ConfirmReplacementReceived", ["AHH", "DDD", "DDD", "DDD"]),
+    ("PostDisputeMessage", ["AHH", "AHH", "AAH", "DDD"]),
+    ("GetSellerDisputeStats", ["DDD", "ADD", "AAA", "DDD"]),
 ];
 
 const ROLES: [Role; 4] = [Role::Buyer, Role::Seller, Role::Agent, Role::Service];
