@@ -18,6 +18,9 @@ pub enum Scenario {
     Mixed,
     /// `--watchers` WatchEvents consumers while writers open disputes: delivery lag.
     Watch,
+    /// GetSellerDisputeStats of `--stats-seller`, as an agent (seed the store first:
+    /// scripts/bench-stats).
+    Stats,
 }
 
 /// Drives dispute-service with a scenario and reports throughput, latency quantiles,
@@ -55,6 +58,9 @@ pub struct Args {
     /// WatchEvents consumers in the `watch` scenario.
     #[arg(long, default_value_t = 100)]
     pub watchers: u32,
+    /// The store whose record the `stats` scenario reads.
+    #[arg(long, default_value = "bench-store")]
+    pub stats_seller: String,
     /// The server's process id (default: every process named dispute-service).
     #[arg(long)]
     pub server_pid: Option<u32>,

@@ -109,6 +109,7 @@ async fn operation(
                 .map(drop)
         }
         Scenario::Mixed => scenario::read(actors, pick(n), rec).await,
+        Scenario::Stats => scenario::stats(actors, &args.stats_seller, rec).await,
     }
 }
 

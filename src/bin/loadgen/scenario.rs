@@ -343,6 +343,20 @@ pub async fn read(actors: &Actors, dispute_id: String, rec: &mut Recorder) -> Re
     Ok(())
 }
 
+/// A store's dispute record over the default window, as an agent.
+pub async fn stats(actors: &Actors, seller_id: &str, rec: &mut Recorder) -> Result<(), Status> {
+    let request = pb::GetSellerDisputeStatsRequest {
+        seller_id: seller_id.to_owned(),
+        window: None,
+    };
+    rec.time(
+        "GetSellerDisputeStats",
+        rpc!(actors.agent, get_seller_dispute_stats, request),
+    )
+    .await?;
+    Ok(())
+}
+
 pub async fn list(actors: &Actors, n: u64, rec: &mut Recorder) -> Result<(), Status> {
     let request = pb::ListDisputesRequest {
         buyer_id: buyer(n),
