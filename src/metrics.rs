@@ -58,6 +58,8 @@ const OUTBOX_LAG: &str = "outbox_oldest_undelivered_age_seconds";
 const HORIZON_AGE: &str = "dispute_stream_horizon_age_seconds";
 /// A horizon held back longer than this is logged with the transaction holding it.
 const HORIZON_WARN_SECONDS: f64 = 30.0;
+/// How often histogram samples are folded into buckets when nobody scrapes.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 const SPANS_ENDED: &str = "otel_spans_ended_total";
 const SPANS_EXPORTED: &str = "otel_spans_exported_total";
 const SPANS_FAILED: &str = "otel_spans_export_failed_total";
@@ -330,6 +332,13 @@ impl Metrics {
         handle.run_upkeep();
         handle.render()
     }
+
+    /// Folds the samples histograms recorded since the last upkeep into their buckets. The
+    /// exporter keeps every sample until then: without it, a server nobody scrapes grows by
+    /// every request it serves (the soak found 18 → 34 MiB in 10 minutes).
+    pub fn upkeep(&self) {
+        self.0.recorder.handle().run_upkeep();
+    }
 }
 
 /// The gRPC code as grpc-go and its Prometheus middleware spell it (`OK`, `NotFound`).
@@ -403,13 +412,20 @@ impl Drop for StreamGuard {
 }
 
 /// Serves `GET /metrics` on `listener` until `stop`. Anything else is 404. HTTP/1.1 only,
-/// one task per scraper, cut off when the request head is slow.
+/// one task per scraper, cut off when the request head is slow. Folds the histograms'
+/// pending samples every [`UPKEEP_EVERY`] whether or not anyone scrapes.
 pub async fn serve(listener: TcpListener, metrics: Metrics, store: Store, mut stop: Stop) {
     use hyper::{Response, StatusCode, body::Incoming, service::service_fn};
     use hyper_util::rt::{TokioIo, TokioTimer};
 
+    let mut upkeep = tokio::time::interval(UPKEEP_EVERY);
+    upkeep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let (socket, _) = tokio::select! {
+            _ = upkeep.tick() => {
+                metrics.upkeep();
+                continue;
+            }
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {

@@ -134,9 +134,10 @@ impl Deadlines {
             DisputeState::AwaitingReplacementShipment => {
                 (DeadlineKind::ReplacementShipment, Consequence::RefundBuyer)
             }
-            DisputeState::ReplacementInTransit => {
-                (DeadlineKind::ReplacementReceipt, Consequence::ReleaseToSeller)
-            }
+            DisputeState::ReplacementInTransit => (
+                DeadlineKind::ReplacementReceipt,
+                Consequence::ReleaseToSeller,
+            ),
             DisputeState::UnderReview | DisputeState::Cancelled | DisputeState::Resolved => {
                 return None;
             }

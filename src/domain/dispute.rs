@@ -358,9 +358,7 @@ impl EventKind {
             EventKind::ReturnReceiptDeadlinePassed => "RETURN_RECEIPT_DEADLINE_PASSED",
             EventKind::ReplacementShipped => "REPLACEMENT_SHIPPED",
             EventKind::ReplacementReceived => "REPLACEMENT_RECEIVED",
-            EventKind::ReplacementShipmentDeadlinePassed => {
-                "REPLACEMENT_SHIPMENT_DEADLINE_PASSED"
-            }
+            EventKind::ReplacementShipmentDeadlinePassed => "REPLACEMENT_SHIPMENT_DEADLINE_PASSED",
             EventKind::ReplacementReceiptDeadlinePassed => "REPLACEMENT_RECEIPT_DEADLINE_PASSED",
             EventKind::MessagePosted => "MESSAGE_POSTED",
         }

@@ -41,8 +41,8 @@ pub use text::{TextKind, check_text};
 pub use trace::TraceId;
 pub use workflow::{
     DisputeCommand, SellerDecision, accept_proposal, confirm_replacement_received,
-    confirm_return_received, decide, escalate, post_message, respond,
-    submit_replacement_shipment, submit_return_shipment,
+    confirm_return_received, decide, escalate, post_message, respond, submit_replacement_shipment,
+    submit_return_shipment,
 };
 
 /// Limits on what a buyer may attach to a dispute.

@@ -124,9 +124,15 @@ mod tests {
     fn a_window_is_whole_utc_days_ending_today() {
         let now = Utc.with_ymd_and_hms(2026, 3, 10, 15, 30, 0).unwrap();
         let one = StatsWindow::of_days(1).unwrap();
-        assert_eq!(one.start(now), Utc.with_ymd_and_hms(2026, 3, 10, 0, 0, 0).unwrap());
+        assert_eq!(
+            one.start(now),
+            Utc.with_ymd_and_hms(2026, 3, 10, 0, 0, 0).unwrap()
+        );
         let ninety = StatsWindow::default();
-        assert_eq!(ninety.start(now), Utc.with_ymd_and_hms(2025, 12, 11, 0, 0, 0).unwrap());
+        assert_eq!(
+            ninety.start(now),
+            Utc.with_ymd_and_hms(2025, 12, 11, 0, 0, 0).unwrap()
+        );
         assert!(StatsWindow::of_days(0).is_err());
         assert!(StatsWindow::of_days(MAX_WINDOW_DAYS + 1).is_err());
         assert!(StatsWindow::of_days(MAX_WINDOW_DAYS).is_ok());

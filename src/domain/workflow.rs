@@ -94,7 +94,11 @@ pub fn escalate(
 ) -> Result<Change, DomainError> {
     let states: &[DisputeState] = match actor.role {
         Role::Seller => &[Negotiating, ReturnInTransit],
-        _ => &[Negotiating, AwaitingReplacementShipment, ReplacementInTransit],
+        _ => &[
+            Negotiating,
+            AwaitingReplacementShipment,
+            ReplacementInTransit,
+        ],
     };
     dispute.ensure_can(actor, &[Role::Buyer, Role::Seller], states)?;
     let mut dispute = dispute.clone();

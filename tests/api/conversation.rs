@@ -69,7 +69,10 @@ async fn the_parties_and_an_agent_talk_and_nothing_else_changes(pool: PgPool) {
         (opened.remedy, &opened.description, &opened.next_deadline),
         "the seller's deadline still runs from the opening"
     );
-    assert_eq!(app.order("order-1").await.funds_state, pb::FundsState::Held as i32);
+    assert_eq!(
+        app.order("order-1").await.funds_state,
+        pb::FundsState::Held as i32
+    );
 
     let events = buyer
         .list_dispute_events(pb::ListDisputeEventsRequest {
@@ -95,9 +98,21 @@ async fn the_parties_and_an_agent_talk_and_nothing_else_changes(pool: PgPool) {
     assert_eq!(
         said,
         [
-            ("BUYER".into(), "buyer-1".into(), "here is the scratch".into()),
-            ("SELLER".into(), "seller-1".into(), "sorry, we will fix it".into()),
-            ("AGENT".into(), "agent-1".into(), "please agree within 5 days".into()),
+            (
+                "BUYER".into(),
+                "buyer-1".into(),
+                "here is the scratch".into()
+            ),
+            (
+                "SELLER".into(),
+                "seller-1".into(),
+                "sorry, we will fix it".into()
+            ),
+            (
+                "AGENT".into(),
+                "agent-1".into(),
+                "please agree within 5 days".into()
+            ),
         ]
     );
     let first = events.iter().find(|e| e.kind == "MESSAGE_POSTED").unwrap();
@@ -190,7 +205,12 @@ async fn only_the_disputes_parties_and_agents_write_and_only_while_it_is_open(po
         );
     }
     assert_eq!(
-        reason(app.service().await.post_dispute_message(message(&d, "hi")).await),
+        reason(
+            app.service()
+                .await
+                .post_dispute_message(message(&d, "hi"))
+                .await
+        ),
         (Code::PermissionDenied, "ROLE_NOT_ALLOWED".into())
     );
     let mut buyer = app.buyer().await;

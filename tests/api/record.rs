@@ -66,11 +66,18 @@ fn recount(
     };
     let outcome = |o: pb::DisputeOutcome| {
         mine()
-            .filter(|d| d.ended.is_some_and(|(at, got)| at >= start && got == o as i32))
+            .filter(|d| {
+                d.ended
+                    .is_some_and(|(at, got)| at >= start && got == o as i32)
+            })
             .count() as i64
     };
     let mut times: Vec<Duration> = mine()
-        .filter_map(|d| d.first_response.filter(|at| *at >= start).map(|at| at - d.opened))
+        .filter_map(|d| {
+            d.first_response
+                .filter(|at| *at >= start)
+                .map(|at| at - d.opened)
+        })
         .collect();
     times.sort();
     Expected {
@@ -151,7 +158,8 @@ async fn the_record_matches_a_recount_of_a_scripted_history(pool: PgPool) {
         pb::DisputeReason::QualityIssue,
     ];
     for n in 0..300 {
-        app.clock.advance(Duration::minutes(dice.roll(16 * 60) as i64));
+        app.clock
+            .advance(Duration::minutes(dice.roll(16 * 60) as i64));
         let now = app.now();
         let seller = sellers[usize::from(dice.roll(5) == 0)];
         let order_id = format!("rec-{n}");
@@ -163,7 +171,13 @@ async fn the_record_matches_a_recount_of_a_scripted_history(pool: PgPool) {
             let reason = reasons[dice.roll(3) as usize];
             let mut open = open_request(&order_id, Remedy::FullRefund);
             open.reason = reason as i32;
-            let dispute = buyer.open_dispute(open).await.unwrap().into_inner().dispute.unwrap();
+            let dispute = buyer
+                .open_dispute(open)
+                .await
+                .unwrap()
+                .into_inner()
+                .dispute
+                .unwrap();
             disputes.insert(
                 dispute.dispute_id.clone(),
                 Seen {
@@ -177,23 +191,73 @@ async fn the_record_matches_a_recount_of_a_scripted_history(pool: PgPool) {
             ids.push(dispute.dispute_id);
         }
         // Something happens to an open dispute, a little later.
-        let open: Vec<&String> = ids.iter().filter(|id| disputes[*id].ended.is_none()).collect();
+        let open: Vec<&String> = ids
+            .iter()
+            .filter(|id| disputes[*id].ended.is_none())
+            .collect();
         if open.is_empty() || dice.roll(100) >= 60 {
             continue;
         }
         let id = open[dice.roll(open.len() as u64) as usize].clone();
-        app.clock.advance(Duration::minutes(1 + dice.roll(48 * 60) as i64));
+        app.clock
+            .advance(Duration::minutes(1 + dice.roll(48 * 60) as i64));
         let at = app.now();
         let seen = disputes.get_mut(&id).unwrap();
         let seller_client = clients.get_mut(seen.seller).unwrap();
         let (by_seller, result) = match dice.roll(7) {
-            0 => (true, seller_client.post_dispute_message(text(&id, "looking into it")).await.map(|r| r.into_inner().dispute)),
-            1 => (true, seller_client.respond_to_dispute(accept(&id)).await.map(|r| r.into_inner().dispute)),
-            2 => (true, seller_client.respond_to_dispute(propose(&id, Remedy::PartialRefund, Some(5_000))).await.map(|r| r.into_inner().dispute)),
-            3 => (false, buyer.cancel_dispute(cancel_request(&id)).await.map(|r| r.into_inner().dispute)),
-            4 => (false, agent.resolve_funds(resolve_request(&id, ResolveOutcome::RefundPartial, Some(3_000))).await.map(|r| r.into_inner().dispute)),
-            5 => (false, agent.resolve_funds(resolve_request(&id, ResolveOutcome::ReleaseToSeller, None)).await.map(|r| r.into_inner().dispute)),
-            _ => (false, buyer.post_dispute_message(text(&id, "any news?")).await.map(|r| r.into_inner().dispute)),
+            0 => (
+                true,
+                seller_client
+                    .post_dispute_message(text(&id, "looking into it"))
+                    .await
+                    .map(|r| r.into_inner().dispute),
+            ),
+            1 => (
+                true,
+                seller_client
+                    .respond_to_dispute(accept(&id))
+                    .await
+                    .map(|r| r.into_inner().dispute),
+            ),
+            2 => (
+                true,
+                seller_client
+                    .respond_to_dispute(propose(&id, Remedy::PartialRefund, Some(5_000)))
+                    .await
+                    .map(|r| r.into_inner().dispute),
+            ),
+            3 => (
+                false,
+                buyer
+                    .cancel_dispute(cancel_request(&id))
+                    .await
+                    .map(|r| r.into_inner().dispute),
+            ),
+            4 => (
+                false,
+                agent
+                    .resolve_funds(resolve_request(
+                        &id,
+                        ResolveOutcome::RefundPartial,
+                        Some(3_000),
+                    ))
+                    .await
+                    .map(|r| r.into_inner().dispute),
+            ),
+            5 => (
+                false,
+                agent
+                    .resolve_funds(resolve_request(&id, ResolveOutcome::ReleaseToSeller, None))
+                    .await
+                    .map(|r| r.into_inner().dispute),
+            ),
+            _ => (
+                false,
+                buyer
+                    .post_dispute_message(text(&id, "any news?"))
+                    .await
+                    .map(|r| r.into_inner().dispute),
+            ),
         };
         match result {
             Ok(dispute) => {
@@ -215,7 +279,10 @@ async fn the_record_matches_a_recount_of_a_scripted_history(pool: PgPool) {
         now - orders[0].1 > Duration::days(90),
         "the history is longer than the default window, so the window cuts it"
     );
-    let responded = disputes.iter().filter(|d| d.first_response.is_some()).count();
+    let responded = disputes
+        .iter()
+        .filter(|d| d.first_response.is_some())
+        .count();
     let ended = disputes.iter().filter(|d| d.ended.is_some()).count();
     assert!(
         disputes.len() > 80 && responded > 20 && ended > 20,
@@ -223,7 +290,13 @@ async fn the_record_matches_a_recount_of_a_scripted_history(pool: PgPool) {
         disputes.len()
     );
     for seller in sellers {
-        for (days, window) in [(90, None), (90, window(90)), (7, window(7)), (1, window(1)), (366, window(366))] {
+        for (days, window) in [
+            (90, None),
+            (90, window(90)),
+            (7, window(7)),
+            (1, window(1)),
+            (366, window(366)),
+        ] {
             let expected = recount(seller, days, now, &orders, &disputes);
             let stats = agent
                 .get_seller_dispute_stats(pb::GetSellerDisputeStatsRequest {
@@ -240,7 +313,10 @@ async fn the_record_matches_a_recount_of_a_scripted_history(pool: PgPool) {
                 expected.by_reason.iter().sum::<i64>() as f64 / expected.orders as f64
             };
             assert_eq!(stats.dispute_rate, rate);
-            assert_eq!(stats.disputes_opened, expected.by_reason.iter().sum::<i64>());
+            assert_eq!(
+                stats.disputes_opened,
+                expected.by_reason.iter().sum::<i64>()
+            );
         }
     }
     // A seller reads its own record, the same as an agent does.
@@ -254,7 +330,10 @@ async fn the_record_matches_a_recount_of_a_scripted_history(pool: PgPool) {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(answered(&own), recount("seller-1", 90, now, &orders, &disputes));
+    assert_eq!(
+        answered(&own),
+        recount("seller-1", 90, now, &orders, &disputes)
+    );
 }
 
 #[sqlx::test]
@@ -286,10 +365,22 @@ async fn a_seller_reads_only_its_own_record_and_windows_are_whole_days(pool: PgP
         );
     }
     for bad in [
-        Some(prost_types::Duration { seconds: 86_400, nanos: 1 }),
-        Some(prost_types::Duration { seconds: 3_600, nanos: 0 }),
-        Some(prost_types::Duration { seconds: 0, nanos: 0 }),
-        Some(prost_types::Duration { seconds: -86_400, nanos: 0 }),
+        Some(prost_types::Duration {
+            seconds: 86_400,
+            nanos: 1,
+        }),
+        Some(prost_types::Duration {
+            seconds: 3_600,
+            nanos: 0,
+        }),
+        Some(prost_types::Duration {
+            seconds: 0,
+            nanos: 0,
+        }),
+        Some(prost_types::Duration {
+            seconds: -86_400,
+            nanos: 0,
+        }),
         window(367),
     ] {
         let mut fields = violated_fields(
@@ -313,13 +404,19 @@ async fn a_seller_reads_only_its_own_record_and_windows_are_whole_days(pool: PgP
         .unwrap()
         .into_inner();
     assert_eq!(
-        (empty.orders_registered, empty.dispute_rate, empty.median_first_response),
+        (
+            empty.orders_registered,
+            empty.dispute_rate,
+            empty.median_first_response
+        ),
         (0, 0.0, None)
     );
     let start = empty.window_start.unwrap();
     let start = DateTime::from_timestamp(start.seconds, start.nanos as u32).unwrap();
     assert_eq!(
         start,
-        (app.now().date_naive() - Duration::days(29)).and_time(NaiveTime::MIN).and_utc()
+        (app.now().date_naive() - Duration::days(29))
+            .and_time(NaiveTime::MIN)
+            .and_utc()
     );
 }

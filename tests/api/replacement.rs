@@ -103,7 +103,10 @@ async fn the_replacement_path_ships_protects_the_buyer_and_pays_the_seller_on_re
         shipped_at + Duration::days(30)
     );
     assert!(time(&order.protection_ends_at) > registered_end);
-    assert_eq!(time(&dispute.protection_ends_at), time(&order.protection_ends_at));
+    assert_eq!(
+        time(&dispute.protection_ends_at),
+        time(&order.protection_ends_at)
+    );
     assert_eq!(
         next(&dispute),
         (
@@ -138,8 +141,16 @@ async fn the_replacement_path_ships_protects_the_buyer_and_pays_the_seller_on_re
     assert_eq!(dispute.next_deadline, None);
     let order = received.order.unwrap();
     assert_eq!(
-        (order.funds_state, order.released_to_seller, order.refunded_to_buyer),
-        (FundsState::ReleasedToSeller as i32, Some(usd(10_000)), Some(usd(0)))
+        (
+            order.funds_state,
+            order.released_to_seller,
+            order.refunded_to_buyer
+        ),
+        (
+            FundsState::ReleasedToSeller as i32,
+            Some(usd(10_000)),
+            Some(usd(0))
+        )
     );
     assert_eq!(
         history(&pool, &d).await,
@@ -175,10 +186,7 @@ async fn a_seller_may_propose_a_replacement_the_buyer_accepts(pool: PgPool) {
         dispute.state,
         DisputeState::AwaitingReplacementShipment as i32
     );
-    assert_eq!(
-        accepted.order.unwrap().funds_state,
-        FundsState::Held as i32
-    );
+    assert_eq!(accepted.order.unwrap().funds_state, FundsState::Held as i32);
 }
 
 #[sqlx::test]
@@ -189,26 +197,48 @@ async fn each_refusal_has_its_reason_and_changes_nothing(pool: PgPool) {
     let (mut buyer, mut seller) = (app.buyer().await, app.seller().await);
     // Not agreed yet: nothing to ship or confirm.
     assert_eq!(
-        reason(seller.submit_replacement_shipment(ship_replacement(&waiting)).await),
+        reason(
+            seller
+                .submit_replacement_shipment(ship_replacement(&waiting))
+                .await
+        ),
         (Code::FailedPrecondition, "INVALID_DISPUTE_STATE".into())
     );
     assert_eq!(
-        reason(buyer.confirm_replacement_received(confirm_replacement(&waiting)).await),
+        reason(
+            buyer
+                .confirm_replacement_received(confirm_replacement(&waiting))
+                .await
+        ),
         (Code::FailedPrecondition, "INVALID_DISPUTE_STATE".into())
     );
     // Roles: the buyer does not ship, the seller does not confirm.
     assert_eq!(
-        reason(buyer.submit_replacement_shipment(ship_replacement(&waiting)).await),
+        reason(
+            buyer
+                .submit_replacement_shipment(ship_replacement(&waiting))
+                .await
+        ),
         (Code::PermissionDenied, "ROLE_NOT_ALLOWED".into())
     );
     assert_eq!(
-        reason(seller.confirm_replacement_received(confirm_replacement(&waiting)).await),
+        reason(
+            seller
+                .confirm_replacement_received(confirm_replacement(&waiting))
+                .await
+        ),
         (Code::PermissionDenied, "ROLE_NOT_ALLOWED".into())
     );
     // Another store's seller is told the dispute does not exist.
-    let mut stranger = app.client(dispute_service::domain::Role::Seller, "seller-2").await;
+    let mut stranger = app
+        .client(dispute_service::domain::Role::Seller, "seller-2")
+        .await;
     assert_eq!(
-        reason(stranger.submit_replacement_shipment(ship_replacement(&waiting)).await),
+        reason(
+            stranger
+                .submit_replacement_shipment(ship_replacement(&waiting))
+                .await
+        ),
         (Code::NotFound, "DISPUTE_NOT_FOUND".into())
     );
     // Every bad field at once.
@@ -245,7 +275,11 @@ async fn each_refusal_has_its_reason_and_changes_nothing(pool: PgPool) {
         .await
         .unwrap();
     assert_eq!(
-        reason(buyer.confirm_replacement_received(confirm_replacement(&waiting)).await),
+        reason(
+            buyer
+                .confirm_replacement_received(confirm_replacement(&waiting))
+                .await
+        ),
         (Code::FailedPrecondition, "DISPUTE_CLOSED".into())
     );
 }
@@ -304,11 +338,20 @@ async fn a_replacement_never_shipped_refunds_the_buyer_at_its_deadline_once(pool
     let app = spawn_app(pool.clone()).await;
     let d = agreed(&app, "order-1").await;
     let (_, due, _) = next(&d);
-    app.clock.advance(due - app.now() - Duration::microseconds(1));
-    assert_eq!(app.run_deadlines().await.deadlines_applied, 0, "not due yet");
+    app.clock
+        .advance(due - app.now() - Duration::microseconds(1));
+    assert_eq!(
+        app.run_deadlines().await.deadlines_applied,
+        0,
+        "not due yet"
+    );
     app.clock.advance(Duration::microseconds(1));
     assert_eq!(app.run_deadlines().await.deadlines_applied, 1);
-    assert_eq!(app.run_deadlines().await.deadlines_applied, 0, "applied once");
+    assert_eq!(
+        app.run_deadlines().await.deadlines_applied,
+        0,
+        "applied once"
+    );
     let dispute = app.dispute(&d.dispute_id).await;
     assert_eq!(
         (dispute.state, dispute.outcome),
@@ -355,16 +398,22 @@ async fn a_buyer_silent_long_after_the_shipment_lets_the_funds_go_to_the_seller(
             DeadlineConsequence::ReleaseToSeller as i32
         )
     );
-    app.clock.advance(due - app.now() - Duration::microseconds(1));
-    assert_eq!(app.run_deadlines().await.deadlines_applied, 0, "not due yet");
+    app.clock
+        .advance(due - app.now() - Duration::microseconds(1));
+    assert_eq!(
+        app.run_deadlines().await.deadlines_applied,
+        0,
+        "not due yet"
+    );
     app.clock.advance(Duration::microseconds(1));
     assert_eq!(app.run_deadlines().await.deadlines_applied, 1);
-    assert_eq!(app.run_deadlines().await.deadlines_applied, 0, "applied once");
-    let dispute = app.dispute(&d).await;
     assert_eq!(
-        dispute.outcome,
-        DisputeOutcome::ResolvedSellerFavour as i32
+        app.run_deadlines().await.deadlines_applied,
+        0,
+        "applied once"
     );
+    let dispute = app.dispute(&d).await;
+    assert_eq!(dispute.outcome, DisputeOutcome::ResolvedSellerFavour as i32);
     let order = app.order("order-1").await;
     assert_eq!(
         (order.funds_state, order.released_to_seller),

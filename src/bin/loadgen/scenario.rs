@@ -248,8 +248,11 @@ pub async fn open(
         }),
         request_id: request_id(),
     };
-    rec.time("RegisterOrder", rpc!(actors.service, register_order, register))
-        .await?;
+    rec.time(
+        "RegisterOrder",
+        rpc!(actors.service, register_order, register),
+    )
+    .await?;
     let open = pb::OpenDisputeRequest {
         order_id,
         reason: pb::DisputeReason::NotAsDescribed as i32,
@@ -283,8 +286,11 @@ pub async fn lifecycle(
                 dispute_id: id,
                 request_id: request_id(),
             };
-            rec.time("CancelDispute", rpc!(actors.buyer(n), cancel_dispute, cancel))
-                .await?;
+            rec.time(
+                "CancelDispute",
+                rpc!(actors.buyer(n), cancel_dispute, cancel),
+            )
+            .await?;
         }
         1 => {
             let id = open(actors, ids, n, pb::Remedy::PartialRefund, rec).await?;
@@ -318,8 +324,11 @@ pub async fn lifecycle(
                 tracking_number: format!("1Z{n}"),
                 request_id: request_id(),
             };
-            rec.time("SubmitReturnShipment", rpc!(buyer, submit_return_shipment, ship))
-                .await?;
+            rec.time(
+                "SubmitReturnShipment",
+                rpc!(buyer, submit_return_shipment, ship),
+            )
+            .await?;
             let confirm = pb::ConfirmReturnReceivedRequest {
                 dispute_id: id,
                 request_id: request_id(),
@@ -337,7 +346,11 @@ pub async fn lifecycle(
 pub async fn read(actors: &Actors, dispute_id: String, rec: &mut Recorder) -> Result<(), Status> {
     rec.time(
         "GetDispute",
-        rpc!(actors.agent, get_dispute, pb::GetDisputeRequest { dispute_id }),
+        rpc!(
+            actors.agent,
+            get_dispute,
+            pb::GetDisputeRequest { dispute_id }
+        ),
     )
     .await?;
     Ok(())
@@ -363,7 +376,10 @@ pub async fn list(actors: &Actors, n: u64, rec: &mut Recorder) -> Result<(), Sta
         page_size: 50,
         ..Default::default()
     };
-    rec.time("ListDisputes", rpc!(actors.buyer(n), list_disputes, request))
-        .await?;
+    rec.time(
+        "ListDisputes",
+        rpc!(actors.buyer(n), list_disputes, request),
+    )
+    .await?;
     Ok(())
 }

@@ -729,16 +729,19 @@ fn shipping_a_replacement_moves_protection_out_never_in() {
     let agreed = replacement_agreed(&order, t0());
     // Early: the order's own end (day 30) is before day 5 + 30: moved to day 35.
     let shipped_at = t0() + Duration::days(5);
-    let early = submit_replacement_shipment(
-        &order, &agreed, &seller(), "dhl", "JD1", window, shipped_at,
-    )
-    .unwrap();
+    let early =
+        submit_replacement_shipment(&order, &agreed, &seller(), "dhl", "JD1", window, shipped_at)
+            .unwrap();
     assert_eq!(early.dispute.state, DisputeState::ReplacementInTransit);
     assert_eq!(early.order.protection_ends_at, shipped_at + window);
     assert_eq!(early.dispute.protection_ends_at, shipped_at + window);
     let r = early.dispute.replacement.as_ref().unwrap();
     assert_eq!(
-        (r.carrier.as_deref(), r.tracking_number.as_deref(), r.shipped_at),
+        (
+            r.carrier.as_deref(),
+            r.tracking_number.as_deref(),
+            r.shipped_at
+        ),
         (Some("dhl"), Some("JD1"), Some(shipped_at))
     );
     assert_eq!(early.dispute.state.waits_for(), Some(Role::Buyer));
@@ -746,7 +749,13 @@ fn shipping_a_replacement_moves_protection_out_never_in() {
     let mut extended = order.clone();
     extended.protection_ends_at = t0() + Duration::days(90);
     let later = submit_replacement_shipment(
-        &extended, &agreed, &seller(), "dhl", "JD1", window, shipped_at,
+        &extended,
+        &agreed,
+        &seller(),
+        "dhl",
+        "JD1",
+        window,
+        shipped_at,
     )
     .unwrap();
     assert_eq!(later.order.protection_ends_at, t0() + Duration::days(90));
@@ -760,7 +769,13 @@ fn shipping_a_replacement_moves_protection_out_never_in() {
     let not_agreed = opened(&order, Remedy::Replacement).dispute;
     assert_eq!(
         precondition(submit_replacement_shipment(
-            &order, &not_agreed, &seller(), "dhl", "JD1", window, t0()
+            &order,
+            &not_agreed,
+            &seller(),
+            "dhl",
+            "JD1",
+            window,
+            t0()
         )),
         Precondition::InvalidDisputeState
     );
@@ -780,17 +795,24 @@ fn the_buyer_confirms_the_replacement_and_the_seller_is_paid() {
         t0(),
     )
     .unwrap();
-    let done = confirm_replacement_received(&shipped.order, &shipped.dispute, &buyer(), t0())
-        .unwrap();
+    let done =
+        confirm_replacement_received(&shipped.order, &shipped.dispute, &buyer(), t0()).unwrap();
     assert_eq!(done.dispute.state, DisputeState::Resolved);
     assert_eq!(done.dispute.outcome, Some(Outcome::ResolvedSellerFavour));
     let s = done.settlement.unwrap();
     assert_eq!((s.refund_minor(), s.release_minor()), (0, 10_000));
     assert!(conserved(&done.order));
     // Not the seller, not before it ships.
-    assert!(confirm_replacement_received(&shipped.order, &shipped.dispute, &seller(), t0()).is_err());
+    assert!(
+        confirm_replacement_received(&shipped.order, &shipped.dispute, &seller(), t0()).is_err()
+    );
     assert_eq!(
-        precondition(confirm_replacement_received(&order, &agreed, &buyer(), t0())),
+        precondition(confirm_replacement_received(
+            &order,
+            &agreed,
+            &buyer(),
+            t0()
+        )),
         Precondition::InvalidDisputeState
     );
 }
@@ -875,7 +897,10 @@ fn messages_change_nothing_but_the_time_and_come_from_the_parties_or_an_agent() 
         expected.updated_at = at;
         assert_eq!(posted.dispute, expected);
     }
-    for actor in [Actor::new(Role::Buyer, "b2"), Actor::new(Role::Seller, "s2")] {
+    for actor in [
+        Actor::new(Role::Buyer, "b2"),
+        Actor::new(Role::Seller, "s2"),
+    ] {
         assert_eq!(
             post_message(&order, &d, &actor, "hi", &[], at),
             Err(DomainError::NotFound(Resource::Dispute))
@@ -885,7 +910,9 @@ fn messages_change_nothing_but_the_time_and_come_from_the_parties_or_an_agent() 
         post_message(&order, &d, &Actor::new(Role::Service, "svc"), "hi", &[], at),
         Err(DomainError::PermissionDenied { .. })
     ));
-    let ended = cancel(&order, &d, &buyer(), CancelVia::Dispute, at).unwrap().dispute;
+    let ended = cancel(&order, &d, &buyer(), CancelVia::Dispute, at)
+        .unwrap()
+        .dispute;
     assert_eq!(
         precondition(post_message(&order, &ended, &buyer(), "hi", &[], at)),
         Precondition::DisputeClosed
@@ -912,6 +939,14 @@ fn the_sellers_first_action_is_its_first_response_and_is_kept() {
         message: "new one?".into(),
     });
     let later = first + Duration::hours(5);
-    let proposed = decide(&order, &answered.dispute, &seller(), offer, &deadlines, later).unwrap();
+    let proposed = decide(
+        &order,
+        &answered.dispute,
+        &seller(),
+        offer,
+        &deadlines,
+        later,
+    )
+    .unwrap();
     assert_eq!(proposed.dispute.seller_first_response_at, Some(first));
 }

@@ -444,8 +444,9 @@ fn run(
     let last = disputes.last();
     let active = last.filter(|d| !d.state.is_terminal());
     let on_last = |command| match last {
-        Some(d) => decide(order, d, actor, command, &Deadlines::default(), now)
-            .map(|c| Some(c.into())),
+        Some(d) => {
+            decide(order, d, actor, command, &Deadlines::default(), now).map(|c| Some(c.into()))
+        }
         None => Ok(None),
     };
     match cmd.clone() {
