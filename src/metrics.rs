@@ -372,6 +372,8 @@ fn deadline_kind(event: EventKind) -> Option<&'static str> {
         EventKind::NegotiationDeadlinePassed => Some("NEGOTIATION"),
         EventKind::ReturnShipmentDeadlinePassed => Some("RETURN_SHIPMENT"),
         EventKind::ReturnReceiptDeadlinePassed => Some("RETURN_RECEIPT"),
+        EventKind::ReplacementShipmentDeadlinePassed => Some("REPLACEMENT_SHIPMENT"),
+        EventKind::ReplacementReceiptDeadlinePassed => Some("REPLACEMENT_RECEIPT"),
         _ => None,
     }
 }

@@ -6,7 +6,7 @@
 use dispute_service::grpc::{
     parse::{
         DisputeRequest, EvidencePrefixes, ExtendProtection, ListDisputeEvents, ListDisputes,
-        OpenDispute, RegisterOrder,
+        OpenDispute, RegisterOrder, SellerStatsRequest,
     },
     pb,
 };
@@ -26,7 +26,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&kind, body)) = data.split_first() else {
         return;
     };
-    match kind % 13 {
+    match kind % 17 {
         0 => parse!(body, pb::RegisterOrderRequest => RegisterOrder),
         1 => {
             if let Ok(request) = pb::OpenDisputeRequest::decode(body) {
@@ -48,6 +48,15 @@ fuzz_target!(|data: &[u8]| {
                 let _ = ListDisputes::parse(&request, |_, _, _| None);
             }
         }
+        12 => parse!(body, pb::SubmitReplacementShipmentRequest => DisputeRequest),
+        13 => parse!(body, pb::ConfirmReplacementReceivedRequest => DisputeRequest),
+        14 => {
+            if let Ok(request) = pb::PostDisputeMessageRequest::decode(body) {
+                let evidence = EvidencePrefixes::new(vec!["s3://".into(), "https://".into()]);
+                let _ = DisputeRequest::post_message(&request, &evidence);
+            }
+        }
+        15 => parse!(body, pb::GetSellerDisputeStatsRequest => SellerStatsRequest),
         _ => {
             if let Ok(request) = pb::ListDisputeEventsRequest::decode(body) {
                 let _ = ListDisputeEvents::parse(&request, |_, _| None);

@@ -420,3 +420,55 @@ async fn a_seller_reads_only_its_own_record_and_windows_are_whole_days(pool: PgP
             .and_utc()
     );
 }
+
+/// Many writers for one store at once: every registration, opening and ending is counted
+/// exactly once (the daily row is upserted under its row lock).
+#[sqlx::test]
+async fn concurrent_writes_for_one_store_are_each_counted_once(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let (service, buyer) = (app.service().await, app.buyer().await);
+    let writes = (0..40).map(|n| {
+        let (mut service, mut buyer) = (service.clone(), buyer.clone());
+        let end = app.now() + Duration::days(30);
+        async move {
+            let order_id = format!("busy-{n}");
+            service
+                .register_order(register_request(&order_id, end))
+                .await
+                .unwrap();
+            let dispute = buyer
+                .open_dispute(open_request(&order_id, Remedy::FullRefund))
+                .await
+                .unwrap()
+                .into_inner()
+                .dispute
+                .unwrap();
+            if n % 2 == 0 {
+                buyer
+                    .cancel_dispute(cancel_request(&dispute.dispute_id))
+                    .await
+                    .unwrap();
+            }
+        }
+    });
+    futures::future::join_all(writes).await;
+    let stats = app
+        .agent()
+        .await
+        .get_seller_dispute_stats(pb::GetSellerDisputeStatsRequest {
+            seller_id: "seller-1".into(),
+            window: window(1),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (
+            stats.orders_registered,
+            stats.disputes_opened,
+            stats.outcomes.unwrap().cancelled_by_buyer,
+            stats.open_disputes
+        ),
+        (40, 40, 20, 20)
+    );
+}

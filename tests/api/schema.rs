@@ -166,3 +166,62 @@ async fn a_write_the_schema_refuses_is_the_rules_error_not_internal(pool: PgPool
         ["DISPUTE_OPENED"]
     );
 }
+
+#[sqlx::test]
+async fn a_replacement_and_a_first_response_once_written_are_never_edited(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    app.register("order-1").await;
+    let d = app.open("order-1", Remedy::Replacement).await.dispute_id;
+    // In transit without a shipment, or a shipment without its tracking: refused.
+    let accepted = app.seller().await.respond_to_dispute(accept(&d)).await;
+    accepted.unwrap();
+    let unshipped = sqlx::query(
+        "UPDATE disputes SET state = 'REPLACEMENT_IN_TRANSIT' WHERE dispute_id = $1::uuid",
+    )
+    .bind(&d)
+    .execute(&pool)
+    .await;
+    assert_eq!(
+        refused_by(unshipped),
+        "disputes_replacement_in_transit_shipped"
+    );
+    let untracked = sqlx::query(
+        "UPDATE disputes SET replacement_shipped_at = now() WHERE dispute_id = $1::uuid",
+    )
+    .bind(&d)
+    .execute(&pool)
+    .await;
+    assert_eq!(refused_by(untracked), "disputes_replacement_shipment_whole");
+    app.seller()
+        .await
+        .submit_replacement_shipment(pb::SubmitReplacementShipmentRequest {
+            dispute_id: d.clone(),
+            carrier: "DHL".into(),
+            tracking_number: "JD1".into(),
+            request_id: "ship-1".into(),
+        })
+        .await
+        .unwrap();
+    for edit in [
+        "UPDATE disputes SET replacement_tracking = 'JD2' WHERE dispute_id = $1::uuid",
+        "UPDATE disputes SET replacement_agreed_at = replacement_agreed_at - interval '1 day' WHERE dispute_id = $1::uuid",
+    ] {
+        let edited = sqlx::query(edit).bind(&d).execute(&pool).await;
+        assert_eq!(refused_by(edited), "disputes_replacement_fixed", "{edit}");
+    }
+    // The seller's accept was its first response: kept once.
+    let moved = sqlx::query(
+        "UPDATE disputes SET seller_first_response_at = seller_first_response_at + interval '1 hour'
+         WHERE dispute_id = $1::uuid",
+    )
+    .bind(&d)
+    .execute(&pool)
+    .await;
+    assert_eq!(refused_by(moved), "disputes_first_response_fixed");
+    let unknown =
+        sqlx::query("UPDATE disputes SET remedy = 'STORE_CREDIT' WHERE dispute_id = $1::uuid")
+            .bind(&d)
+            .execute(&pool)
+            .await;
+    assert_eq!(refused_by(unknown), "disputes_remedy_known");
+}
