@@ -16,5 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &[PathBuf::from("proto"), well_known],
         )?;
     println!("cargo:rerun-if-changed=proto");
+    // `sqlx::migrate!` embeds the migrations at compile time: a new file must rebuild.
+    println!("cargo:rerun-if-changed=migrations");
     Ok(())
 }

@@ -225,3 +225,64 @@ async fn a_replacement_and_a_first_response_once_written_are_never_edited(pool: 
             .await;
     assert_eq!(refused_by(unknown), "disputes_remedy_known");
 }
+
+/// Migration 7 gives disputes written before migration 6 their seller's first response,
+/// from their history: the seller's first act, not a deadline, not an extension.
+#[sqlx::test(migrations = false)]
+async fn first_responses_of_older_disputes_come_from_their_history(pool: PgPool) {
+    let all = &dispute_service::store::MIGRATOR;
+    let mut before = sqlx::migrate::Migrator::new(std::path::Path::new("./migrations"))
+        .await
+        .unwrap();
+    let upto = all
+        .migrations
+        .iter()
+        .position(|m| m.description.contains("first responses from history"))
+        .expect("the backfill migration");
+    before.migrations = std::borrow::Cow::Owned(all.migrations[..upto].to_vec());
+    before.run(&pool).await.unwrap();
+    sqlx::raw_sql(
+        "INSERT INTO orders (order_id, buyer_id, seller_id, currency_code, amount_minor, protection_ends_at,
+                             registered_protection_ends_at, funds_state, refunded_minor, released_minor,
+                             settled_at, created_at, updated_at)
+         VALUES ('o-1', 'b-1', 's-1', 'USD', 100, '2026-02-01Z', '2026-02-01Z', 'REFUNDED_TO_BUYER', 100, 0,
+                 '2026-01-03Z', '2026-01-01Z', '2026-01-03Z'),
+                ('o-2', 'b-1', 's-1', 'USD', 100, '2026-02-01Z', '2026-02-01Z', 'HELD', NULL, NULL, NULL,
+                 '2026-01-01Z', '2026-01-01Z');
+         INSERT INTO disputes (dispute_id, order_id, buyer_id, seller_id, reason, remedy, description,
+                               evidence_urls, state, outcome, created_at, updated_at)
+         VALUES ('00000000-0000-7000-8000-000000000001', 'o-1', 'b-1', 's-1', 'QUALITY_ISSUE', 'FULL_REFUND',
+                 '', '{}', 'RESOLVED', 'RESOLVED_BUYER_FAVOUR', '2026-01-01Z', '2026-01-03Z'),
+                ('00000000-0000-7000-8000-000000000002', 'o-2', 'b-1', 's-1', 'QUALITY_ISSUE', 'FULL_REFUND',
+                 '', '{}', 'AWAITING_SELLER', NULL, '2026-01-01Z', '2026-01-01Z');
+         INSERT INTO dispute_events (dispute_id, seq, kind, actor_role, actor_id, occurred_at, payload)
+         VALUES ('00000000-0000-7000-8000-000000000001', 1, 'DISPUTE_OPENED', 'BUYER', 'b-1', '2026-01-01Z', '{}'),
+                ('00000000-0000-7000-8000-000000000001', 2, 'PROTECTION_EXTENDED', 'SELLER', 's-1', '2026-01-01T06:00Z', '{}'),
+                ('00000000-0000-7000-8000-000000000001', 3, 'REMEDY_ACCEPTED', 'SELLER', 's-1', '2026-01-03Z', '{}'),
+                ('00000000-0000-7000-8000-000000000001', 4, 'FUNDS_SETTLED', 'SELLER', 's-1', '2026-01-03Z', '{}'),
+                ('00000000-0000-7000-8000-000000000002', 1, 'DISPUTE_OPENED', 'BUYER', 'b-1', '2026-01-01Z', '{}'),
+                ('00000000-0000-7000-8000-000000000002', 2, 'SELLER_RESPONSE_DEADLINE_PASSED', 'SERVICE', 'system', '2026-01-06Z', '{}');",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    all.run(&pool).await.unwrap();
+    let first: Vec<Option<chrono::DateTime<chrono::Utc>>> =
+        sqlx::query_scalar("SELECT seller_first_response_at FROM disputes ORDER BY dispute_id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    use chrono::TimeZone;
+    assert_eq!(
+        first,
+        [
+            Some(chrono::Utc.with_ymd_and_hms(2026, 1, 3, 0, 0, 0).unwrap()),
+            None
+        ]
+    );
+    // The terminal dispute's guard is back.
+    let edited = sqlx::query("UPDATE disputes SET description = 'x' WHERE order_id = 'o-1'")
+        .execute(&pool)
+        .await;
+    assert_eq!(refused_by(edited), "disputes_terminal_immutable");
+}
