@@ -11,15 +11,6 @@ use tonic::Code;
 
 use crate::helpers::*;
 
-fn message(dispute_id: &str, text: &str) -> pb::PostDisputeMessageRequest {
-    pb::PostDisputeMessageRequest {
-        dispute_id: dispute_id.into(),
-        text: text.into(),
-        evidence_urls: vec![],
-        request_id: uuid::Uuid::now_v7().to_string(),
-    }
-}
-
 #[sqlx::test]
 async fn the_parties_and_an_agent_talk_and_nothing_else_changes(pool: PgPool) {
     let app = spawn_app(pool.clone()).await;

@@ -325,6 +325,40 @@ pub fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
     }
 }
 
+/// The inverse of [`timestamp`].
+pub fn from_timestamp(t: &prost_types::Timestamp) -> DateTime<Utc> {
+    DateTime::from_timestamp(t.seconds, t.nanos as u32).expect("a timestamp in range")
+}
+
+/// Moves the clock to a microsecond before the dispute's announced deadline (nothing may
+/// happen), then to it (its consequence must); the dispute afterwards.
+pub async fn at_the_deadline(
+    app: &TestApp,
+    id: &str,
+    kind: pb::DeadlineKind,
+    consequence: pb::DeadlineConsequence,
+) -> pb::Dispute {
+    let before = app.dispute(id).await;
+    let next = before.next_deadline.expect("a countdown");
+    assert_eq!((next.kind(), next.consequence()), (kind, consequence));
+    let due = from_timestamp(next.due_at.as_ref().unwrap());
+    app.clock
+        .advance(due - app.now() - chrono::Duration::microseconds(1));
+    assert_eq!(
+        app.run_deadlines().await.deadlines_applied,
+        0,
+        "{kind:?} fired early"
+    );
+    assert_eq!(app.dispute(id).await.state, before.state);
+    app.clock.advance(chrono::Duration::microseconds(1));
+    assert_eq!(
+        app.run_deadlines().await.deadlines_applied,
+        1,
+        "{kind:?} did not fire at due_at"
+    );
+    app.dispute(id).await
+}
+
 pub fn register_request(
     order_id: &str,
     protection_ends_at: DateTime<Utc>,
@@ -450,6 +484,31 @@ pub fn ship(dispute_id: &str) -> pb::SubmitReturnShipmentRequest {
 pub fn confirm(dispute_id: &str) -> pb::ConfirmReturnReceivedRequest {
     pb::ConfirmReturnReceivedRequest {
         dispute_id: dispute_id.into(),
+        request_id: uuid::Uuid::now_v7().to_string(),
+    }
+}
+
+pub fn ship_replacement(dispute_id: &str) -> pb::SubmitReplacementShipmentRequest {
+    pb::SubmitReplacementShipmentRequest {
+        dispute_id: dispute_id.into(),
+        carrier: "DHL".into(),
+        tracking_number: "JD014600006281".into(),
+        request_id: uuid::Uuid::now_v7().to_string(),
+    }
+}
+
+pub fn confirm_replacement(dispute_id: &str) -> pb::ConfirmReplacementReceivedRequest {
+    pb::ConfirmReplacementReceivedRequest {
+        dispute_id: dispute_id.into(),
+        request_id: uuid::Uuid::now_v7().to_string(),
+    }
+}
+
+pub fn message(dispute_id: &str, text: &str) -> pb::PostDisputeMessageRequest {
+    pb::PostDisputeMessageRequest {
+        dispute_id: dispute_id.into(),
+        text: text.into(),
+        evidence_urls: vec![],
         request_id: uuid::Uuid::now_v7().to_string(),
     }
 }

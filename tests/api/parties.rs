@@ -5,7 +5,7 @@
 
 use std::collections::HashSet;
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::Duration;
 use dispute_service::{
     domain::Role,
     grpc::pb::{self, DeadlineConsequence, DeadlineKind, DisputeState, ListOrder, Remedy},
@@ -14,52 +14,6 @@ use sqlx::PgPool;
 use tonic::Code;
 
 use crate::helpers::*;
-
-fn time(t: &prost_types::Timestamp) -> DateTime<Utc> {
-    DateTime::from_timestamp(t.seconds, t.nanos as u32).unwrap()
-}
-
-async fn dispute(app: &TestApp, id: &str) -> pb::Dispute {
-    app.buyer()
-        .await
-        .get_dispute(pb::GetDisputeRequest {
-            dispute_id: id.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .dispute
-        .unwrap()
-}
-
-/// Moves the clock to a microsecond before the dispute's announced deadline (nothing may
-/// happen), then to it (its consequence must); the dispute afterwards.
-async fn at_the_deadline(
-    app: &TestApp,
-    id: &str,
-    kind: DeadlineKind,
-    consequence: DeadlineConsequence,
-) -> pb::Dispute {
-    let before = dispute(app, id).await;
-    let next = before.next_deadline.expect("a countdown");
-    assert_eq!((next.kind(), next.consequence()), (kind, consequence));
-    let due = time(next.due_at.as_ref().unwrap());
-    app.clock
-        .advance(due - app.now() - Duration::microseconds(1));
-    assert_eq!(
-        app.run_deadlines().await.deadlines_applied,
-        0,
-        "{kind:?} fired early"
-    );
-    assert_eq!(dispute(app, id).await.state, before.state);
-    app.clock.advance(Duration::microseconds(1));
-    assert_eq!(
-        app.run_deadlines().await.deadlines_applied,
-        1,
-        "{kind:?} did not fire at due_at"
-    );
-    dispute(app, id).await
-}
 
 #[sqlx::test]
 async fn every_deadline_fires_exactly_when_the_api_said_and_does_what_it_said(pool: PgPool) {
@@ -71,8 +25,8 @@ async fn every_deadline_fires_exactly_when_the_api_said_and_does_what_it_said(po
     let d = app.open("order-1", Remedy::FullRefund).await;
     let next = d.next_deadline.as_ref().unwrap();
     assert_eq!(
-        time(next.due_at.as_ref().unwrap()),
-        time(d.created_at.as_ref().unwrap()) + Duration::days(5)
+        from_timestamp(next.due_at.as_ref().unwrap()),
+        from_timestamp(d.created_at.as_ref().unwrap()) + Duration::days(5)
     );
     let after = at_the_deadline(
         &app,
@@ -405,11 +359,12 @@ async fn inboxes_list_what_waits_for_me_in_the_order_of_last_change_with_a_total
         .await
         .unwrap();
         assert_eq!(page.total_size, Some(6));
-        seen.extend(
-            page.disputes
-                .iter()
-                .map(|d| (d.dispute_id.clone(), time(d.updated_at.as_ref().unwrap()))),
-        );
+        seen.extend(page.disputes.iter().map(|d| {
+            (
+                d.dispute_id.clone(),
+                from_timestamp(d.updated_at.as_ref().unwrap()),
+            )
+        }));
         token = page.next_page_token;
         if token.is_empty() {
             break;
@@ -469,7 +424,7 @@ async fn the_order_service_may_send_its_registration_again_after_an_extension(po
         .order
         .unwrap();
     assert_eq!(
-        time(again.protection_ends_at.as_ref().unwrap()),
+        from_timestamp(again.protection_ends_at.as_ref().unwrap()),
         end + Duration::days(10)
     );
     // With the extended end, too.

@@ -129,15 +129,6 @@ fn window(days: i64) -> Option<prost_types::Duration> {
     })
 }
 
-fn text(dispute_id: &str, words: &str) -> pb::PostDisputeMessageRequest {
-    pb::PostDisputeMessageRequest {
-        dispute_id: dispute_id.into(),
-        text: words.into(),
-        evidence_urls: vec![],
-        request_id: uuid::Uuid::now_v7().to_string(),
-    }
-}
-
 #[sqlx::test]
 async fn the_record_matches_a_recount_of_a_scripted_history(pool: PgPool) {
     let app = spawn_app(pool).await;
@@ -208,7 +199,7 @@ async fn the_record_matches_a_recount_of_a_scripted_history(pool: PgPool) {
             0 => (
                 true,
                 seller_client
-                    .post_dispute_message(text(&id, "looking into it"))
+                    .post_dispute_message(message(&id, "looking into it"))
                     .await
                     .map(|r| r.into_inner().dispute),
             ),
@@ -254,7 +245,7 @@ async fn the_record_matches_a_recount_of_a_scripted_history(pool: PgPool) {
             _ => (
                 false,
                 buyer
-                    .post_dispute_message(text(&id, "any news?"))
+                    .post_dispute_message(message(&id, "any news?"))
                     .await
                     .map(|r| r.into_inner().dispute),
             ),
@@ -412,7 +403,7 @@ async fn a_seller_reads_only_its_own_record_and_windows_are_whole_days(pool: PgP
         (0, 0.0, None)
     );
     let start = empty.window_start.unwrap();
-    let start = DateTime::from_timestamp(start.seconds, start.nanos as u32).unwrap();
+    let start = from_timestamp(&start);
     assert_eq!(
         start,
         (app.now().date_naive() - Duration::days(29))

@@ -10,30 +10,13 @@ use tonic::Code;
 
 use crate::helpers::*;
 
-fn ship_replacement(dispute_id: &str) -> pb::SubmitReplacementShipmentRequest {
-    pb::SubmitReplacementShipmentRequest {
-        dispute_id: dispute_id.into(),
-        carrier: "DHL".into(),
-        tracking_number: "JD014600006281".into(),
-        request_id: uuid::Uuid::now_v7().to_string(),
-    }
-}
-
-fn confirm_replacement(dispute_id: &str) -> pb::ConfirmReplacementReceivedRequest {
-    pb::ConfirmReplacementReceivedRequest {
-        dispute_id: dispute_id.into(),
-        request_id: uuid::Uuid::now_v7().to_string(),
-    }
-}
-
-fn time(t: &Option<prost_types::Timestamp>) -> DateTime<Utc> {
-    let t = t.as_ref().expect("a timestamp");
-    DateTime::from_timestamp(t.seconds, t.nanos as u32).unwrap()
-}
-
 fn next(dispute: &pb::Dispute) -> (i32, DateTime<Utc>, i32) {
     let deadline = dispute.next_deadline.as_ref().expect("a next deadline");
-    (deadline.kind, time(&deadline.due_at), deadline.consequence)
+    (
+        deadline.kind,
+        from_timestamp(deadline.due_at.as_ref().unwrap()),
+        deadline.consequence,
+    )
 }
 
 /// A replacement dispute on `order_id`, accepted by the seller now.
@@ -93,19 +76,19 @@ async fn the_replacement_path_ships_protects_the_buyer_and_pays_the_seller_on_re
         (
             replacement.carrier.as_str(),
             replacement.tracking_number.as_str(),
-            time(&replacement.shipped_at)
+            from_timestamp(replacement.shipped_at.as_ref().unwrap())
         ),
         ("DHL", "JD014600006281", shipped_at)
     );
     let order = shipped.order.clone().unwrap();
     assert_eq!(
-        time(&order.protection_ends_at),
+        from_timestamp(order.protection_ends_at.as_ref().unwrap()),
         shipped_at + Duration::days(30)
     );
-    assert!(time(&order.protection_ends_at) > registered_end);
+    assert!(from_timestamp(order.protection_ends_at.as_ref().unwrap()) > registered_end);
     assert_eq!(
-        time(&dispute.protection_ends_at),
-        time(&order.protection_ends_at)
+        from_timestamp(dispute.protection_ends_at.as_ref().unwrap()),
+        from_timestamp(order.protection_ends_at.as_ref().unwrap())
     );
     assert_eq!(
         next(&dispute),
@@ -337,22 +320,18 @@ async fn while_it_travels_the_buyer_may_escalate_or_cancel_under_the_moved_prote
 async fn a_replacement_never_shipped_refunds_the_buyer_at_its_deadline_once(pool: PgPool) {
     let app = spawn_app(pool.clone()).await;
     let d = agreed(&app, "order-1").await;
-    let (_, due, _) = next(&d);
-    app.clock
-        .advance(due - app.now() - Duration::microseconds(1));
-    assert_eq!(
-        app.run_deadlines().await.deadlines_applied,
-        0,
-        "not due yet"
-    );
-    app.clock.advance(Duration::microseconds(1));
-    assert_eq!(app.run_deadlines().await.deadlines_applied, 1);
+    let dispute = at_the_deadline(
+        &app,
+        &d.dispute_id,
+        DeadlineKind::ReplacementShipment,
+        DeadlineConsequence::RefundBuyer,
+    )
+    .await;
     assert_eq!(
         app.run_deadlines().await.deadlines_applied,
         0,
         "applied once"
     );
-    let dispute = app.dispute(&d.dispute_id).await;
     assert_eq!(
         (dispute.state, dispute.outcome),
         (
@@ -390,29 +369,19 @@ async fn a_buyer_silent_long_after_the_shipment_lets_the_funds_go_to_the_seller(
         .into_inner()
         .dispute
         .unwrap();
-    let (kind, due, consequence) = next(&shipped);
-    assert_eq!(
-        (kind, consequence),
-        (
-            DeadlineKind::ReplacementReceipt as i32,
-            DeadlineConsequence::ReleaseToSeller as i32
-        )
-    );
-    app.clock
-        .advance(due - app.now() - Duration::microseconds(1));
-    assert_eq!(
-        app.run_deadlines().await.deadlines_applied,
-        0,
-        "not due yet"
-    );
-    app.clock.advance(Duration::microseconds(1));
-    assert_eq!(app.run_deadlines().await.deadlines_applied, 1);
+    assert_eq!(shipped.state, DisputeState::ReplacementInTransit as i32);
+    let dispute = at_the_deadline(
+        &app,
+        &d,
+        DeadlineKind::ReplacementReceipt,
+        DeadlineConsequence::ReleaseToSeller,
+    )
+    .await;
     assert_eq!(
         app.run_deadlines().await.deadlines_applied,
         0,
         "applied once"
     );
-    let dispute = app.dispute(&d).await;
     assert_eq!(dispute.outcome, DisputeOutcome::ResolvedSellerFavour as i32);
     let order = app.order("order-1").await;
     assert_eq!(

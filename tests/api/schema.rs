@@ -194,16 +194,11 @@ async fn a_replacement_and_a_first_response_once_written_are_never_edited(pool: 
     assert_eq!(refused_by(untracked), "disputes_replacement_shipment_whole");
     app.seller()
         .await
-        .submit_replacement_shipment(pb::SubmitReplacementShipmentRequest {
-            dispute_id: d.clone(),
-            carrier: "DHL".into(),
-            tracking_number: "JD1".into(),
-            request_id: "ship-1".into(),
-        })
+        .submit_replacement_shipment(ship_replacement(&d))
         .await
         .unwrap();
     for edit in [
-        "UPDATE disputes SET replacement_tracking = 'JD2' WHERE dispute_id = $1::uuid",
+        "UPDATE disputes SET replacement_tracking = 'JD2-OTHER' WHERE dispute_id = $1::uuid",
         "UPDATE disputes SET replacement_agreed_at = replacement_agreed_at - interval '1 day' WHERE dispute_id = $1::uuid",
     ] {
         let edited = sqlx::query(edit).bind(&d).execute(&pool).await;
