@@ -19,7 +19,7 @@ use dispute_service::{
 use prost::Message;
 
 fn evidence() -> EvidencePrefixes {
-    EvidencePrefixes::new(vec!["s3://".into(), "https://".into()])
+    EvidencePrefixes::new(vec!["s3://".into(), "https://cdn.example".into()]).unwrap()
 }
 
 fn open_request() -> pb::OpenDisputeRequest {

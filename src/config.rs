@@ -4,6 +4,9 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+/// Where evidence may point unless configured: any bucket of the two object stores.
+pub const DEFAULT_EVIDENCE_LOCATIONS: &str = "s3://,gs://";
+
 /// A value that must never be printed (a password in `DATABASE_URL`, a signing secret):
 /// `Debug` and `Display` show `[redacted]`; [`Secret::expose`] is the one way to read it.
 #[derive(Clone, PartialEq, Eq)]
@@ -45,6 +48,14 @@ fn positive_duration(text: &str) -> Result<Duration, String> {
     match humantime::parse_duration(text) {
         Ok(duration) if duration > Duration::ZERO => Ok(duration),
         Ok(_) => Err("must be more than zero".into()),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
+fn at_least_a_second(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(duration) if duration >= Duration::from_secs(1) => Ok(duration),
+        Ok(_) => Err("must be at least 1s".into()),
         Err(error) => Err(error.to_string()),
     }
 }
@@ -149,8 +160,9 @@ pub struct AuthConfig {
     /// How often a PEM or JWKS key file is re-read (keys rotate without a restart).
     #[arg(long, env = "DISPUTE_JWT_KEYS_REFRESH", default_value = "60s", value_parser = positive_duration)]
     pub jwt_keys_refresh: Duration,
-    /// The soonest a token naming an unknown `kid` makes the key file be re-read again.
-    #[arg(long, env = "DISPUTE_JWT_KEYS_MIN_REFRESH", default_value = "5s", value_parser = humantime::parse_duration)]
+    /// The soonest a token naming an unknown `kid` makes the key file be re-read again
+    /// (at least 1 s: a read per request would let anyone keep the disk busy).
+    #[arg(long, env = "DISPUTE_JWT_KEYS_MIN_REFRESH", default_value = "5s", value_parser = at_least_a_second)]
     pub jwt_keys_min_refresh: Duration,
     /// Longest a token may live (`exp` − `iat`; tokens must carry `iat`): a leaked token
     /// is useful for at most this long.
@@ -239,11 +251,12 @@ pub struct Limits {
     /// How long a PING may go unanswered before the connection is closed.
     #[arg(long, env = "DISPUTE_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
     pub keepalive_timeout: Duration,
-    /// Where evidence may point: comma-separated URL prefixes (object storage).
+    /// Where evidence may point: comma-separated locations, `scheme://` (any bucket) or
+    /// `scheme://host[/path]` (URLs are parsed and matched by host and path segment).
     #[arg(
         long,
         env = "DISPUTE_EVIDENCE_URL_PREFIXES",
-        default_value = "s3://,gs://,https://",
+        default_value = DEFAULT_EVIDENCE_LOCATIONS,
         value_delimiter = ','
     )]
     pub evidence_url_prefixes: Vec<String>,

@@ -173,12 +173,12 @@ impl Metrics {
     pub fn rpc_handled(
         &self,
         service: &'static str,
-        method: &str,
+        method: &'static str,
         code: tonic::Code,
         elapsed: Duration,
     ) {
         let service = Label::new("grpc_service", service);
-        let method = Label::new("grpc_method", method.to_owned());
+        let method = Label::new("grpc_method", method);
         self.counter(
             RPC_HANDLED,
             vec![

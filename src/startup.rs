@@ -137,6 +137,7 @@ pub struct Application {
     worker: Option<DeadlineWorker>,
     tokens: TokenKey,
     deadlines: Deadlines,
+    evidence: EvidencePrefixes,
 }
 
 impl Application {
@@ -147,6 +148,8 @@ impl Application {
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<Self> {
         let authenticator = Arc::new(Authenticator::from_config(&config.auth)?);
+        let evidence = EvidencePrefixes::new(config.limits.evidence_url_prefixes.clone())
+            .map_err(|why| anyhow::anyhow!("DISPUTE_EVIDENCE_URL_PREFIXES: {why}"))?;
         let listener = TcpListener::bind(config.listen_addr)
             .await
             .with_context(|| format!("binding {}", config.listen_addr))?;
@@ -177,6 +180,7 @@ impl Application {
         Ok(Self {
             tokens,
             deadlines,
+            evidence,
             listener,
             metrics_listener,
             metrics,
@@ -242,6 +246,8 @@ impl Application {
             .worker
             .take()
             .map(|worker| tokio::spawn(worker.run(stop_rx.clone())));
+        // Dropped, not awaited, at the end: a key read stuck on a dead mount ends nothing.
+        let _keys_task = tokio::spawn(self.authenticator.clone().reload_keys(stop_rx.clone()));
 
         let reflection = || {
             tonic_reflection::server::Builder::configure()
@@ -262,7 +268,7 @@ impl Application {
             limits.max_streams as usize,
             limits.max_streams_per_caller as usize,
         );
-        let evidence = EvidencePrefixes::new(limits.evidence_url_prefixes.clone());
+        let evidence = self.evidence.clone();
         let api = DisputeApi::new(
             self.commands.clone(),
             ApiParts {

@@ -30,7 +30,7 @@ fuzz_target!(|data: &[u8]| {
         0 => parse!(body, pb::RegisterOrderRequest => RegisterOrder),
         1 => {
             if let Ok(request) = pb::OpenDisputeRequest::decode(body) {
-                let evidence = EvidencePrefixes::new(vec!["s3://".into(), "https://".into()]);
+                let evidence = EvidencePrefixes::new(vec!["s3://".into(), "https://cdn.example".into()]).unwrap();
                 let _ = OpenDispute::parse(&request, &evidence);
             }
         }
@@ -52,7 +52,7 @@ fuzz_target!(|data: &[u8]| {
         13 => parse!(body, pb::ConfirmReplacementReceivedRequest => DisputeRequest),
         14 => {
             if let Ok(request) = pb::PostDisputeMessageRequest::decode(body) {
-                let evidence = EvidencePrefixes::new(vec!["s3://".into(), "https://".into()]);
+                let evidence = EvidencePrefixes::new(vec!["s3://".into(), "https://cdn.example".into()]).unwrap();
                 let _ = DisputeRequest::post_message(&request, &evidence);
             }
         }

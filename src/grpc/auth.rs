@@ -2,22 +2,29 @@
 //! is pinned by configuration, never read from the token.
 //!
 //! A PEM or JWKS key file is re-read while the server runs, so keys rotate without a
-//! restart (a mounted Kubernetes Secret changes by a symlink swap): at most once per
-//! `DISPUTE_JWT_KEYS_REFRESH` on the next request, and at most once per
-//! `DISPUTE_JWT_KEYS_MIN_REFRESH` when a token names a `kid` the keys do not have. Keys
-//! removed from the file stop verifying at the next re-read. A file that cannot be read or
-//! parsed then keeps the keys already loaded (logged); at startup it is an error.
+//! restart (a mounted Kubernetes Secret changes by a symlink swap). Only a background task
+//! reads it ([`Authenticator::reload_keys`]): every `DISPUTE_JWT_KEYS_REFRESH`, and sooner
+//! when a token names a `kid` the keys do not have — that token is refused at once and asks
+//! the task for a read, at most one per `DISPUTE_JWT_KEYS_MIN_REFRESH` (at least 1 s). A
+//! request never waits on the disk, so a flood of made-up `kid`s costs one read per
+//! minimum refresh and no latency. Keys removed from the file stop verifying at the next
+//! re-read. A file that cannot be read or parsed then keeps the keys already loaded
+//! (logged); at startup it is an error.
 
 use std::{
     fs,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, RwLock},
-    time::{Duration, Instant},
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
 };
 
 use anyhow::{Context, bail};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, jwk::JwkSet};
 use serde::{Deserialize, Serialize};
+use tokio::{sync::Notify, time::Instant};
 
 use crate::{
     config::{AsymmetricAlgorithm, AuthConfig},
@@ -77,19 +84,22 @@ impl Keys {
     }
 }
 
-/// A key file and when it may be read again.
+/// A key file, how often it is read, and the requests for an early read.
 struct KeyFile {
     path: PathBuf,
     algorithm: Algorithm,
     jwks: bool,
     refresh: Duration,
     min_refresh: Duration,
-    /// When the file was last read (successfully or not).
-    read_at: Mutex<Instant>,
+    /// A token missed a `kid`: read the file early (rate-limited by the reader).
+    missed_kid: Notify,
+    /// Reads started, for tests and the log.
+    reads: AtomicU64,
 }
 
 impl KeyFile {
     fn load(&self) -> anyhow::Result<Keys> {
+        self.reads.fetch_add(1, Ordering::Relaxed);
         if self.jwks {
             load_jwks(&self.path)
         } else {
@@ -170,36 +180,56 @@ impl Authenticator {
         })
     }
 
-    /// The keys now: re-read from the file first when `refresh` has passed, or when the
-    /// caller missed a `kid` and `min_refresh` has passed.
-    fn keys(&self, missed_kid: bool) -> Arc<Keys> {
-        if let Some(file) = &self.file {
-            let due = {
-                let mut read_at = file.read_at.lock().unwrap_or_else(|e| e.into_inner());
-                let wait = if missed_kid {
-                    file.min_refresh
-                } else {
-                    file.refresh
-                };
-                let due = read_at.elapsed() >= wait;
-                if due {
-                    *read_at = Instant::now();
-                }
-                due
-            };
-            if due {
-                match file.load() {
-                    Ok(keys) => {
-                        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
+    fn keys(&self) -> Arc<Keys> {
+        self.keys.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// How many times the key file has been read since the start (the first load too).
+    pub fn key_file_reads(&self) -> u64 {
+        self.file
+            .as_ref()
+            .map_or(0, |file| file.reads.load(Ordering::Relaxed))
+    }
+
+    /// Re-reads the key file every `refresh`, or after a missed `kid` once `min_refresh`
+    /// has passed since the last read, until `stop`. The read runs on a blocking thread;
+    /// no request waits for it. Returns at once when the keys do not come from a file.
+    pub async fn reload_keys(self: Arc<Self>, mut stop: crate::shutdown::Stop) {
+        let Some(file) = &self.file else { return };
+        let mut read_at = Instant::now();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(read_at + file.refresh) => {}
+                _ = file.missed_kid.notified() => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(read_at + file.min_refresh) => {}
+                        _ = crate::shutdown::stopped(&mut stop) => return,
                     }
-                    Err(error) => tracing::warn!(
-                        error = format!("{error:#}"),
-                        "token keys could not be re-read; keeping the keys already loaded"
-                    ),
                 }
+                _ = crate::shutdown::stopped(&mut stop) => return,
+            }
+            read_at = Instant::now();
+            let this = self.clone();
+            let loaded = tokio::task::spawn_blocking(move || {
+                let file = this.file.as_ref().expect("checked above");
+                file.load()
+            });
+            let loaded = tokio::select! {
+                loaded = loaded => loaded,
+                // A read stuck on a dead mount must not hold up shutdown.
+                _ = crate::shutdown::stopped(&mut stop) => return,
+            };
+            match loaded {
+                Ok(Ok(keys)) => {
+                    *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
+                }
+                Ok(Err(error)) => tracing::warn!(
+                    error = format!("{error:#}"),
+                    "token keys could not be re-read; keeping the keys already loaded"
+                ),
+                Err(panicked) => tracing::error!(%panicked, "reading the token keys panicked"),
             }
         }
-        self.keys.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// The actor of an `authorization` metadata value, or why there is none.
@@ -220,14 +250,17 @@ impl Authenticator {
             // be refused; this service understands none.
             return Err("unsupported critical header");
         }
-        let mut keys = self.keys(false);
-        if let Lookup::UnknownKid = keys.lookup(kid.as_deref()) {
-            // Perhaps a key rolled out since the file was read.
-            keys = self.keys(true);
-        }
+        let keys = self.keys();
         let key = match keys.lookup(kid.as_deref()) {
             Lookup::Found(key) => key,
-            Lookup::UnknownKid => return Err("unknown signing key"),
+            Lookup::UnknownKid => {
+                // Perhaps a key rolled out since the file was read: ask for a read, and
+                // refuse this token now (a retry after the read is accepted).
+                if let Some(file) = &self.file {
+                    file.missed_kid.notify_one();
+                }
+                return Err("unknown signing key");
+            }
             Lookup::Refused(why) => return Err(why),
         };
         let claims = jsonwebtoken::decode::<Claims>(token, key, &self.validation)
@@ -274,7 +307,8 @@ fn key_file(config: &AuthConfig, path: &Path, algorithm: Algorithm, jwks: bool) 
         jwks,
         refresh: config.jwt_keys_refresh,
         min_refresh: config.jwt_keys_min_refresh,
-        read_at: Mutex::new(Instant::now()),
+        missed_kid: Notify::new(),
+        reads: AtomicU64::new(0),
     }
 }
 

@@ -6,6 +6,7 @@ pub mod auth;
 mod connections;
 pub mod encode;
 pub mod error;
+mod evidence;
 mod gate;
 mod limits;
 pub mod parse;

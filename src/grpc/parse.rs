@@ -16,6 +16,7 @@ use crate::{
     },
 };
 
+pub use super::evidence::EvidencePrefixes;
 use super::{encode::state_to_pb, tokens};
 
 /// Most field violations listed in one error (README, "Limits").
@@ -134,25 +135,7 @@ fn register_order(req: &pb::RegisterOrderRequest) -> Result<RegisterOrder, Domai
     })
 }
 
-/// Where evidence may point: object-storage locations the platform controls, by prefix
-/// (`DISPUTE_EVIDENCE_URL_PREFIXES`). Anything else — `javascript:`, `data:`, `file:`, a
-/// cloud metadata address — would be opened by an agent's browser or a worker.
-#[derive(Debug, Clone)]
-pub struct EvidencePrefixes(Vec<String>);
-
 impl EvidencePrefixes {
-    pub fn new(prefixes: Vec<String>) -> Self {
-        Self(prefixes)
-    }
-
-    fn check(&self, url: &str) -> Result<(), String> {
-        if self.0.iter().any(|prefix| url.starts_with(prefix.as_str())) {
-            Ok(())
-        } else {
-            Err(format!("must start with one of: {}", self.0.join(", ")))
-        }
-    }
-
     /// Checks a request's `evidence_urls`: how many, and each one's length, characters
     /// and prefix. The URLs when all are fine.
     fn check_all(&self, urls: &[String], v: &mut Violations) -> Option<Vec<String>> {

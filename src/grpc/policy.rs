@@ -39,6 +39,18 @@ pub const POLICY: &[Rule] = &[
     Rule { rpc: "GetSellerDisputeStats",      roles: &[Seller, Agent] },
 ];
 
+/// The RPC's name as the proto spells it, or `None` for a name that is not one of them:
+/// only these may become metric labels and span names (anyone can make up a method path).
+pub fn known_rpc(rpc: &str) -> Option<&'static str> {
+    POLICY
+        .iter()
+        .find(|rule| rule.rpc == rpc)
+        .map(|rule| rule.rpc)
+}
+
+/// What metrics and spans call a method that is not one of the service's RPCs.
+pub const UNKNOWN_RPC: &str = "unknown";
+
 /// Refuses `role` calling `rpc` unless the table allows it, stating the rule.
 pub fn authorize(rpc: &str, role: Role) -> Result<(), Status> {
     // Deny by default: a method with no entry is answered as one that does not exist (a

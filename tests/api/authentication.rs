@@ -241,59 +241,182 @@ fn eddsa_token(private_pem: &str, kid: &str, role: &str) -> String {
     .unwrap()
 }
 
-#[sqlx::test]
-async fn rotated_jwks_keys_verify_without_a_restart_and_removed_ones_stop(pool: PgPool) {
+/// `GetOrder` of a missing order with `token`: NOT_FOUND once authenticated.
+async fn get_order(server: &Server, token: &str) -> Result<(), Code> {
+    let mut client = server
+        .client_with_header(Some(&format!("Bearer {token}")))
+        .await;
+    let request = pb::GetOrderRequest {
+        order_id: "order-1".into(),
+    };
+    client
+        .get_order(request)
+        .await
+        .map(|_| ())
+        .map_err(|s| s.code())
+}
+
+/// Asks until `token` gets `expected` (a key read happens in the background), at most 10 s.
+async fn until_answered(server: &Server, token: &str, expected: Result<(), Code>) {
+    let started = std::time::Instant::now();
+    loop {
+        let got = get_order(server, token).await;
+        if got == expected {
+            return;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "still {got:?}, expected {expected:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+fn mounted_jwks() -> std::path::PathBuf {
     let mounted = std::env::temp_dir().join(format!("jwks-{}", uuid::Uuid::now_v7()));
     std::fs::create_dir(&mounted).unwrap();
     publish(&mounted, 1, &jwks(&[("test-key-1", KEY_1_X)]));
-    let mut config = serve_config(&[
-        "--jwt-algorithm",
-        "EdDSA",
-        // Only a token naming an unknown key makes the file be read before this.
-        "--jwt-keys-refresh",
-        "1s",
-        "--jwt-keys-min-refresh",
-        "0s",
-    ]);
+    mounted
+}
+
+fn jwks_config(mounted: &std::path::Path, extra: &[&str]) -> dispute_service::config::ServeConfig {
+    let mut args = vec!["--jwt-algorithm", "EdDSA"];
+    args.extend_from_slice(extra);
+    let mut config = serve_config(&args);
     config.auth.jwt_hs256_secret = None;
     config.auth.jwt_jwks_file = Some(mounted.join("jwks.json"));
+    config
+}
+
+#[sqlx::test]
+async fn rotated_jwks_keys_verify_without_a_restart_and_removed_ones_stop(pool: PgPool) {
+    let mounted = mounted_jwks();
+    let config = jwks_config(
+        &mounted,
+        // Only a token naming an unknown key makes the file be read before this.
+        &["--jwt-keys-refresh", "1s", "--jwt-keys-min-refresh", "1s"],
+    );
     let clock = std::sync::Arc::new(dispute_service::clock::ManualClock::new(chrono::Utc::now()));
     let server = start(config, pool, clock).await;
     let old = eddsa_token("ed25519-private.pem", "test-key-1", "agent");
     let new = eddsa_token("ed25519-2-private.pem", "test-key-2", "agent");
-    let get = |token: String| {
-        let server = &server;
-        async move {
-            let mut client = server
-                .client_with_header(Some(&format!("Bearer {token}")))
-                .await;
-            let request = pb::GetOrderRequest {
-                order_id: "order-1".into(),
-            };
-            client
-                .get_order(request)
-                .await
-                .map(|_| ())
-                .map_err(|s| s.code())
-        }
-    };
     // Authenticated and allowed; the order does not exist.
-    assert_eq!(get(old.clone()).await, Err(Code::NotFound));
-    assert_eq!(get(new.clone()).await, Err(Code::Unauthenticated));
+    assert_eq!(get_order(&server, &old).await, Err(Code::NotFound));
+    assert_eq!(get_order(&server, &new).await, Err(Code::Unauthenticated));
 
-    // The new key rolls out next to the old one: its first token is accepted at once.
+    // The new key rolls out next to the old one: its tokens are accepted once the file has
+    // been read again (a missed kid asks for that read), and the old key's still are.
     publish(
         &mounted,
         2,
         &jwks(&[("test-key-1", KEY_1_X), ("test-key-2", KEY_2_X)]),
     );
-    assert_eq!(get(new.clone()).await, Err(Code::NotFound));
-    assert_eq!(get(old.clone()).await, Err(Code::NotFound));
+    until_answered(&server, &new, Err(Code::NotFound)).await;
+    assert_eq!(get_order(&server, &old).await, Err(Code::NotFound));
 
     // The old key is withdrawn: once the file has been re-read, its tokens are refused.
     publish(&mounted, 3, &jwks(&[("test-key-2", KEY_2_X)]));
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-    assert_eq!(get(old).await, Err(Code::Unauthenticated));
-    assert_eq!(get(new).await, Err(Code::NotFound));
+    until_answered(&server, &old, Err(Code::Unauthenticated)).await;
+    assert_eq!(get_order(&server, &new).await, Err(Code::NotFound));
+    let _ = std::fs::remove_dir_all(&mounted);
+}
+
+#[sqlx::test]
+async fn a_token_naming_an_unknown_key_never_waits_on_the_key_file(pool: PgPool) {
+    let mounted = mounted_jwks();
+    let config = jwks_config(&mounted, &["--jwt-keys-min-refresh", "1s"]);
+    let clock = std::sync::Arc::new(dispute_service::clock::ManualClock::new(chrono::Utc::now()));
+    let server = start(config, pool, clock).await;
+    // The key file becomes one whose read never finishes (a dead network mount): a FIFO
+    // nobody writes to.
+    let data = mounted.join("..v2");
+    std::fs::create_dir(&data).unwrap();
+    let fifo = data.join("jwks.json");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    std::os::unix::fs::symlink("..v2", mounted.join("..data_tmp")).unwrap();
+    std::fs::rename(mounted.join("..data_tmp"), mounted.join("..data")).unwrap();
+
+    let known = eddsa_token("ed25519-private.pem", "test-key-1", "agent");
+    let unknown = eddsa_token("ed25519-2-private.pem", "test-key-2", "agent");
+    let answered = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        // Every runtime thread's worth of unknown-kid calls, then a known one.
+        for _ in 0..8 {
+            assert_eq!(
+                get_order(&server, &unknown).await,
+                Err(Code::Unauthenticated)
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+        for _ in 0..8 {
+            assert_eq!(
+                get_order(&server, &unknown).await,
+                Err(Code::Unauthenticated)
+            );
+        }
+        assert_eq!(get_order(&server, &known).await, Err(Code::NotFound));
+    })
+    .await;
+    // Let the stuck read finish (end of file) before anything else; O_NONBLOCK: when
+    // nobody is reading, there is nothing to release.
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(0o4000)
+        .open(&fifo);
+    assert!(answered.is_ok(), "a call waited on the key file");
+    let _ = std::fs::remove_dir_all(&mounted);
+}
+
+#[tokio::test]
+async fn a_flood_of_unknown_kids_reads_the_key_file_once_per_minimum_refresh() {
+    use dispute_service::config::{AsymmetricAlgorithm, AuthConfig};
+    use dispute_service::grpc::auth::Authenticator;
+    let mounted = mounted_jwks();
+    let config = AuthConfig {
+        jwt_hs256_secret: None,
+        jwt_public_key_file: None,
+        jwt_jwks_file: Some(mounted.join("jwks.json")),
+        jwt_algorithm: AsymmetricAlgorithm::EdDsa,
+        jwt_issuer: "dispute-dev".into(),
+        jwt_audience: "dispute-service".into(),
+        jwt_keys_refresh: std::time::Duration::from_secs(3600),
+        jwt_keys_min_refresh: std::time::Duration::from_secs(1),
+        jwt_max_lifetime: std::time::Duration::from_secs(24 * 3600),
+    };
+    let auth = std::sync::Arc::new(Authenticator::from_config(&config).unwrap());
+    assert_eq!(auth.key_file_reads(), 1, "read once at the start");
+    let (stop, stopped) = dispute_service::shutdown::channel();
+    let reloader = tokio::spawn(auth.clone().reload_keys(stopped));
+    let unknown = format!(
+        "Bearer {}",
+        eddsa_token("ed25519-2-private.pem", "test-key-2", "agent")
+    );
+    let flood = std::time::Duration::from_millis(2500);
+    let started = std::time::Instant::now();
+    let mut refused = 0;
+    while started.elapsed() < flood {
+        for _ in 0..100 {
+            assert_eq!(
+                auth.authenticate(Some(&unknown)).unwrap_err(),
+                "unknown signing key"
+            );
+            refused += 1;
+        }
+        tokio::task::yield_now().await;
+    }
+    let reads = auth.key_file_reads();
+    let _ = stop.send(true);
+    reloader.await.unwrap();
+    // The start's read, then at most one per second of the flood (and one more for the
+    // second under way); and the misses did ask for reads.
+    assert!(refused > 1_000, "only {refused} tokens tried");
+    assert!(
+        (2..=1 + 3 + 1).contains(&reads),
+        "{reads} reads for {refused} unknown kids"
+    );
     let _ = std::fs::remove_dir_all(&mounted);
 }

@@ -590,7 +590,62 @@ async fn bodies_that_are_not_the_methods_message_are_malformed_requests(pool: Pg
 
 #[sqlx::test]
 async fn evidence_may_point_only_at_the_configured_object_storage(pool: PgPool) {
-    let app = spawn_app(pool).await;
+    // The default: any bucket of s3:// and gs://, and no web address at all.
+    let app = spawn_app(pool.clone()).await;
+    evidence_is_judged(
+        &app,
+        &["s3://bucket/a.jpg", "gs://bucket/b.png"],
+        &[
+            "javascript:alert(1)",
+            "data:text/html,<script>alert(1)</script>",
+            "file:///etc/passwd",
+            "http://169.254.169.254/latest/meta-data/",
+            "ftp://evidence/photo.jpg",
+            "https://cdn.example/c.jpg",
+            "s3://user@bucket/x.jpg",
+        ],
+    )
+    .await;
+}
+
+#[sqlx::test]
+async fn a_configured_host_admits_no_lookalike_userinfo_or_encoded_trick(pool: PgPool) {
+    let app = spawn_app_with(
+        pool,
+        &[
+            "--evidence-url-prefixes",
+            "https://bucket.example/evidence,s3://photos",
+        ],
+    )
+    .await;
+    evidence_is_judged(
+        &app,
+        &[
+            "https://bucket.example/evidence/1001/a.jpg",
+            "https://BUCKET.example/evidence/b.jpg",
+            "s3://photos/1001/c.jpg",
+        ],
+        &[
+            "https://bucket.example.evil/evidence/x",
+            "https://bucket.example@evil/evidence/x",
+            "https://evil@bucket.example/evidence/x",
+            "https://bucket.example%2eevil/evidence/x",
+            "https://bucket.example/evidence%2f..%2fprivate/x",
+            "https://bucket.example/evidence/../private/x",
+            "https://bucket.example/evidence-private/x",
+            "https://bucket.example/other/x",
+            "http://bucket.example/evidence/x",
+            "s3://photos.evil/x",
+            "s3://other-bucket/x",
+            "gs://photos/x",
+        ],
+    )
+    .await;
+}
+
+/// Opens (and cancels) a dispute with each `accepted` URL, and is refused with each of
+/// `refused` as the one bad field among good ones.
+async fn evidence_is_judged(app: &TestApp, accepted: &[&str], refused: &[&str]) {
     let mut service = app.client(Role::Service, "order-service").await;
     service
         .register_order(register_request(
@@ -600,15 +655,9 @@ async fn evidence_may_point_only_at_the_configured_object_storage(pool: PgPool) 
         .await
         .unwrap();
     let mut buyer = app.client(Role::Buyer, "buyer-1").await;
-    for url in [
-        "javascript:alert(1)",
-        "data:text/html,<script>alert(1)</script>",
-        "file:///etc/passwd",
-        "http://169.254.169.254/latest/meta-data/",
-        "ftp://evidence/photo.jpg",
-    ] {
+    for url in refused {
         let request = pb::OpenDisputeRequest {
-            evidence_urls: vec!["s3://evidence/photo-1.jpg".into(), url.into()],
+            evidence_urls: vec![accepted[0].into(), (*url).into()],
             ..open_request("order-1", Remedy::FullRefund)
         };
         assert_eq!(
@@ -617,13 +666,9 @@ async fn evidence_may_point_only_at_the_configured_object_storage(pool: PgPool) 
             "{url}"
         );
     }
-    for url in [
-        "s3://bucket/a.jpg",
-        "gs://bucket/b.png",
-        "https://cdn.example/c.jpg",
-    ] {
+    for url in accepted {
         let request = pb::OpenDisputeRequest {
-            evidence_urls: vec![url.into()],
+            evidence_urls: vec![(*url).into()],
             ..open_request("order-1", Remedy::FullRefund)
         };
         let opened = buyer.open_dispute(request).await.unwrap().into_inner();

@@ -233,3 +233,42 @@ async fn a_scripted_flow_shows_in_every_series_with_the_values_the_rules_give(po
     let (status, _) = get(app.metrics_addr, "/other").await;
     assert_eq!(status, "HTTP/1.1 404 Not Found");
 }
+
+#[sqlx::test]
+async fn made_up_method_names_mint_no_series(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let mut raw = crate::raw::Raw::open(app.addr).await;
+    // Everything an unknown name can create, created once.
+    made_up_calls(&mut raw, 0..50).await;
+    let (_, before) = get(app.metrics_addr, "/metrics").await;
+    made_up_calls(&mut raw, 50..3_050).await;
+    let (_, after) = get(app.metrics_addr, "/metrics").await;
+
+    let series = |text: &str| parse(text).into_keys().collect::<Vec<_>>();
+    assert_eq!(series(&after), series(&before), "no series was added");
+    assert!(
+        !after.contains("MadeUp"),
+        "a made-up name became a label value"
+    );
+    let methods: std::collections::BTreeSet<String> = series(&after)
+        .into_iter()
+        .filter_map(|(_, labels)| labels.get("grpc_method").cloned())
+        .collect();
+    assert_eq!(methods, ["unknown".to_owned()].into());
+    // Only the counts' digits may grow.
+    assert!(
+        after.len() <= before.len() + 100,
+        "/metrics grew from {} to {} bytes",
+        before.len(),
+        after.len()
+    );
+}
+
+/// Calls `MadeUp{i}` of the service for each `i`, without a token.
+async fn made_up_calls(raw: &mut crate::raw::Raw, names: std::ops::Range<usize>) {
+    for i in names {
+        let path = format!("/dispute.v1.DisputeService/MadeUp{i}");
+        let answer = raw.call(&path, "", bytes::Bytes::new()).await;
+        assert_eq!(answer.code, Code::Unauthenticated, "{path}");
+    }
+}
