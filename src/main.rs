@@ -6,9 +6,9 @@ use dispute_service::{
     config::{Cli, Command},
     domain::Role,
     grpc::auth,
-    healthcheck,
+    healthcheck, shutdown,
     startup::{self, Application},
-    telemetry::{Telemetry, TraceExport},
+    telemetry::{self, Telemetry, TraceExport},
 };
 use tonic_health::pb::health_check_response::ServingStatus;
 
@@ -16,12 +16,17 @@ use tonic_health::pb::health_check_response::ServingStatus;
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let telemetry = Telemetry::init(cli.log_format, &TraceExport::from_env()?)?;
+    // `serve` stops within one budget, the flush included (README, "Deploying").
+    let flush = match &cli.command {
+        Command::Serve(config) => shutdown::flush_share(config.shutdown_grace),
+        _ => telemetry::FLUSH_TIMEOUT,
+    };
     let result = run(cli.command).await;
     if let Err(error) = &result {
         tracing::error!(error = format!("{error:#}"), "exiting on error");
     }
     // Spans still queued are exported before the process ends (SIGTERM included).
-    telemetry.shutdown().await;
+    telemetry.shutdown(flush).await;
     result
 }
 

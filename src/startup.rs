@@ -7,7 +7,7 @@ use sqlx::{
     PgPool,
     postgres::{PgConnectOptions, PgPoolOptions},
 };
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, time::Instant};
 use tonic::transport::Server;
 use tonic_health::server::HealthReporter;
 
@@ -281,11 +281,16 @@ impl Application {
         );
         let disputes = DisputeServiceServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES);
 
-        let grace = self.config.shutdown_grace;
-        let mut draining = stop_rx.clone();
+        // One budget from the signal to the exit (README, "Deploying"): the drain and the
+        // worker's pass share `drain_share`, side by side; the span flush (in main) has the
+        // rest.
+        let drain = shutdown::drain_share(self.config.shutdown_grace);
+        let stop_requested = Arc::new(std::sync::OnceLock::<Instant>::new());
+        let requested = stop_requested.clone();
         let signal = async move {
             shutdown.await;
-            tracing::info!("shutdown requested; draining");
+            let _ = requested.set(Instant::now());
+            tracing::info!(?drain, "shutdown requested; draining");
             for service in ["", SERVICE_NAME] {
                 reporter
                     .set_service_status(service, tonic_health::ServingStatus::NotServing)
@@ -324,9 +329,12 @@ impl Application {
                 signal,
             );
         tracing::info!(%addr, "serving");
+        let mut draining = stop_rx.clone();
+        let requested_at = stop_requested.clone();
         let drained = async move {
             stopped(&mut draining).await;
-            tokio::time::sleep(grace).await;
+            let at = requested_at.get().copied().unwrap_or_else(Instant::now);
+            tokio::time::sleep_until(at + drain).await;
         };
         tokio::select! {
             result = server => result.context("serving gRPC")?,
@@ -336,11 +344,17 @@ impl Application {
         listener_task.abort();
         feed_task.abort();
         metrics_task.abort();
+        let deadline = stop_requested.get().copied().unwrap_or_else(Instant::now) + drain;
         if let Some(worker) = worker_task {
-            // The pass under way finishes its transaction first.
-            let _ = tokio::time::timeout(grace, worker).await;
+            // The pass under way finishes its transaction, within the same budget; at the
+            // deadline it is dropped and its transaction rolled back.
+            let abort = worker.abort_handle();
+            if tokio::time::timeout_at(deadline, worker).await.is_err() {
+                tracing::warn!("the deadline pass outlived the shutdown grace; stopping it");
+                abort.abort();
+            }
         }
-        self.store.pool().close().await;
+        let _ = tokio::time::timeout_at(deadline, self.store.pool().close()).await;
         tracing::info!("stopped");
         Ok(())
     }

@@ -52,8 +52,8 @@ pub enum LogFormat {
 
 /// The name traces carry when `OTEL_SERVICE_NAME` does not give one.
 const DEFAULT_SERVICE_NAME: &str = "dispute-service";
-/// How long a shutdown waits for the last spans to be exported.
-const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a command other than `serve` waits for its last spans to be exported.
+pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Spans handed to the exporter, and spans lost because an export failed. Process-wide,
 /// like the tracer provider; `/metrics` reads them.
@@ -141,10 +141,11 @@ impl Telemetry {
     }
 
     /// Exports the spans still queued (SIGTERM); gives up after a few seconds.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(self, within: Duration) {
         let provider = self.provider;
-        let _ = tokio::task::spawn_blocking(move || provider.shutdown_with_timeout(FLUSH_TIMEOUT))
-            .await;
+        let flush = tokio::task::spawn_blocking(move || provider.shutdown_with_timeout(within));
+        // The exporter's own timeout is a hint to it; the budget is kept here.
+        let _ = tokio::time::timeout(within, flush).await;
     }
 }
 

@@ -141,13 +141,27 @@ pub async fn watch(
         _slot: slot,
     };
     let mut stop = feed.stop;
+    let tx = stream.tx.clone();
     tokio::spawn(async move {
         tokio::select! {
             _ = stream.run(first, batches) => {}
-            _ = stopped(&mut stop) => {}
+            _ = stopped(&mut stop) => {
+                // Not OK, which reads as "the stream is complete": the consumer resumes
+                // from its last cursor on another replica.
+                let _ = tx.send(Err(shutting_down())).await;
+            }
         }
     });
     Ok(Box::pin(ReceiverStream::new(rx)))
+}
+
+/// How a stream ends when the server stops.
+fn shutting_down() -> Status {
+    super::error::status(
+        tonic::Code::Unavailable,
+        "SHUTTING_DOWN",
+        "the server is shutting down; resume after your last cursor",
+    )
 }
 
 /// One consumer's stream.

@@ -1,6 +1,7 @@
 //! Health, reflection, message limits and shutdown.
 
-use dispute_service::grpc::pb;
+use chrono::Utc;
+use dispute_service::{domain::Role, grpc::pb};
 use sqlx::PgPool;
 use tonic::Code;
 use tonic_health::pb::{
@@ -290,4 +291,114 @@ async fn the_healthcheck_command_exits_zero_only_when_serving(pool: PgPool) {
     drop(nobody);
     let down = run(closed, "").await.unwrap();
     assert!(!down.status.success());
+}
+
+/// Waits until `backends` backends of the test's database wait on a lock.
+async fn until_waiting_on_locks(pool: &PgPool, backends: i64) {
+    for _ in 0..200 {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if waiting >= backends {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("fewer than {backends} backends began waiting on a lock");
+}
+
+#[sqlx::test]
+async fn sigterm_stops_within_one_grace_while_a_call_and_a_worker_pass_are_held_up(pool: PgPool) {
+    use std::time::{Duration, Instant};
+    let grace = Duration::from_secs(3);
+    let binary = crate::process::Binary::serve(
+        &pool,
+        &[
+            ("DISPUTE_SHUTDOWN_GRACE", "3s"),
+            ("DISPUTE_WORKER_ENABLED", "true"),
+            ("DISPUTE_WORKER_INTERVAL", "100ms"),
+        ],
+    );
+    let mut service = client_at(binary.addr, Role::Service, "order-service").await;
+    for order in ["order-1", "order-2"] {
+        service
+            .register_order(register_request(
+                order,
+                Utc::now() + chrono::Duration::days(30),
+            ))
+            .await
+            .unwrap();
+    }
+    // The worker's purge of old idempotency keys waits on a key row the test holds.
+    sqlx::query("UPDATE idempotency_keys SET created_at = now() - interval '30 days'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let mut keys = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM idempotency_keys FOR UPDATE")
+        .execute(&mut *keys)
+        .await
+        .unwrap();
+    until_waiting_on_locks(&pool, 1).await;
+    // A call waits on the order's row lock.
+    let order = hold_order_lock(&pool, "order-1").await;
+    let mut buyer = client_at(binary.addr, Role::Buyer, "buyer-1").await;
+    let held = tokio::spawn(async move {
+        buyer
+            .open_dispute(open_request("order-1", pb::Remedy::FullRefund))
+            .await
+    });
+    until_waiting_on_locks(&pool, 2).await;
+
+    let started = Instant::now();
+    let exit = binary.terminate(Duration::from_secs(30)).await;
+    let took = started.elapsed();
+    assert!(exit.success(), "{exit:?}");
+    // The drain and the worker share the budget: not one grace after the other.
+    assert!(
+        took < grace + Duration::from_millis(1500),
+        "stopped {took:?} after SIGTERM with a {grace:?} grace"
+    );
+    assert!(
+        held.await.unwrap().is_err(),
+        "the held call was not answered OK"
+    );
+    order.rollback().await.unwrap();
+    keys.rollback().await.unwrap();
+}
+
+#[sqlx::test]
+async fn a_stream_ended_by_shutdown_ends_unavailable_not_complete(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    app.register("order-1").await;
+    let mut stream = app
+        .service()
+        .await
+        .watch_events(pb::WatchEventsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    // The registration's event arrives: the stream is live.
+    assert!(stream.message().await.unwrap().is_some());
+    let TestApp { server, .. } = app;
+    let stopping = tokio::spawn(server.stop());
+    let ended = loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(10), stream.message())
+            .await
+            .expect("the stream ends with the server")
+        {
+            Ok(Some(_)) => continue,
+            ended => break ended,
+        }
+    };
+    assert_eq!(
+        reason(ended),
+        (Code::Unavailable, "SHUTTING_DOWN".into()),
+        "a consumer must not read the end of a stream as its completion"
+    );
+    stopping.await.unwrap().expect("a clean stop");
 }
