@@ -4,6 +4,8 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::domain::Deadlines;
+
 /// Where evidence may point unless configured: any bucket of the two object stores.
 pub const DEFAULT_EVIDENCE_LOCATIONS: &str = "s3://,gs://";
 
@@ -277,6 +279,18 @@ pub struct TokenConfig {
     pub ttl: Duration,
 }
 
+/// A deadline's default: `Deadlines::default()` is the one place they are written.
+fn default_deadline(pick: fn(&Deadlines) -> chrono::Duration) -> humantime::Duration {
+    pick(&Deadlines::default())
+        .to_std()
+        .expect("the default deadlines are positive")
+        .into()
+}
+
+fn positive_deadline(text: &str) -> Result<humantime::Duration, String> {
+    positive_duration(text).map(Into::into)
+}
+
 /// The deadline worker (README, "Deadlines"). Durations are humantime: `5days`, `36h`, `1s`.
 #[derive(Debug, Clone, Args)]
 pub struct WorkerArgs {
@@ -290,28 +304,28 @@ pub struct WorkerArgs {
     #[arg(long, env = "DISPUTE_WORKER_BATCH", default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..))]
     pub worker_batch: i64,
     /// Seller silent in AWAITING_SELLER, from opening: the buyer's remedy is granted.
-    #[arg(long, env = "DISPUTE_DEADLINE_SELLER_RESPONSE", default_value = "5days", value_parser = positive_duration)]
-    pub deadline_seller_response: Duration,
+    #[arg(long, env = "DISPUTE_DEADLINE_SELLER_RESPONSE", default_value_t = default_deadline(|d| d.seller_response), value_parser = positive_deadline)]
+    pub deadline_seller_response: humantime::Duration,
     /// Still NEGOTIATING, from opening: the dispute goes UNDER_REVIEW.
-    #[arg(long, env = "DISPUTE_DEADLINE_NEGOTIATION", default_value = "15days", value_parser = positive_duration)]
-    pub deadline_negotiation: Duration,
+    #[arg(long, env = "DISPUTE_DEADLINE_NEGOTIATION", default_value_t = default_deadline(|d| d.negotiation), value_parser = positive_deadline)]
+    pub deadline_negotiation: humantime::Duration,
     /// Return not shipped, from when it was agreed: funds released to the seller.
-    #[arg(long, env = "DISPUTE_DEADLINE_RETURN_SHIPMENT", default_value = "10days", value_parser = positive_duration)]
-    pub deadline_return_shipment: Duration,
+    #[arg(long, env = "DISPUTE_DEADLINE_RETURN_SHIPMENT", default_value_t = default_deadline(|d| d.return_shipment), value_parser = positive_deadline)]
+    pub deadline_return_shipment: humantime::Duration,
     /// Seller silent in RETURN_IN_TRANSIT, from the tracking: the buyer is refunded.
-    #[arg(long, env = "DISPUTE_DEADLINE_RETURN_RECEIPT", default_value = "15days", value_parser = positive_duration)]
-    pub deadline_return_receipt: Duration,
+    #[arg(long, env = "DISPUTE_DEADLINE_RETURN_RECEIPT", default_value_t = default_deadline(|d| d.return_receipt), value_parser = positive_deadline)]
+    pub deadline_return_receipt: humantime::Duration,
     /// Replacement not shipped, from when it was agreed: the buyer is refunded in full.
-    #[arg(long, env = "DISPUTE_DEADLINE_REPLACEMENT_SHIPMENT", default_value = "10days", value_parser = positive_duration)]
-    pub deadline_replacement_shipment: Duration,
+    #[arg(long, env = "DISPUTE_DEADLINE_REPLACEMENT_SHIPMENT", default_value_t = default_deadline(|d| d.replacement_shipment), value_parser = positive_deadline)]
+    pub deadline_replacement_shipment: humantime::Duration,
     /// Buyer silent in REPLACEMENT_IN_TRANSIT, from the shipment: funds released to the
     /// seller.
-    #[arg(long, env = "DISPUTE_DEADLINE_REPLACEMENT_RECEIPT", default_value = "30days", value_parser = positive_duration)]
-    pub deadline_replacement_receipt: Duration,
+    #[arg(long, env = "DISPUTE_DEADLINE_REPLACEMENT_RECEIPT", default_value_t = default_deadline(|d| d.replacement_receipt), value_parser = positive_deadline)]
+    pub deadline_replacement_receipt: humantime::Duration,
     /// When a replacement ships, the order's protection end moves to at least this long
     /// after the shipment.
-    #[arg(long, env = "DISPUTE_REPLACEMENT_DELIVERY_WINDOW", default_value = "30days", value_parser = positive_duration)]
-    pub replacement_delivery_window: Duration,
+    #[arg(long, env = "DISPUTE_REPLACEMENT_DELIVERY_WINDOW", default_value_t = default_deadline(|d| d.replacement_delivery), value_parser = positive_deadline)]
+    pub replacement_delivery_window: humantime::Duration,
     /// How long events stay in the outbox for WatchEvents consumers to catch up (the
     /// history is never deleted).
     #[arg(long, env = "DISPUTE_OUTBOX_RETENTION", default_value = "7days", value_parser = positive_duration)]
@@ -332,14 +346,14 @@ impl WorkerArgs {
         Ok(crate::worker::WorkerConfig {
             interval: self.worker_interval,
             batch: self.worker_batch,
-            deadlines: crate::domain::Deadlines {
-                seller_response: days(self.deadline_seller_response)?,
-                negotiation: days(self.deadline_negotiation)?,
-                return_shipment: days(self.deadline_return_shipment)?,
-                return_receipt: days(self.deadline_return_receipt)?,
-                replacement_shipment: days(self.deadline_replacement_shipment)?,
-                replacement_receipt: days(self.deadline_replacement_receipt)?,
-                replacement_delivery: days(self.replacement_delivery_window)?,
+            deadlines: Deadlines {
+                seller_response: days(*self.deadline_seller_response)?,
+                negotiation: days(*self.deadline_negotiation)?,
+                return_shipment: days(*self.deadline_return_shipment)?,
+                return_receipt: days(*self.deadline_return_receipt)?,
+                replacement_shipment: days(*self.deadline_replacement_shipment)?,
+                replacement_receipt: days(*self.deadline_replacement_receipt)?,
+                replacement_delivery: days(*self.replacement_delivery_window)?,
             },
             idempotency_retention: days(self.idempotency_retention)?,
             outbox_retention: days(self.outbox_retention)?,

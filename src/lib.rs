@@ -1,6 +1,11 @@
 #![forbid(unsafe_code)]
 //! dispute-service: buyer disputes on marketplace orders and where the escrowed money goes.
 
+// The commands without row locks exist only to prove the schema alone stops every double
+// settlement (README, "Fault tolerance"); a release build must never carry them.
+#[cfg(all(feature = "test-without-row-locks", not(debug_assertions)))]
+compile_error!("the test-without-row-locks feature is for test builds only, never a release");
+
 pub mod clock;
 pub mod commands;
 pub mod config;

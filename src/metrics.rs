@@ -481,10 +481,34 @@ mod tests {
 
     #[test]
     fn every_grpc_code_has_the_grpc_go_spelling() {
-        assert_eq!(code_name(tonic::Code::Ok), "OK");
-        assert_eq!(code_name(tonic::Code::NotFound), "NotFound");
-        assert_eq!(code_name(tonic::Code::Cancelled), "Canceled");
-        assert_eq!(code_name(tonic::Code::Unauthenticated), "Unauthenticated");
+        // grpc-go's codes.Code String() spellings, the labels dashboards are written for.
+        use tonic::Code::*;
+        let spelled = [
+            (Ok, "OK"),
+            (Cancelled, "Canceled"),
+            (Unknown, "Unknown"),
+            (InvalidArgument, "InvalidArgument"),
+            (DeadlineExceeded, "DeadlineExceeded"),
+            (NotFound, "NotFound"),
+            (AlreadyExists, "AlreadyExists"),
+            (PermissionDenied, "PermissionDenied"),
+            (ResourceExhausted, "ResourceExhausted"),
+            (FailedPrecondition, "FailedPrecondition"),
+            (Aborted, "Aborted"),
+            (OutOfRange, "OutOfRange"),
+            (Unimplemented, "Unimplemented"),
+            (Internal, "Internal"),
+            (Unavailable, "Unavailable"),
+            (DataLoss, "DataLoss"),
+            (Unauthenticated, "Unauthenticated"),
+        ];
+        // All 17 codes, each once.
+        let numbers: std::collections::BTreeSet<i32> =
+            spelled.iter().map(|(code, _)| *code as i32).collect();
+        assert_eq!(numbers, (0..=16).collect());
+        for (code, name) in spelled {
+            assert_eq!(code_name(code), name, "{code:?}");
+        }
     }
 
     #[test]

@@ -223,34 +223,32 @@ mod tests {
     use super::*;
     use chrono::TimeZone;
 
+    fn at(day: u32, month: u32, hour: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, month, day, hour, 0, 0).unwrap()
+    }
+
     #[test]
-    fn the_cutoffs_are_the_inverse_of_the_due_times() {
-        let deadlines = Deadlines::default();
-        let now = Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).unwrap();
-        let cutoffs = deadlines.cutoffs(now);
-        assert_eq!(
-            cutoffs.awaiting_seller_opened_before + deadlines.seller_response,
-            now
-        );
-        assert_eq!(
-            cutoffs.negotiating_opened_before + deadlines.negotiation,
-            now
-        );
-        assert_eq!(
-            cutoffs.return_agreed_before + deadlines.return_shipment,
-            now
-        );
-        assert_eq!(
-            cutoffs.return_shipped_before + deadlines.return_receipt,
-            now
-        );
-        assert_eq!(
-            cutoffs.replacement_agreed_before + deadlines.replacement_shipment,
-            now
-        );
-        assert_eq!(
-            cutoffs.replacement_shipped_before + deadlines.replacement_receipt,
-            now
-        );
+    fn the_defaults_are_the_rules_days() {
+        // README, "Deadlines": 5, 15, 10, 15, 10 and 30 days; protection 30 days past a
+        // replacement's shipment.
+        let d = Deadlines::default();
+        assert_eq!(d.seller_response, Duration::days(5));
+        assert_eq!(d.negotiation, Duration::days(15));
+        assert_eq!(d.return_shipment, Duration::days(10));
+        assert_eq!(d.return_receipt, Duration::days(15));
+        assert_eq!(d.replacement_shipment, Duration::days(10));
+        assert_eq!(d.replacement_receipt, Duration::days(30));
+        assert_eq!(d.replacement_delivery, Duration::days(30));
+    }
+
+    #[test]
+    fn a_cutoff_is_the_deadline_counted_back_from_now() {
+        let cutoffs = Deadlines::default().cutoffs(at(1, 3, 12));
+        assert_eq!(cutoffs.awaiting_seller_opened_before, at(24, 2, 12));
+        assert_eq!(cutoffs.negotiating_opened_before, at(14, 2, 12));
+        assert_eq!(cutoffs.return_agreed_before, at(19, 2, 12));
+        assert_eq!(cutoffs.return_shipped_before, at(14, 2, 12));
+        assert_eq!(cutoffs.replacement_agreed_before, at(19, 2, 12));
+        assert_eq!(cutoffs.replacement_shipped_before, at(30, 1, 12));
     }
 }

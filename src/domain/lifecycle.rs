@@ -164,7 +164,9 @@ pub fn resolve(
             message: "only an agent or the order's seller can resolve a dispute's funds",
         });
     }
-    dispute.ensure_visible_to(actor)?;
+    // The checks every transition starts with come first (a closed dispute is
+    // DISPUTE_CLOSED whatever the ruling says), then the ruling's own.
+    dispute.ensure_can(actor, &[Role::Agent, Role::Seller], &DisputeState::ALL)?;
     let refund_minor = match resolution {
         Resolution::RefundFull => order.amount.minor,
         Resolution::ReleaseToSeller => 0,
@@ -185,7 +187,6 @@ pub fn resolve(
             message: "a seller may only refund the buyer at least what the buyer asked for; an agent decides anything else",
         });
     }
-    dispute.ensure_can(actor, &[Role::Agent, Role::Seller], &DisputeState::ALL)?;
     let change = settle_and_resolve(order, dispute, refund_minor, EventKind::FundsResolved, now)?;
     Ok(if note.is_empty() {
         change

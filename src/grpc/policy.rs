@@ -98,10 +98,36 @@ mod tests {
     #[test]
     fn every_rpc_of_the_proto_has_exactly_one_policy_entry() {
         let rpcs = proto_rpcs();
-        assert!(
-            rpcs.len() >= 8,
-            "the descriptor lists the service's RPCs: {rpcs:?}"
-        );
+        // The proto's RPCs as SPEC §11 names them, written out: a descriptor that lost one
+        // (or a policy that did) fails here.
+        let expected = [
+            "RegisterOrder",
+            "GetOrder",
+            "OpenDispute",
+            "CancelDispute",
+            "CancelReturn",
+            "ResolveFunds",
+            "GetDispute",
+            "ListDisputes",
+            "RespondToDispute",
+            "AcceptProposal",
+            "EscalateDispute",
+            "SubmitReturnShipment",
+            "ConfirmReturnReceived",
+            "ExtendProtection",
+            "ListDisputeEvents",
+            "WatchEvents",
+            "SubmitReplacementShipment",
+            "ConfirmReplacementReceived",
+            "PostDisputeMessage",
+            "GetSellerDisputeStats",
+        ];
+        let mut sorted = rpcs.clone();
+        sorted.sort();
+        let mut expected = expected.map(str::to_owned).to_vec();
+        expected.sort();
+        assert_eq!(sorted, expected);
+        assert_eq!(POLICY.len(), expected.len());
         for rpc in &rpcs {
             let entries = POLICY.iter().filter(|rule| rule.rpc == rpc).count();
             assert_eq!(entries, 1, "{rpc} has {entries} policy entries");

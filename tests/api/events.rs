@@ -354,19 +354,28 @@ async fn a_consumer_racing_concurrent_writers_receives_exactly_the_committed_set
         }
     });
     join_all(writers).await;
+    // One last write after every writer: the stream is in commit order, so once its event
+    // has arrived everything before it has too, and anything that should not have come
+    // would have come by then.
+    app.register("sentinel").await;
     let committed: Vec<uuid::Uuid> =
         sqlx::query_scalar("SELECT event_id FROM outbox ORDER BY tx_id, id")
             .fetch_all(&pool)
             .await
             .unwrap();
-    // Wait until the consumer has as many events as were committed, then a little more for
-    // any it should not have.
     let patience = tokio::time::Instant::now() + PATIENCE;
-    while received.lock().unwrap().len() < committed.len() && tokio::time::Instant::now() < patience
+    while !received
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|e| e.order_id == "sentinel")
     {
-        tokio::time::sleep(StdDuration::from_millis(50)).await;
+        assert!(
+            tokio::time::Instant::now() < patience,
+            "the last write's event never came"
+        );
+        tokio::time::sleep(StdDuration::from_millis(20)).await;
     }
-    tokio::time::sleep(StdDuration::from_millis(500)).await;
     consumer.abort();
     let received = received.lock().unwrap().clone();
     let received_ids: Vec<uuid::Uuid> = received
@@ -384,7 +393,7 @@ async fn a_consumer_racing_concurrent_writers_receives_exactly_the_committed_set
     );
     // Per order, the stream order is the commit order: opened before resolved before settled.
     let mut per_order: std::collections::HashMap<&str, Vec<&str>> = Default::default();
-    for event in &received {
+    for event in received.iter().filter(|e| e.order_id != "sentinel") {
         per_order
             .entry(event.order_id.as_str())
             .or_default()

@@ -58,12 +58,43 @@ async fn health_is_serving_once_the_schema_is_current_and_not_serving_after_shut
 
 #[sqlx::test(migrations = false)]
 async fn health_is_not_serving_while_the_schema_is_missing(pool: PgPool) {
-    let app = spawn_app(pool).await;
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let app = spawn_app_with(pool.clone(), &["--health-interval", "50ms"]).await;
+    // The health task has looked at the database when it has asked it for the schema's
+    // state; until then NOT_SERVING would only be the initial answer.
+    let asked = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND query LIKE '%_sqlx_migrations%'
+               AND pid <> pg_backend_pid()",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    let mut checked = false;
+    for _ in 0..200 {
+        if asked().await > 0 {
+            checked = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(checked, "the health task never asked for the schema");
     assert_eq!(
         health(&app, "dispute.v1.DisputeService").await,
         ServingStatus::NotServing
     );
+    // And the same task turns SERVING once the schema is there.
+    dispute_service::store::MIGRATOR.run(&pool).await.unwrap();
+    let mut status = ServingStatus::NotServing;
+    for _ in 0..200 {
+        status = health(&app, "dispute.v1.DisputeService").await;
+        if status == ServingStatus::Serving {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_eq!(status, ServingStatus::Serving);
 }
 
 #[sqlx::test]
@@ -151,7 +182,8 @@ async fn requests_beyond_the_in_flight_bound_are_refused_not_queued(pool: PgPool
             .cancel_dispute(cancel_request(&dispute.dispute_id))
             .await
     });
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // The call holds the one slot once it waits on the lock.
+    until_waiting_on_locks(&pool, 1).await;
     let refused = app
         .agent()
         .await

@@ -456,6 +456,29 @@ fn an_agent_may_rule_any_way_but_must_say_why() {
 }
 
 #[test]
+fn resolving_a_closed_dispute_is_dispute_closed_whatever_the_ruling() {
+    let order = order(10_000);
+    let d = opened(&order, Remedy::FullRefund).dispute;
+    let cancelled = cancel(&order, &d, &buyer(), CancelVia::Dispute, t0())
+        .unwrap()
+        .dispute;
+    let rulings = [
+        // An agent without a note, a seller taking money, an out-of-range refund: each
+        // would be refused for itself on an open dispute.
+        (agent(), Resolution::RefundFull, ""),
+        (seller(), Resolution::ReleaseToSeller, ""),
+        (agent(), Resolution::RefundPartial(usd(20_000)), "too much"),
+    ];
+    for (actor, resolution, note) in rulings {
+        assert_eq!(
+            precondition(resolve(&order, &cancelled, &actor, resolution, note, t0())),
+            Precondition::DisputeClosed,
+            "{actor:?} {resolution:?}"
+        );
+    }
+}
+
+#[test]
 fn a_seller_may_give_money_back_but_never_take_it() {
     let partial = opened(&order(1000), Remedy::PartialRefund(usd(400)));
     let (o, d) = (&partial.order, &partial.dispute);
@@ -538,6 +561,53 @@ mod model;
 /// Every state with a deadline: the countdown the API shows is the one the worker keeps —
 /// nothing a microsecond before `due_at`, exactly the announced consequence at it — and
 /// the states without one show none.
+#[test]
+fn each_deadline_falls_its_days_after_its_own_clock() {
+    let deadlines = Deadlines::default();
+    let order = order(10_000);
+    // Opened at t0 (1 January, 00:00); the seller and buyer act at 01:00.
+    let later = t0() + Duration::hours(1);
+    let date = |day, month, hour| Utc.with_ymd_and_hms(2026, month, day, hour, 0, 0).unwrap();
+    let awaiting = opened(&order, Remedy::ReturnAndRefund).dispute;
+    let agreed = respond(&order, &awaiting, &seller(), SellerDecision::Accept, later)
+        .unwrap()
+        .dispute;
+    let shipped = submit_return_shipment(&order, &agreed, &buyer(), "ups", "1Z", later)
+        .unwrap()
+        .dispute;
+    let replacement = replacement_agreed(&order, later);
+    let replacement_shipped = submit_replacement_shipment(
+        &order,
+        &replacement,
+        &seller(),
+        "dhl",
+        "JD1",
+        deadlines.replacement_delivery,
+        later,
+    )
+    .unwrap()
+    .dispute;
+    let due = |d: &Dispute| deadlines.due(d).unwrap().0;
+    assert_eq!(due(&awaiting), date(6, 1, 0), "5 days from opening");
+    assert_eq!(
+        due(&negotiating(&order)),
+        date(16, 1, 0),
+        "15 days from opening"
+    );
+    assert_eq!(due(&agreed), date(11, 1, 1), "10 days from the agreement");
+    assert_eq!(due(&shipped), date(16, 1, 1), "15 days from the tracking");
+    assert_eq!(
+        due(&replacement),
+        date(11, 1, 1),
+        "10 days from the agreement"
+    );
+    assert_eq!(
+        due(&replacement_shipped),
+        date(31, 1, 1),
+        "30 days from the shipment"
+    );
+}
+
 #[test]
 fn the_next_deadline_is_exactly_when_and_what_the_worker_does() {
     let deadlines = Deadlines::default();

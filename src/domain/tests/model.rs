@@ -240,6 +240,10 @@ impl Model {
                 if !sees(actor) {
                     return Err("NOT_FOUND");
                 }
+                // Every transition's own checks first (README, "Error reasons").
+                if ended(d.state) {
+                    return Err("DISPUTE_CLOSED");
+                }
                 let refund = match resolution {
                     Resolution::RefundFull => AMOUNT,
                     Resolution::ReleaseToSeller => 0,
@@ -254,9 +258,6 @@ impl Model {
                 };
                 if actor.role == Role::Seller && refund < refund_of(d.ask) {
                     return Err("SELLER_CANNOT_REDUCE_REFUND");
-                }
-                if ended(d.state) {
-                    return Err("DISPUTE_CLOSED");
                 }
                 m.end(Resolved);
                 m.settle(refund);
