@@ -20,6 +20,7 @@ mod parties;
 mod process;
 mod proxy;
 mod raw;
+mod readme;
 mod record;
 mod replacement;
 mod schema;
