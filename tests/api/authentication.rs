@@ -324,9 +324,17 @@ async fn rotated_jwks_keys_verify_without_a_restart_and_removed_ones_stop(pool: 
 #[sqlx::test]
 async fn a_token_naming_an_unknown_key_never_waits_on_the_key_file(pool: PgPool) {
     let mounted = mounted_jwks();
-    let config = jwks_config(&mounted, &["--jwt-keys-min-refresh", "1s"]);
-    let clock = std::sync::Arc::new(dispute_service::clock::ManualClock::new(chrono::Utc::now()));
-    let server = start(config, pool, clock).await;
+    let jwks = mounted.join("jwks.json");
+    // The real binary: a call stuck on the disk would hold one of its threads, not the test's.
+    let binary = crate::process::Binary::serve(
+        &pool,
+        &[
+            ("DISPUTE_JWT_HS256_SECRET", ""),
+            ("DISPUTE_JWT_JWKS_FILE", jwks.to_str().unwrap()),
+            ("DISPUTE_JWT_ALGORITHM", "EdDSA"),
+            ("DISPUTE_JWT_KEYS_MIN_REFRESH", "1s"),
+        ],
+    );
     // The key file becomes one whose read never finishes (a dead network mount): a FIFO
     // nobody writes to.
     let data = mounted.join("..v2");
@@ -340,34 +348,55 @@ async fn a_token_naming_an_unknown_key_never_waits_on_the_key_file(pool: PgPool)
     std::os::unix::fs::symlink("..v2", mounted.join("..data_tmp")).unwrap();
     std::fs::rename(mounted.join("..data_tmp"), mounted.join("..data")).unwrap();
 
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", binary.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let get = |token: String| {
+        let channel = channel.clone();
+        async move {
+            let mut client = pb::dispute_service_client::DisputeServiceClient::with_interceptor(
+                channel,
+                move |mut request: tonic::Request<()>| {
+                    let value = format!("Bearer {token}").parse().unwrap();
+                    request.metadata_mut().insert("authorization", value);
+                    Ok(request)
+                },
+            );
+            let request = pb::GetOrderRequest {
+                order_id: "order-1".into(),
+            };
+            client
+                .get_order(request)
+                .await
+                .map(|_| ())
+                .map_err(|s| s.code())
+        }
+    };
     let known = eddsa_token("ed25519-private.pem", "test-key-1", "agent");
     let unknown = eddsa_token("ed25519-2-private.pem", "test-key-2", "agent");
-    let answered = tokio::time::timeout(std::time::Duration::from_secs(5), async {
-        // Every runtime thread's worth of unknown-kid calls, then a known one.
+    let answered = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        // More unknown-kid calls than the server has threads, before and after the first
+        // read became due (1 s), then a known key.
         for _ in 0..8 {
-            assert_eq!(
-                get_order(&server, &unknown).await,
-                Err(Code::Unauthenticated)
-            );
+            assert_eq!(get(unknown.clone()).await, Err(Code::Unauthenticated));
         }
         tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
         for _ in 0..8 {
-            assert_eq!(
-                get_order(&server, &unknown).await,
-                Err(Code::Unauthenticated)
-            );
+            assert_eq!(get(unknown.clone()).await, Err(Code::Unauthenticated));
         }
-        assert_eq!(get_order(&server, &known).await, Err(Code::NotFound));
+        assert_eq!(get(known.clone()).await, Err(Code::NotFound));
     })
     .await;
-    // Let the stuck read finish (end of file) before anything else; O_NONBLOCK: when
-    // nobody is reading, there is nothing to release.
+    // Let a stuck read finish (end of file); O_NONBLOCK: when nobody reads, nothing to do.
     use std::os::unix::fs::OpenOptionsExt;
     let _ = std::fs::OpenOptions::new()
         .write(true)
         .custom_flags(0o4000)
         .open(&fifo);
     assert!(answered.is_ok(), "a call waited on the key file");
+    drop(binary);
     let _ = std::fs::remove_dir_all(&mounted);
 }
 

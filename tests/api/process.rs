@@ -58,7 +58,12 @@ impl Binary {
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         for (name, value) in env {
-            command.env(name, value);
+            // An empty value unsets one of the defaults above.
+            if value.is_empty() {
+                command.env_remove(name);
+            } else {
+                command.env(name, value);
+            }
         }
         let mut child = command.spawn().expect("starting the binary");
         let stderr = child.stderr.take().unwrap();

@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 
 fn readme_section(title: &str) -> String {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let start = readme
         .find(&format!("\n## {title}\n"))
         .unwrap_or_else(|| panic!("README has a section {title}"));
@@ -71,7 +72,10 @@ fn the_configuration_table_lists_every_variable_with_its_default() {
     }
     // Read by the libraries, not by flags.
     for outside in ["RUST_LOG", "OTEL_*"] {
-        assert!(documented.remove(outside).is_some(), "{outside} is documented");
+        assert!(
+            documented.remove(outside).is_some(),
+            "{outside} is documented"
+        );
     }
     assert_eq!(
         documented.keys().collect::<Vec<_>>(),
