@@ -56,6 +56,7 @@ const SETTLED_MINOR: &str = "funds_settled_minor_units_total";
 const DEADLINES: &str = "deadlines_applied_total";
 const OUTBOX_LAG: &str = "outbox_oldest_undelivered_age_seconds";
 const HORIZON_AGE: &str = "dispute_stream_horizon_age_seconds";
+const DEADLINES_STUCK: &str = "dispute_deadline_candidates_stuck";
 /// A horizon held back longer than this is logged with the transaction holding it.
 const HORIZON_WARN_SECONDS: f64 = 30.0;
 /// How often histogram samples are folded into buckets when nobody scrapes.
@@ -143,6 +144,10 @@ impl Metrics {
             (
                 HORIZON_AGE,
                 "Age of the oldest transaction holding an xid anywhere on the PostgreSQL cluster: events committed after it wait for it to end.",
+            ),
+            (
+                DEADLINES_STUCK,
+                "Deadline candidates (disputes and protection ends) that failed to apply and are set aside until their retry time, as of this replica's last worker pass.",
             ),
         ];
         for (name, help) in gauges {
@@ -271,6 +276,11 @@ impl Metrics {
     pub fn protection_ended(&self, order: &Order, settlement: &Settlement) {
         self.deadline_applied("PROTECTION_END");
         self.funds_settled(order, settlement);
+    }
+
+    /// Deadline candidates set aside after failing to apply (counted by the worker's pass).
+    pub fn deadline_candidates_stuck(&self, stuck: i64) {
+        self.gauge(DEADLINES_STUCK).set(stuck as f64);
     }
 
     fn deadline_applied(&self, kind: &'static str) {

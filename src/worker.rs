@@ -2,6 +2,14 @@
 //! find the same candidates, but each candidate is locked with `SKIP LOCKED` and re-decided
 //! by the domain in its own transaction, so every deadline is applied exactly once. A
 //! failed pass (say, the database is down) is logged and retried with backoff.
+//!
+//! A candidate that fails to apply for any other reason (a corrupt row, a bug, a trigger) is
+//! set aside (`deadline_setbacks`): logged with its id, attempts, retry time and error,
+//! skipped by the scans until `interval × 2^(attempts − 1)` after the failure (at most
+//! [`MAX_RETRY_DELAY`]), and counted in `dispute_deadline_candidates_stuck`. The scan then
+//! goes on past it, so no number of broken candidates at the head of the queue holds up a
+//! healthy one. A candidate set aside during a pass is not tried again in that pass, so
+//! every batch either applies or sets aside something new, or ends the scan.
 
 use std::time::Duration;
 
@@ -12,11 +20,16 @@ use crate::{
     commands::{Commands, Error},
     domain::Deadlines,
     shutdown::stopped,
-    store::Store,
+    store::{Candidate, Store},
 };
 
 /// Longest wait between failed passes.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Longest wait before a set-aside candidate is tried again (the first wait is the
+/// worker's interval, doubling with each failure).
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(3600);
+/// The longest error text kept with a set-aside candidate.
+const MAX_ERROR_CHARS: usize = 2000;
 
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -38,6 +51,16 @@ pub struct Pass {
     pub orders_released: usize,
     pub keys_purged: u64,
     pub events_purged: u64,
+    /// Candidates (dispute deadlines and protection ends) that failed and were set aside.
+    pub set_aside: usize,
+}
+
+/// What became of one candidate.
+enum Tried {
+    Applied,
+    /// Moot, or another replica holds it.
+    Skipped,
+    SetAside,
 }
 
 pub struct DeadlineWorker {
@@ -65,38 +88,71 @@ impl DeadlineWorker {
 
     async fn pass(&self) -> Result<Pass, Error> {
         let mut pass = Pass::default();
+        // Candidates set aside until after the pass began are skipped, so one set aside
+        // during this pass is not tried again in it.
+        let started = self.commands.now();
+        self.store.prune_setbacks().await?;
         loop {
             let cutoffs = self.config.deadlines.cutoffs(self.commands.now());
-            let due = self.store.due_disputes(&cutoffs, self.config.batch).await?;
-            let mut applied = 0;
-            for dispute_id in &due {
-                applied += usize::from(skip_broken(
-                    self.commands
-                        .apply_deadline(*dispute_id, &self.config.deadlines)
-                        .await,
-                )?);
+            let due = self
+                .store
+                .due_disputes(&cutoffs, started, self.config.batch)
+                .await?;
+            let mut progress = 0;
+            for candidate in &due {
+                let result = self
+                    .commands
+                    .apply_deadline(candidate.id, &self.config.deadlines)
+                    .await;
+                let tried = self
+                    .tried(
+                        Candidate::Dispute(candidate.id),
+                        candidate.set_aside,
+                        result,
+                    )
+                    .await?;
+                match tried {
+                    Tried::Applied => pass.deadlines_applied += 1,
+                    Tried::SetAside => pass.set_aside += 1,
+                    Tried::Skipped => continue,
+                }
+                progress += 1;
             }
-            pass.deadlines_applied += applied;
-            if (due.len() as i64) < self.config.batch || applied == 0 {
+            if (due.len() as i64) < self.config.batch || progress == 0 {
                 break;
             }
         }
         loop {
             let expired = self
                 .store
-                .expired_orders(self.commands.now(), self.config.batch)
+                .expired_orders(self.commands.now(), started, self.config.batch)
                 .await?;
-            let mut released = 0;
-            for order_id in &expired {
-                released += usize::from(skip_broken(
-                    self.commands.release_if_protection_ended(order_id).await,
-                )?);
+            let mut progress = 0;
+            for candidate in &expired {
+                let result = self
+                    .commands
+                    .release_if_protection_ended(&candidate.id)
+                    .await;
+                let tried = self
+                    .tried(
+                        Candidate::Order(candidate.id.clone()),
+                        candidate.set_aside,
+                        result,
+                    )
+                    .await?;
+                match tried {
+                    Tried::Applied => pass.orders_released += 1,
+                    Tried::SetAside => pass.set_aside += 1,
+                    Tried::Skipped => continue,
+                }
+                progress += 1;
             }
-            pass.orders_released += released;
-            if (expired.len() as i64) < self.config.batch || released == 0 {
+            if (expired.len() as i64) < self.config.batch || progress == 0 {
                 break;
             }
         }
+        let stuck = self.store.setbacks().await?;
+        self.commands.metrics().deadline_candidates_stuck(stuck);
         let forget_before = self.commands.now() - self.config.idempotency_retention;
         pass.keys_purged = self
             .store
@@ -131,15 +187,53 @@ impl DeadlineWorker {
     }
 }
 
-/// One broken item (a bug, a corrupt row) must not stop every other deadline: log it and
-/// go on. An unreachable database ends the pass.
-fn skip_broken(result: Result<bool, Error>) -> Result<bool, Error> {
-    match result {
-        Err(unavailable @ Error::Unavailable(_)) => Err(unavailable),
-        Err(error) => {
-            tracing::error!(error = ?error, "deadline could not be applied; skipping it this pass");
-            Ok(false)
+impl DeadlineWorker {
+    /// Books the `result` of applying `candidate`. One broken candidate (a bug, a corrupt
+    /// row) must not stop every other deadline: it is set aside with backoff, logged, and
+    /// the scan goes on. An unreachable database ends the pass. A candidate applied after
+    /// being set aside is no longer stuck.
+    async fn tried(
+        &self,
+        candidate: Candidate,
+        was_set_aside: bool,
+        result: Result<bool, Error>,
+    ) -> Result<Tried, Error> {
+        match result {
+            Ok(true) => {
+                if was_set_aside {
+                    self.store.clear_setback(&candidate).await?;
+                }
+                Ok(Tried::Applied)
+            }
+            Ok(false) => Ok(Tried::Skipped),
+            Err(unavailable @ Error::Unavailable(_)) => Err(unavailable),
+            Err(error) => {
+                let text: String = error.to_string().chars().take(MAX_ERROR_CHARS).collect();
+                let setback = self
+                    .store
+                    .set_aside(
+                        &candidate,
+                        self.commands.now(),
+                        self.config.interval,
+                        MAX_RETRY_DELAY,
+                        &text,
+                    )
+                    .await?;
+                let (attempts, retry_at) = setback.map_or((None, None), |s| {
+                    (Some(s.attempts), Some(s.retry_at.to_rfc3339()))
+                });
+                match &candidate {
+                    Candidate::Dispute(dispute_id) => tracing::error!(
+                        %dispute_id, attempts, retry_at, error = ?error,
+                        "deadline could not be applied; dispute set aside until its retry time"
+                    ),
+                    Candidate::Order(order_id) => tracing::error!(
+                        %order_id, attempts, retry_at, error = ?error,
+                        "protection end could not be applied; order set aside until its retry time"
+                    ),
+                }
+                Ok(Tried::SetAside)
+            }
         }
-        ok => ok,
     }
 }

@@ -1,6 +1,13 @@
 //! The deadline worker's scans. They only find candidates; each candidate is then locked
 //! (`SKIP LOCKED`, so replicas share the work) and re-decided by the domain in its own
 //! transaction, so a stale or duplicate candidate does nothing.
+//!
+//! A candidate that failed to apply (not an outage: a corrupt row, a bug, a trigger) is set
+//! aside in `deadline_setbacks` (migration 8) until its retry time, so it cannot hold up the
+//! candidates behind it; the scans skip it until then. The bookkeeping lives in a table of
+//! its own, written outside the failed transaction: it never touches the guarded disputes
+//! and orders rows, their `updated_at` or the store record. A setback is for the row as it
+//! was when it failed: once the row changes (an RPC, a repair), it is forgotten.
 
 use tracing::Instrument;
 
@@ -11,22 +18,50 @@ use chrono::{DateTime, Utc};
 use super::{Store, StoreError};
 use crate::domain::{Cutoffs, DisputeId, PartyId};
 
+/// A deadline candidate: a dispute (its deadline) or an order (its protection end).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Candidate {
+    Dispute(DisputeId),
+    Order(PartyId),
+}
+
+/// A candidate found by a scan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Due<Id> {
+    pub id: Id,
+    /// It failed before and was set aside; its retry time has come.
+    pub set_aside: bool,
+}
+
+/// A candidate set aside: how often it has failed and when it is tried again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Setback {
+    pub attempts: i32,
+    pub retry_at: DateTime<Utc>,
+}
+
 impl Store {
-    /// Open disputes whose deadline has passed, oldest change first.
+    /// Open disputes whose deadline has passed, oldest change first; those set aside with
+    /// a retry time after `retry_by` are skipped.
     pub async fn due_disputes(
         &self,
         cutoffs: &Cutoffs,
+        retry_by: DateTime<Utc>,
         limit: i64,
-    ) -> Result<Vec<DisputeId>, StoreError> {
-        let ids = sqlx::query_scalar!(
-            r#"SELECT dispute_id FROM disputes
-               WHERE (state = 'AWAITING_SELLER' AND created_at <= $1)
-                  OR (state = 'NEGOTIATING' AND created_at <= $2)
-                  OR (state = 'AWAITING_RETURN_SHIPMENT' AND return_agreed_at <= $3)
-                  OR (state = 'RETURN_IN_TRANSIT' AND return_shipped_at <= $4)
-                  OR (state = 'AWAITING_REPLACEMENT_SHIPMENT' AND replacement_agreed_at <= $6)
-                  OR (state = 'REPLACEMENT_IN_TRANSIT' AND replacement_shipped_at <= $7)
-               ORDER BY updated_at
+    ) -> Result<Vec<Due<DisputeId>>, StoreError> {
+        let rows = sqlx::query!(
+            r#"SELECT d.dispute_id,
+                      EXISTS (SELECT 1 FROM deadline_setbacks s WHERE s.dispute_id = d.dispute_id) AS "set_aside!"
+               FROM disputes d
+               WHERE ((d.state = 'AWAITING_SELLER' AND d.created_at <= $1)
+                  OR (d.state = 'NEGOTIATING' AND d.created_at <= $2)
+                  OR (d.state = 'AWAITING_RETURN_SHIPMENT' AND d.return_agreed_at <= $3)
+                  OR (d.state = 'RETURN_IN_TRANSIT' AND d.return_shipped_at <= $4)
+                  OR (d.state = 'AWAITING_REPLACEMENT_SHIPMENT' AND d.replacement_agreed_at <= $6)
+                  OR (d.state = 'REPLACEMENT_IN_TRANSIT' AND d.replacement_shipped_at <= $7))
+                 AND NOT EXISTS (SELECT 1 FROM deadline_setbacks s
+                                 WHERE s.dispute_id = d.dispute_id AND s.retry_at > $8)
+               ORDER BY d.updated_at
                LIMIT $5"#,
             cutoffs.awaiting_seller_opened_before,
             cutoffs.negotiating_opened_before,
@@ -35,34 +70,162 @@ impl Store {
             limit,
             cutoffs.replacement_agreed_before,
             cutoffs.replacement_shipped_before,
+            retry_by,
         )
         .fetch_all(self.pool())
         .instrument(statement("SELECT", "disputes"))
         .await?;
-        Ok(ids.into_iter().map(DisputeId).collect())
+        Ok(rows
+            .into_iter()
+            .map(|row| Due {
+                id: DisputeId(row.dispute_id),
+                set_aside: row.set_aside,
+            })
+            .collect())
     }
 
-    /// Orders whose protection has ended with their funds held and no active dispute.
+    /// Orders whose protection has ended with their funds held and no active dispute;
+    /// those set aside with a retry time after `retry_by` are skipped.
     pub async fn expired_orders(
         &self,
         now: DateTime<Utc>,
+        retry_by: DateTime<Utc>,
         limit: i64,
-    ) -> Result<Vec<PartyId>, StoreError> {
-        let ids = sqlx::query_scalar!(
-            r#"SELECT order_id FROM orders o
-               WHERE funds_state = 'HELD' AND protection_ends_at <= $1
+    ) -> Result<Vec<Due<PartyId>>, StoreError> {
+        let rows = sqlx::query!(
+            r#"SELECT o.order_id,
+                      EXISTS (SELECT 1 FROM deadline_setbacks s WHERE s.order_id = o.order_id) AS "set_aside!"
+               FROM orders o
+               WHERE o.funds_state = 'HELD' AND o.protection_ends_at <= $1
                  AND NOT EXISTS (SELECT 1 FROM disputes d
                                  WHERE d.order_id = o.order_id AND d.state NOT IN ('CANCELLED', 'RESOLVED'))
-               ORDER BY protection_ends_at
+                 AND NOT EXISTS (SELECT 1 FROM deadline_setbacks s
+                                 WHERE s.order_id = o.order_id AND s.retry_at > $3)
+               ORDER BY o.protection_ends_at
                LIMIT $2"#,
             now,
             limit,
+            retry_by,
         )
         .fetch_all(self.pool())
-        .instrument(statement("SELECT", "orders")).await?;
-        ids.iter()
-            .map(|id| PartyId::parse(id).map_err(StoreError::Corrupt))
+        .instrument(statement("SELECT", "orders"))
+        .await?;
+        rows.into_iter()
+            .map(|row| {
+                Ok(Due {
+                    id: PartyId::parse(&row.order_id).map_err(StoreError::Corrupt)?,
+                    set_aside: row.set_aside,
+                })
+            })
             .collect()
+    }
+
+    /// Sets `candidate` aside after a failure at `now`: one more attempt, tried again
+    /// `first_delay × 2^(attempts − 1)` later, at most `max_delay`. `None` if the candidate's
+    /// row is gone (it never is: disputes and orders are not deleted).
+    pub async fn set_aside(
+        &self,
+        candidate: &Candidate,
+        now: DateTime<Utc>,
+        first_delay: std::time::Duration,
+        max_delay: std::time::Duration,
+        error: &str,
+    ) -> Result<Option<Setback>, StoreError> {
+        let (first, max) = (first_delay.as_secs_f64(), max_delay.as_secs_f64());
+        // The exponent stops growing long before the delay could overflow an interval.
+        let setback = match candidate {
+            Candidate::Dispute(id) => {
+                sqlx::query_as!(
+                    Setback,
+                    r#"INSERT INTO deadline_setbacks AS s
+                         (dispute_id, attempts, retry_at, last_error, first_failed_at, candidate_updated_at)
+                       SELECT dispute_id, 1, $2::timestamptz + make_interval(secs => least($3::float8, $4::float8)), $5, $2, updated_at
+                       FROM disputes WHERE dispute_id = $1
+                       ON CONFLICT (dispute_id) DO UPDATE SET
+                         attempts = s.attempts + 1,
+                         retry_at = $2 + make_interval(secs => least($3 * power(2, least(s.attempts, 40)), $4)),
+                         last_error = excluded.last_error,
+                         candidate_updated_at = excluded.candidate_updated_at
+                       RETURNING attempts AS "attempts!", retry_at AS "retry_at!""#,
+                    id.0,
+                    now,
+                    first,
+                    max,
+                    error,
+                )
+                .fetch_optional(self.pool())
+                .instrument(statement("INSERT", "deadline_setbacks"))
+                .await?
+            }
+            Candidate::Order(id) => {
+                sqlx::query_as!(
+                    Setback,
+                    r#"INSERT INTO deadline_setbacks AS s
+                         (order_id, attempts, retry_at, last_error, first_failed_at, candidate_updated_at)
+                       SELECT order_id, 1, $2::timestamptz + make_interval(secs => least($3::float8, $4::float8)), $5, $2, updated_at
+                       FROM orders WHERE order_id = $1
+                       ON CONFLICT (order_id) DO UPDATE SET
+                         attempts = s.attempts + 1,
+                         retry_at = $2 + make_interval(secs => least($3 * power(2, least(s.attempts, 40)), $4)),
+                         last_error = excluded.last_error,
+                         candidate_updated_at = excluded.candidate_updated_at
+                       RETURNING attempts AS "attempts!", retry_at AS "retry_at!""#,
+                    id.as_str(),
+                    now,
+                    first,
+                    max,
+                    error,
+                )
+                .fetch_optional(self.pool())
+                .instrument(statement("INSERT", "deadline_setbacks"))
+                .await?
+            }
+        };
+        Ok(setback)
+    }
+
+    /// Forgets `candidate`'s setback: it has been applied.
+    pub async fn clear_setback(&self, candidate: &Candidate) -> Result<(), StoreError> {
+        let (dispute_id, order_id) = match candidate {
+            Candidate::Dispute(id) => (Some(id.0), None),
+            Candidate::Order(id) => (None, Some(id.as_str())),
+        };
+        sqlx::query!(
+            "DELETE FROM deadline_setbacks WHERE dispute_id = $1 OR order_id = $2",
+            dispute_id,
+            order_id,
+        )
+        .execute(self.pool())
+        .instrument(statement("DELETE", "deadline_setbacks"))
+        .await?;
+        Ok(())
+    }
+
+    /// Forgets the setbacks of candidates that changed since they failed (an RPC acted on
+    /// them, or someone repaired them) or are no longer open.
+    pub async fn prune_setbacks(&self) -> Result<(), StoreError> {
+        sqlx::query!(
+            r#"DELETE FROM deadline_setbacks s
+               WHERE NOT EXISTS (SELECT 1 FROM disputes d
+                                 WHERE d.dispute_id = s.dispute_id AND d.updated_at = s.candidate_updated_at
+                                   AND d.state NOT IN ('CANCELLED', 'RESOLVED'))
+                 AND NOT EXISTS (SELECT 1 FROM orders o
+                                 WHERE o.order_id = s.order_id AND o.updated_at = s.candidate_updated_at
+                                   AND o.funds_state = 'HELD')"#
+        )
+        .execute(self.pool())
+        .instrument(statement("DELETE", "deadline_setbacks"))
+        .await?;
+        Ok(())
+    }
+
+    /// Candidates set aside now.
+    pub async fn setbacks(&self) -> Result<i64, StoreError> {
+        let count = sqlx::query_scalar!(r#"SELECT count(*) AS "count!" FROM deadline_setbacks"#)
+            .fetch_one(self.pool())
+            .instrument(statement("SELECT", "deadline_setbacks"))
+            .await?;
+        Ok(count)
     }
 
     /// Forgets idempotency keys created before `before`; returns how many.

@@ -14,6 +14,7 @@ pub use codec::{
     outcome_str as outcome_name, reason_str as reason_name, remedy_columns,
     return_status_str as return_status_name, state_str as state_name,
 };
+pub use deadlines::{Candidate, Due, Setback};
 pub use disputes::{
     LockedDispute, active_dispute_id, fetch_dispute, insert_opened, lock_dispute, try_lock_dispute,
     write_change,

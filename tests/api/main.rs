@@ -17,6 +17,7 @@ mod idempotency;
 mod metrics;
 mod orders;
 mod parties;
+mod poisoned;
 mod process;
 mod proxy;
 mod raw;

@@ -212,6 +212,11 @@ async fn a_scripted_flow_shows_in_every_series_with_the_values_the_rules_give(po
         2.0
     );
     assert_eq!(scrape.names("deadlines_applied_total").len(), 2);
+    assert_eq!(
+        scrape.value("dispute_deadline_candidates_stuck", &[]),
+        0.0,
+        "every deadline applied: nothing set aside"
+    );
 
     assert_eq!(scrape.value("db_pool_max_connections", &[]), 10.0);
     let open = scrape.value("db_pool_connections", &[]);
