@@ -5,15 +5,16 @@ use std::task::{ready, Context, Poll};
 
 use rustls::{
     client::{
-        danger::{ServerCertVerified, ServerCertVerifier},
+        danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
         WebPkiServerVerifier,
     },
-    crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider},
+    crypto::{verify_tls13_signature_with_raw_key, CryptoProvider, WebPkiSupportedAlgorithms},
     pki_types::{
         pem::{self, PemObject},
-        CertificateDer, PrivateKeyDer, ServerName, UnixTime,
+        CertificateDer, PrivateKeyDer, ServerName, SubjectPublicKeyInfoDer, UnixTime,
     },
-    CertificateError, ClientConfig, ClientConnection, Error as TlsError, RootCertStore,
+    CertificateError, ClientConfig, ClientConnection, DigitallySignedStruct, Error as TlsError,
+    OtherError, PeerMisbehaved, RootCertStore,
 };
 
 use crate::error::Error;
@@ -236,6 +237,15 @@ fn import_root_certs() -> RootCertStore {
     RootCertStore::empty()
 }
 
+/// The verifier of `sslmode=prefer` / `require` (`accept_invalid_certs`): the certificate is
+/// not checked at all, as libpq does not check it in these modes.
+///
+/// dispute-service patch (third_party/sqlx-core/README.md): the handshake signature is still
+/// verified, but with the public key taken from the certificate's SubjectPublicKeyInfo,
+/// whatever its X.509 version. Upstream verifies it with rustls' `verify_tls1*_signature`,
+/// which parse the certificate as a webpki end-entity certificate and so refuse an X.509 v1
+/// certificate (`UnsupportedCertVersion`), e.g. the self-signed one `CREATE EXTENSION citus`
+/// makes, where libpq connects.
 #[derive(Debug)]
 struct DummyTlsVerifier {
     provider: Arc<CryptoProvider>,
@@ -259,9 +269,9 @@ impl ServerCertVerifier for DummyTlsVerifier {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, TlsError> {
-        verify_tls12_signature(
+        verify_tls12_signature_with_raw_key(
             message,
-            cert,
+            &subject_public_key_info(cert)?,
             dss,
             &self.provider.signature_verification_algorithms,
         )
@@ -273,9 +283,9 @@ impl ServerCertVerifier for DummyTlsVerifier {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, TlsError> {
-        verify_tls13_signature(
+        verify_tls13_signature_with_raw_key(
             message,
-            cert,
+            &subject_public_key_info(cert)?,
             dss,
             &self.provider.signature_verification_algorithms,
         )
@@ -285,6 +295,66 @@ impl ServerCertVerifier for DummyTlsVerifier {
         self.provider
             .signature_verification_algorithms
             .supported_schemes()
+    }
+}
+
+/// dispute-service patch: the SubjectPublicKeyInfo of `cert`, of any X.509 version. webpki's
+/// trust-anchor parser reads v3 certificates and, unlike its end-entity parser, v1 ones too;
+/// nothing about the certificate is checked (its key only verifies the handshake signature).
+fn subject_public_key_info(
+    cert: &CertificateDer<'_>,
+) -> Result<SubjectPublicKeyInfoDer<'static>, TlsError> {
+    webpki::anchor_from_trusted_cert(cert)
+        .map(|anchor| webpki::spki_for_anchor(&anchor))
+        .map_err(pki_error)
+}
+
+/// dispute-service patch: rustls' `verify_tls12_signature` with the key from `spki` instead
+/// of from a parsed end-entity certificate (rustls has this only for TLS 1.3,
+/// `verify_tls13_signature_with_raw_key`). TLS 1.2 does not say which of a scheme's
+/// algorithms signed, so each candidate is tried in turn, as rustls does.
+fn verify_tls12_signature_with_raw_key(
+    message: &[u8],
+    spki: &SubjectPublicKeyInfoDer<'_>,
+    dss: &DigitallySignedStruct,
+    supported: &WebPkiSupportedAlgorithms,
+) -> Result<HandshakeSignatureValid, TlsError> {
+    let candidates = supported
+        .mapping
+        .iter()
+        .find(|(scheme, _)| *scheme == dss.scheme)
+        .map(|(_, algorithms)| *algorithms)
+        .ok_or(PeerMisbehaved::SignedHandshakeWithUnadvertisedSigScheme)?;
+    let key = webpki::RawPublicKeyEntity::try_from(spki).map_err(pki_error)?;
+    let mut unsupported = None;
+    for algorithm in candidates {
+        match key.verify_signature(*algorithm, message, dss.signature()) {
+            Ok(()) => return Ok(HandshakeSignatureValid::assertion()),
+            Err(error @ webpki::Error::UnsupportedSignatureAlgorithmForPublicKeyContext(_)) => {
+                unsupported = Some(error);
+            }
+            Err(error) => return Err(pki_error(error)),
+        }
+    }
+    Err(unsupported.map_or(CertificateError::BadSignature.into(), pki_error))
+}
+
+/// dispute-service patch: a webpki error as rustls reports it (the cases the two functions
+/// above meet; rustls' own mapping is private).
+fn pki_error(error: webpki::Error) -> TlsError {
+    match error {
+        webpki::Error::BadDer | webpki::Error::TrailingData(_) => {
+            CertificateError::BadEncoding.into()
+        }
+        webpki::Error::InvalidSignatureForPublicKey => CertificateError::BadSignature.into(),
+        webpki::Error::UnsupportedSignatureAlgorithmForPublicKeyContext(cx) => {
+            CertificateError::UnsupportedSignatureAlgorithmForPublicKeyContext {
+                signature_algorithm_id: cx.signature_algorithm_id,
+                public_key_algorithm_id: cx.public_key_algorithm_id,
+            }
+            .into()
+        }
+        other => CertificateError::Other(OtherError(Arc::new(other))).into(),
     }
 }
 
