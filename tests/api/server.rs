@@ -365,14 +365,16 @@ async fn sigterm_stops_within_one_grace_while_a_call_and_a_worker_pass_are_held_
             .await
             .unwrap();
     }
-    // The worker's purge of old idempotency keys waits on a key row the test holds.
-    sqlx::query("UPDATE idempotency_keys SET created_at = now() - interval '30 days'")
-        .execute(&pool)
+    // The worker's purge of old idempotency keys waits on the key rows the test holds: a
+    // KEY SHARE lock, taken before the keys become old, stops their DELETE but not the
+    // UPDATE that ages them (so the worker cannot purge them in between).
+    let mut keys = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM idempotency_keys FOR KEY SHARE")
+        .execute(&mut *keys)
         .await
         .unwrap();
-    let mut keys = pool.begin().await.unwrap();
-    sqlx::query("SELECT 1 FROM idempotency_keys FOR UPDATE")
-        .execute(&mut *keys)
+    sqlx::query("UPDATE idempotency_keys SET created_at = now() - interval '30 days'")
+        .execute(&pool)
         .await
         .unwrap();
     until_waiting_on_locks(&pool, 1).await;
