@@ -243,9 +243,15 @@ fn eddsa_token(private_pem: &str, kid: &str, role: &str) -> String {
 
 /// `GetOrder` of a missing order with `token`: NOT_FOUND once authenticated.
 async fn get_order(server: &Server, token: &str) -> Result<(), Code> {
-    let mut client = server
-        .client_with_header(Some(&format!("Bearer {token}")))
-        .await;
+    missing_order(
+        server
+            .client_with_header(Some(&format!("Bearer {token}")))
+            .await,
+    )
+    .await
+}
+
+async fn missing_order(mut client: Client) -> Result<(), Code> {
     let request = pb::GetOrderRequest {
         order_id: "order-1".into(),
     };
@@ -354,25 +360,13 @@ async fn a_token_naming_an_unknown_key_never_waits_on_the_key_file(pool: PgPool)
         .await
         .unwrap();
     let get = |token: String| {
-        let channel = channel.clone();
-        async move {
-            let mut client = pb::dispute_service_client::DisputeServiceClient::with_interceptor(
-                channel,
-                move |mut request: tonic::Request<()>| {
-                    let value = format!("Bearer {token}").parse().unwrap();
-                    request.metadata_mut().insert("authorization", value);
-                    Ok(request)
-                },
-            );
-            let request = pb::GetOrderRequest {
-                order_id: "order-1".into(),
-            };
-            client
-                .get_order(request)
-                .await
-                .map(|_| ())
-                .map_err(|s| s.code())
-        }
+        let bearer = Bearer::new(Some(&format!("Bearer {token}")));
+        missing_order(
+            pb::dispute_service_client::DisputeServiceClient::with_interceptor(
+                channel.clone(),
+                bearer,
+            ),
+        )
     };
     let known = eddsa_token("ed25519-private.pem", "test-key-1", "agent");
     let unknown = eddsa_token("ed25519-2-private.pem", "test-key-2", "agent");

@@ -37,18 +37,6 @@ async fn take(
     events
 }
 
-async fn watch(app: &TestApp, after: &str) -> Streaming<pb::WatchEventsResponse> {
-    let request = pb::WatchEventsRequest {
-        after_cursor: after.into(),
-    };
-    app.service()
-        .await
-        .watch_events(request)
-        .await
-        .unwrap()
-        .into_inner()
-}
-
 fn types(events: &[pb::Event]) -> Vec<&str> {
     events.iter().map(|e| e.r#type.as_str()).collect()
 }

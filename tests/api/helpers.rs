@@ -38,6 +38,13 @@ pub type Client = DisputeServiceClient<InterceptedService<Channel, Bearer>>;
 #[derive(Clone)]
 pub struct Bearer(Option<AsciiMetadataValue>);
 
+impl Bearer {
+    /// `header` as the `authorization` value, or none.
+    pub fn new(header: Option<&str>) -> Self {
+        Self(header.map(|h| MetadataValue::try_from(h).unwrap()))
+    }
+}
+
 impl Interceptor for Bearer {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         if let Some(value) = &self.0 {
@@ -159,8 +166,7 @@ impl Server {
     }
 
     pub async fn client_with_header(&self, header: Option<&str>) -> Client {
-        let value = header.map(|h| MetadataValue::try_from(h).unwrap());
-        DisputeServiceClient::with_interceptor(self.channel().await, Bearer(value))
+        DisputeServiceClient::with_interceptor(self.channel().await, Bearer::new(header))
     }
 
     /// A client for `role` and `sub` on the role's one shared connection.
@@ -227,6 +233,19 @@ impl Server {
         let _ = self.shutdown.take().unwrap().send(());
         self.server.take().unwrap().await.unwrap()
     }
+}
+
+/// The event stream after `after` (empty: from the oldest event kept), as the service.
+pub async fn watch(app: &TestApp, after: &str) -> tonic::Streaming<pb::WatchEventsResponse> {
+    let request = pb::WatchEventsRequest {
+        after_cursor: after.into(),
+    };
+    app.service()
+        .await
+        .watch_events(request)
+        .await
+        .unwrap()
+        .into_inner()
 }
 
 /// A client of the server at `addr` (configured as `serve_config` does) for `role` and `sub`.

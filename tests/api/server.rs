@@ -409,13 +409,7 @@ async fn sigterm_stops_within_one_grace_while_a_call_and_a_worker_pass_are_held_
 async fn a_stream_ended_by_shutdown_ends_unavailable_not_complete(pool: PgPool) {
     let app = spawn_app(pool).await;
     app.register("order-1").await;
-    let mut stream = app
-        .service()
-        .await
-        .watch_events(pb::WatchEventsRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = watch(&app, "").await;
     // The registration's event arrives: the stream is live.
     assert!(stream.message().await.unwrap().is_some());
     let TestApp { server, .. } = app;

@@ -561,6 +561,42 @@ mod model;
 /// Every state with a deadline: the countdown the API shows is the one the worker keeps —
 /// nothing a microsecond before `due_at`, exactly the announced consequence at it — and
 /// the states without one show none.
+/// A dispute in each state that waits on a party's step, every step taken at `at`.
+struct Waiting {
+    return_agreed: Dispute,
+    return_shipped: Dispute,
+    replacement_agreed: Dispute,
+    replacement_shipped: Dispute,
+}
+
+fn waiting(order: &Order, deadlines: &Deadlines, at: DateTime<Utc>) -> Waiting {
+    let asked = opened(order, Remedy::ReturnAndRefund).dispute;
+    let return_agreed = respond(order, &asked, &seller(), SellerDecision::Accept, at)
+        .unwrap()
+        .dispute;
+    let return_shipped = submit_return_shipment(order, &return_agreed, &buyer(), "ups", "1Z", at)
+        .unwrap()
+        .dispute;
+    let replacement_agreed = replacement_agreed(order, at);
+    let replacement_shipped = submit_replacement_shipment(
+        order,
+        &replacement_agreed,
+        &seller(),
+        "dhl",
+        "JD1",
+        deadlines.replacement_delivery,
+        at,
+    )
+    .unwrap()
+    .dispute;
+    Waiting {
+        return_agreed,
+        return_shipped,
+        replacement_agreed,
+        replacement_shipped,
+    }
+}
+
 #[test]
 fn each_deadline_falls_its_days_after_its_own_clock() {
     let deadlines = Deadlines::default();
@@ -569,24 +605,12 @@ fn each_deadline_falls_its_days_after_its_own_clock() {
     let later = t0() + Duration::hours(1);
     let date = |day, month, hour| Utc.with_ymd_and_hms(2026, month, day, hour, 0, 0).unwrap();
     let awaiting = opened(&order, Remedy::ReturnAndRefund).dispute;
-    let agreed = respond(&order, &awaiting, &seller(), SellerDecision::Accept, later)
-        .unwrap()
-        .dispute;
-    let shipped = submit_return_shipment(&order, &agreed, &buyer(), "ups", "1Z", later)
-        .unwrap()
-        .dispute;
-    let replacement = replacement_agreed(&order, later);
-    let replacement_shipped = submit_replacement_shipment(
-        &order,
-        &replacement,
-        &seller(),
-        "dhl",
-        "JD1",
-        deadlines.replacement_delivery,
-        later,
-    )
-    .unwrap()
-    .dispute;
+    let Waiting {
+        return_agreed: agreed,
+        return_shipped: shipped,
+        replacement_agreed: replacement,
+        replacement_shipped,
+    } = waiting(&order, &deadlines, later);
     let due = |d: &Dispute| deadlines.due(d).unwrap().0;
     assert_eq!(due(&awaiting), date(6, 1, 0), "5 days from opening");
     assert_eq!(
@@ -614,28 +638,12 @@ fn the_next_deadline_is_exactly_when_and_what_the_worker_does() {
     let order = order(10_000);
     let later = t0() + Duration::hours(1);
     let awaiting = |remedy| opened(&order, remedy).dispute;
-    let awaiting_shipment = {
-        let d = awaiting(Remedy::ReturnAndRefund);
-        respond(&order, &d, &seller(), SellerDecision::Accept, later)
-            .unwrap()
-            .dispute
-    };
-    let in_transit =
-        submit_return_shipment(&order, &awaiting_shipment, &buyer(), "ups", "1Z", later)
-            .unwrap()
-            .dispute;
-    let awaiting_replacement = replacement_agreed(&order, later);
-    let replacement_in_transit = submit_replacement_shipment(
-        &order,
-        &awaiting_replacement,
-        &seller(),
-        "dhl",
-        "JD1",
-        deadlines.replacement_delivery,
-        later,
-    )
-    .unwrap()
-    .dispute;
+    let Waiting {
+        return_agreed: awaiting_shipment,
+        return_shipped: in_transit,
+        replacement_agreed: awaiting_replacement,
+        replacement_shipped: replacement_in_transit,
+    } = waiting(&order, &deadlines, later);
     let cases = [
         (
             awaiting(Remedy::FullRefund),
