@@ -21,18 +21,23 @@ async fn health(app: &TestApp, service: &str) -> ServingStatus {
     response.into_inner().status()
 }
 
+/// Waits (at most 5 s) until the service's health is SERVING.
+async fn until_serving(app: &TestApp) {
+    let mut status = ServingStatus::Unknown;
+    for _ in 0..100 {
+        status = health(app, "dispute.v1.DisputeService").await;
+        if status == ServingStatus::Serving {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, ServingStatus::Serving);
+}
+
 #[sqlx::test]
 async fn health_is_serving_once_the_schema_is_current_and_not_serving_after_shutdown(pool: PgPool) {
     let app = spawn_app(pool).await;
-    let mut status = ServingStatus::Unknown;
-    for _ in 0..50 {
-        status = health(&app, "dispute.v1.DisputeService").await;
-        if status == ServingStatus::Serving {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert_eq!(status, ServingStatus::Serving);
+    until_serving(&app).await;
     assert_eq!(health(&app, "").await, ServingStatus::Serving);
     // Watch health across the shutdown: NOT_SERVING is announced before the server goes.
     let mut watch = HealthClient::new(app.channel().await)
@@ -86,15 +91,7 @@ async fn health_is_not_serving_while_the_schema_is_missing(pool: PgPool) {
     );
     // And the same task turns SERVING once the schema is there.
     dispute_service::store::MIGRATOR.run(&pool).await.unwrap();
-    let mut status = ServingStatus::NotServing;
-    for _ in 0..200 {
-        status = health(&app, "dispute.v1.DisputeService").await;
-        if status == ServingStatus::Serving {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
-    assert_eq!(status, ServingStatus::Serving);
+    until_serving(&app).await;
 }
 
 #[sqlx::test]
