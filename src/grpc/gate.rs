@@ -68,7 +68,12 @@ impl GateLayer {
         }
     }
 
-    fn admit<B>(&self, request: &http::Request<B>, rpc: &str) -> Result<Actor, Status> {
+    fn admit<B>(
+        &self,
+        request: &http::Request<B>,
+        method: &str,
+        rpc: Option<policy::Rpc>,
+    ) -> Result<Actor, Status> {
         let authorization = request
             .headers()
             .get("authorization")
@@ -77,6 +82,7 @@ impl GateLayer {
             .authenticator
             .authenticate(authorization)
             .map_err(|why| {
+                let rpc = rpc.map_or(policy::UNKNOWN_RPC, policy::Rpc::name);
                 tracing::info!(rpc, why, "unauthenticated call refused");
                 status(
                     Code::Unauthenticated,
@@ -84,7 +90,9 @@ impl GateLayer {
                     format!("unauthenticated: {why}"),
                 )
             })?;
-        policy::authorize(rpc, actor.role)?;
+        // Deny by default: a method that is not an RPC of the proto is answered as one
+        // that does not exist, and never reaches a handler.
+        policy::authorize(rpc.ok_or_else(|| policy::unknown(method))?, actor.role)?;
         Ok(actor)
     }
 
@@ -147,7 +155,8 @@ where
         let started = Instant::now();
         // A label or span name only from the proto's own RPCs: a made-up method name must
         // not mint a new metric series (README, "Metrics").
-        let rpc = policy::known_rpc(&method).unwrap_or(policy::UNKNOWN_RPC);
+        let known = policy::Rpc::from_name(&method);
+        let rpc = known.map_or(policy::UNKNOWN_RPC, policy::Rpc::name);
         // OpenTelemetry RPC conventions; ids and the role are filled in once known.
         let span = tracing::info_span!(
             "rpc",
@@ -172,7 +181,7 @@ where
         let answer = async move {
             let actor = {
                 let _entered = call_span.enter();
-                layer.admit(&request, &method)?
+                layer.admit(&request, &method, known)?
             };
             call_span.record("actor.role", actor.role.as_str());
             let deadline = layer.deadline(&request);
