@@ -24,6 +24,7 @@ mod raw;
 mod readme;
 mod record;
 mod replacement;
+mod scan;
 mod schema;
 mod server;
 mod telemetry;
