@@ -1,6 +1,7 @@
 #![forbid(unsafe_code)]
 //! dispute-service: buyer disputes on marketplace orders and where the escrowed money goes.
 
+pub mod client;
 pub mod clock;
 pub mod commands;
 pub mod config;
