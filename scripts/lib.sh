@@ -6,12 +6,12 @@ free_port() {
 }
 
 # start_server BIN PORT LOG [NAME=VALUE ...]: runs `BIN serve` on 127.0.0.1:PORT with the
-# given environment on top, stderr to LOG; sets $server to its pid and returns once it
-# answers SERVING, or fails after 30 s.
+# given environment on top (RUST_LOG=warn unless given), stderr to LOG; sets $server to its
+# pid and returns once it answers SERVING, or fails after 30 s.
 start_server() {
   local bin=$1 port=$2 log=$3
   shift 3
-  env "$@" DISPUTE_LISTEN_ADDR="127.0.0.1:${port}" DISPUTE_METRICS_ADDR=127.0.0.1:0 RUST_LOG=warn \
+  env RUST_LOG=warn "$@" DISPUTE_LISTEN_ADDR="127.0.0.1:${port}" DISPUTE_METRICS_ADDR=127.0.0.1:0 \
     "${bin}" serve 2>"${log}" &
   server=$!
   for _ in $(seq 1 150); do

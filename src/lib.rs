@@ -6,6 +6,7 @@
 #[cfg(all(feature = "test-without-row-locks", not(debug_assertions)))]
 compile_error!("the test-without-row-locks feature is for test builds only, never a release");
 
+pub mod client;
 pub mod clock;
 pub mod commands;
 pub mod config;

@@ -299,10 +299,13 @@ impl Application {
             let _ = stop_tx.send(true);
         };
         let server = Server::builder()
-            // Clients keep HTTP/2 connections for hours: bounding their age (GOAWAY, then a
-            // grace for calls under way) lets new replicas behind a ClusterIP get traffic.
+            // Clients keep HTTP/2 connections for hours: bounding their age lets new
+            // replicas behind a ClusterIP get traffic. At the age, hyper's graceful
+            // shutdown (GOAWAY 2^31-1, PING, GOAWAY with the last stream id, calls under
+            // way finish); the grace is enforced by `grpc::incoming` below. Not tonic's
+            // `max_connection_age_grace`: with it, tonic 0.14 sends no GOAWAY at all and
+            // cuts the connection, and its calls, at age + grace (grpc/connections.rs).
             .max_connection_age(self.config.max_connection_age)
-            .max_connection_age_grace(self.config.max_connection_age_grace)
             .max_concurrent_streams(limits.max_streams_per_connection)
             .http2_keepalive_interval(Some(limits.keepalive_interval))
             .http2_keepalive_timeout(Some(limits.keepalive_timeout))
@@ -325,6 +328,9 @@ impl Application {
                     self.listener,
                     limits.max_connections as usize,
                     limits.handshake_timeout,
+                    self.config
+                        .max_connection_age
+                        .saturating_add(self.config.max_connection_age_grace),
                 ),
                 signal,
             );

@@ -5,9 +5,21 @@
 //! descriptors, accepting backs off instead of spinning. After the handshake, HTTP/2
 //! keepalive PINGs close connections whose peer is gone, and the maximum connection age
 //! closes every connection in time.
+//!
+//! The maximum connection age is enforced in two parts. At `DISPUTE_MAX_CONNECTION_AGE`
+//! tonic's `Server::max_connection_age` starts hyper's graceful shutdown of the
+//! connection: a GOAWAY with the last stream id 2^31-1 and a PING, then, once the PING is
+//! answered (every stream the client opened before it saw the first GOAWAY has arrived),
+//! a GOAWAY with the real last stream id; calls under way finish and the connection
+//! closes when none is left. Here, a connection still open `DISPUTE_MAX_CONNECTION_AGE_GRACE`
+//! later (a WatchEvents stream, a stuck call) fails its reads and writes, so it is closed
+//! whatever runs on it. (tonic's own `max_connection_age_grace` is not used: in tonic 0.14
+//! setting it replaces the graceful shutdown by a bare close at age + grace — no GOAWAY,
+//! and every call then under way failed at the transport; see README, "Scaling".)
 
 use std::{
     io,
+    net::SocketAddr,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
@@ -31,16 +43,19 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// The accepted connections of `listener`, within `max_connections` and
-/// `handshake_timeout`.
+/// `handshake_timeout`; each is closed `lifetime` after it was accepted (the maximum
+/// connection age plus its grace), whatever still runs on it.
 pub fn incoming(
     listener: TcpListener,
     max_connections: usize,
     handshake_timeout: Duration,
+    lifetime: Duration,
 ) -> impl Stream<Item = io::Result<Guarded>> {
     let state = Accepting {
         listener,
         slots: Arc::new(Semaphore::new(max_connections)),
         handshake_timeout,
+        lifetime,
         warned: None,
         refused: 0,
     };
@@ -54,6 +69,7 @@ struct Accepting {
     listener: TcpListener,
     slots: Arc<Semaphore>,
     handshake_timeout: Duration,
+    lifetime: Duration,
     warned: Option<Instant>,
     /// Connections closed since the last warning.
     refused: u64,
@@ -81,8 +97,11 @@ impl Accepting {
                     }
                     return Guarded {
                         socket,
+                        peer,
                         handshake: Some(Box::pin(tokio::time::sleep(self.handshake_timeout))),
                         preface_left: PREFACE_BYTES,
+                        closes: Box::pin(tokio::time::sleep(self.lifetime)),
+                        closed: false,
                         _slot: slot,
                     };
                 }
@@ -114,13 +133,39 @@ impl Accepting {
     }
 }
 
-/// An accepted connection: it holds one connection slot until it closes, and fails its
-/// reads if the HTTP/2 preface has not arrived within the handshake timeout.
+/// An accepted connection: it holds one connection slot until it closes, fails its reads
+/// if the HTTP/2 preface has not arrived within the handshake timeout, and fails its reads
+/// and writes once its lifetime is over (hyper then drops the connection).
 pub struct Guarded {
     socket: TcpStream,
+    peer: SocketAddr,
     handshake: Option<Pin<Box<Sleep>>>,
     preface_left: usize,
+    /// The end of the connection's lifetime: maximum age plus grace.
+    closes: Pin<Box<Sleep>>,
+    /// Whether the lifetime is over (and the close was logged).
+    closed: bool,
     _slot: OwnedSemaphorePermit,
+}
+
+impl Guarded {
+    /// An error once the connection's lifetime is over; the waker is woken when it ends.
+    fn check_lifetime(&mut self, cx: &mut Context<'_>) -> Result<(), io::Error> {
+        if !self.closed && self.closes.as_mut().poll(cx).is_ready() {
+            self.closed = true;
+            tracing::debug!(
+                peer = %self.peer,
+                "connection still open at its maximum age plus grace; closing it"
+            );
+        }
+        if self.closed {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the connection outlived its maximum age plus grace",
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Connected for Guarded {
@@ -138,6 +183,9 @@ impl AsyncRead for Guarded {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        if let Err(error) = this.check_lifetime(cx) {
+            return Poll::Ready(Err(error));
+        }
         let before = buf.filled().len();
         let read = Pin::new(&mut this.socket).poll_read(cx, buf);
         if let Some(deadline) = this.handshake.as_mut() {
@@ -166,6 +214,9 @@ impl AsyncWrite for Guarded {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if let Err(error) = self.check_lifetime(cx) {
+            return Poll::Ready(Err(error));
+        }
         Pin::new(&mut self.socket).poll_write(cx, buf)
     }
 
@@ -182,6 +233,9 @@ impl AsyncWrite for Guarded {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if let Err(error) = self.check_lifetime(cx) {
+            return Poll::Ready(Err(error));
+        }
         Pin::new(&mut self.socket).poll_write_vectored(cx, bufs)
     }
 

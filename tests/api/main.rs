@@ -7,6 +7,7 @@ mod authentication;
 mod authorization;
 mod cluster;
 mod concurrency;
+mod connection_age;
 mod conversation;
 mod deadlines;
 mod disputes;

@@ -316,6 +316,7 @@ async fn run(args: &Args) -> anyhow::Result<Summary> {
     let mut rpcs: BTreeMap<&str, Histogram<u64>> = BTreeMap::new();
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     let mut retried: BTreeMap<String, u64> = BTreeMap::new();
+    let mut transparent_retries: BTreeMap<String, u64> = BTreeMap::new();
     let mut operations = report::histogram();
     for worker in workers {
         let (rec, ops) = worker.await?;
@@ -328,6 +329,9 @@ async fn run(args: &Args) -> anyhow::Result<Summary> {
         }
         for (code, n) in rec.retried {
             *retried.entry(code).or_default() += n;
+        }
+        for (code, n) in rec.transparent {
+            *transparent_retries.entry(code).or_default() += n;
         }
     }
     for watcher in watchers {
@@ -350,6 +354,7 @@ async fn run(args: &Args) -> anyhow::Result<Summary> {
         errors,
         unexpected_errors,
         retried,
+        transparent_retries,
         server_cpu_us_per_op: (!server_before.is_empty())
             .then(|| {
                 report::cpu_per_op(procstat::used(&server_before, &server_after), ticks, count)

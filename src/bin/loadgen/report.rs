@@ -51,9 +51,14 @@ pub struct Summary {
     /// Failed calls by gRPC code; `unexpected` counts the ones the scenario never expects.
     pub errors: BTreeMap<String, u64>,
     pub unexpected_errors: u64,
-    /// Calls sent again after a transport failure (same request, same request_id), by
-    /// RPC and code; a call that then succeeded is not among `errors`.
+    /// Calls sent again after a transport failure that left their outcome unknown (same
+    /// request, same request_id), by RPC and code; a call that then succeeded is not among
+    /// `errors`.
     pub retried: BTreeMap<String, u64>,
+    /// Calls sent again because they were refused before processing (their connection was
+    /// going away: never sent, or refused unprocessed), by RPC and code: the transparent
+    /// retries grpc-go and grpcio make by themselves.
+    pub transparent_retries: BTreeMap<String, u64>,
     /// CPU time per operation, µs, from /proc (when the processes were found).
     pub server_cpu_us_per_op: Option<f64>,
     pub postgres_cpu_us_per_op: Option<f64>,
@@ -119,6 +124,12 @@ impl Summary {
         }
         if !self.retried.is_empty() {
             out += &format!("  retried after a transport failure: {:?}\n", self.retried);
+        }
+        if !self.transparent_retries.is_empty() {
+            out += &format!(
+                "  sent again, refused before processing (connection going away): {:?}\n",
+                self.transparent_retries
+            );
         }
         out
     }

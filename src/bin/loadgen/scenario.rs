@@ -9,6 +9,7 @@ use std::{
 
 use chrono::Utc;
 use dispute_service::{
+    client::{self, Retry},
     config::{AsymmetricAlgorithm, AuthConfig, Secret},
     domain::Role,
     grpc::{
@@ -111,20 +112,13 @@ fn seller(n: u64) -> String {
 pub struct Recorder {
     pub rpcs: BTreeMap<&'static str, Histogram<u64>>,
     pub errors: BTreeMap<String, u64>,
-    /// Calls tried again after a transport failure, by RPC and code.
+    /// Calls sent again after a transport failure that left their outcome unknown, by RPC
+    /// and code.
     pub retried: BTreeMap<String, u64>,
+    /// Calls sent again because they were refused before processing (their connection was
+    /// going away), by RPC and code: what grpc-go and grpcio do by themselves.
+    pub transparent: BTreeMap<String, u64>,
     pub recording: bool,
-}
-
-/// How often a call that failed at the transport is tried again.
-const TRANSPORT_RETRIES: u32 = 3;
-
-/// A failure of the connection rather than an answer of the server: the call may or may
-/// not have reached the service. tonic gives such a status the transport error as its
-/// source; a status the server sent has none. (A connection asked to go away with
-/// GOAWAY fails the calls that raced it this way.)
-fn transport_failure(status: &Status) -> bool {
-    std::error::Error::source(status).is_some()
 }
 
 impl Recorder {
@@ -133,37 +127,38 @@ impl Recorder {
             rpcs: BTreeMap::new(),
             errors: BTreeMap::new(),
             retried: BTreeMap::new(),
+            transparent: BTreeMap::new(),
             recording: false,
         }
     }
 
-    /// Times one RPC; a failure is counted by code and ends the operation. A call that
-    /// failed at the transport is sent again as it was — every write carries its
-    /// request_id, so a retry is answered with the first reply and never applied twice
-    /// (README, "Idempotency"): what every client of the service is told to do.
-    pub async fn time<T, F, Fut>(&mut self, rpc: &'static str, mut call: F) -> Result<T, Status>
+    /// Times one RPC; a failure is counted by code and ends the operation. The call goes
+    /// through `dispute_service::client::call`, what every Rust client of the service is
+    /// told to do (README, "Scaling"): a call refused before processing (its connection
+    /// was going away) is sent again at once; one whose outcome is unknown is sent again as
+    /// it was — every write carries its request_id, so a retry is answered with the first
+    /// reply and never applied twice (README, "Idempotency").
+    pub async fn time<T, F, Fut>(&mut self, rpc: &'static str, call: F) -> Result<T, Status>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let started = Instant::now();
-        let mut attempt = 0;
-        let result = loop {
-            let result = call().await;
-            match &result {
-                Err(status) if transport_failure(status) && attempt < TRANSPORT_RETRIES => {
-                    attempt += 1;
-                    if self.recording {
-                        *self
-                            .retried
-                            .entry(format!("{rpc}:{:?}", status.code()))
-                            .or_default() += 1;
-                    }
-                    tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt))).await;
-                }
-                _ => break result,
+        let recording = self.recording;
+        let (retried, transparent) = (&mut self.retried, &mut self.transparent);
+        let result = client::call(call, |retry, status| {
+            if !recording {
+                return;
             }
-        };
+            let counts = match retry {
+                Retry::Transparent => &mut *transparent,
+                Retry::UnknownOutcome => &mut *retried,
+            };
+            *counts
+                .entry(format!("{rpc}:{:?}", status.code()))
+                .or_default() += 1;
+        })
+        .await;
         if self.recording {
             match &result {
                 Ok(_) => {
