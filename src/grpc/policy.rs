@@ -8,10 +8,31 @@ use crate::domain::{DomainError, Role};
 
 use Role::{Agent, Buyer, Seller, Service};
 
-/// The RPCs of `dispute.v1.DisputeService`, as the proto names them. Only these reach a
-/// handler, become metric labels or span names; any other method path is refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Rpc {
+/// Declares [`Rpc`] with one variant per name, [`Rpc::ALL`] and [`Rpc::name`], from one list.
+macro_rules! rpcs {
+    ($($rpc:ident),* $(,)?) => {
+        /// The RPCs of `dispute.v1.DisputeService`, as the proto names them. Only these
+        /// reach a handler, become metric labels or span names; any other method path is
+        /// refused.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum Rpc {
+            $($rpc),*
+        }
+
+        impl Rpc {
+            pub const ALL: &'static [Rpc] = &[$(Rpc::$rpc),*];
+
+            /// The method's name in the proto (the last segment of its path).
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Rpc::$rpc => stringify!($rpc)),*
+                }
+            }
+        }
+    };
+}
+
+rpcs!(
     RegisterOrder,
     GetOrder,
     OpenDispute,
@@ -32,63 +53,14 @@ pub enum Rpc {
     ConfirmReplacementReceived,
     PostDisputeMessage,
     GetSellerDisputeStats,
-}
+);
 
 use Rpc::*;
 
 impl Rpc {
-    pub const ALL: [Rpc; 20] = [
-        RegisterOrder,
-        GetOrder,
-        OpenDispute,
-        CancelDispute,
-        CancelReturn,
-        ResolveFunds,
-        GetDispute,
-        ListDisputes,
-        RespondToDispute,
-        AcceptProposal,
-        EscalateDispute,
-        SubmitReturnShipment,
-        ConfirmReturnReceived,
-        ExtendProtection,
-        ListDisputeEvents,
-        WatchEvents,
-        SubmitReplacementShipment,
-        ConfirmReplacementReceived,
-        PostDisputeMessage,
-        GetSellerDisputeStats,
-    ];
-
-    /// The method's name in the proto (the last segment of its path).
-    pub fn name(self) -> &'static str {
-        match self {
-            RegisterOrder => "RegisterOrder",
-            GetOrder => "GetOrder",
-            OpenDispute => "OpenDispute",
-            CancelDispute => "CancelDispute",
-            CancelReturn => "CancelReturn",
-            ResolveFunds => "ResolveFunds",
-            GetDispute => "GetDispute",
-            ListDisputes => "ListDisputes",
-            RespondToDispute => "RespondToDispute",
-            AcceptProposal => "AcceptProposal",
-            EscalateDispute => "EscalateDispute",
-            SubmitReturnShipment => "SubmitReturnShipment",
-            ConfirmReturnReceived => "ConfirmReturnReceived",
-            ExtendProtection => "ExtendProtection",
-            ListDisputeEvents => "ListDisputeEvents",
-            WatchEvents => "WatchEvents",
-            SubmitReplacementShipment => "SubmitReplacementShipment",
-            ConfirmReplacementReceived => "ConfirmReplacementReceived",
-            PostDisputeMessage => "PostDisputeMessage",
-            GetSellerDisputeStats => "GetSellerDisputeStats",
-        }
-    }
-
     /// The RPC a method name stands for; `None` for a name that is not one of them.
     pub fn from_name(name: &str) -> Option<Rpc> {
-        Self::ALL.into_iter().find(|rpc| rpc.name() == name)
+        Self::ALL.iter().copied().find(|rpc| rpc.name() == name)
     }
 
     /// The policy: who may call it. One arm per RPC, so a new RPC does not compile until
@@ -208,7 +180,7 @@ mod tests {
         ours.sort();
         ours.dedup();
         assert_eq!(ours, expected);
-        for rpc in Rpc::ALL {
+        for &rpc in Rpc::ALL {
             assert_eq!(Rpc::from_name(rpc.name()), Some(rpc));
             assert!(!rpc.roles().is_empty(), "{rpc:?} has no caller");
         }

@@ -557,3 +557,15 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// A small deterministic generator (xorshift): a generated script is the same on every run.
+pub struct Dice(pub u64);
+
+impl Dice {
+    pub fn roll(&mut self, sides: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % sides
+    }
+}

@@ -13,18 +13,6 @@ use tonic::Code;
 
 use crate::helpers::*;
 
-/// A small deterministic generator: the script is the same on every run.
-struct Dice(u64);
-
-impl Dice {
-    fn roll(&mut self, sides: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % sides
-    }
-}
-
 /// What the script saw happen to one dispute, from the answers it got.
 #[derive(Debug, Clone)]
 struct Seen {

@@ -70,23 +70,11 @@ enum Action {
     Cancel,
 }
 
-/// A small deterministic generator (xorshift), so a failure can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
 #[sqlx::test]
 async fn the_scan_finds_exactly_the_disputes_the_domain_says_are_due(pool: PgPool) {
     let app = spawn_app(pool.clone()).await;
     let now = app.now() + Duration::days(40);
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut dice = Dice(0x9e37_79b9_7f4a_7c15);
     // Each target with a due time on each side of now, exactly now and a microsecond
     // after, plus random ones within three days of it.
     let mut disputes = Vec::new();
@@ -99,7 +87,7 @@ async fn the_scan_finds_exactly_the_disputes_the_domain_says_are_due(pool: PgPoo
             disputes.push((target, offset));
         }
         for _ in 0..6 {
-            let micros = rng.below(6 * 86_400_000_000) as i64 - 3 * 86_400_000_000;
+            let micros = dice.roll(6 * 86_400_000_000) as i64 - 3 * 86_400_000_000;
             disputes.push((target, Duration::microseconds(micros)));
         }
     }
