@@ -54,6 +54,16 @@ fn positive_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
+/// The worker's interval is also its first retry delay: below a millisecond it would
+/// round to nothing in the database.
+fn at_least_a_millisecond(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(duration) if duration >= Duration::from_millis(1) => Ok(duration),
+        Ok(_) => Err("must be at least 1ms".into()),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
 fn at_least_a_second(text: &str) -> Result<Duration, String> {
     match humantime::parse_duration(text) {
         Ok(duration) if duration >= Duration::from_secs(1) => Ok(duration),
@@ -295,7 +305,7 @@ fn positive_deadline(text: &str) -> Result<humantime::Duration, String> {
 #[derive(Debug, Clone, Args)]
 pub struct WorkerArgs {
     /// How often deadlines are checked.
-    #[arg(long, env = "DISPUTE_WORKER_INTERVAL", default_value = "5s", value_parser = positive_duration)]
+    #[arg(long, env = "DISPUTE_WORKER_INTERVAL", default_value = "5s", value_parser = at_least_a_millisecond)]
     pub worker_interval: Duration,
     /// Run the deadline worker in this process.
     #[arg(long, env = "DISPUTE_WORKER_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]

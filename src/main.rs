@@ -12,8 +12,19 @@ use dispute_service::{
 };
 use tonic_health::pb::health_check_response::ServingStatus;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(start());
+    // Everything that matters is done (drained, committed, flushed) within the shutdown
+    // budget; a blocking thread still running (a key-file read stuck on a dead mount) must
+    // not hold the exit, as dropping the runtime would.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    result
+}
+
+async fn start() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let telemetry = Telemetry::init(cli.log_format, &TraceExport::from_env()?)?;
     // `serve` stops within one budget, the flush included (README, "Deploying").

@@ -194,6 +194,8 @@ impl Authenticator {
     /// Re-reads the key file every `refresh`, or after a missed `kid` once `min_refresh`
     /// has passed since the last read, until `stop`. The read runs on a blocking thread;
     /// no request waits for it. Returns at once when the keys do not come from a file.
+    /// (Misses during a read leave one request behind, so a burst of unknown `kid`s costs
+    /// at most two reads, a minimum refresh apart.)
     pub async fn reload_keys(self: Arc<Self>, mut stop: crate::shutdown::Stop) {
         let Some(file) = &self.file else { return };
         let mut read_at = Instant::now();

@@ -56,6 +56,11 @@ impl EvidencePrefixes {
             let allowed: Vec<&str> = self.0.iter().map(|l| l.text.as_str()).collect();
             format!("must be a URL inside one of: {}", allowed.join(", "))
         };
+        // Parsers disagree on these (WHATWG reads `\` as `/` in an https URL, others do
+        // not): a URL that means one thing here and another to whoever opens it is refused.
+        if url.contains(|c: char| c == '\\' || c.is_whitespace()) {
+            return Err("must not contain a backslash or whitespace".to_owned());
+        }
         let parsed = Url::parse(url).map_err(|_| refused())?;
         if !parsed.username().is_empty() || parsed.password().is_some() {
             return Err("must not carry credentials".to_owned());
@@ -170,6 +175,8 @@ mod tests {
             "https://bucket.example/evidence%2f..%2fsecret",
             "https://bucket.example/evidence/%2e%2e/secret",
             "https://bucket.example/evidence/..%5csecret",
+            "https://bucket.example\\@evil.com/evidence/x",
+            "https://bucket.example/evidence/a b.jpg",
             "https://bucket.example/evidence/../secret",
             "https://bucket.example/evidence-other/x",
             "s3://bucket%2eevil/x",

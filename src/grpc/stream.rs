@@ -147,13 +147,17 @@ pub async fn watch(
             _ = stream.run(first, batches) => {}
             _ = stopped(&mut stop) => {
                 // Not OK, which reads as "the stream is complete": the consumer resumes
-                // from its last cursor on another replica.
-                let _ = tx.send(Err(shutting_down())).await;
+                // from its last cursor on another replica. A consumer that stopped reading
+                // (its buffer full) does not get to hold the drain up for long.
+                let _ = tokio::time::timeout(SHUTDOWN_NOTICE, tx.send(Err(shutting_down()))).await;
             }
         }
     });
     Ok(Box::pin(ReceiverStream::new(rx)))
 }
+
+/// How long a stream's end may wait for room in its buffer when the server stops.
+const SHUTDOWN_NOTICE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How a stream ends when the server stops.
 fn shutting_down() -> Status {

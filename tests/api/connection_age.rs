@@ -188,9 +188,10 @@ async fn a_stream_still_open_at_age_plus_grace_is_ended(pool: PgPool) {
         ],
     )
     .await;
+    // The connection's lifetime runs from its accept: start counting before it.
+    let opened = Instant::now();
     let channel = app.channel().await;
     let mut service = with_token(channel, Role::Service, "order-service");
-    let opened = Instant::now();
     let mut stream = service
         .watch_events(pb::WatchEventsRequest::default())
         .await

@@ -632,6 +632,7 @@ async fn a_configured_host_admits_no_lookalike_userinfo_or_encoded_trick(pool: P
             "https://bucket.example%2eevil/evidence/x",
             "https://bucket.example/evidence%2f..%2fprivate/x",
             "https://bucket.example/evidence/../private/x",
+            "https://bucket.example\\@evil.com/evidence/x",
             "https://bucket.example/evidence-private/x",
             "https://bucket.example/other/x",
             "http://bucket.example/evidence/x",
