@@ -347,28 +347,33 @@ pub struct WorkerArgs {
 
 impl WorkerArgs {
     pub fn to_config(&self) -> anyhow::Result<crate::worker::WorkerConfig> {
-        let days = |d: Duration| {
-            chrono::Duration::from_std(d).map_err(|_| anyhow::anyhow!("duration {d:?} is too long"))
-        };
         if self.idempotency_retention < Duration::from_secs(24 * 3600) {
             anyhow::bail!("DISPUTE_IDEMPOTENCY_RETENTION must be at least 24h");
         }
         Ok(crate::worker::WorkerConfig {
             interval: self.worker_interval,
             batch: self.worker_batch,
-            deadlines: Deadlines {
-                seller_response: days(*self.deadline_seller_response)?,
-                negotiation: days(*self.deadline_negotiation)?,
-                return_shipment: days(*self.deadline_return_shipment)?,
-                return_receipt: days(*self.deadline_return_receipt)?,
-                replacement_shipment: days(*self.deadline_replacement_shipment)?,
-                replacement_receipt: days(*self.deadline_replacement_receipt)?,
-                replacement_delivery: days(*self.replacement_delivery_window)?,
-            },
             idempotency_retention: days(self.idempotency_retention)?,
             outbox_retention: days(self.outbox_retention)?,
         })
     }
+
+    /// The deadlines the commands (and so the worker) apply.
+    pub fn deadlines(&self) -> anyhow::Result<Deadlines> {
+        Ok(Deadlines {
+            seller_response: days(*self.deadline_seller_response)?,
+            negotiation: days(*self.deadline_negotiation)?,
+            return_shipment: days(*self.deadline_return_shipment)?,
+            return_receipt: days(*self.deadline_return_receipt)?,
+            replacement_shipment: days(*self.deadline_replacement_shipment)?,
+            replacement_receipt: days(*self.deadline_replacement_receipt)?,
+            replacement_delivery: days(*self.replacement_delivery_window)?,
+        })
+    }
+}
+
+fn days(d: Duration) -> anyhow::Result<chrono::Duration> {
+    chrono::Duration::from_std(d).map_err(|_| anyhow::anyhow!("duration {d:?} is too long"))
 }
 
 #[cfg(test)]

@@ -157,7 +157,7 @@ impl Application {
         let metrics = Metrics::new();
         let store = Store::new(pool);
         let worker_config = config.worker.to_config()?;
-        let deadlines = worker_config.deadlines;
+        let deadlines = config.worker.deadlines()?;
         let commands = Commands::new(
             store.clone(),
             clock,
@@ -168,7 +168,7 @@ impl Application {
         let worker = config
             .worker
             .worker_enabled
-            .then(|| DeadlineWorker::new(store.clone(), commands.clone(), worker_config));
+            .then(|| DeadlineWorker::new(commands.clone(), worker_config));
         let configured = config
             .page_token_key
             .as_ref()

@@ -17,10 +17,8 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::{
-    commands::{Commands, Error},
-    domain::Deadlines,
+    commands::{Candidate, Commands, Error},
     shutdown::stopped,
-    store::{Candidate, Store},
 };
 
 /// Longest wait between failed passes.
@@ -37,7 +35,6 @@ pub struct WorkerConfig {
     pub interval: Duration,
     /// Candidates fetched per scan.
     pub batch: i64,
-    pub deadlines: Deadlines,
     /// Idempotency keys older than this are forgotten (at least 24 h).
     pub idempotency_retention: chrono::Duration,
     /// Outbox events older than this are deleted (the history stays).
@@ -64,18 +61,14 @@ enum Tried {
 }
 
 pub struct DeadlineWorker {
-    store: Store,
     commands: Commands,
     config: WorkerConfig,
 }
 
 impl DeadlineWorker {
-    pub fn new(store: Store, commands: Commands, config: WorkerConfig) -> Self {
-        Self {
-            store,
-            commands,
-            config,
-        }
+    /// A worker that applies the deadlines `commands` runs with.
+    pub fn new(commands: Commands, config: WorkerConfig) -> Self {
+        Self { commands, config }
     }
 
     /// Applies everything due now: dispute deadlines, then protection ends; then forgets
@@ -91,19 +84,15 @@ impl DeadlineWorker {
         // Candidates set aside until after the pass began are skipped, so one set aside
         // during this pass is not tried again in it.
         let started = self.commands.now();
-        self.store.prune_setbacks().await?;
+        self.commands.prune_setbacks().await?;
         loop {
-            let cutoffs = self.config.deadlines.cutoffs(self.commands.now());
             let due = self
-                .store
-                .due_disputes(&cutoffs, started, self.config.batch)
+                .commands
+                .due_disputes(started, self.config.batch)
                 .await?;
             let mut progress = 0;
             for candidate in &due {
-                let result = self
-                    .commands
-                    .apply_deadline(candidate.id, &self.config.deadlines)
-                    .await;
+                let result = self.commands.apply_deadline(candidate.id).await;
                 let tried = self
                     .tried(
                         Candidate::Dispute(candidate.id),
@@ -124,8 +113,8 @@ impl DeadlineWorker {
         }
         loop {
             let expired = self
-                .store
-                .expired_orders(self.commands.now(), started, self.config.batch)
+                .commands
+                .expired_orders(started, self.config.batch)
                 .await?;
             let mut progress = 0;
             for candidate in &expired {
@@ -151,15 +140,16 @@ impl DeadlineWorker {
                 break;
             }
         }
-        let stuck = self.store.setbacks().await?;
+        let stuck = self.commands.stuck_candidates().await?;
         self.commands.metrics().deadline_candidates_stuck(stuck);
-        let forget_before = self.commands.now() - self.config.idempotency_retention;
         pass.keys_purged = self
-            .store
-            .purge_idempotency_keys(forget_before, 10_000)
+            .commands
+            .forget_idempotency_keys(self.config.idempotency_retention, 10_000)
             .await?;
-        let events_before = self.commands.now() - self.config.outbox_retention;
-        pass.events_purged = self.store.purge_outbox(events_before, 10_000).await?;
+        pass.events_purged = self
+            .commands
+            .purge_stream_events(self.config.outbox_retention, 10_000)
+            .await?;
         Ok(pass)
     }
 
@@ -201,7 +191,7 @@ impl DeadlineWorker {
         match result {
             Ok(true) => {
                 if was_set_aside {
-                    self.store.clear_setback(&candidate).await?;
+                    self.commands.clear_setback(&candidate).await?;
                 }
                 Ok(Tried::Applied)
             }
@@ -210,14 +200,8 @@ impl DeadlineWorker {
             Err(error) => {
                 let text: String = error.to_string().chars().take(MAX_ERROR_CHARS).collect();
                 let setback = self
-                    .store
-                    .set_aside(
-                        &candidate,
-                        self.commands.now(),
-                        self.config.interval,
-                        MAX_RETRY_DELAY,
-                        &text,
-                    )
+                    .commands
+                    .set_aside(&candidate, self.config.interval, MAX_RETRY_DELAY, &text)
                     .await?;
                 let (attempts, retry_at) = setback.map_or((None, None), |s| {
                     (Some(s.attempts), Some(s.retry_at.to_rfc3339()))

@@ -6,18 +6,14 @@ use tracing::{Instrument, field::Empty};
 
 use super::{Commands, Error, Origin, events, writes};
 use crate::{
-    domain::{self, Deadlines, DisputeId, PartyId},
+    domain::{self, DisputeId, PartyId},
     store,
 };
 
 impl Commands {
     /// Applies the dispute's deadline if it is (still) due. `false` when another replica
     /// holds the order or the deadline became moot.
-    pub async fn apply_deadline(
-        &self,
-        dispute_id: DisputeId,
-        deadlines: &Deadlines,
-    ) -> Result<bool, Error> {
+    pub async fn apply_deadline(&self, dispute_id: DisputeId) -> Result<bool, Error> {
         let span = tracing::info_span!(
             "deadline",
             otel.name = "apply deadline",
@@ -25,8 +21,7 @@ impl Commands {
             order.id = Empty,
             deadline.kind = Empty,
         );
-        let Some(change) = in_span(&span, self.decide_deadline(dispute_id, deadlines)).await?
-        else {
+        let Some(change) = in_span(&span, self.decide_deadline(dispute_id)).await? else {
             return Ok(false);
         };
         span.in_scope(|| {
@@ -42,14 +37,13 @@ impl Commands {
     async fn decide_deadline(
         &self,
         dispute_id: DisputeId,
-        deadlines: &Deadlines,
     ) -> Result<Option<domain::Change>, Error> {
         let mut tx = self.store.begin().await?;
         let now = self.now();
         let Some((order, dispute)) = store::try_lock_dispute(&mut tx, dispute_id).await? else {
             return Ok(None);
         };
-        let Some(change) = domain::apply_deadline(&order, &dispute, deadlines, now)? else {
+        let Some(change) = domain::apply_deadline(&order, &dispute, &self.deadlines, now)? else {
             return Ok(None);
         };
         writes::apply(&mut tx, &change, &Origin::system(), None).await?;

@@ -5,12 +5,14 @@
 //! what it did. The edge hands in a parsed command and gets a domain value back.
 //! Reads apply the same visibility rule as the domain.
 
+mod candidates;
 mod deadlines;
 mod events;
 mod idempotency;
 mod reads;
 mod writes;
 
+pub use crate::store::{Candidate, Due, Setback};
 pub use idempotency::RequestKey;
 pub use reads::ListPage;
 

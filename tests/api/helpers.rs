@@ -282,15 +282,14 @@ impl TestApp {
     /// A deadline worker over the server's database and clock, configured as the server.
     pub fn worker(&self) -> DeadlineWorker {
         let store = Store::new(self.pool.clone());
-        let config = self.config.worker.to_config().unwrap();
         let commands = Commands::new(
-            store.clone(),
+            store,
             self.clock.clone(),
             self.config.max_disputes_per_order,
-            config.deadlines,
+            self.config.worker.deadlines().unwrap(),
             self.server.metrics.clone(),
         );
-        DeadlineWorker::new(store, commands, config)
+        DeadlineWorker::new(commands, self.config.worker.to_config().unwrap())
     }
 
     /// Applies every deadline due now, once.

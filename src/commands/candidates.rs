@@ -1,0 +1,89 @@
+//! What the deadline worker finds and books, through the commands: the disputes due now by
+//! the deadlines this service runs with, the orders whose protection has ended, the
+//! bookkeeping of candidates set aside, and the retention purges. The worker decides when
+//! and in what order; it never reaches into the store itself (`scripts/module-graph`).
+
+use chrono::{DateTime, Utc};
+
+use super::{Commands, Error};
+use crate::{
+    domain::{DisputeId, PartyId},
+    store::{Candidate, Due, Setback},
+};
+
+impl Commands {
+    /// Open disputes whose deadline has passed now, oldest change first; those set aside
+    /// with a retry time after `retry_by` are skipped.
+    pub async fn due_disputes(
+        &self,
+        retry_by: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<Due<DisputeId>>, Error> {
+        let cutoffs = self.deadlines.cutoffs(self.now());
+        Ok(self.store.due_disputes(&cutoffs, retry_by, limit).await?)
+    }
+
+    /// Orders whose protection has ended now with their funds held and no active dispute;
+    /// those set aside with a retry time after `retry_by` are skipped.
+    pub async fn expired_orders(
+        &self,
+        retry_by: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<Due<PartyId>>, Error> {
+        Ok(self
+            .store
+            .expired_orders(self.now(), retry_by, limit)
+            .await?)
+    }
+
+    /// Sets `candidate` aside after a failure: tried again `first_delay × 2^(attempts − 1)`
+    /// from now, at most `max_delay`.
+    pub async fn set_aside(
+        &self,
+        candidate: &Candidate,
+        first_delay: std::time::Duration,
+        max_delay: std::time::Duration,
+        error: &str,
+    ) -> Result<Option<Setback>, Error> {
+        let now = self.now();
+        Ok(self
+            .store
+            .set_aside(candidate, now, first_delay, max_delay, error)
+            .await?)
+    }
+
+    /// `candidate` applied after all: no longer set aside.
+    pub async fn clear_setback(&self, candidate: &Candidate) -> Result<(), Error> {
+        Ok(self.store.clear_setback(candidate).await?)
+    }
+
+    /// Forgets the setbacks of candidates that changed or closed since they failed.
+    pub async fn prune_setbacks(&self) -> Result<(), Error> {
+        Ok(self.store.prune_setbacks().await?)
+    }
+
+    /// How many candidates are set aside now.
+    pub async fn stuck_candidates(&self) -> Result<i64, Error> {
+        Ok(self.store.setbacks().await?)
+    }
+
+    /// Forgets at most `limit` idempotency keys older than `retention`; how many.
+    pub async fn forget_idempotency_keys(
+        &self,
+        retention: chrono::Duration,
+        limit: i64,
+    ) -> Result<u64, Error> {
+        let before = self.now() - retention;
+        Ok(self.store.purge_idempotency_keys(before, limit).await?)
+    }
+
+    /// Deletes at most `limit` stream events older than `retention`; how many.
+    pub async fn purge_stream_events(
+        &self,
+        retention: chrono::Duration,
+        limit: i64,
+    ) -> Result<u64, Error> {
+        let before = self.now() - retention;
+        Ok(self.store.purge_outbox(before, limit).await?)
+    }
+}
