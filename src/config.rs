@@ -54,20 +54,14 @@ fn positive_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
-/// The worker's interval is also its first retry delay: below a millisecond it would
-/// round to nothing in the database.
-fn at_least_a_millisecond(text: &str) -> Result<Duration, String> {
-    match humantime::parse_duration(text) {
-        Ok(duration) if duration >= Duration::from_millis(1) => Ok(duration),
-        Ok(_) => Err("must be at least 1ms".into()),
-        Err(error) => Err(error.to_string()),
-    }
-}
-
-fn at_least_a_second(text: &str) -> Result<Duration, String> {
-    match humantime::parse_duration(text) {
-        Ok(duration) if duration >= Duration::from_secs(1) => Ok(duration),
-        Ok(_) => Err("must be at least 1s".into()),
+/// A duration of at least `min`.
+fn at_least(min: Duration) -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync {
+    move |text| match humantime::parse_duration(text) {
+        Ok(duration) if duration >= min => Ok(duration),
+        Ok(_) => Err(format!(
+            "must be at least {}",
+            humantime::format_duration(min)
+        )),
         Err(error) => Err(error.to_string()),
     }
 }
@@ -174,7 +168,7 @@ pub struct AuthConfig {
     pub jwt_keys_refresh: Duration,
     /// The soonest a token naming an unknown `kid` makes the key file be re-read again
     /// (at least 1 s: a read per request would let anyone keep the disk busy).
-    #[arg(long, env = "DISPUTE_JWT_KEYS_MIN_REFRESH", default_value = "5s", value_parser = at_least_a_second)]
+    #[arg(long, env = "DISPUTE_JWT_KEYS_MIN_REFRESH", default_value = "5s", value_parser = at_least(Duration::from_secs(1)))]
     pub jwt_keys_min_refresh: Duration,
     /// Longest a token may live (`exp` − `iat`; tokens must carry `iat`): a leaked token
     /// is useful for at most this long.
@@ -305,7 +299,9 @@ fn positive_deadline(text: &str) -> Result<humantime::Duration, String> {
 #[derive(Debug, Clone, Args)]
 pub struct WorkerArgs {
     /// How often deadlines are checked.
-    #[arg(long, env = "DISPUTE_WORKER_INTERVAL", default_value = "5s", value_parser = at_least_a_millisecond)]
+    /// (At least 1 ms: it is also a failed candidate's first retry delay, and below a
+    /// millisecond that rounds to nothing in the database.)
+    #[arg(long, env = "DISPUTE_WORKER_INTERVAL", default_value = "5s", value_parser = at_least(Duration::from_millis(1)))]
     pub worker_interval: Duration,
     /// Run the deadline worker in this process.
     #[arg(long, env = "DISPUTE_WORKER_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
@@ -405,12 +401,16 @@ mod tests {
             ("--worker-batch", "0"),
             ("--request-timeout", "0s"),
             ("--worker-interval", "0s"),
+            ("--worker-interval", "999us"),
+            ("--jwt-keys-min-refresh", "0s"),
+            ("--jwt-keys-min-refresh", "999ms"),
             ("--health-interval", "0ms"),
         ] {
             let error = serve(&[flag, value]).unwrap_err().to_string();
             assert!(error.contains(flag), "{flag} {value}: {error}");
         }
         assert!(serve(&["--max-in-flight", "1", "--worker-interval", "1s"]).is_ok());
+        assert!(serve(&["--worker-interval", "1ms", "--jwt-keys-min-refresh", "1s"]).is_ok());
     }
 
     #[test]

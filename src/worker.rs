@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::{
-    commands::{Candidate, Commands, Error},
+    commands::{Candidate, Commands, Due, Error, Scan},
     shutdown::stopped,
 };
 
@@ -85,59 +85,23 @@ impl DeadlineWorker {
         // during this pass is not tried again in it.
         let started = self.commands.now();
         self.commands.prune_setbacks().await?;
-        loop {
-            let due = self
-                .commands
-                .due_disputes(started, self.config.batch)
-                .await?;
-            let mut progress = 0;
-            for candidate in &due {
-                let result = self.commands.apply_deadline(candidate.id).await;
-                let tried = self
-                    .tried(
-                        Candidate::Dispute(candidate.id),
-                        candidate.set_aside,
-                        result,
-                    )
-                    .await?;
-                match tried {
-                    Tried::Applied => pass.deadlines_applied += 1,
-                    Tried::SetAside => pass.set_aside += 1,
-                    Tried::Skipped => continue,
+        for scan in Scan::ALL {
+            loop {
+                let due = self.commands.due(scan, started, self.config.batch).await?;
+                let mut progress = 0;
+                for Due { id, set_aside } in &due {
+                    let result = self.commands.apply(id).await;
+                    match (self.tried(id, *set_aside, result).await?, id) {
+                        (Tried::Applied, Candidate::Dispute(_)) => pass.deadlines_applied += 1,
+                        (Tried::Applied, Candidate::Order(_)) => pass.orders_released += 1,
+                        (Tried::SetAside, _) => pass.set_aside += 1,
+                        (Tried::Skipped, _) => continue,
+                    }
+                    progress += 1;
                 }
-                progress += 1;
-            }
-            if (due.len() as i64) < self.config.batch || progress == 0 {
-                break;
-            }
-        }
-        loop {
-            let expired = self
-                .commands
-                .expired_orders(started, self.config.batch)
-                .await?;
-            let mut progress = 0;
-            for candidate in &expired {
-                let result = self
-                    .commands
-                    .release_if_protection_ended(&candidate.id)
-                    .await;
-                let tried = self
-                    .tried(
-                        Candidate::Order(candidate.id.clone()),
-                        candidate.set_aside,
-                        result,
-                    )
-                    .await?;
-                match tried {
-                    Tried::Applied => pass.orders_released += 1,
-                    Tried::SetAside => pass.set_aside += 1,
-                    Tried::Skipped => continue,
+                if (due.len() as i64) < self.config.batch || progress == 0 {
+                    break;
                 }
-                progress += 1;
-            }
-            if (expired.len() as i64) < self.config.batch || progress == 0 {
-                break;
             }
         }
         let stuck = self.commands.stuck_candidates().await?;
@@ -184,14 +148,14 @@ impl DeadlineWorker {
     /// being set aside is no longer stuck.
     async fn tried(
         &self,
-        candidate: Candidate,
+        candidate: &Candidate,
         was_set_aside: bool,
         result: Result<bool, Error>,
     ) -> Result<Tried, Error> {
         match result {
             Ok(true) => {
                 if was_set_aside {
-                    self.commands.clear_setback(&candidate).await?;
+                    self.commands.clear_setback(candidate).await?;
                 }
                 Ok(Tried::Applied)
             }
@@ -201,12 +165,12 @@ impl DeadlineWorker {
                 let text: String = error.to_string().chars().take(MAX_ERROR_CHARS).collect();
                 let setback = self
                     .commands
-                    .set_aside(&candidate, self.config.interval, MAX_RETRY_DELAY, &text)
+                    .set_aside(candidate, self.config.interval, MAX_RETRY_DELAY, &text)
                     .await?;
                 let (attempts, retry_at) = setback.map_or((None, None), |s| {
                     (Some(s.attempts), Some(s.retry_at.to_rfc3339()))
                 });
-                match &candidate {
+                match candidate {
                     Candidate::Dispute(dispute_id) => tracing::error!(
                         %dispute_id, attempts, retry_at, error = ?error,
                         "deadline could not be applied; dispute set aside until its retry time"

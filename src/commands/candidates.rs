@@ -6,34 +6,63 @@
 use chrono::{DateTime, Utc};
 
 use super::{Commands, Error};
-use crate::{
-    domain::{DisputeId, PartyId},
-    store::{Candidate, Due, Setback},
-};
+use crate::store::{Candidate, Due, Setback};
+
+/// The two kinds of candidate the worker scans for, in the order it drains them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scan {
+    /// Open disputes whose deadline has passed, oldest change first.
+    Deadlines,
+    /// Orders whose protection has ended with their funds held and no active dispute.
+    ProtectionEnds,
+}
+
+impl Scan {
+    pub const ALL: [Scan; 2] = [Scan::Deadlines, Scan::ProtectionEnds];
+}
 
 impl Commands {
-    /// Open disputes whose deadline has passed now, oldest change first; those set aside
-    /// with a retry time after `retry_by` are skipped.
-    pub async fn due_disputes(
+    /// At most `limit` candidates of `scan` due now (by the deadlines this service runs
+    /// with); those set aside with a retry time after `retry_by` are skipped.
+    pub async fn due(
         &self,
+        scan: Scan,
         retry_by: DateTime<Utc>,
         limit: i64,
-    ) -> Result<Vec<Due<DisputeId>>, Error> {
-        let cutoffs = self.deadlines.cutoffs(self.now());
-        Ok(self.store.due_disputes(&cutoffs, retry_by, limit).await?)
+    ) -> Result<Vec<Due<Candidate>>, Error> {
+        let now = self.now();
+        let due = match scan {
+            Scan::Deadlines => {
+                let cutoffs = self.deadlines.cutoffs(now);
+                let due = self.store.due_disputes(&cutoffs, retry_by, limit).await?;
+                due.into_iter()
+                    .map(|d| Due {
+                        id: Candidate::Dispute(d.id),
+                        set_aside: d.set_aside,
+                    })
+                    .collect()
+            }
+            Scan::ProtectionEnds => {
+                let due = self.store.expired_orders(now, retry_by, limit).await?;
+                due.into_iter()
+                    .map(|d| Due {
+                        id: Candidate::Order(d.id),
+                        set_aside: d.set_aside,
+                    })
+                    .collect()
+            }
+        };
+        Ok(due)
     }
 
-    /// Orders whose protection has ended now with their funds held and no active dispute;
-    /// those set aside with a retry time after `retry_by` are skipped.
-    pub async fn expired_orders(
-        &self,
-        retry_by: DateTime<Utc>,
-        limit: i64,
-    ) -> Result<Vec<Due<PartyId>>, Error> {
-        Ok(self
-            .store
-            .expired_orders(self.now(), retry_by, limit)
-            .await?)
+    /// Applies `candidate` if it is (still) due: its dispute's deadline, or its order's
+    /// release at the end of protection. `false` when another replica holds it or it
+    /// became moot.
+    pub async fn apply(&self, candidate: &Candidate) -> Result<bool, Error> {
+        match candidate {
+            Candidate::Dispute(dispute_id) => self.apply_deadline(*dispute_id).await,
+            Candidate::Order(order_id) => self.release_if_protection_ended(order_id).await,
+        }
     }
 
     /// Sets `candidate` aside after a failure: tried again `first_delay × 2^(attempts − 1)`

@@ -147,8 +147,8 @@ mod tests {
     #[test]
     fn the_rpcs_are_exactly_the_protos() {
         let mut rpcs = proto_rpcs();
-        // SPEC §11's names, written out: a descriptor that lost one (or an enum that did)
-        // fails here.
+        // The names clients are written against (the proto; README, "What it does"),
+        // written out: a descriptor that lost one (or an enum that did) fails here.
         let mut expected = [
             "RegisterOrder",
             "GetOrder",

@@ -216,9 +216,14 @@ fn jwks(keys: &[(&str, &str)]) -> String {
 /// Publishes `text` as `dir/jwks.json` the way the kubelet updates a mounted Secret: a
 /// new timestamped directory, then an atomic rename of the `..data` symlink to it.
 fn publish(dir: &std::path::Path, version: u32, text: &str) {
+    publish_with(dir, version, |file| std::fs::write(file, text).unwrap());
+}
+
+/// [`publish`], with `make` creating the new `jwks.json`.
+fn publish_with(dir: &std::path::Path, version: u32, make: impl FnOnce(&std::path::Path)) {
     let data = dir.join(format!("..v{version}"));
     std::fs::create_dir(&data).unwrap();
-    std::fs::write(data.join("jwks.json"), text).unwrap();
+    make(&data.join("jwks.json"));
     let staged = dir.join("..data_tmp");
     std::os::unix::fs::symlink(format!("..v{version}"), &staged).unwrap();
     std::fs::rename(&staged, dir.join("..data")).unwrap();
@@ -343,16 +348,14 @@ async fn a_token_naming_an_unknown_key_never_waits_on_the_key_file(pool: PgPool)
     );
     // The key file becomes one whose read never finishes (a dead network mount): a FIFO
     // nobody writes to.
-    let data = mounted.join("..v2");
-    std::fs::create_dir(&data).unwrap();
-    let fifo = data.join("jwks.json");
-    let made = std::process::Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .unwrap();
-    assert!(made.success());
-    std::os::unix::fs::symlink("..v2", mounted.join("..data_tmp")).unwrap();
-    std::fs::rename(mounted.join("..data_tmp"), mounted.join("..data")).unwrap();
+    let fifo = mounted.join("..v2").join("jwks.json");
+    publish_with(&mounted, 2, |file| {
+        let made = std::process::Command::new("mkfifo")
+            .arg(file)
+            .status()
+            .unwrap();
+        assert!(made.success());
+    });
 
     let channel = tonic::transport::Channel::from_shared(format!("http://{}", binary.addr))
         .unwrap()
