@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
-use super::{Commands, Error, Origin};
+use super::{Commands, Error};
 use crate::{
     domain::{Actor, Change, DisputeId, HistoryEvent, Order, Position, Settlement, StreamEvent},
     store::{self, NewEvent},
@@ -21,16 +21,9 @@ fn minor(amount: i64) -> String {
     amount.to_string()
 }
 
-pub(super) fn order_registered<'a>(
-    order: &'a Order,
-    origin: &'a Origin,
-    now: DateTime<Utc>,
-) -> NewEvent<'a> {
+pub(super) fn order_registered(order: &Order, now: DateTime<Utc>) -> NewEvent {
     NewEvent {
         event_type: "ORDER_REGISTERED",
-        order_id: &order.order_id,
-        dispute_id: None,
-        actor: &origin.actor,
         occurred_at: now,
         payload: json!({
             "version": PAYLOAD_VERSION,
@@ -41,21 +34,17 @@ pub(super) fn order_registered<'a>(
             "amount_minor": minor(order.amount.minor),
             "protection_ends_at": order.protection_ends_at,
         }),
-        trace_id: Some(origin.trace_id.as_str()),
     }
 }
 
 /// A dispute changed (or a message was posted): its state, outcome, return, proposal and
 /// replacement afterwards, the order's protection end, and the actor's note (a message's
 /// text) and evidence if any.
-pub(super) fn dispute_changed<'a>(change: &'a Change, origin: &'a Origin) -> NewEvent<'a> {
+pub(super) fn dispute_changed(change: &Change) -> NewEvent {
     let dispute = &change.dispute;
     NewEvent {
         event_type: change.event.as_str(),
-        order_id: &change.order.order_id,
-        dispute_id: Some(dispute.dispute_id),
-        actor: &origin.actor,
-        occurred_at: dispute.updated_at,
+        occurred_at: change.occurred_at,
         payload: json!({
             "version": PAYLOAD_VERSION,
             "order_id": change.order.order_id.as_str(),
@@ -79,23 +68,18 @@ pub(super) fn dispute_changed<'a>(change: &'a Change, origin: &'a Origin) -> New
             "protection_ends_at": change.order.protection_ends_at,
             "evidence_urls": change.evidence_urls,
         }),
-        trace_id: Some(origin.trace_id.as_str()),
     }
 }
 
 /// The funds were settled: everything the payments service needs to move the money.
-pub(super) fn funds_settled<'a>(
-    order: &'a Order,
+pub(super) fn funds_settled(
+    order: &Order,
     settlement: &Settlement,
     dispute_id: Option<DisputeId>,
     cause: &str,
-    origin: &'a Origin,
-) -> NewEvent<'a> {
+) -> NewEvent {
     NewEvent {
         event_type: "FUNDS_SETTLED",
-        order_id: &order.order_id,
-        dispute_id,
-        actor: &origin.actor,
         occurred_at: settlement.settled_at,
         payload: json!({
             "version": PAYLOAD_VERSION,
@@ -111,22 +95,12 @@ pub(super) fn funds_settled<'a>(
             "funds_state": settlement.funds_state().as_str(),
             "settled_at": settlement.settled_at,
         }),
-        trace_id: Some(origin.trace_id.as_str()),
     }
 }
 
-pub(super) fn protection_extended<'a>(
-    before: &Order,
-    after: &'a Order,
-    active_dispute: Option<DisputeId>,
-    origin: &'a Origin,
-    now: DateTime<Utc>,
-) -> NewEvent<'a> {
+pub(super) fn protection_extended(before: &Order, after: &Order, now: DateTime<Utc>) -> NewEvent {
     NewEvent {
         event_type: "PROTECTION_EXTENDED",
-        order_id: &after.order_id,
-        dispute_id: active_dispute,
-        actor: &origin.actor,
         occurred_at: now,
         payload: json!({
             "version": PAYLOAD_VERSION,
@@ -134,7 +108,6 @@ pub(super) fn protection_extended<'a>(
             "previous_protection_ends_at": before.protection_ends_at,
             "protection_ends_at": after.protection_ends_at,
         }),
-        trace_id: Some(origin.trace_id.as_str()),
     }
 }
 

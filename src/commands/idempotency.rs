@@ -1,19 +1,18 @@
 //! The idempotency of every write (README, "API conventions"), as zero2prod does it: a
 //! command claims its request's key inside its own transaction, once it holds its locks,
-//! and is told what to do next — start, or return the reply saved for the key. Claiming
-//! hands out the one [`Claimed`] that [`Commands::finish`] needs to commit, and finishing
-//! saves the reply with the key (exactly one row), so a command cannot commit without
-//! completing its key.
+//! and is told what to do next — start, or return the reply saved for the key. The
+//! pipeline ([`Commands::run`]) saves the reply with the claimed key in the same statement
+//! as the change (exactly one row), so a command cannot commit without completing its key.
 
 use chrono::{DateTime, Utc};
 use serde::{Serialize, de::DeserializeOwned};
 use sha2::{Digest, Sha256};
 use sqlx::PgConnection;
 
-use super::{Commands, Done, Error, Origin};
+use super::{Commands, Error, Origin};
 use crate::{
     domain::{Actor, RequestId, TraceId},
-    store::{self, IdempotencyKey, KeyState, StoreError, Tx},
+    store::{self, IdempotencyKey, KeyState, StoreError},
 };
 
 /// Who sent a write, which RPC, under which request id, with which payload (hashed), in
@@ -63,8 +62,7 @@ pub(super) enum NextAction<T> {
     Return(T),
 }
 
-/// The key this transaction claimed; [`Commands::finish`] completes it.
-#[must_use = "a claimed key must be finished, or the command rolls back"]
+/// The key this transaction claimed; the pipeline's write completes it.
 pub(super) struct Claimed {
     key: IdempotencyKey,
     origin: Origin,
@@ -105,40 +103,6 @@ impl Commands {
             KeyState::Reused => Err(Error::RequestIdReused),
         }
     }
-
-    /// Saves `reply` with the claimed key, commits, then counts and logs what was done.
-    pub(super) async fn finish<T: Serialize>(
-        &self,
-        mut tx: Tx,
-        claimed: Claimed,
-        reply: T,
-        done: Done,
-    ) -> Result<T, Error> {
-        let saved = saved_reply(&reply)?;
-        store::complete(&mut tx, &claimed.key, &saved).await?;
-        self.commit(tx, Completed { _claimed: claimed }, reply, done)
-            .await
-    }
-
-    /// Commits a transaction whose writes already saved the reply with the claimed key
-    /// (a one-statement write, given [`Claimed::completing`]'s key), then counts and logs.
-    pub(super) async fn commit<T>(
-        &self,
-        tx: Tx,
-        _completed: Completed,
-        reply: T,
-        done: Done,
-    ) -> Result<T, Error> {
-        store::commit(tx).await?;
-        done.report(&self.metrics);
-        Ok(reply)
-    }
-}
-
-/// A claimed key whose reply is saved (or being saved by the statement it was handed to):
-/// only [`Commands::commit`] takes it, and only a claim makes one.
-pub(super) struct Completed {
-    _claimed: Claimed,
 }
 
 /// The reply as saved with its key: the domain snapshot as JSON.
@@ -148,14 +112,8 @@ pub(super) fn saved_reply<T: Serialize>(reply: &T) -> Result<serde_json::Value, 
 }
 
 impl Claimed {
-    /// The key, for a statement that saves the reply with it itself (and checks it touched
-    /// exactly one row).
+    /// The key, for the write that saves the reply with it.
     pub(super) fn key(&self) -> &IdempotencyKey {
         &self.key
-    }
-
-    /// The proof to commit with, once such a statement has saved the reply.
-    pub(super) fn completed(self) -> Completed {
-        Completed { _claimed: self }
     }
 }

@@ -1,14 +1,16 @@
-//! Use cases: one transaction per command, owned here from BEGIN to COMMIT. Each write
-//! locks the order it changes, claims the request's idempotency key (or returns the reply
-//! saved for it), asks the domain what to do, writes the new facts, the settlement ledger
-//! and the events, saves its reply with the key, commits, and only then counts and logs
-//! what it did. The edge hands in a parsed command and gets a domain value back.
-//! Reads apply the same visibility rule as the domain.
+//! Use cases: one transaction per command, owned here from BEGIN to COMMIT by one
+//! pipeline ([`pipeline`]): it locks the order (and the dispute) a change acts on, claims
+//! the request's idempotency key (or returns the reply saved for it), asks the domain what
+//! to do, writes the new facts, the settlement ledger, the events and the reply in one
+//! statement, commits, and only then counts and logs what it did. The edge hands in a
+//! parsed command and gets a domain value back. Reads apply the same visibility rule as
+//! the domain.
 
 mod candidates;
 mod deadlines;
 mod events;
 mod idempotency;
+mod pipeline;
 mod reads;
 mod writes;
 
@@ -24,7 +26,7 @@ use thiserror::Error;
 
 use crate::{
     clock::Clock,
-    domain::{Actor, Change, Deadlines, DomainError, Order, PartyId, TraceId},
+    domain::{Actor, Change, Deadlines, DomainError, Order, PartyId, Settlement, TraceId},
     metrics::Metrics,
     store::{Store, StoreError},
 };
@@ -76,9 +78,18 @@ pub struct Commands {
 /// committed, so neither a metric nor a success line ever describes a rolled-back write.
 #[derive(Debug)]
 enum Done {
-    OrderRegistered { order_id: PartyId, created: bool },
+    OrderRegistered {
+        order_id: PartyId,
+        created: bool,
+    },
     DisputeChanged(Box<Change>),
     ProtectionExtended(Order),
+    /// The worker applied a dispute's deadline (reported in its `deadline` span).
+    DeadlineApplied(Box<Change>),
+    /// The worker released an order's funds at the end of its protection.
+    ProtectionEnded(Order, Settlement),
+    /// A retry answered with the reply saved for its key: reported the first time.
+    Replayed,
 }
 
 impl Done {
@@ -106,6 +117,20 @@ impl Done {
                     "protection extended"
                 );
             }
+            Done::DeadlineApplied(change) => {
+                let span = tracing::Span::current();
+                span.record("order.id", change.order.order_id.as_str());
+                span.record("deadline.kind", change.event.as_str());
+                metrics.dispute_changed(change);
+                let dispute_id = change.dispute.dispute_id;
+                tracing::info!(%dispute_id, event = change.event.as_str(), "deadline applied");
+            }
+            Done::ProtectionEnded(order, settlement) => {
+                metrics.protection_ended(order, settlement);
+                let order_id = &order.order_id;
+                tracing::info!(%order_id, "protection ended; funds released to the seller");
+            }
+            Done::Replayed => {}
         }
     }
 }

@@ -378,6 +378,9 @@ pub struct Change {
     pub note: Option<String>,
     /// Evidence a message refers to, kept in the history with it.
     pub evidence_urls: Vec<String>,
+    /// When it happened: the dispute's `updated_at`, unless the change leaves the dispute
+    /// as it was.
+    pub occurred_at: DateTime<Utc>,
 }
 
 impl Change {
@@ -388,6 +391,7 @@ impl Change {
         event: EventKind,
     ) -> Self {
         Self {
+            occurred_at: dispute.updated_at,
             order,
             dispute,
             settlement,

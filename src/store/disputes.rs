@@ -8,13 +8,16 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::{IdempotencyKey, NewEvent, Store, StoreError, codec, orders::OrderRow};
+use super::{IdempotencyKey, Store, StoreError, Wait, codec, orders::OrderRow};
 use crate::domain::{
-    Actor, Change, Dispute, DisputeFilter, DisputeId, ItemReturn, ListOrder, Order, PartyId,
-    Proposal, Replacement, Settlement,
+    Dispute, DisputeFilter, DisputeId, ItemReturn, ListOrder, Order, PartyId, Proposal, Replacement,
 };
 
+/// One row of `dispute_rows` (the dispute beside its order's facts; migration 9), as
+/// every statement here projects it: [`dispute_query!`] holds the one column list.
 struct DisputeRow {
+    /// Whether the statement claimed the request's idempotency key (reads claim none).
+    claimed: bool,
     dispute_id: Uuid,
     order_id: String,
     buyer_id: String,
@@ -41,15 +44,59 @@ struct DisputeRow {
     replacement_tracking: Option<String>,
     replacement_shipped_at: Option<DateTime<Utc>>,
     seller_first_response_at: Option<DateTime<Utc>>,
-    protection_ends_at: DateTime<Utc>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+    protection_ends_at: DateTime<Utc>,
+    currency_code: String,
+    amount_minor: i64,
+    refunded_minor: Option<i64>,
+    settled_at: Option<DateTime<Utc>>,
+    disputes_closed: bool,
+    dispute_count: i32,
 }
 
-impl TryFrom<DisputeRow> for Dispute {
-    type Error = StoreError;
+/// A statement over `dispute_rows` aliased `d`, projecting the one column list into a
+/// [`DisputeRow`]: `$before` (a `WITH`, or nothing), whether the statement claimed the
+/// request's key (`$claimed`, SQL), then `$after` (its FROM, WHERE, ORDER BY, locking).
+macro_rules! dispute_query {
+    ([$($before:tt)+], $claimed:tt, [$($after:tt)+] $(, $arg:expr)* $(,)?) => {
+        sqlx::query_as!(
+            DisputeRow,
+            $($before)+ + " SELECT " + $claimed + r#" AS "claimed!",
+              d.dispute_id AS "dispute_id!", d.order_id AS "order_id!", d.buyer_id AS "buyer_id!",
+              d.seller_id AS "seller_id!", d.reason AS "reason!", d.remedy AS "remedy!",
+              d.refund_currency, d.refund_minor, d.description AS "description!",
+              d.evidence_urls AS "evidence_urls!", d.state AS "state!", d.outcome,
+              d.return_status, d.return_carrier, d.return_tracking, d.return_agreed_at,
+              d.return_shipped_at, d.proposal_remedy, d.proposal_refund_currency,
+              d.proposal_refund_minor, d.proposal_message, d.replacement_agreed_at,
+              d.replacement_carrier, d.replacement_tracking, d.replacement_shipped_at,
+              d.seller_first_response_at, d.created_at AS "created_at!",
+              d.updated_at AS "updated_at!", d.protection_ends_at AS "protection_ends_at!",
+              d.currency_code AS "currency_code!", d.amount_minor AS "amount_minor!",
+              d.refunded_minor, d.settled_at, d.disputes_closed AS "disputes_closed!",
+              d.dispute_count AS "dispute_count!" "# + $($after)+
+            $(, $arg)*
+        )
+    };
+}
 
-    fn try_from(row: DisputeRow) -> Result<Self, StoreError> {
+impl DisputeRow {
+    /// The dispute and its order.
+    fn split(self) -> Result<(Order, Dispute), StoreError> {
+        let row = self;
+        let order = Order::try_from(OrderRow {
+            order_id: row.order_id.clone(),
+            buyer_id: row.buyer_id.clone(),
+            seller_id: row.seller_id.clone(),
+            currency_code: row.currency_code,
+            amount_minor: row.amount_minor,
+            protection_ends_at: row.protection_ends_at,
+            refunded_minor: row.refunded_minor,
+            settled_at: row.settled_at,
+            disputes_closed: row.disputes_closed,
+            dispute_count: row.dispute_count,
+        })?;
         let corrupt =
             |what: String| StoreError::Corrupt(format!("dispute {}: {what}", row.dispute_id));
         let remedy = codec::parse_remedy(
@@ -81,7 +128,7 @@ impl TryFrom<DisputeRow> for Dispute {
                 })
             })
             .transpose()?;
-        Ok(Dispute {
+        let dispute = Dispute {
             dispute_id: DisputeId(row.dispute_id),
             order_id: PartyId::parse(&row.order_id).map_err(corrupt)?,
             buyer_id: PartyId::parse(&row.buyer_id).map_err(corrupt)?,
@@ -108,13 +155,28 @@ impl TryFrom<DisputeRow> for Dispute {
             protection_ends_at: row.protection_ends_at,
             created_at: row.created_at,
             updated_at: row.updated_at,
-        })
+        };
+        Ok((order, dispute))
+    }
+
+    fn dispute(self) -> Result<Dispute, StoreError> {
+        self.split().map(|(_, dispute)| dispute)
     }
 }
 
 impl Store {
     pub async fn get_dispute(&self, dispute_id: DisputeId) -> Result<Option<Dispute>, StoreError> {
-        fetch_dispute(self.pool(), dispute_id).await
+        dispute_query!(
+            [""],
+            "false",
+            ["FROM dispute_rows d WHERE d.dispute_id = $1"],
+            dispute_id.0
+        )
+        .fetch_optional(self.pool())
+        .instrument(statement("SELECT", "disputes"))
+        .await?
+        .map(DisputeRow::dispute)
+        .transpose()
     }
 
     /// One page of disputes matching `filter`, in its order. One statement per scope (an
@@ -131,24 +193,19 @@ impl Store {
         let (scope, by) = scope_of(filter);
         macro_rules! by_creation {
             ($scope:tt) => {
-                sqlx::query_as!(
-                    DisputeRow,
-                    r#"SELECT d.dispute_id, d.order_id, d.buyer_id, d.seller_id, d.reason, d.remedy,
-                      d.refund_currency, d.refund_minor, d.description, d.evidence_urls, d.state,
-                      d.outcome, d.return_status, d.return_carrier, d.return_tracking,
-                      d.return_agreed_at, d.return_shipped_at, d.proposal_remedy,
-                      d.proposal_refund_currency, d.proposal_refund_minor, d.proposal_message,
-                      d.replacement_agreed_at, d.replacement_carrier, d.replacement_tracking,
-                      d.replacement_shipped_at, d.seller_first_response_at,
-                      o.protection_ends_at, d.created_at, d.updated_at
-                       FROM disputes d JOIN orders o USING (order_id)
-                       WHERE "# + $scope + r#"
+                dispute_query!(
+                    [""],
+                    "false",
+                    [r#"FROM dispute_rows d
+                       WHERE "#
+                        + $scope
+                        + r#"
                          AND ($2::text IS NULL OR d.buyer_id = $2)
                          AND ($3::text IS NULL OR d.seller_id = $3)
                          AND ($4::text[] IS NULL OR d.state = ANY($4))
                          AND ($5::uuid IS NULL OR d.dispute_id < $5)
                        ORDER BY d.dispute_id DESC
-                       LIMIT $6"#,
+                       LIMIT $6"#],
                     scope,
                     filter.buyer_id,
                     filter.seller_id,
@@ -162,24 +219,17 @@ impl Store {
         }
         macro_rules! by_change {
             ($scope:tt) => {
-                sqlx::query_as!(
-                    DisputeRow,
-                    r#"SELECT d.dispute_id, d.order_id, d.buyer_id, d.seller_id, d.reason, d.remedy,
-                      d.refund_currency, d.refund_minor, d.description, d.evidence_urls, d.state,
-                      d.outcome, d.return_status, d.return_carrier, d.return_tracking,
-                      d.return_agreed_at, d.return_shipped_at, d.proposal_remedy,
-                      d.proposal_refund_currency, d.proposal_refund_minor, d.proposal_message,
-                      d.replacement_agreed_at, d.replacement_carrier, d.replacement_tracking,
-                      d.replacement_shipped_at, d.seller_first_response_at,
-                      o.protection_ends_at, d.created_at, d.updated_at
-                       FROM disputes d JOIN orders o USING (order_id)
+                dispute_query!(
+                    [""],
+                    "false",
+                    [r#"FROM dispute_rows d
                        WHERE "# + $scope + r#"
                          AND ($2::text IS NULL OR d.buyer_id = $2)
                          AND ($3::text IS NULL OR d.seller_id = $3)
                          AND ($4::text[] IS NULL OR d.state = ANY($4))
                          AND ($5::timestamptz IS NULL OR (d.updated_at, d.dispute_id) < ($5, $6))
                        ORDER BY d.updated_at DESC, d.dispute_id DESC
-                       LIMIT $7"#,
+                       LIMIT $7"#],
                     scope,
                     filter.buyer_id,
                     filter.seller_id,
@@ -206,7 +256,7 @@ impl Store {
         }
         .instrument(statement("SELECT", "disputes"))
         .await?;
-        rows.into_iter().map(Dispute::try_from).collect()
+        rows.into_iter().map(DisputeRow::dispute).collect()
     }
 
     /// How many disputes match `filter` (its position aside) when it is scoped to an
@@ -276,46 +326,6 @@ fn state_names(filter: &DisputeFilter) -> Option<Vec<String>> {
     })
 }
 
-/// A dispute and its order as one row, both locked.
-struct LockedRow {
-    claimed: bool,
-    order_id: String,
-    buyer_id: String,
-    seller_id: String,
-    currency_code: String,
-    amount_minor: i64,
-    protection_ends_at: DateTime<Utc>,
-    refunded_minor: Option<i64>,
-    settled_at: Option<DateTime<Utc>>,
-    disputes_closed: bool,
-    dispute_count: i32,
-    dispute_id: Uuid,
-    reason: String,
-    remedy: String,
-    refund_currency: Option<String>,
-    refund_minor: Option<i64>,
-    description: String,
-    evidence_urls: Vec<String>,
-    state: String,
-    outcome: Option<String>,
-    return_status: Option<String>,
-    return_carrier: Option<String>,
-    return_tracking: Option<String>,
-    return_agreed_at: Option<DateTime<Utc>>,
-    return_shipped_at: Option<DateTime<Utc>>,
-    proposal_remedy: Option<String>,
-    proposal_refund_currency: Option<String>,
-    proposal_refund_minor: Option<i64>,
-    proposal_message: Option<String>,
-    replacement_agreed_at: Option<DateTime<Utc>>,
-    replacement_carrier: Option<String>,
-    replacement_tracking: Option<String>,
-    replacement_shipped_at: Option<DateTime<Utc>>,
-    seller_first_response_at: Option<DateTime<Utc>>,
-    created_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
-}
-
 /// A dispute locked by a command, with its order.
 pub struct LockedDispute {
     pub order: Order,
@@ -325,195 +335,68 @@ pub struct LockedDispute {
     pub claimed: bool,
 }
 
-impl TryFrom<LockedRow> for LockedDispute {
-    type Error = StoreError;
-
-    fn try_from(row: LockedRow) -> Result<Self, StoreError> {
-        let order = Order::try_from(OrderRow {
-            order_id: row.order_id.clone(),
-            buyer_id: row.buyer_id.clone(),
-            seller_id: row.seller_id.clone(),
-            currency_code: row.currency_code,
-            amount_minor: row.amount_minor,
-            protection_ends_at: row.protection_ends_at,
-            refunded_minor: row.refunded_minor,
-            settled_at: row.settled_at,
-            disputes_closed: row.disputes_closed,
-            dispute_count: row.dispute_count,
-        })?;
-        let dispute = Dispute::try_from(DisputeRow {
-            dispute_id: row.dispute_id,
-            order_id: row.order_id,
-            buyer_id: row.buyer_id,
-            seller_id: row.seller_id,
-            reason: row.reason,
-            remedy: row.remedy,
-            refund_currency: row.refund_currency,
-            refund_minor: row.refund_minor,
-            description: row.description,
-            evidence_urls: row.evidence_urls,
-            state: row.state,
-            outcome: row.outcome,
-            return_status: row.return_status,
-            return_carrier: row.return_carrier,
-            return_tracking: row.return_tracking,
-            return_agreed_at: row.return_agreed_at,
-            return_shipped_at: row.return_shipped_at,
-            proposal_remedy: row.proposal_remedy,
-            proposal_refund_currency: row.proposal_refund_currency,
-            proposal_refund_minor: row.proposal_refund_minor,
-            proposal_message: row.proposal_message,
-            replacement_agreed_at: row.replacement_agreed_at,
-            replacement_carrier: row.replacement_carrier,
-            replacement_tracking: row.replacement_tracking,
-            replacement_shipped_at: row.replacement_shipped_at,
-            seller_first_response_at: row.seller_first_response_at,
-            protection_ends_at: row.protection_ends_at,
-            created_at: row.created_at,
-            updated_at: row.updated_at,
-        })?;
-        Ok(LockedDispute {
-            order,
-            dispute,
-            claimed: row.claimed,
-        })
-    }
-}
-
-/// Locks a dispute and its order until the transaction ends, reads both, and claims the
-/// request's key once the locks are held: one round trip. The order is locked first, as
-/// by every other command (the locking clause names it first); a row changed while this
-/// statement waited for it is read in its new version (PostgreSQL re-reads every locked
-/// row), so no stale snapshot reaches the domain.
+/// Locks a dispute and its order until the transaction ends, reads both, and claims
+/// `key` (when there is one) once the locks are held: one round trip. `None`: no such
+/// dispute, or (`Wait::Skip`) another transaction holds it.
 pub async fn lock_dispute(
     conn: &mut PgConnection,
     dispute_id: DisputeId,
-    key: &IdempotencyKey,
+    key: Option<&IdempotencyKey>,
+    wait: Wait,
     now: DateTime<Utc>,
 ) -> Result<Option<LockedDispute>, StoreError> {
-    /// The statement, with its locking clause given (a test build takes none).
+    /// The statement, with its locking clause given.
     macro_rules! lock_dispute {
         ($locking:tt) => {
-    sqlx::query_as!(
-                LockedRow,
-                r#"WITH locked AS (
-                     SELECT o.order_id, o.buyer_id, o.seller_id, o.currency_code, o.amount_minor,
-                            o.protection_ends_at, o.refunded_minor, o.settled_at, o.disputes_closed,
-                            o.dispute_count, d.dispute_id, d.reason, d.remedy, d.refund_currency,
-                            d.refund_minor, d.description, d.evidence_urls, d.state, d.outcome,
-                            d.return_status, d.return_carrier, d.return_tracking, d.return_agreed_at,
-                            d.return_shipped_at, d.proposal_remedy, d.proposal_refund_currency,
-                            d.proposal_refund_minor, d.proposal_message,
-                      d.replacement_agreed_at, d.replacement_carrier, d.replacement_tracking,
-                      d.replacement_shipped_at, d.seller_first_response_at, d.created_at, d.updated_at
-                     FROM orders o JOIN disputes d ON d.order_id = o.order_id
-                     WHERE d.dispute_id = $1 "#
+            dispute_query!(
+                [r#"WITH d AS (
+                     SELECT * FROM dispute_rows WHERE dispute_id = $1 "#
                     + $locking
                     + r#"
                    ), claim AS (
                      INSERT INTO idempotency_keys (actor_role, actor_id, rpc, request_id, request_hash, created_at)
-                     SELECT $2, $3, $4, $5, $6, $7 FROM locked
+                     SELECT $2, $3, $4, $5, $6, $7 FROM d WHERE $2::text IS NOT NULL
                      ON CONFLICT DO NOTHING
                      RETURNING 1
-                   )
-                   SELECT (SELECT count(*) FROM claim) = 1 AS "claimed!",
-                          order_id AS "order_id!", buyer_id AS "buyer_id!", seller_id AS "seller_id!",
-                          currency_code AS "currency_code!", amount_minor AS "amount_minor!",
-                          protection_ends_at AS "protection_ends_at!", refunded_minor, settled_at,
-                          disputes_closed AS "disputes_closed!", dispute_count AS "dispute_count!",
-                          dispute_id AS "dispute_id!", reason AS "reason!", remedy AS "remedy!",
-                          refund_currency, refund_minor, description AS "description!",
-                          evidence_urls AS "evidence_urls!", state AS "state!", outcome, return_status,
-                          return_carrier, return_tracking, return_agreed_at, return_shipped_at,
-                          proposal_remedy, proposal_refund_currency, proposal_refund_minor,
-                          proposal_message, replacement_agreed_at, replacement_carrier,
-                          replacement_tracking, replacement_shipped_at, seller_first_response_at,
-                          created_at AS "created_at!", updated_at AS "updated_at!"
-                   FROM locked"#,
+                   )"#],
+                "(SELECT count(*) FROM claim) = 1",
+                ["FROM d"],
                 dispute_id.0,
-                key.actor.role.as_str(),
-                key.actor.id,
-                key.rpc,
-                key.request_id.as_str(),
-                key.request_hash,
+                key.map(|k| k.actor.role.as_str()),
+                key.map(|k| k.actor.id.as_str()),
+                key.map(|k| k.rpc),
+                key.map(|k| k.request_id.as_str()),
+                key.map(|k| k.request_hash.as_slice()),
                 now,
             )
+            .fetch_optional(&mut *conn)
+            .await
         };
     }
-    // Both statements are compiled (and their query data kept) in every build.
-    async {
-        if cfg!(feature = "test-without-row-locks") {
-            lock_dispute!("").fetch_optional(&mut *conn).await
-        } else {
-            lock_dispute!("FOR UPDATE OF o, d")
-                .fetch_optional(&mut *conn)
-                .await
+    // Every statement is compiled (and its query data kept) in every build.
+    let row = async {
+        match wait {
+            Wait::Skip => lock_dispute!("FOR UPDATE SKIP LOCKED"),
+            Wait::Block if cfg!(feature = "test-without-row-locks") => lock_dispute!(""),
+            Wait::Block => lock_dispute!("FOR UPDATE"),
         }
     }
     .instrument(statement("SELECT", "disputes"))
-    .await?
-    .map(LockedDispute::try_from)
-    .transpose()
-}
-
-/// Locks a dispute and its order unless another transaction holds either (then `None`:
-/// someone else is working on it; the deadline worker's replicas share work this way).
-pub async fn try_lock_dispute(
-    conn: &mut PgConnection,
-    dispute_id: DisputeId,
-) -> Result<Option<(Order, Dispute)>, StoreError> {
-    sqlx::query_as!(
-        LockedRow,
-        r#"SELECT false AS "claimed!", o.order_id, o.buyer_id, o.seller_id, o.currency_code,
-                  o.amount_minor, o.protection_ends_at, o.refunded_minor, o.settled_at,
-                  o.disputes_closed, o.dispute_count, d.dispute_id, d.reason, d.remedy,
-                  d.refund_currency, d.refund_minor, d.description, d.evidence_urls, d.state,
-                  d.outcome, d.return_status, d.return_carrier, d.return_tracking,
-                  d.return_agreed_at, d.return_shipped_at, d.proposal_remedy,
-                  d.proposal_refund_currency, d.proposal_refund_minor, d.proposal_message,
-                      d.replacement_agreed_at, d.replacement_carrier, d.replacement_tracking,
-                      d.replacement_shipped_at, d.seller_first_response_at,
-                  d.created_at, d.updated_at
-           FROM orders o JOIN disputes d ON d.order_id = o.order_id
-           WHERE d.dispute_id = $1
-           FOR UPDATE OF o, d SKIP LOCKED"#,
-        dispute_id.0,
-    )
-    .fetch_optional(conn)
-    .instrument(statement("SELECT", "disputes"))
-    .await?
-    .map(|row| LockedDispute::try_from(row).map(|locked| (locked.order, locked.dispute)))
-    .transpose()
-}
-
-/// Reads one dispute with its order's protection end.
-pub async fn fetch_dispute(
-    executor: impl sqlx::PgExecutor<'_>,
-    dispute_id: DisputeId,
-) -> Result<Option<Dispute>, StoreError> {
-    sqlx::query_as!(
-        DisputeRow,
-        r#"SELECT d.dispute_id, d.order_id, d.buyer_id, d.seller_id, d.reason, d.remedy,
-                  d.refund_currency, d.refund_minor, d.description, d.evidence_urls, d.state,
-                  d.outcome, d.return_status, d.return_carrier, d.return_tracking,
-                  d.return_agreed_at, d.return_shipped_at, d.proposal_remedy,
-                  d.proposal_refund_currency, d.proposal_refund_minor, d.proposal_message,
-                      d.replacement_agreed_at, d.replacement_carrier, d.replacement_tracking,
-                      d.replacement_shipped_at, d.seller_first_response_at,
-                  o.protection_ends_at, d.created_at, d.updated_at
-           FROM disputes d JOIN orders o USING (order_id)
-           WHERE d.dispute_id = $1"#,
-        dispute_id.0
-    )
-    .fetch_optional(executor)
-    .instrument(statement("SELECT", "disputes"))
-    .await?
-    .map(Dispute::try_from)
+    .await?;
+    row.map(|row| {
+        let claimed = row.claimed;
+        let (order, dispute) = row.split()?;
+        Ok(LockedDispute {
+            order,
+            dispute,
+            claimed,
+        })
+    })
     .transpose()
 }
 
 /// The order's active dispute, if it has one (at most one: a unique index says so).
-pub async fn active_dispute_id(
+pub(super) async fn active_dispute_id(
     conn: &mut PgConnection,
     order_id: &PartyId,
 ) -> Result<Option<DisputeId>, StoreError> {
@@ -524,196 +407,4 @@ pub async fn active_dispute_id(
     .fetch_optional(conn)
     .instrument(statement("SELECT", "disputes")).await?;
     Ok(id.map(DisputeId))
-}
-
-/// Writes everything OpenDispute changes in one statement (one round trip): the new
-/// dispute, its order's count, its first history entry and outbox event, and the reply
-/// saved with the request's claimed key, which must be exactly one row still without one.
-pub async fn insert_opened(
-    conn: &mut PgConnection,
-    change: &Change,
-    event: NewEvent<'_>,
-    key: &IdempotencyKey,
-    reply: &serde_json::Value,
-) -> Result<(), StoreError> {
-    let dispute = &change.dispute;
-    let order = &change.order;
-    let (remedy, refund_currency, refund_minor) = codec::remedy_columns(dispute.remedy);
-    let completed = sqlx::query_scalar!(
-        r#"WITH new_dispute AS (
-             INSERT INTO disputes (dispute_id, order_id, buyer_id, seller_id, reason, remedy,
-                                   refund_currency, refund_minor, description, evidence_urls, state,
-                                   outcome, return_status, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14)
-           ), counted AS (
-             UPDATE orders SET dispute_count = $15, updated_at = $14 WHERE order_id = $2
-           ), history AS (
-             INSERT INTO dispute_events (dispute_id, seq, kind, actor_role, actor_id, occurred_at, payload, trace_id)
-             VALUES ($1, 1, $16, $17, $18, $14, $19, $20)
-             RETURNING seq
-           ), event AS (
-             INSERT INTO outbox (event_id, event_type, order_id, dispute_id, dispute_seq, actor_role,
-                                 actor_id, occurred_at, payload, trace_id)
-             SELECT $21, $16, $2, $1, seq, $17, $18, $14, $19, $20 FROM history
-           ), completed AS (
-             UPDATE idempotency_keys SET reply = $26
-             WHERE actor_role = $22 AND actor_id = $23 AND rpc = $24 AND request_id = $25
-               AND reply IS NULL
-             RETURNING 1
-           )
-           SELECT count(*) AS "completed!" FROM completed"#,
-        dispute.dispute_id.0,
-        dispute.order_id.as_str(),
-        dispute.buyer_id.as_str(),
-        dispute.seller_id.as_str(),
-        codec::reason_str(dispute.reason),
-        remedy,
-        refund_currency,
-        refund_minor,
-        dispute.description,
-        &dispute.evidence_urls,
-        codec::state_str(dispute.state),
-        dispute.outcome.map(codec::outcome_str),
-        dispute
-            .item_return
-            .as_ref()
-            .map(|r| codec::return_status_str(r.status)),
-        dispute.created_at,
-        order.dispute_count,
-        event.event_type,
-        event.actor.role.as_str(),
-        event.actor.id,
-        event.payload,
-        event.trace_id,
-        Uuid::now_v7(),
-        key.actor.role.as_str(),
-        key.actor.id,
-        key.rpc,
-        key.request_id.as_str(),
-        reply,
-    )
-    .fetch_one(conn)
-    .instrument(statement("INSERT", "disputes"))
-    .await?;
-    super::idempotency::exactly_one_key(completed.try_into().unwrap_or(u64::MAX))
-}
-
-/// Writes a change to an existing dispute in one statement: the dispute's mutable facts,
-/// its order's, the ledger entry when the change settled the funds, the `events` (all of
-/// this dispute, by `actor`, numbered on from its history), and the reply saved with the
-/// claimed key when there is one (the deadline worker has none).
-pub async fn write_change(
-    conn: &mut PgConnection,
-    change: &Change,
-    actor: &Actor,
-    events: &[NewEvent<'_>],
-    key: Option<(&IdempotencyKey, &serde_json::Value)>,
-) -> Result<(), StoreError> {
-    let Change {
-        order,
-        dispute,
-        settlement: settled,
-        ..
-    } = change;
-    let item_return = dispute.item_return.as_ref();
-    let proposal = dispute.proposal.as_ref();
-    let replacement = dispute.replacement.as_ref();
-    let (proposal_remedy, proposal_currency, proposal_minor) = match proposal {
-        Some(p) => {
-            let (kind, currency, minor) = codec::remedy_columns(p.remedy);
-            (Some(kind), currency, minor)
-        }
-        None => (None, None, None),
-    };
-    let settlement = order.settlement.as_ref();
-    let trace_id = events.iter().find_map(|e| e.trace_id);
-    let completed = sqlx::query_scalar!(
-        r#"WITH changed AS (
-             UPDATE disputes
-             SET state = $2, outcome = $3, return_status = $4, return_carrier = $5,
-                 return_tracking = $6, return_agreed_at = $7, return_shipped_at = $8,
-                 proposal_remedy = $9, proposal_refund_currency = $10, proposal_refund_minor = $11,
-                 proposal_message = $12, updated_at = $13, replacement_agreed_at = $37,
-                 replacement_carrier = $38, replacement_tracking = $39, replacement_shipped_at = $40,
-                 seller_first_response_at = $41
-             WHERE dispute_id = $1
-           ), ord AS (
-             UPDATE orders
-             SET funds_state = $15, refunded_minor = $16, released_minor = $17, settled_at = $18,
-                 disputes_closed = $19, dispute_count = $20, protection_ends_at = $21, updated_at = $13
-             WHERE order_id = $14
-           ), ledger AS (
-             INSERT INTO settlements (order_id, dispute_id, currency_code, amount_minor, refund_minor,
-                                      release_minor, actor_role, actor_id, settled_at)
-             SELECT $14, $1, $22, $23, $16, $17, $24, $25, $18 WHERE $26::bool
-           ), events AS (
-             SELECT e.event_id, e.kind, e.occurred_at, e.payload, e.n, last.seq + e.n AS seq
-             FROM (SELECT COALESCE(max(seq), 0) AS seq FROM dispute_events WHERE dispute_id = $1) last,
-                  unnest($27::uuid[], $28::text[], $29::timestamptz[], $30::jsonb[])
-                    WITH ORDINALITY AS e (event_id, kind, occurred_at, payload, n)
-           ), history AS (
-             INSERT INTO dispute_events (dispute_id, seq, kind, actor_role, actor_id, occurred_at,
-                                         payload, trace_id)
-             SELECT $1, seq, kind, $24, $25, occurred_at, payload, $31 FROM events
-           ), outboxed AS (
-             INSERT INTO outbox (event_id, event_type, order_id, dispute_id, dispute_seq, actor_role,
-                                 actor_id, occurred_at, payload, trace_id)
-             SELECT event_id, kind, $14, $1, seq, $24, $25, occurred_at, payload, $31
-             FROM events ORDER BY n
-           ), completed AS (
-             UPDATE idempotency_keys SET reply = $36
-             WHERE actor_role = $32 AND actor_id = $33 AND rpc = $34 AND request_id = $35
-               AND reply IS NULL
-             RETURNING 1
-           )
-           SELECT count(*) AS "completed!" FROM completed"#,
-        dispute.dispute_id.0,
-        codec::state_str(dispute.state),
-        dispute.outcome.map(codec::outcome_str),
-        item_return.map(|r| codec::return_status_str(r.status)),
-        item_return.and_then(|r| r.carrier.clone()),
-        item_return.and_then(|r| r.tracking_number.clone()),
-        item_return.and_then(|r| r.agreed_at),
-        item_return.and_then(|r| r.shipped_at),
-        proposal_remedy,
-        proposal_currency,
-        proposal_minor,
-        proposal.map(|p| p.message.clone()),
-        dispute.updated_at,
-        order.order_id.as_str(),
-        order.funds_state().as_str(),
-        settlement.map(Settlement::refund_minor),
-        settlement.map(Settlement::release_minor),
-        settlement.map(|s| s.settled_at),
-        order.disputes_closed,
-        order.dispute_count,
-        order.protection_ends_at,
-        order.amount.currency.as_str(),
-        order.amount.minor,
-        actor.role.as_str(),
-        actor.id,
-        settled.is_some(),
-        &events.iter().map(|_| Uuid::now_v7()).collect::<Vec<_>>(),
-        &events.iter().map(|e| e.event_type.to_owned()).collect::<Vec<_>>(),
-        &events.iter().map(|e| e.occurred_at).collect::<Vec<_>>(),
-        &events.iter().map(|e| e.payload.clone()).collect::<Vec<_>>(),
-        trace_id,
-        key.map(|(k, _)| k.actor.role.as_str()),
-        key.map(|(k, _)| k.actor.id.as_str()),
-        key.map(|(k, _)| k.rpc),
-        key.map(|(k, _)| k.request_id.as_str()),
-        key.map(|(_, reply)| reply),
-        replacement.map(|r| r.agreed_at),
-        replacement.and_then(|r| r.carrier.clone()),
-        replacement.and_then(|r| r.tracking_number.clone()),
-        replacement.and_then(|r| r.shipped_at),
-        dispute.seller_first_response_at,
-    )
-    .fetch_one(conn)
-    .instrument(statement("UPDATE", "disputes"))
-    .await?;
-    match key {
-        Some(_) => super::idempotency::exactly_one_key(completed.try_into().unwrap_or(u64::MAX)),
-        None => Ok(()),
-    }
 }

@@ -8,11 +8,9 @@ use tracing::Instrument;
 use super::statement;
 
 use chrono::{DateTime, Utc};
-use sqlx::PgConnection;
-use uuid::Uuid;
 
 use super::{Store, StoreError};
-use crate::domain::{Actor, DisputeId, HistoryEvent, PartyId, Position, Role, StreamEvent};
+use crate::domain::{Actor, DisputeId, HistoryEvent, Position, Role, StreamEvent};
 
 /// The transaction holding back the event stream's horizon.
 #[derive(Debug, Clone, PartialEq)]
@@ -24,52 +22,10 @@ pub struct HorizonBlocker {
     pub state: Option<String>,
 }
 
-/// An event to record.
-#[derive(Debug, Clone)]
-pub struct NewEvent<'a> {
-    pub event_type: &'a str,
-    pub order_id: &'a PartyId,
-    pub dispute_id: Option<DisputeId>,
-    pub actor: &'a Actor,
-    pub occurred_at: DateTime<Utc>,
-    pub payload: serde_json::Value,
-    /// The trace of the request that caused it, when there is one.
-    pub trace_id: Option<&'a str>,
-}
-
 fn actor(role: &str, id: String) -> Result<Actor, StoreError> {
     let role =
         Role::parse(role).ok_or_else(|| StoreError::Corrupt(format!("unknown role {role}")))?;
     Ok(Actor::new(role, id))
-}
-
-/// Records `event`: the history gets the next sequence number of its dispute (the caller
-/// holds the order lock, so numbers never race), and the outbox gets a row. One round trip.
-pub async fn record_event(conn: &mut PgConnection, event: NewEvent<'_>) -> Result<(), StoreError> {
-    sqlx::query!(
-        r#"WITH history AS (
-             INSERT INTO dispute_events (dispute_id, seq, kind, actor_role, actor_id, occurred_at, payload, trace_id)
-             SELECT $3::uuid, COALESCE(MAX(seq), 0) + 1, $4, $5, $6, $7, $8, $9
-             FROM dispute_events WHERE dispute_id = $3::uuid AND $3::uuid IS NOT NULL
-             HAVING $3::uuid IS NOT NULL
-             RETURNING seq
-           )
-           INSERT INTO outbox (event_id, event_type, order_id, dispute_id, dispute_seq, actor_role, actor_id,
-                               occurred_at, payload, trace_id)
-           VALUES ($1, $4, $2, $3, (SELECT seq FROM history), $5, $6, $7, $8, $9)"#,
-        Uuid::now_v7(),
-        event.order_id.as_str(),
-        event.dispute_id.map(|id| id.0),
-        event.event_type,
-        event.actor.role.as_str(),
-        event.actor.id,
-        event.occurred_at,
-        event.payload,
-        event.trace_id,
-    )
-    .execute(conn)
-    .instrument(statement("INSERT", "outbox")).await?;
-    Ok(())
 }
 
 impl Store {

@@ -69,29 +69,6 @@ pub async fn claimed_before(
     }
 }
 
-/// Saves the reply of the key this transaction claimed: exactly one row, still without
-/// a reply, or the claim was not ours.
-pub async fn complete(
-    conn: &mut PgConnection,
-    key: &IdempotencyKey,
-    reply: &serde_json::Value,
-) -> Result<(), StoreError> {
-    let done = sqlx::query!(
-        r#"UPDATE idempotency_keys SET reply = $5
-           WHERE actor_role = $1 AND actor_id = $2 AND rpc = $3 AND request_id = $4
-             AND reply IS NULL"#,
-        key.actor.role.as_str(),
-        key.actor.id,
-        key.rpc,
-        key.request_id.as_str(),
-        reply,
-    )
-    .execute(conn)
-    .instrument(statement("UPDATE", "idempotency_keys"))
-    .await?;
-    exactly_one_key(done.rows_affected())
-}
-
 /// Completing a claimed key touches exactly one row: the key this transaction inserted,
 /// still without a reply. Anything else means the claim was not ours.
 pub(super) fn exactly_one_key(rows: u64) -> Result<(), StoreError> {

@@ -9,22 +9,18 @@ mod events;
 mod idempotency;
 mod orders;
 mod record;
+mod write;
 
 pub use codec::{
     outcome_str as outcome_name, reason_str as reason_name, remedy_columns,
     return_status_str as return_status_name, state_str as state_name,
 };
 pub use deadlines::{Candidate, Due, Setback};
-pub use disputes::{
-    LockedDispute, active_dispute_id, fetch_dispute, insert_opened, lock_dispute, try_lock_dispute,
-    write_change,
-};
-pub use events::{HorizonBlocker, NewEvent, record_event};
-pub use idempotency::{IdempotencyKey, KeyState, claimed_before, complete};
-pub use orders::{
-    LockedOrder, insert_order, insert_settlement, lock_order, relock_order, try_lock_order,
-    update_order, update_protection,
-};
+pub use disputes::{LockedDispute, lock_dispute};
+pub use events::HorizonBlocker;
+pub use idempotency::{IdempotencyKey, KeyState, claimed_before};
+pub use orders::{LockedOrder, lock_order};
+pub use write::{NewEvent, Row, Saved, Write, save};
 
 use std::sync::{
     Arc,
@@ -147,6 +143,14 @@ pub async fn commit(tx: Tx) -> Result<(), StoreError> {
         .instrument(control("COMMIT"))
         .await
         .map_err(StoreError::from)
+}
+
+/// What a lock statement does when another transaction holds the row: a request waits
+/// its turn; the deadline worker skips it (another replica is working on it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    Block,
+    Skip,
 }
 
 /// The connection pool, and the reads that need no transaction.

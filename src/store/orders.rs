@@ -1,4 +1,4 @@
-//! Orders, their funds and the settlement ledger.
+//! Orders: reads and the lock every command on an order takes first.
 
 use tracing::Instrument;
 
@@ -7,10 +7,8 @@ use super::statement;
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
-use uuid::Uuid;
-
-use super::{IdempotencyKey, NewEvent, Store, StoreError, active_dispute_id};
-use crate::domain::{Actor, Currency, DisputeId, Money, Order, PartyId, Settlement};
+use super::{IdempotencyKey, Store, StoreError, Wait, disputes::active_dispute_id};
+use crate::domain::{Currency, DisputeId, Money, Order, PartyId, Settlement};
 
 pub(super) struct OrderRow {
     pub(super) order_id: String,
@@ -104,7 +102,8 @@ pub struct LockedOrder {
 }
 
 /// Locks the order until the transaction ends, reads it and its active dispute, and
-/// claims the request's key once the lock is held: one round trip. Every command that
+/// claims `key` (when there is one) once the lock is held: one round trip; with
+/// `Wait::Skip`, an order another transaction holds reads as no order. Every command that
 /// changes an order or its disputes locks the order first, so commands on one order run
 /// one at a time and in the same lock order.
 ///
@@ -115,7 +114,8 @@ pub struct LockedOrder {
 pub async fn lock_order(
     conn: &mut PgConnection,
     order_id: &PartyId,
-    key: &IdempotencyKey,
+    key: Option<&IdempotencyKey>,
+    wait: Wait,
     now: DateTime<Utc>,
 ) -> Result<LockedOrder, StoreError> {
     /// The statement, with its locking clause given (a test build takes none).
@@ -132,7 +132,7 @@ pub async fn lock_order(
                     + r#"
                    ), claim AS (
                      INSERT INTO idempotency_keys (actor_role, actor_id, rpc, request_id, request_hash, created_at)
-                     SELECT $2, $3, $4, $5, $6, $7 WHERE (SELECT count(*) FROM locked) >= 0
+                     SELECT $2, $3, $4, $5, $6, $7 WHERE (SELECT count(*) FROM locked) >= 0 AND $2::text IS NOT NULL
                      ON CONFLICT DO NOTHING
                      RETURNING 1
                    )
@@ -147,21 +147,27 @@ pub async fn lock_order(
                            WHERE d.order_id = $1 AND d.state NOT IN ('CANCELLED', 'RESOLVED')) AS "active_dispute?"
                    FROM (VALUES (1)) AS one (n) LEFT JOIN locked l ON true"#,
                 order_id.as_str(),
-                key.actor.role.as_str(),
-                key.actor.id,
-                key.rpc,
-                key.request_id.as_str(),
-                key.request_hash,
+                key.map(|k| k.actor.role.as_str()),
+                key.map(|k| k.actor.id.as_str()),
+                key.map(|k| k.rpc),
+                key.map(|k| k.request_id.as_str()),
+                key.map(|k| k.request_hash.as_slice()),
                 now,
             )
         };
     }
-    // Both statements are compiled (and their query data kept) in every build.
+    // Every statement is compiled (and its query data kept) in every build.
     let row = async {
-        if cfg!(feature = "test-without-row-locks") {
-            lock_order!("").fetch_one(&mut *conn).await
-        } else {
-            lock_order!("FOR UPDATE").fetch_one(&mut *conn).await
+        match wait {
+            Wait::Skip => {
+                lock_order!("FOR UPDATE SKIP LOCKED")
+                    .fetch_one(&mut *conn)
+                    .await
+            }
+            Wait::Block if cfg!(feature = "test-without-row-locks") => {
+                lock_order!("").fetch_one(&mut *conn).await
+            }
+            Wait::Block => lock_order!("FOR UPDATE").fetch_one(&mut *conn).await,
         }
     }
     .instrument(statement("SELECT", "orders"))
@@ -211,225 +217,4 @@ pub async fn lock_order(
         active_dispute,
         claimed: row.claimed,
     })
-}
-
-/// Reads the order, with the protection end it was registered with, and locks it until
-/// the transaction ends (no key to claim: a retry of [`insert_order`] that lost a race).
-pub async fn relock_order(
-    conn: &mut PgConnection,
-    order_id: &PartyId,
-) -> Result<Option<(Order, DateTime<Utc>)>, StoreError> {
-    let row = sqlx::query!(
-        r#"SELECT order_id, buyer_id, seller_id, currency_code, amount_minor, protection_ends_at,
-                  refunded_minor, settled_at, disputes_closed, dispute_count,
-                  registered_protection_ends_at
-           FROM orders WHERE order_id = $1 FOR UPDATE"#,
-        order_id.as_str()
-    )
-    .fetch_optional(conn)
-    .instrument(statement("SELECT", "orders"))
-    .await?;
-    row.map(|row| {
-        let order = Order::try_from(OrderRow {
-            order_id: row.order_id,
-            buyer_id: row.buyer_id,
-            seller_id: row.seller_id,
-            currency_code: row.currency_code,
-            amount_minor: row.amount_minor,
-            protection_ends_at: row.protection_ends_at,
-            refunded_minor: row.refunded_minor,
-            settled_at: row.settled_at,
-            disputes_closed: row.disputes_closed,
-            dispute_count: row.dispute_count,
-        })?;
-        Ok((order, row.registered_protection_ends_at))
-    })
-    .transpose()
-}
-
-/// Locks the order unless another transaction holds it (then `None`: someone else is
-/// working on it).
-pub async fn try_lock_order(
-    conn: &mut PgConnection,
-    order_id: &PartyId,
-) -> Result<Option<Order>, StoreError> {
-    sqlx::query_as!(
-        OrderRow,
-        r#"SELECT order_id, buyer_id, seller_id, currency_code, amount_minor, protection_ends_at,
-                  refunded_minor, settled_at, disputes_closed, dispute_count
-           FROM orders WHERE order_id = $1 FOR UPDATE SKIP LOCKED"#,
-        order_id.as_str()
-    )
-    .fetch_optional(conn)
-    .instrument(statement("SELECT", "orders"))
-    .await?
-    .map(Order::try_from)
-    .transpose()
-}
-
-/// Inserts a new order, its ORDER_REGISTERED event and the reply saved with the claimed
-/// key, in one statement; `false` (and nothing written) if an order with its id exists
-/// already (registered by a concurrent call, whose transaction this one waited for).
-pub async fn insert_order(
-    conn: &mut PgConnection,
-    order: &Order,
-    event: NewEvent<'_>,
-    key: &IdempotencyKey,
-    reply: &serde_json::Value,
-) -> Result<bool, StoreError> {
-    let row = sqlx::query!(
-        r#"WITH new_order AS (
-             INSERT INTO orders (order_id, buyer_id, seller_id, currency_code, amount_minor,
-                                 protection_ends_at, registered_protection_ends_at, created_at,
-                                 updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $7)
-             ON CONFLICT (order_id) DO NOTHING
-             RETURNING order_id
-           ), event AS (
-             INSERT INTO outbox (event_id, event_type, order_id, actor_role, actor_id, occurred_at,
-                                 payload, trace_id)
-             SELECT $8, $9, order_id, $10, $11, $7, $12, $13 FROM new_order
-           ), completed AS (
-             UPDATE idempotency_keys SET reply = $18
-             WHERE actor_role = $14 AND actor_id = $15 AND rpc = $16 AND request_id = $17
-               AND reply IS NULL AND EXISTS (SELECT 1 FROM new_order)
-             RETURNING 1
-           )
-           SELECT (SELECT count(*) FROM new_order) AS "inserted!",
-                  (SELECT count(*) FROM completed) AS "completed!""#,
-        order.order_id.as_str(),
-        order.buyer_id.as_str(),
-        order.seller_id.as_str(),
-        order.amount.currency.as_str(),
-        order.amount.minor,
-        order.protection_ends_at,
-        event.occurred_at,
-        Uuid::now_v7(),
-        event.event_type,
-        event.actor.role.as_str(),
-        event.actor.id,
-        event.payload,
-        event.trace_id,
-        key.actor.role.as_str(),
-        key.actor.id,
-        key.rpc,
-        key.request_id.as_str(),
-        reply,
-    )
-    .fetch_one(conn)
-    .instrument(statement("INSERT", "orders"))
-    .await?;
-    if row.inserted == 0 {
-        return Ok(false);
-    }
-    super::idempotency::exactly_one_key(row.completed.try_into().unwrap_or(u64::MAX))?;
-    Ok(true)
-}
-
-/// Writes the order's mutable facts: funds, closure, dispute count, protection end.
-pub async fn update_order(
-    conn: &mut PgConnection,
-    order: &Order,
-    now: DateTime<Utc>,
-) -> Result<(), StoreError> {
-    let settlement = order.settlement.as_ref();
-    sqlx::query!(
-        r#"UPDATE orders
-           SET funds_state = $2, refunded_minor = $3, released_minor = $4, settled_at = $5,
-               disputes_closed = $6, dispute_count = $7, protection_ends_at = $8, updated_at = $9
-           WHERE order_id = $1"#,
-        order.order_id.as_str(),
-        order.funds_state().as_str(),
-        settlement.map(Settlement::refund_minor),
-        settlement.map(Settlement::release_minor),
-        settlement.map(|s| s.settled_at),
-        order.disputes_closed,
-        order.dispute_count,
-        order.protection_ends_at,
-        now,
-    )
-    .execute(conn)
-    .instrument(statement("UPDATE", "orders"))
-    .await?;
-    Ok(())
-}
-
-/// Writes an extended protection end, its PROTECTION_EXTENDED event (in the active
-/// dispute's history too, when the event names one) and the reply saved with the claimed
-/// key, in one statement.
-pub async fn update_protection(
-    conn: &mut PgConnection,
-    order: &Order,
-    event: NewEvent<'_>,
-    key: &IdempotencyKey,
-    reply: &serde_json::Value,
-) -> Result<(), StoreError> {
-    let completed = sqlx::query_scalar!(
-        r#"WITH extended AS (
-             UPDATE orders SET protection_ends_at = $2, updated_at = $3 WHERE order_id = $1
-           ), history AS (
-             INSERT INTO dispute_events (dispute_id, seq, kind, actor_role, actor_id, occurred_at, payload, trace_id)
-             SELECT $4::uuid, COALESCE(MAX(seq), 0) + 1, $5, $6, $7, $3, $8, $9
-             FROM dispute_events WHERE dispute_id = $4::uuid
-             HAVING $4::uuid IS NOT NULL
-             RETURNING seq
-           ), event AS (
-             INSERT INTO outbox (event_id, event_type, order_id, dispute_id, dispute_seq, actor_role,
-                                 actor_id, occurred_at, payload, trace_id)
-             VALUES ($10, $5, $1, $4, (SELECT seq FROM history), $6, $7, $3, $8, $9)
-           ), completed AS (
-             UPDATE idempotency_keys SET reply = $15
-             WHERE actor_role = $11 AND actor_id = $12 AND rpc = $13 AND request_id = $14
-               AND reply IS NULL
-             RETURNING 1
-           )
-           SELECT count(*) AS "completed!" FROM completed"#,
-        order.order_id.as_str(),
-        order.protection_ends_at,
-        event.occurred_at,
-        event.dispute_id.map(|id| id.0),
-        event.event_type,
-        event.actor.role.as_str(),
-        event.actor.id,
-        event.payload,
-        event.trace_id,
-        Uuid::now_v7(),
-        key.actor.role.as_str(),
-        key.actor.id,
-        key.rpc,
-        key.request_id.as_str(),
-        reply,
-    )
-    .fetch_one(conn)
-    .instrument(statement("UPDATE", "orders"))
-    .await?;
-    super::idempotency::exactly_one_key(completed.try_into().unwrap_or(u64::MAX))
-}
-
-/// Appends the order's settlement to the immutable ledger (one row per order).
-pub async fn insert_settlement(
-    conn: &mut PgConnection,
-    order: &Order,
-    settlement: &Settlement,
-    dispute_id: Option<DisputeId>,
-    actor: &Actor,
-) -> Result<(), StoreError> {
-    sqlx::query!(
-        r#"INSERT INTO settlements (order_id, dispute_id, currency_code, amount_minor, refund_minor,
-                                    release_minor, actor_role, actor_id, settled_at)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"#,
-        order.order_id.as_str(),
-        dispute_id.map(|id| id.0),
-        order.amount.currency.as_str(),
-        order.amount.minor,
-        settlement.refund_minor(),
-        settlement.release_minor(),
-        actor.role.as_str(),
-        actor.id,
-        settlement.settled_at,
-    )
-    .execute(conn)
-    .instrument(statement("INSERT", "settlements"))
-    .await?;
-    Ok(())
 }

@@ -1,0 +1,345 @@
+//! The one unit of work every change goes through (README, "Architecture"):
+//! [`Commands::run`] begins the transaction, locks what the command acts on (the order,
+//! and the dispute when there is one), claims the request's idempotency key or returns the
+//! reply saved for it, asks the domain what to do, saves the change with its events and
+//! reply in one statement, commits, and only then counts and logs what it did. Every write
+//! RPC, every deadline the worker applies and the release at the end of protection (no key)
+//! run here; a command supplies only its target and its decision.
+
+use chrono::{DateTime, Utc};
+use serde::{Serialize, de::DeserializeOwned};
+use tracing::Instrument;
+
+use super::{
+    Commands, Done, Error, Origin, events,
+    idempotency::{NextAction, RequestKey, saved_reply},
+};
+use crate::{
+    domain::{Actor, Change, Dispute, DisputeId, DomainError, Order, PartyId, Resource},
+    store::{self, NewEvent, Row, Saved, Wait},
+};
+
+/// What a command locks.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Target<'a> {
+    /// An order that may not exist yet (RegisterOrder).
+    NewOrder(&'a PartyId),
+    /// An existing order the caller can see.
+    Order(&'a PartyId),
+    /// An existing dispute the caller can see, and its order.
+    Dispute(DisputeId),
+}
+
+/// Who runs a command.
+#[derive(Debug)]
+pub(super) enum Caller {
+    /// An RPC: it waits for its locks and claims its request's key.
+    Request(RequestKey),
+    /// The service itself (the deadline worker): it skips what another transaction
+    /// holds (another replica is on it) and has no key.
+    System,
+}
+
+/// What the lock statement read, locked until the transaction ends.
+#[derive(Debug)]
+pub(super) struct Locked {
+    /// `None` only for [`Target::NewOrder`] when there is no such order yet.
+    pub order: Option<Order>,
+    /// With [`Target::Dispute`].
+    pub dispute: Option<Dispute>,
+    /// With an order target: the protection end the order was registered with.
+    pub registered_protection_ends_at: Option<DateTime<Utc>>,
+    /// With an order target: the order's active dispute.
+    pub active_dispute: Option<DisputeId>,
+}
+
+/// The rows and events a decision writes (owned; [`store::Write`] borrows them).
+#[derive(Debug)]
+pub(super) struct Changes {
+    order: (Order, Kind),
+    dispute: Option<(Dispute, Kind)>,
+    settled: bool,
+    history: Option<DisputeId>,
+    events: Vec<NewEvent>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    New,
+    Changed,
+    Kept,
+}
+
+impl Kind {
+    fn unless_same<T: PartialEq>(before: &T, after: &T) -> Self {
+        if before == after {
+            Kind::Kept
+        } else {
+            Kind::Changed
+        }
+    }
+
+    fn of<T>(self, row: &T) -> Row<'_, T> {
+        match self {
+            Kind::New => Row::New(row),
+            Kind::Changed => Row::Changed(row),
+            Kind::Kept => Row::Kept(row),
+        }
+    }
+}
+
+impl Changes {
+    /// A change to a dispute, with its event and, when it settled the funds, the
+    /// settlement's: both in the dispute's history. `before`: the order and dispute as
+    /// locked (`None`: the change opened the dispute); a row the change left as it was is
+    /// not written.
+    pub(super) fn dispute(change: &Change, before: Option<(&Order, &Dispute)>) -> Self {
+        let mut events = vec![events::dispute_changed(change)];
+        let dispute_id = change.dispute.dispute_id;
+        if let Some(settlement) = &change.settlement {
+            events.push(events::funds_settled(
+                &change.order,
+                settlement,
+                Some(dispute_id),
+                change.event.as_str(),
+            ));
+        }
+        let (order, dispute) = match before {
+            None => (Kind::Changed, Kind::New),
+            // Every write to a dispute writes its order's row too: the order lock's check
+            // that nothing changed its disputes meanwhile reads the order's row version
+            // (README, "Concurrency").
+            Some((order, dispute)) => match Kind::unless_same(dispute, &change.dispute) {
+                Kind::Kept => (Kind::unless_same(order, &change.order), Kind::Kept),
+                written => (Kind::Changed, written),
+            },
+        };
+        Self {
+            order: (change.order.clone(), order),
+            dispute: Some((change.dispute.clone(), dispute)),
+            settled: change.settlement.is_some(),
+            history: Some(dispute_id),
+            events,
+        }
+    }
+
+    /// A new order and its event.
+    pub(super) fn new_order(order: Order, event: NewEvent) -> Self {
+        Self {
+            order: (order, Kind::New),
+            dispute: None,
+            settled: false,
+            history: None,
+            events: vec![event],
+        }
+    }
+
+    /// A changed order and its event, in `history`'s dispute history too when given.
+    pub(super) fn order(
+        order: Order,
+        settled: bool,
+        history: Option<DisputeId>,
+        event: NewEvent,
+    ) -> Self {
+        Self {
+            order: (order, Kind::Changed),
+            dispute: None,
+            settled,
+            history,
+            events: vec![event],
+        }
+    }
+}
+
+/// What the domain decided, with the reply to give and what to report once committed.
+#[derive(Debug)]
+pub(super) enum Decision<T> {
+    Write(Box<Changes>, T, Done),
+    /// Nothing changes: answer `T` (saved with the key like any reply).
+    Unchanged(T, Done),
+    /// Nothing to do (the worker's deadline became moot): roll back, answer nothing.
+    Skip,
+}
+
+impl Locked {
+    /// Whether the target exists (a new order may not).
+    fn found(&self, target: Target<'_>) -> Result<(), DomainError> {
+        match target {
+            Target::NewOrder(_) => Ok(()),
+            Target::Order(_) if self.order.is_some() => Ok(()),
+            Target::Dispute(_) if self.dispute.is_some() => Ok(()),
+            Target::Order(_) => Err(DomainError::NotFound(Resource::Order)),
+            Target::Dispute(_) => Err(DomainError::NotFound(Resource::Dispute)),
+        }
+    }
+
+    /// Someone else's order or dispute is a missing one, whatever the key says.
+    fn ensure_visible_to(&self, actor: &Actor) -> Result<(), DomainError> {
+        match (&self.dispute, &self.order) {
+            (Some(dispute), _) => dispute.ensure_visible_to(actor),
+            (None, Some(order)) => order.ensure_visible_to(actor),
+            (None, None) => Ok(()),
+        }
+    }
+}
+
+impl Commands {
+    /// Runs one command on `target` as `caller`: `decide` sees what was locked, who acts
+    /// and the time read once the locks were held. `None` only when the decision was
+    /// [`Decision::Skip`] or, for [`Caller::System`], the target was held or missing.
+    pub(super) async fn run<T>(
+        &self,
+        target: Target<'_>,
+        caller: Caller,
+        decide: impl Fn(Locked, &Origin, DateTime<Utc>) -> Result<Decision<T>, Error>,
+    ) -> Result<Option<T>, Error>
+    where
+        T: Serialize + DeserializeOwned,
+    {
+        // A new order's id can be taken between the lock (nothing to lock yet) and the
+        // insert, by a concurrent registration this transaction then waited for: run once
+        // more, and decide on the order it registered.
+        for _ in 0..2 {
+            let attempt = self
+                .transaction(target, &caller, &decide)
+                .instrument(store::transaction_span())
+                .await?;
+            if let Attempt::Done(done) = attempt {
+                return Ok(done.map(|(reply, done)| {
+                    done.report(&self.metrics);
+                    reply
+                }));
+            }
+        }
+        Err(Error::Internal(store::StoreError::Corrupt(
+            "a registered order vanished".into(),
+        )))
+    }
+
+    /// One attempt of [`Commands::run`]: BEGIN to COMMIT.
+    async fn transaction<T>(
+        &self,
+        target: Target<'_>,
+        caller: &Caller,
+        decide: &impl Fn(Locked, &Origin, DateTime<Utc>) -> Result<Decision<T>, Error>,
+    ) -> Result<Attempt<T>, Error>
+    where
+        T: Serialize + DeserializeOwned,
+    {
+        let mut tx = self.store.begin().await?;
+        let (key, wait) = match caller {
+            Caller::Request(request) => (Some(request.key()), Wait::Block),
+            Caller::System => (None, Wait::Skip),
+        };
+        let (locked, claimed) = lock(&mut tx, target, key, wait, self.now()).await?;
+        let request = match (caller, locked.found(target)) {
+            (Caller::System, Err(_)) => return Ok(Attempt::Done(None)),
+            (Caller::System, Ok(())) => None,
+            (Caller::Request(request), found) => {
+                found?;
+                if !matches!(target, Target::NewOrder(_)) {
+                    locked.ensure_visible_to(&request.key().actor)?;
+                }
+                Some(request)
+            }
+        };
+        let (now, origin, claimed) = match request {
+            None => (self.now(), Origin::system(), None),
+            Some(request) => match self.claim(&mut tx, request.clone(), claimed).await? {
+                NextAction::Return(saved) => {
+                    return Ok(Attempt::Done(Some((saved, Done::Replayed))));
+                }
+                NextAction::Start { now, claimed } => {
+                    (now, claimed.origin().clone(), Some(claimed))
+                }
+            },
+        };
+        let context = locked.order.clone();
+        let (changes, reply, done) = match decide(locked, &origin, now)? {
+            Decision::Write(changes, reply, done) => (Some(*changes), reply, done),
+            Decision::Unchanged(reply, done) => (None, reply, done),
+            Decision::Skip => return Ok(Attempt::Done(None)),
+        };
+        // Every claimed key leaves with its reply: the write saves it.
+        let reply_saved = match &claimed {
+            Some(claimed) => Some((claimed.key(), saved_reply(&reply)?)),
+            None => None,
+        };
+        let write = match (&changes, &context) {
+            (Some(changes), _) => Some(store::Write {
+                order: changes.order.1.of(&changes.order.0),
+                dispute: changes.dispute.as_ref().map(|(d, kind)| kind.of(d)),
+                settled: changes.settled,
+                history: changes.history,
+                events: changes.events.clone(),
+                actor: &origin.actor,
+                trace_id: Some(origin.trace_id.as_str()),
+                now,
+                reply: reply_saved,
+            }),
+            // Nothing changed: only the reply to save.
+            (None, Some(order)) if reply_saved.is_some() => Some(store::Write {
+                order: Row::Kept(order),
+                dispute: None,
+                settled: false,
+                history: None,
+                events: Vec::new(),
+                actor: &origin.actor,
+                trace_id: Some(origin.trace_id.as_str()),
+                now,
+                reply: reply_saved,
+            }),
+            (None, _) => None,
+        };
+        if let Some(write) = write
+            && store::save(&mut tx, &write).await? == Saved::OrderExists
+        {
+            return Ok(Attempt::Again);
+        }
+        store::commit(tx).await?;
+        Ok(Attempt::Done(Some((reply, done))))
+    }
+}
+
+/// Takes the target's locks (and claims `key`, when given, once they are held).
+async fn lock(
+    conn: &mut sqlx::PgConnection,
+    target: Target<'_>,
+    key: Option<&store::IdempotencyKey>,
+    wait: Wait,
+    now: DateTime<Utc>,
+) -> Result<(Locked, bool), Error> {
+    Ok(match target {
+        Target::NewOrder(order_id) | Target::Order(order_id) => {
+            let locked = store::lock_order(conn, order_id, key, wait, now).await?;
+            let claimed = locked.claimed;
+            let locked = Locked {
+                order: locked.order,
+                dispute: None,
+                registered_protection_ends_at: locked.registered_protection_ends_at,
+                active_dispute: locked.active_dispute,
+            };
+            (locked, claimed)
+        }
+        Target::Dispute(dispute_id) => {
+            let locked = store::lock_dispute(conn, dispute_id, key, wait, now).await?;
+            let claimed = locked.as_ref().is_some_and(|locked| locked.claimed);
+            let (order, dispute) = locked.map(|l| (l.order, l.dispute)).unzip();
+            let locked = Locked {
+                order,
+                dispute,
+                registered_protection_ends_at: None,
+                active_dispute: None,
+            };
+            (locked, claimed)
+        }
+    })
+}
+
+/// How one attempt ended.
+enum Attempt<T> {
+    /// Committed (or, `None`, nothing to do): the reply and what to report.
+    Done(Option<(T, Done)>),
+    /// A new order's id was taken meanwhile: run again.
+    Again,
+}
