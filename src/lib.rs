@@ -11,6 +11,7 @@ pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod domain;
+pub mod feed;
 pub mod grpc;
 pub mod healthcheck;
 pub mod metrics;

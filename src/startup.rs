@@ -16,8 +16,9 @@ use crate::{
     commands::Commands,
     config::{DatabaseConfig, ServeConfig},
     domain::Deadlines,
+    feed::EventFeed,
     grpc::{
-        self, ApiParts, DisputeApi, EventFeed, GateLayer, MAX_REQUEST_BYTES, SERVICE_NAME, Slots,
+        self, ApiParts, DisputeApi, GateLayer, MAX_REQUEST_BYTES, SERVICE_NAME, Slots,
         auth::Authenticator, parse::EvidencePrefixes,
         pb::dispute_service_server::DisputeServiceServer, tokens::TokenKey,
     },

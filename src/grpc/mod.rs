@@ -1,6 +1,7 @@
 //! The gRPC edge: generated types, the gate (authentication, authorization, admission),
-//! request parsing, encoding, page tokens and cursors, the event stream and the one error
-//! mapping. It translates; the commands decide. Protobuf types never leave this module.
+//! request parsing, encoding, page tokens and cursors, the event stream on the wire (its
+//! protocol is `crate::feed`) and the one error mapping. It translates; the commands
+//! decide. Protobuf types never leave this module.
 
 pub mod auth;
 mod connections;
@@ -19,7 +20,6 @@ pub use connections::incoming;
 pub use gate::{GateLayer, MAX_REQUEST_BYTES};
 pub use limits::Slots;
 pub use service::{ApiParts, DisputeApi};
-pub use stream::EventFeed;
 
 #[allow(clippy::all, missing_docs)]
 pub mod pb {
