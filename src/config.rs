@@ -4,7 +4,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::domain::Deadlines;
+use crate::domain::{DeadlineKind, Deadlines};
 
 /// Where evidence may point unless configured: any bucket of the two object stores.
 pub const DEFAULT_EVIDENCE_LOCATIONS: &str = "s3://,gs://";
@@ -283,7 +283,7 @@ pub struct TokenConfig {
     pub ttl: Duration,
 }
 
-/// A deadline's default: `Deadlines::default()` is the one place they are written.
+/// A deadline's default: the domain's deadline table is the one place they are written.
 fn default_deadline(pick: fn(&Deadlines) -> chrono::Duration) -> humantime::Duration {
     pick(&Deadlines::default())
         .to_std()
@@ -310,23 +310,23 @@ pub struct WorkerArgs {
     #[arg(long, env = "DISPUTE_WORKER_BATCH", default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..))]
     pub worker_batch: i64,
     /// Seller silent in AWAITING_SELLER, from opening: the buyer's remedy is granted.
-    #[arg(long, env = "DISPUTE_DEADLINE_SELLER_RESPONSE", default_value_t = default_deadline(|d| d.seller_response), value_parser = positive_deadline)]
+    #[arg(long, env = "DISPUTE_DEADLINE_SELLER_RESPONSE", default_value_t = default_deadline(|d| d.of(DeadlineKind::SellerResponse)), value_parser = positive_deadline)]
     pub deadline_seller_response: humantime::Duration,
     /// Still NEGOTIATING, from opening: the dispute goes UNDER_REVIEW.
-    #[arg(long, env = "DISPUTE_DEADLINE_NEGOTIATION", default_value_t = default_deadline(|d| d.negotiation), value_parser = positive_deadline)]
+    #[arg(long, env = "DISPUTE_DEADLINE_NEGOTIATION", default_value_t = default_deadline(|d| d.of(DeadlineKind::Negotiation)), value_parser = positive_deadline)]
     pub deadline_negotiation: humantime::Duration,
     /// Return not shipped, from when it was agreed: funds released to the seller.
-    #[arg(long, env = "DISPUTE_DEADLINE_RETURN_SHIPMENT", default_value_t = default_deadline(|d| d.return_shipment), value_parser = positive_deadline)]
+    #[arg(long, env = "DISPUTE_DEADLINE_RETURN_SHIPMENT", default_value_t = default_deadline(|d| d.of(DeadlineKind::ReturnShipment)), value_parser = positive_deadline)]
     pub deadline_return_shipment: humantime::Duration,
     /// Seller silent in RETURN_IN_TRANSIT, from the tracking: the buyer is refunded.
-    #[arg(long, env = "DISPUTE_DEADLINE_RETURN_RECEIPT", default_value_t = default_deadline(|d| d.return_receipt), value_parser = positive_deadline)]
+    #[arg(long, env = "DISPUTE_DEADLINE_RETURN_RECEIPT", default_value_t = default_deadline(|d| d.of(DeadlineKind::ReturnReceipt)), value_parser = positive_deadline)]
     pub deadline_return_receipt: humantime::Duration,
     /// Replacement not shipped, from when it was agreed: the buyer is refunded in full.
-    #[arg(long, env = "DISPUTE_DEADLINE_REPLACEMENT_SHIPMENT", default_value_t = default_deadline(|d| d.replacement_shipment), value_parser = positive_deadline)]
+    #[arg(long, env = "DISPUTE_DEADLINE_REPLACEMENT_SHIPMENT", default_value_t = default_deadline(|d| d.of(DeadlineKind::ReplacementShipment)), value_parser = positive_deadline)]
     pub deadline_replacement_shipment: humantime::Duration,
     /// Buyer silent in REPLACEMENT_IN_TRANSIT, from the shipment: funds released to the
     /// seller.
-    #[arg(long, env = "DISPUTE_DEADLINE_REPLACEMENT_RECEIPT", default_value_t = default_deadline(|d| d.replacement_receipt), value_parser = positive_deadline)]
+    #[arg(long, env = "DISPUTE_DEADLINE_REPLACEMENT_RECEIPT", default_value_t = default_deadline(|d| d.of(DeadlineKind::ReplacementReceipt)), value_parser = positive_deadline)]
     pub deadline_replacement_receipt: humantime::Duration,
     /// When a replacement ships, the order's protection end moves to at least this long
     /// after the shipment.
@@ -356,15 +356,22 @@ impl WorkerArgs {
 
     /// The deadlines the commands (and so the worker) apply.
     pub fn deadlines(&self) -> anyhow::Result<Deadlines> {
-        Ok(Deadlines {
-            seller_response: days(*self.deadline_seller_response)?,
-            negotiation: days(*self.deadline_negotiation)?,
-            return_shipment: days(*self.deadline_return_shipment)?,
-            return_receipt: days(*self.deadline_return_receipt)?,
-            replacement_shipment: days(*self.deadline_replacement_shipment)?,
-            replacement_receipt: days(*self.deadline_replacement_receipt)?,
-            replacement_delivery: days(*self.replacement_delivery_window)?,
-        })
+        use DeadlineKind::*;
+        let lengths = [
+            (SellerResponse, self.deadline_seller_response),
+            (Negotiation, self.deadline_negotiation),
+            (ReturnShipment, self.deadline_return_shipment),
+            (ReturnReceipt, self.deadline_return_receipt),
+            (ReplacementShipment, self.deadline_replacement_shipment),
+            (ReplacementReceipt, self.deadline_replacement_receipt),
+        ]
+        .into_iter()
+        .map(|(kind, length)| Ok((kind, days(*length)?)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Deadlines::new(
+            lengths,
+            days(*self.replacement_delivery_window)?,
+        ))
     }
 }
 

@@ -375,17 +375,9 @@ fn code_name(code: tonic::Code) -> &'static str {
     }
 }
 
-/// Which deadline an event applied, if it was one.
+/// Which deadline an event applied, if it was one (its name in the deadline table).
 fn deadline_kind(event: EventKind) -> Option<&'static str> {
-    match event {
-        EventKind::SellerResponseDeadlinePassed => Some("SELLER_RESPONSE"),
-        EventKind::NegotiationDeadlinePassed => Some("NEGOTIATION"),
-        EventKind::ReturnShipmentDeadlinePassed => Some("RETURN_SHIPMENT"),
-        EventKind::ReturnReceiptDeadlinePassed => Some("RETURN_RECEIPT"),
-        EventKind::ReplacementShipmentDeadlinePassed => Some("REPLACEMENT_SHIPMENT"),
-        EventKind::ReplacementReceiptDeadlinePassed => Some("REPLACEMENT_RECEIPT"),
-        _ => None,
-    }
+    crate::domain::rule_of(event).map(|rule| rule.name)
 }
 
 /// Holds a gauge one higher while alive.

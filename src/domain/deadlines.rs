@@ -6,78 +6,8 @@ use chrono::{DateTime, Duration, Utc};
 use super::dispute::{grant, settle_and_resolve};
 use super::{Change, Dispute, DisputeState, DomainError, EventKind, Order, ReturnStatus};
 
-/// How long each party has. Defaults are the spec's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Deadlines {
-    /// Seller silent in AWAITING_SELLER, from opening: the buyer's remedy is granted.
-    pub seller_response: Duration,
-    /// Still NEGOTIATING, from opening: an agent reviews.
-    pub negotiation: Duration,
-    /// Return not shipped, from when it was agreed: funds released to the seller.
-    pub return_shipment: Duration,
-    /// Seller silent in RETURN_IN_TRANSIT, from the tracking: the buyer is refunded.
-    pub return_receipt: Duration,
-    /// Replacement not shipped, from when it was agreed: the buyer is refunded.
-    pub replacement_shipment: Duration,
-    /// Buyer silent in REPLACEMENT_IN_TRANSIT, from the shipment: funds released to the
-    /// seller (the replacement is taken as delivered).
-    pub replacement_receipt: Duration,
-    /// How long after a replacement ships the buyer is protected at least: the order's
-    /// protection end moves out to cover it.
-    pub replacement_delivery: Duration,
-}
-
-impl Default for Deadlines {
-    fn default() -> Self {
-        Self {
-            seller_response: Duration::days(5),
-            negotiation: Duration::days(15),
-            return_shipment: Duration::days(10),
-            return_receipt: Duration::days(15),
-            replacement_shipment: Duration::days(10),
-            replacement_receipt: Duration::days(30),
-            replacement_delivery: Duration::days(30),
-        }
-    }
-}
-
-impl Deadlines {
-    /// When the dispute's current deadline falls and what it is; `None` for states
-    /// without one (UNDER_REVIEW waits for an agent; terminal states wait for nothing).
-    pub fn due(&self, dispute: &Dispute) -> Option<(DateTime<Utc>, EventKind)> {
-        let item_return = dispute.item_return.as_ref();
-        match dispute.state {
-            DisputeState::AwaitingSeller => Some((
-                dispute.created_at + self.seller_response,
-                EventKind::SellerResponseDeadlinePassed,
-            )),
-            DisputeState::Negotiating => Some((
-                dispute.created_at + self.negotiation,
-                EventKind::NegotiationDeadlinePassed,
-            )),
-            DisputeState::AwaitingReturnShipment => Some((
-                item_return?.agreed_at? + self.return_shipment,
-                EventKind::ReturnShipmentDeadlinePassed,
-            )),
-            DisputeState::ReturnInTransit => Some((
-                item_return?.shipped_at? + self.return_receipt,
-                EventKind::ReturnReceiptDeadlinePassed,
-            )),
-            DisputeState::AwaitingReplacementShipment => Some((
-                dispute.replacement.as_ref()?.agreed_at + self.replacement_shipment,
-                EventKind::ReplacementShipmentDeadlinePassed,
-            )),
-            DisputeState::ReplacementInTransit => Some((
-                dispute.replacement.as_ref()?.shipped_at? + self.replacement_receipt,
-                EventKind::ReplacementReceiptDeadlinePassed,
-            )),
-            DisputeState::UnderReview | DisputeState::Cancelled | DisputeState::Resolved => None,
-        }
-    }
-}
-
 /// Which deadline a dispute waits on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DeadlineKind {
     /// The seller's time to answer the dispute.
     SellerResponse,
@@ -98,12 +28,226 @@ pub enum DeadlineKind {
 pub enum Consequence {
     /// The buyer's remedy is granted as asked: a refund settles, a return starts.
     GrantBuyerRemedy,
-    /// The whole amount goes back to the buyer.
+    /// The whole amount goes back to the buyer (a return in transit is taken as received).
     RefundBuyer,
     /// The whole amount goes to the seller.
     ReleaseToSeller,
     /// An agent takes the dispute over.
     Escalate,
+}
+
+/// The moment a deadline's clock starts from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Clock {
+    Opened,
+    ReturnAgreed,
+    ReturnShipped,
+    ReplacementAgreed,
+    ReplacementShipped,
+}
+
+impl Clock {
+    /// When the clock started for `dispute` (`None`: it has not).
+    pub fn started_at(self, dispute: &Dispute) -> Option<DateTime<Utc>> {
+        let item_return = dispute.item_return.as_ref();
+        let replacement = dispute.replacement.as_ref();
+        match self {
+            Clock::Opened => Some(dispute.created_at),
+            Clock::ReturnAgreed => item_return?.agreed_at,
+            Clock::ReturnShipped => item_return?.shipped_at,
+            Clock::ReplacementAgreed => Some(replacement?.agreed_at),
+            Clock::ReplacementShipped => replacement?.shipped_at,
+        }
+    }
+}
+
+/// One deadline, declared once: the state it runs in, what starts its clock, its default
+/// length, what happens when it passes and the event that records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rule {
+    pub kind: DeadlineKind,
+    pub state: DisputeState,
+    pub clock: Clock,
+    pub default_days: i64,
+    pub consequence: Consequence,
+    pub event: EventKind,
+    /// Its name in metrics and configuration (`SELLER_RESPONSE`).
+    pub name: &'static str,
+}
+
+/// The deadline table (README, "Deadlines"), in [`DeadlineKind`] order. `due`, `next`,
+/// the worker's scan, the metric labels and the configuration's defaults all read it.
+pub const RULES: [Rule; 6] = [
+    Rule {
+        kind: DeadlineKind::SellerResponse,
+        state: DisputeState::AwaitingSeller,
+        clock: Clock::Opened,
+        default_days: 5,
+        consequence: Consequence::GrantBuyerRemedy,
+        event: EventKind::SellerResponseDeadlinePassed,
+        name: "SELLER_RESPONSE",
+    },
+    Rule {
+        kind: DeadlineKind::Negotiation,
+        state: DisputeState::Negotiating,
+        clock: Clock::Opened,
+        default_days: 15,
+        consequence: Consequence::Escalate,
+        event: EventKind::NegotiationDeadlinePassed,
+        name: "NEGOTIATION",
+    },
+    Rule {
+        kind: DeadlineKind::ReturnShipment,
+        state: DisputeState::AwaitingReturnShipment,
+        clock: Clock::ReturnAgreed,
+        default_days: 10,
+        consequence: Consequence::ReleaseToSeller,
+        event: EventKind::ReturnShipmentDeadlinePassed,
+        name: "RETURN_SHIPMENT",
+    },
+    Rule {
+        kind: DeadlineKind::ReturnReceipt,
+        state: DisputeState::ReturnInTransit,
+        clock: Clock::ReturnShipped,
+        default_days: 15,
+        consequence: Consequence::RefundBuyer,
+        event: EventKind::ReturnReceiptDeadlinePassed,
+        name: "RETURN_RECEIPT",
+    },
+    Rule {
+        kind: DeadlineKind::ReplacementShipment,
+        state: DisputeState::AwaitingReplacementShipment,
+        clock: Clock::ReplacementAgreed,
+        default_days: 10,
+        consequence: Consequence::RefundBuyer,
+        event: EventKind::ReplacementShipmentDeadlinePassed,
+        name: "REPLACEMENT_SHIPMENT",
+    },
+    Rule {
+        kind: DeadlineKind::ReplacementReceipt,
+        state: DisputeState::ReplacementInTransit,
+        clock: Clock::ReplacementShipped,
+        default_days: 30,
+        consequence: Consequence::ReleaseToSeller,
+        event: EventKind::ReplacementReceiptDeadlinePassed,
+        name: "REPLACEMENT_RECEIPT",
+    },
+];
+
+/// Default of the one window outside the table: how long after a replacement ships the
+/// buyer is protected at least.
+const REPLACEMENT_DELIVERY_DAYS: i64 = 30;
+
+impl DeadlineKind {
+    pub const ALL: [DeadlineKind; 6] = [
+        DeadlineKind::SellerResponse,
+        DeadlineKind::Negotiation,
+        DeadlineKind::ReturnShipment,
+        DeadlineKind::ReturnReceipt,
+        DeadlineKind::ReplacementShipment,
+        DeadlineKind::ReplacementReceipt,
+    ];
+
+    /// Its row of [`RULES`].
+    pub fn rule(self) -> &'static Rule {
+        &RULES[self as usize]
+    }
+}
+
+/// The rule of the deadline a dispute in `state` waits on (UNDER_REVIEW waits for an
+/// agent, terminal states for nothing).
+pub fn rule_for(state: DisputeState) -> Option<&'static Rule> {
+    RULES.iter().find(|rule| rule.state == state)
+}
+
+/// The deadline an event records, if it records one.
+pub fn rule_of(event: EventKind) -> Option<&'static Rule> {
+    RULES.iter().find(|rule| rule.event == event)
+}
+
+/// How long each party has: one configured length per [`DeadlineKind`] (defaults from
+/// [`RULES`]), and the replacement's delivery window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadlines {
+    lengths: [Duration; 6],
+    /// How long after a replacement ships the buyer is protected at least: the order's
+    /// protection end moves out to cover it.
+    pub replacement_delivery: Duration,
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        Self {
+            lengths: RULES.map(|rule| Duration::days(rule.default_days)),
+            replacement_delivery: Duration::days(REPLACEMENT_DELIVERY_DAYS),
+        }
+    }
+}
+
+/// The latest time a deadline's clock may have started for a dispute in its state to be
+/// due at some `now`: the worker's scan, the inverse of [`Deadlines::due`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cutoff {
+    pub state: DisputeState,
+    pub clock: Clock,
+    pub started_before: DateTime<Utc>,
+}
+
+impl Deadlines {
+    /// `lengths` for the kinds it names (the others keep their defaults).
+    pub fn new(
+        lengths: impl IntoIterator<Item = (DeadlineKind, Duration)>,
+        replacement_delivery: Duration,
+    ) -> Self {
+        let mut deadlines = Self {
+            replacement_delivery,
+            ..Self::default()
+        };
+        for (kind, length) in lengths {
+            deadlines.lengths[kind as usize] = length;
+        }
+        deadlines
+    }
+
+    /// How long `kind` runs.
+    pub fn of(&self, kind: DeadlineKind) -> Duration {
+        self.lengths[kind as usize]
+    }
+
+    /// When the dispute's current deadline falls and what it is; `None` for states
+    /// without one.
+    pub fn due(&self, dispute: &Dispute) -> Option<(DateTime<Utc>, EventKind)> {
+        let rule = rule_for(dispute.state)?;
+        Some((
+            rule.clock.started_at(dispute)? + self.of(rule.kind),
+            rule.event,
+        ))
+    }
+
+    /// The deadline [`apply_deadline`] will apply to `dispute`, when and with what effect
+    /// (from [`Deadlines::due`], the function the worker decides with, so the two never
+    /// disagree); `None` when nothing happens by itself.
+    pub fn next(&self, dispute: &Dispute) -> Option<NextDeadline> {
+        let (due_at, _) = self.due(dispute)?;
+        let rule = rule_for(dispute.state)?;
+        Some(NextDeadline {
+            kind: rule.kind,
+            due_at,
+            consequence: rule.consequence,
+        })
+    }
+
+    /// For each rule, the latest start of its clock that makes it due at `now`.
+    pub fn cutoffs(&self, now: DateTime<Utc>) -> Vec<Cutoff> {
+        RULES
+            .iter()
+            .map(|rule| Cutoff {
+                state: rule.state,
+                clock: rule.clock,
+                started_before: now - self.of(rule.kind),
+            })
+            .collect()
+    }
 }
 
 /// The next automatic step of a dispute: what the parties see as a countdown.
@@ -112,67 +256,6 @@ pub struct NextDeadline {
     pub kind: DeadlineKind,
     pub due_at: DateTime<Utc>,
     pub consequence: Consequence,
-}
-
-impl Deadlines {
-    /// The deadline [`apply_deadline`] will apply to `dispute`, when and with what effect
-    /// (from [`Deadlines::due`], the function the worker decides with, so the two never
-    /// disagree); `None` when nothing happens by itself.
-    pub fn next(&self, dispute: &Dispute) -> Option<NextDeadline> {
-        let (due_at, _) = self.due(dispute)?;
-        let (kind, consequence) = match dispute.state {
-            DisputeState::AwaitingSeller => {
-                (DeadlineKind::SellerResponse, Consequence::GrantBuyerRemedy)
-            }
-            DisputeState::Negotiating => (DeadlineKind::Negotiation, Consequence::Escalate),
-            DisputeState::AwaitingReturnShipment => {
-                (DeadlineKind::ReturnShipment, Consequence::ReleaseToSeller)
-            }
-            DisputeState::ReturnInTransit => {
-                (DeadlineKind::ReturnReceipt, Consequence::RefundBuyer)
-            }
-            DisputeState::AwaitingReplacementShipment => {
-                (DeadlineKind::ReplacementShipment, Consequence::RefundBuyer)
-            }
-            DisputeState::ReplacementInTransit => (
-                DeadlineKind::ReplacementReceipt,
-                Consequence::ReleaseToSeller,
-            ),
-            DisputeState::UnderReview | DisputeState::Cancelled | DisputeState::Resolved => {
-                return None;
-            }
-        };
-        Some(NextDeadline {
-            kind,
-            due_at,
-            consequence,
-        })
-    }
-}
-
-/// The latest times at which each deadline's clock may have started for it to be due at
-/// `now`: the store's scan for due disputes, the inverse of [`Deadlines::due`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cutoffs {
-    pub awaiting_seller_opened_before: DateTime<Utc>,
-    pub negotiating_opened_before: DateTime<Utc>,
-    pub return_agreed_before: DateTime<Utc>,
-    pub return_shipped_before: DateTime<Utc>,
-    pub replacement_agreed_before: DateTime<Utc>,
-    pub replacement_shipped_before: DateTime<Utc>,
-}
-
-impl Deadlines {
-    pub fn cutoffs(&self, now: DateTime<Utc>) -> Cutoffs {
-        Cutoffs {
-            awaiting_seller_opened_before: now - self.seller_response,
-            negotiating_opened_before: now - self.negotiation,
-            return_agreed_before: now - self.return_shipment,
-            return_shipped_before: now - self.return_receipt,
-            replacement_agreed_before: now - self.replacement_shipment,
-            replacement_shipped_before: now - self.replacement_receipt,
-        }
-    }
 }
 
 /// Applies the dispute's deadline if it has passed. `Ok(None)` when it is moot: not due
@@ -186,34 +269,31 @@ pub fn apply_deadline(
     let Some((due, event)) = deadlines.due(dispute) else {
         return Ok(None);
     };
+    let Some(rule) = rule_for(dispute.state) else {
+        return Ok(None);
+    };
     if now < due {
         return Ok(None);
     }
-    let change = match dispute.state {
-        DisputeState::AwaitingSeller => grant(order, dispute, dispute.remedy, event, now)?,
-        DisputeState::Negotiating => {
+    let change = match rule.consequence {
+        Consequence::GrantBuyerRemedy => grant(order, dispute, dispute.remedy, event, now)?,
+        Consequence::Escalate => {
             let mut dispute = dispute.clone();
             dispute.move_to(DisputeState::UnderReview, now);
             Change::new(order.clone(), dispute, None, event)
         }
-        DisputeState::AwaitingReturnShipment => settle_and_resolve(order, dispute, 0, event, now)?,
-        DisputeState::ReturnInTransit => {
-            // The seller did not object in time: the item is taken as delivered.
-            let mut received = dispute.clone();
-            if let Some(item_return) = received.item_return.as_mut() {
+        Consequence::RefundBuyer => {
+            // The seller did not object in time: a return in transit is taken as delivered.
+            let mut refunded = dispute.clone();
+            if let Some(item_return) = refunded.item_return.as_mut()
+                && item_return.status == ReturnStatus::InTransit
+            {
                 item_return.status = ReturnStatus::Received;
             }
-            settle_and_resolve(order, &received, order.amount.minor, event, now)?
+            settle_and_resolve(order, &refunded, order.amount.minor, event, now)?
         }
-        // The seller never shipped the replacement: the buyer gets the money back.
-        DisputeState::AwaitingReplacementShipment => {
-            settle_and_resolve(order, dispute, order.amount.minor, event, now)?
-        }
-        // The buyer did not object in time: the replacement is taken as delivered.
-        DisputeState::ReplacementInTransit => settle_and_resolve(order, dispute, 0, event, now)?,
-        DisputeState::UnderReview | DisputeState::Cancelled | DisputeState::Resolved => {
-            return Ok(None);
-        }
+        // The buyer did not object in time: a replacement in transit is taken as delivered.
+        Consequence::ReleaseToSeller => settle_and_resolve(order, dispute, 0, event, now)?,
     };
     Ok(Some(change))
 }
@@ -232,23 +312,58 @@ mod tests {
         // README, "Deadlines": 5, 15, 10, 15, 10 and 30 days; protection 30 days past a
         // replacement's shipment.
         let d = Deadlines::default();
-        assert_eq!(d.seller_response, Duration::days(5));
-        assert_eq!(d.negotiation, Duration::days(15));
-        assert_eq!(d.return_shipment, Duration::days(10));
-        assert_eq!(d.return_receipt, Duration::days(15));
-        assert_eq!(d.replacement_shipment, Duration::days(10));
-        assert_eq!(d.replacement_receipt, Duration::days(30));
+        assert_eq!(d.of(DeadlineKind::SellerResponse), Duration::days(5));
+        assert_eq!(d.of(DeadlineKind::Negotiation), Duration::days(15));
+        assert_eq!(d.of(DeadlineKind::ReturnShipment), Duration::days(10));
+        assert_eq!(d.of(DeadlineKind::ReturnReceipt), Duration::days(15));
+        assert_eq!(d.of(DeadlineKind::ReplacementShipment), Duration::days(10));
+        assert_eq!(d.of(DeadlineKind::ReplacementReceipt), Duration::days(30));
         assert_eq!(d.replacement_delivery, Duration::days(30));
     }
 
     #[test]
     fn a_cutoff_is_the_deadline_counted_back_from_now() {
         let cutoffs = Deadlines::default().cutoffs(at(1, 3, 12));
-        assert_eq!(cutoffs.awaiting_seller_opened_before, at(24, 2, 12));
-        assert_eq!(cutoffs.negotiating_opened_before, at(14, 2, 12));
-        assert_eq!(cutoffs.return_agreed_before, at(19, 2, 12));
-        assert_eq!(cutoffs.return_shipped_before, at(14, 2, 12));
-        assert_eq!(cutoffs.replacement_agreed_before, at(19, 2, 12));
-        assert_eq!(cutoffs.replacement_shipped_before, at(30, 1, 12));
+        let before = |state| {
+            cutoffs
+                .iter()
+                .find(|c| c.state == state)
+                .map(|c| (c.clock, c.started_before))
+        };
+        use DisputeState::*;
+        assert_eq!(before(AwaitingSeller), Some((Clock::Opened, at(24, 2, 12))));
+        assert_eq!(before(Negotiating), Some((Clock::Opened, at(14, 2, 12))));
+        assert_eq!(
+            before(AwaitingReturnShipment),
+            Some((Clock::ReturnAgreed, at(19, 2, 12)))
+        );
+        assert_eq!(
+            before(ReturnInTransit),
+            Some((Clock::ReturnShipped, at(14, 2, 12)))
+        );
+        assert_eq!(
+            before(AwaitingReplacementShipment),
+            Some((Clock::ReplacementAgreed, at(19, 2, 12)))
+        );
+        assert_eq!(
+            before(ReplacementInTransit),
+            Some((Clock::ReplacementShipped, at(30, 1, 12)))
+        );
+        assert_eq!(cutoffs.len(), 6);
+    }
+
+    #[test]
+    fn the_table_is_in_kind_order_and_every_waiting_state_has_one_deadline() {
+        for (i, rule) in RULES.iter().enumerate() {
+            assert_eq!(rule.kind as usize, i, "{rule:?}");
+            assert_eq!(DeadlineKind::ALL[i], rule.kind);
+            assert_eq!(rule_of(rule.event), Some(rule));
+        }
+        // README, "Deadlines": every open state but UNDER_REVIEW waits on exactly one.
+        for state in DisputeState::ALL {
+            let rules = RULES.iter().filter(|r| r.state == state).count();
+            let expected = usize::from(!state.is_terminal() && state != DisputeState::UnderReview);
+            assert_eq!(rules, expected, "{state:?}");
+        }
     }
 }

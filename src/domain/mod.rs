@@ -21,7 +21,10 @@ mod trace;
 mod workflow;
 
 pub use actor::{Actor, Role};
-pub use deadlines::{Consequence, Cutoffs, DeadlineKind, Deadlines, NextDeadline, apply_deadline};
+pub use deadlines::{
+    Clock, Consequence, Cutoff, DeadlineKind, Deadlines, NextDeadline, RULES, Rule, apply_deadline,
+    rule_for, rule_of,
+};
 pub use dispute::{
     Change, Dispute, DisputeState, EventKind, ItemReturn, Outcome, Proposal, Reason, Remedy,
     Replacement, ReturnStatus,

@@ -15,8 +15,9 @@ use super::statement;
 
 use chrono::{DateTime, Utc};
 
+use super::codec;
 use super::{Store, StoreError};
-use crate::domain::{Cutoffs, DisputeId, PartyId};
+use crate::domain::{Clock, Cutoff, DisputeId, PartyId};
 
 /// A deadline candidate: a dispute (its deadline) or an order (its protection end).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,45 +42,50 @@ pub struct Setback {
 }
 
 impl Store {
-    /// Open disputes whose deadline has passed, oldest change first; those set aside with
-    /// a retry time after `retry_by` are skipped.
+    /// Open disputes whose deadline has passed (one `cutoff` per deadline of the table),
+    /// oldest change first; those set aside with a retry time after `retry_by` are
+    /// skipped.
+    ///
+    /// The one statement here built at run time: its state → clock column conditions
+    /// come from the domain's deadline table, so the table stays the one place a deadline
+    /// is declared. Only static column names and bound parameters go into it, and
+    /// tests/api/scan.rs holds it to `Deadlines::due` on generated disputes.
     pub async fn due_disputes(
         &self,
-        cutoffs: &Cutoffs,
+        cutoffs: &[Cutoff],
         retry_by: DateTime<Utc>,
         limit: i64,
     ) -> Result<Vec<Due<DisputeId>>, StoreError> {
-        let rows = sqlx::query!(
-            r#"SELECT d.dispute_id,
-                      EXISTS (SELECT 1 FROM deadline_setbacks s WHERE s.dispute_id = d.dispute_id) AS "set_aside!"
-               FROM disputes d
-               WHERE ((d.state = 'AWAITING_SELLER' AND d.created_at <= $1)
-                  OR (d.state = 'NEGOTIATING' AND d.created_at <= $2)
-                  OR (d.state = 'AWAITING_RETURN_SHIPMENT' AND d.return_agreed_at <= $3)
-                  OR (d.state = 'RETURN_IN_TRANSIT' AND d.return_shipped_at <= $4)
-                  OR (d.state = 'AWAITING_REPLACEMENT_SHIPMENT' AND d.replacement_agreed_at <= $6)
-                  OR (d.state = 'REPLACEMENT_IN_TRANSIT' AND d.replacement_shipped_at <= $7))
-                 AND NOT EXISTS (SELECT 1 FROM deadline_setbacks s
-                                 WHERE s.dispute_id = d.dispute_id AND s.retry_at > $8)
-               ORDER BY d.updated_at
-               LIMIT $5"#,
-            cutoffs.awaiting_seller_opened_before,
-            cutoffs.negotiating_opened_before,
-            cutoffs.return_agreed_before,
-            cutoffs.return_shipped_before,
-            limit,
-            cutoffs.replacement_agreed_before,
-            cutoffs.replacement_shipped_before,
-            retry_by,
-        )
-        .fetch_all(self.pool())
-        .instrument(statement("SELECT", "disputes"))
-        .await?;
+        let mut query = sqlx::QueryBuilder::new(
+            "SELECT d.dispute_id, EXISTS (SELECT 1 FROM deadline_setbacks s \
+             WHERE s.dispute_id = d.dispute_id) AS set_aside FROM disputes d WHERE (false",
+        );
+        for cutoff in cutoffs {
+            query
+                .push(" OR (d.state = ")
+                .push_bind(codec::state_str(cutoff.state))
+                .push(format_args!(" AND d.{} <= ", clock_column(cutoff.clock)))
+                .push_bind(cutoff.started_before)
+                .push(")");
+        }
+        query
+            .push(
+                ") AND NOT EXISTS (SELECT 1 FROM deadline_setbacks s \
+                 WHERE s.dispute_id = d.dispute_id AND s.retry_at > ",
+            )
+            .push_bind(retry_by)
+            .push(") ORDER BY d.updated_at LIMIT ")
+            .push_bind(limit);
+        let query = query.build_query_as::<(uuid::Uuid, bool)>();
+        let rows = query
+            .fetch_all(self.pool())
+            .instrument(statement("SELECT", "disputes"))
+            .await?;
         Ok(rows
             .into_iter()
-            .map(|row| Due {
-                id: DisputeId(row.dispute_id),
-                set_aside: row.set_aside,
+            .map(|(id, set_aside)| Due {
+                id: DisputeId(id),
+                set_aside,
             })
             .collect())
     }
@@ -244,5 +250,16 @@ impl Store {
         .instrument(statement("DELETE", "idempotency_keys"))
         .await?;
         Ok(done.rows_affected())
+    }
+}
+
+/// The disputes column each deadline clock reads.
+fn clock_column(clock: Clock) -> &'static str {
+    match clock {
+        Clock::Opened => "created_at",
+        Clock::ReturnAgreed => "return_agreed_at",
+        Clock::ReturnShipped => "return_shipped_at",
+        Clock::ReplacementAgreed => "replacement_agreed_at",
+        Clock::ReplacementShipped => "replacement_shipped_at",
     }
 }
