@@ -17,7 +17,7 @@ pub mod tokens;
 
 pub use connections::incoming;
 pub use gate::{GateLayer, MAX_REQUEST_BYTES};
-pub use limits::Slots;
+pub use limits::{Admitted, Shares, Slots};
 pub use service::{ApiParts, DisputeApi};
 pub use stream::EventFeed;
 
