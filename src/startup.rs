@@ -10,6 +10,7 @@ use sqlx::{
 use tokio::{net::TcpListener, time::Instant};
 use tonic::transport::Server;
 use tonic_health::server::HealthReporter;
+use tower::ServiceBuilder;
 
 use crate::{
     clock::Clock,
@@ -18,8 +19,8 @@ use crate::{
     domain::Deadlines,
     feed::EventFeed,
     grpc::{
-        self, ApiParts, DisputeApi, GateLayer, MAX_REQUEST_BYTES, SERVICE_NAME, Slots,
-        auth::Authenticator, parse::EvidencePrefixes,
+        self, Admitted, ApiParts, DisputeApi, GateLayer, MAX_REQUEST_BYTES, SERVICE_NAME, Shares,
+        Slots, auth::Authenticator, parse::EvidencePrefixes,
         pb::dispute_service_server::DisputeServiceServer, tokens::TokenKey,
     },
     metrics::{self, Metrics},
@@ -280,7 +281,26 @@ impl Application {
                 deadlines: self.deadlines,
             },
         );
-        let disputes = DisputeServiceServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES);
+        // The server-wide bound (README, "Limits"), tower's: a call takes one of
+        // `DISPUTE_MAX_IN_FLIGHT` slots or is shed at once (`OVERLOADED`), never queued.
+        // Only the dispute service's calls take one (health and reflection never wait on
+        // it), and only once the gate has read their body: the gate asks the router for a
+        // call after the read, and that is when the limit takes its permit.
+        let metrics = self.metrics.clone();
+        let disputes = ServiceBuilder::new()
+            .layer_fn(Admitted::new)
+            .load_shed()
+            .concurrency_limit(self.config.max_in_flight as usize)
+            // Admitted and not yet answered: inside the limit.
+            .map_future(move |answer| {
+                let in_flight = metrics.in_flight();
+                async move {
+                    let answer = answer.await;
+                    drop(in_flight);
+                    answer
+                }
+            })
+            .service(DisputeServiceServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES));
 
         // One budget from the signal to the exit (README, "Deploying"): the drain and the
         // worker's pass share `drain_share`, side by side; the span flush (in main) has the
@@ -312,10 +332,7 @@ impl Application {
             .http2_keepalive_timeout(Some(limits.keepalive_timeout))
             .layer(GateLayer::new(
                 self.authenticator.clone(),
-                Slots::new(
-                    self.config.max_in_flight as usize,
-                    limits.max_in_flight_per_caller as usize,
-                ),
+                Shares::new(limits.max_in_flight_per_caller as usize),
                 self.config.request_timeout,
                 limits.request_body_timeout,
                 self.metrics.clone(),

@@ -1,15 +1,26 @@
-//! The tower layer in front of the service: authentication (the bearer token),
-//! authorization (the policy table), admission and the server-side deadline. A request it
-//! refuses never reaches a handler. It also makes sure every error leaving the server
-//! carries an `ErrorInfo`, including the ones tonic itself produces (an oversized or
-//! malformed message, an unknown method). Health and reflection pass through.
+//! The gate: the part of the server's tower stack in front of the dispute service that
+//! tower does not provide. Authentication (the bearer token), authorization (the policy
+//! table, keyed by [`policy::Rpc`]), the caller's share, the body read before a server slot,
+//! and the server-side deadline. A request it refuses never reaches a handler. It also makes
+//! sure every error leaving the server carries an `ErrorInfo`, including the ones tonic
+//! itself produces (an oversized or malformed message, an unknown method). Health and
+//! reflection pass through.
 //!
 //! Admission, in order (README, "Limits"): the caller takes one of its own slots
 //! (`DISPUTE_MAX_IN_FLIGHT_PER_CALLER`), the request's body is read whole within
-//! `DISPUTE_REQUEST_BODY_TIMEOUT`, and only then does it take one of the server's slots
-//! (`DISPUTE_MAX_IN_FLIGHT`). A request that sends headers and never its body therefore
+//! `DISPUTE_REQUEST_BODY_TIMEOUT`, and only then is the service below asked to take the
+//! request (`oneshot`: the gate never polls it ready beforehand). That is when the request
+//! takes one of the server's slots (`DISPUTE_MAX_IN_FLIGHT`), or is shed: tower's
+//! concurrency limit and load shedding around the dispute service (`startup.rs`,
+//! [`super::limits::Admitted`]). A request that sends headers and never its body therefore
 //! holds one slot of its own caller's, for at most the body timeout, and none of anyone
 //! else's.
+//!
+//! The deadline is the gate's own, not tower's `Timeout` nor tonic's `Server::timeout`:
+//! it is per request (the caller's shorter `grpc-timeout`), counts from the request's
+//! arrival and bounds the body read as well, and is answered DEADLINE_EXCEEDED with an
+//! `ErrorInfo`, in the call's span and metrics. tower's `Timeout` takes one fixed duration;
+//! tonic's runs outside every layer and answers CANCELLED without an `ErrorInfo`.
 //!
 //! It opens the OpenTelemetry SERVER span of every RPC (a child of the caller's span when
 //! the request carries a W3C `traceparent`), records its gRPC status code, refused calls
@@ -25,16 +36,10 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use http_body_util::{BodyExt, Full as FullBody, LengthLimitError, Limited};
 use tonic::{Code, Status, body::Body};
-use tower::{Layer, Service};
+use tower::{Layer, Service, ServiceExt};
 use tracing::{Instrument, field::Empty};
 
-use super::{
-    SERVICE_NAME,
-    auth::Authenticator,
-    error::status,
-    limits::{Full, Slots},
-    policy,
-};
+use super::{SERVICE_NAME, auth::Authenticator, error::status, limits::Shares, policy};
 use crate::{domain::Actor, metrics::Metrics, telemetry};
 
 /// Largest request message accepted, in bytes.
@@ -45,7 +50,7 @@ const FRAME_HEADER_BYTES: usize = 5;
 #[derive(Clone)]
 pub struct GateLayer {
     authenticator: Arc<Authenticator>,
-    in_flight: Slots,
+    shares: Shares,
     request_timeout: Duration,
     body_timeout: Duration,
     metrics: Metrics,
@@ -54,14 +59,14 @@ pub struct GateLayer {
 impl GateLayer {
     pub fn new(
         authenticator: Arc<Authenticator>,
-        in_flight: Slots,
+        shares: Shares,
         request_timeout: Duration,
         body_timeout: Duration,
         metrics: Metrics,
     ) -> Self {
         Self {
             authenticator,
-            in_flight,
+            shares,
             request_timeout,
             body_timeout,
             metrics,
@@ -136,11 +141,14 @@ where
     type Error = S::Error;
     type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+    /// Always ready: the service below is asked only once a request's body is read, so
+    /// nothing below it (a server slot) is reserved for a body that has not arrived.
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let inner = self.inner.clone();
         let Some(method) = request
             .uri()
             .path()
@@ -149,8 +157,7 @@ where
             .and_then(|path| path.strip_prefix('/'))
             .map(str::to_owned)
         else {
-            let answer = self.inner.call(request);
-            return Box::pin(async move { Ok(with_error_info(answer.await?)) });
+            return Box::pin(async move { Ok(with_error_info(inner.oneshot(request).await?)) });
         };
         let started = Instant::now();
         // A label or span name only from the proto's own RPCs: a made-up method name must
@@ -174,40 +181,26 @@ where
         let trace_id = telemetry::adopt_remote_parent(&span, request.headers());
         let layer = self.layer.clone();
         let metrics = layer.metrics.clone();
-        // The service was polled ready for this call: take it, leave a clone for the next.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let call_span = span.clone();
+        // Runs inside the span (instrumented below), the handler included.
         let answer = async move {
-            let actor = {
-                let _entered = call_span.enter();
-                layer.admit(&request, &method, known)?
-            };
-            call_span.record("actor.role", actor.role.as_str());
+            let actor = layer.admit(&request, &method, known)?;
+            tracing::Span::current().record("actor.role", actor.role.as_str());
             let deadline = layer.deadline(&request);
-            let mine = layer.in_flight.caller_slot(&actor).map_err(overloaded)?;
+            let _mine = layer.shares.take(&actor).ok_or_else(caller_overloaded)?;
             let mut request = read_body(request, deadline.min(layer.body_timeout)).await?;
-            let everyone = layer.in_flight.total_slot().map_err(overloaded)?;
             request.extensions_mut().insert(actor);
             request.extensions_mut().insert(trace_id);
-            let response = {
-                let _entered = call_span.enter();
-                inner.call(request)
-            };
-            let in_flight = layer.metrics.in_flight();
             // The handler's future (and its transaction, rolled back) is dropped at the
             // deadline, which counts from the request's arrival. A stream's deadline
             // covers its start, not its life.
             let remaining = deadline.saturating_sub(started.elapsed());
-            let response = match tokio::time::timeout(remaining, response).await {
-                Ok(response) => response.map_err(Refusal::Inner)?,
+            match tokio::time::timeout(remaining, inner.oneshot(request)).await {
+                Ok(response) => response.map_err(Refusal::Inner),
                 Err(_) => {
                     tracing::warn!(rpc = method, ?deadline, "deadline exceeded");
-                    return Err(deadline_exceeded().into());
+                    Err(deadline_exceeded().into())
                 }
-            };
-            drop((mine, everyone, in_flight));
-            Ok(response)
+            }
         };
         Box::pin(
             async move {
@@ -246,19 +239,12 @@ impl<E> From<Status> for Refusal<E> {
     }
 }
 
-fn overloaded(full: Full) -> Status {
-    match full {
-        Full::Caller => status(
-            Code::ResourceExhausted,
-            "CALLER_OVERLOADED",
-            "this caller has too many requests under way; retry with backoff",
-        ),
-        Full::Total => status(
-            Code::ResourceExhausted,
-            "OVERLOADED",
-            "too many requests in flight; retry with backoff",
-        ),
-    }
+fn caller_overloaded() -> Status {
+    status(
+        Code::ResourceExhausted,
+        "CALLER_OVERLOADED",
+        "this caller has too many requests under way; retry with backoff",
+    )
 }
 
 fn deadline_exceeded() -> Status {

@@ -18,7 +18,7 @@ pub mod tokens;
 
 pub use connections::incoming;
 pub use gate::{GateLayer, MAX_REQUEST_BYTES};
-pub use limits::Slots;
+pub use limits::{Admitted, Shares, Slots};
 pub use service::{ApiParts, DisputeApi};
 
 #[allow(clippy::all, missing_docs)]
