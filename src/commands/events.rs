@@ -6,7 +6,9 @@ use serde_json::json;
 
 use super::{Commands, Error};
 use crate::{
-    domain::{Actor, Change, DisputeId, HistoryEvent, Order, Position, Settlement, StreamEvent},
+    domain::{
+        Actor, Change, DisputeId, EventKind, HistoryEvent, Order, Position, Settlement, StreamEvent,
+    },
     store::{self, NewEvent},
 };
 
@@ -112,7 +114,8 @@ pub(super) fn protection_extended(before: &Order, after: &Order, now: DateTime<U
 }
 
 impl Commands {
-    /// A page of a dispute's history, visible by the same rule as the dispute.
+    /// A page of a dispute's history, visible by the same rule as the dispute, without
+    /// the entries the actor's role does not see.
     pub async fn history(
         &self,
         actor: &Actor,
@@ -123,7 +126,12 @@ impl Commands {
         self.get_dispute(actor, dispute_id).await?;
         Ok(self
             .store
-            .history(dispute_id, after_seq, limit as i64)
+            .history(
+                dispute_id,
+                after_seq,
+                limit as i64,
+                &EventKind::hidden_from(actor.role),
+            )
             .await?)
     }
 

@@ -341,6 +341,24 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    /// History entries only agents read (README, "What the parties see"); the event stream
+    /// carries every event.
+    pub const FOR_AGENTS_ONLY: &'static [EventKind] = &[];
+
+    /// The kinds of history entry `role` does not see: the parties see all but the
+    /// agents' own.
+    pub fn hidden_from(role: Role) -> Vec<&'static str> {
+        match role {
+            Role::Buyer | Role::Seller => Self::FOR_AGENTS_ONLY
+                .iter()
+                .map(|kind| kind.as_str())
+                .collect(),
+            Role::Agent | Role::Service => Vec::new(),
+        }
+    }
+}
+
+impl EventKind {
     pub fn as_str(self) -> &'static str {
         match self {
             EventKind::DisputeOpened => "DISPUTE_OPENED",

@@ -16,7 +16,8 @@ use super::{
         OpenDispute, RegisterOrder, SellerStatsRequest,
     },
     pb::{self, dispute_service_server::DisputeService},
-    stream::{self, EventFeed, EventStream},
+    policy::Rpc,
+    stream::{self, EventStream},
     tokens::TokenKey,
 };
 use crate::{
@@ -25,6 +26,7 @@ use crate::{
         Actor, Deadlines, Dispute, DisputeFilter, DisputeId, DomainError, ListPosition, PartyId,
         RequestId, TraceId,
     },
+    feed::EventFeed,
 };
 
 pub struct DisputeApi {
@@ -75,7 +77,7 @@ impl DisputeApi {
     async fn on_dispute<Req, Resp>(
         &self,
         request: Request<Req>,
-        rpc: &'static str,
+        rpc: Rpc,
         respond: fn(Option<pb::Dispute>, Option<pb::Order>) -> Resp,
     ) -> Result<Response<Resp>, Status>
     where
@@ -90,7 +92,7 @@ impl DisputeApi {
     async fn on_dispute_parsed<Req, Resp>(
         &self,
         request: Request<Req>,
-        rpc: &'static str,
+        rpc: Rpc,
         parse: impl FnOnce(&Req) -> Result<DisputeRequest, DomainError>,
         respond: fn(Option<pb::Dispute>, Option<pb::Order>) -> Resp,
     ) -> Result<Response<Resp>, Status>
@@ -122,10 +124,10 @@ struct Caller {
 
 impl Caller {
     /// The idempotency key of a write: this caller, this RPC, this request id and payload.
-    fn key(self, rpc: &'static str, request_id: RequestId, request: &impl Message) -> RequestKey {
+    fn key(self, rpc: Rpc, request_id: RequestId, request: &impl Message) -> RequestKey {
         RequestKey::new(
             self.actor,
-            rpc,
+            rpc.name(),
             request_id,
             &request.encode_to_vec(),
             self.trace_id,
@@ -205,7 +207,7 @@ impl DisputeService for DisputeApi {
         let (caller, req) = caller(request)?;
         let RegisterOrder { order, request_id } = RegisterOrder::try_from(&req)?;
         on_span(Some(&order.order_id), None);
-        let key = caller.key("RegisterOrder", request_id, &req);
+        let key = caller.key(Rpc::RegisterOrder, request_id, &req);
         let order = self.commands.register_order(order, key).await?;
         Ok(Response::new(pb::RegisterOrderResponse {
             order: Some(order_to_pb(&order)),
@@ -235,7 +237,7 @@ impl DisputeService for DisputeApi {
             request_id,
         } = OpenDispute::parse(&req, &self.evidence)?;
         on_span(Some(&dispute.order_id), None);
-        let key = caller.key("OpenDispute", request_id, &req);
+        let key = caller.key(Rpc::OpenDispute, request_id, &req);
         let dispute = self.commands.open_dispute(dispute, key).await?;
         on_span(None, Some(&dispute.dispute_id));
         Ok(Response::new(pb::OpenDisputeResponse {
@@ -247,7 +249,7 @@ impl DisputeService for DisputeApi {
         &self,
         request: Request<pb::CancelDisputeRequest>,
     ) -> Result<Response<pb::CancelDisputeResponse>, Status> {
-        self.on_dispute(request, "CancelDispute", |dispute, order| {
+        self.on_dispute(request, Rpc::CancelDispute, |dispute, order| {
             pb::CancelDisputeResponse { dispute, order }
         })
         .await
@@ -257,7 +259,7 @@ impl DisputeService for DisputeApi {
         &self,
         request: Request<pb::CancelReturnRequest>,
     ) -> Result<Response<pb::CancelReturnResponse>, Status> {
-        self.on_dispute(request, "CancelReturn", |dispute, order| {
+        self.on_dispute(request, Rpc::CancelReturn, |dispute, order| {
             pb::CancelReturnResponse { dispute, order }
         })
         .await
@@ -267,7 +269,7 @@ impl DisputeService for DisputeApi {
         &self,
         request: Request<pb::ResolveFundsRequest>,
     ) -> Result<Response<pb::ResolveFundsResponse>, Status> {
-        self.on_dispute(request, "ResolveFunds", |dispute, order| {
+        self.on_dispute(request, Rpc::ResolveFunds, |dispute, order| {
             pb::ResolveFundsResponse { dispute, order }
         })
         .await
@@ -319,7 +321,7 @@ impl DisputeService for DisputeApi {
         &self,
         request: Request<pb::RespondToDisputeRequest>,
     ) -> Result<Response<pb::RespondToDisputeResponse>, Status> {
-        self.on_dispute(request, "RespondToDispute", |dispute, order| {
+        self.on_dispute(request, Rpc::RespondToDispute, |dispute, order| {
             pb::RespondToDisputeResponse { dispute, order }
         })
         .await
@@ -329,7 +331,7 @@ impl DisputeService for DisputeApi {
         &self,
         request: Request<pb::AcceptProposalRequest>,
     ) -> Result<Response<pb::AcceptProposalResponse>, Status> {
-        self.on_dispute(request, "AcceptProposal", |dispute, order| {
+        self.on_dispute(request, Rpc::AcceptProposal, |dispute, order| {
             pb::AcceptProposalResponse { dispute, order }
         })
         .await
@@ -339,7 +341,7 @@ impl DisputeService for DisputeApi {
         &self,
         request: Request<pb::EscalateDisputeRequest>,
     ) -> Result<Response<pb::EscalateDisputeResponse>, Status> {
-        self.on_dispute(request, "EscalateDispute", |dispute, order| {
+        self.on_dispute(request, Rpc::EscalateDispute, |dispute, order| {
             pb::EscalateDisputeResponse { dispute, order }
         })
         .await
@@ -349,7 +351,7 @@ impl DisputeService for DisputeApi {
         &self,
         request: Request<pb::SubmitReturnShipmentRequest>,
     ) -> Result<Response<pb::SubmitReturnShipmentResponse>, Status> {
-        self.on_dispute(request, "SubmitReturnShipment", |dispute, order| {
+        self.on_dispute(request, Rpc::SubmitReturnShipment, |dispute, order| {
             pb::SubmitReturnShipmentResponse { dispute, order }
         })
         .await
@@ -359,7 +361,7 @@ impl DisputeService for DisputeApi {
         &self,
         request: Request<pb::ConfirmReturnReceivedRequest>,
     ) -> Result<Response<pb::ConfirmReturnReceivedResponse>, Status> {
-        self.on_dispute(request, "ConfirmReturnReceived", |dispute, order| {
+        self.on_dispute(request, Rpc::ConfirmReturnReceived, |dispute, order| {
             pb::ConfirmReturnReceivedResponse { dispute, order }
         })
         .await
@@ -369,7 +371,7 @@ impl DisputeService for DisputeApi {
         &self,
         request: Request<pb::SubmitReplacementShipmentRequest>,
     ) -> Result<Response<pb::SubmitReplacementShipmentResponse>, Status> {
-        self.on_dispute(request, "SubmitReplacementShipment", |dispute, order| {
+        self.on_dispute(request, Rpc::SubmitReplacementShipment, |dispute, order| {
             pb::SubmitReplacementShipmentResponse { dispute, order }
         })
         .await
@@ -379,9 +381,11 @@ impl DisputeService for DisputeApi {
         &self,
         request: Request<pb::ConfirmReplacementReceivedRequest>,
     ) -> Result<Response<pb::ConfirmReplacementReceivedResponse>, Status> {
-        self.on_dispute(request, "ConfirmReplacementReceived", |dispute, order| {
-            pb::ConfirmReplacementReceivedResponse { dispute, order }
-        })
+        self.on_dispute(
+            request,
+            Rpc::ConfirmReplacementReceived,
+            |dispute, order| pb::ConfirmReplacementReceivedResponse { dispute, order },
+        )
         .await
     }
 
@@ -392,7 +396,7 @@ impl DisputeService for DisputeApi {
         let evidence = &self.evidence;
         self.on_dispute_parsed(
             request,
-            "PostDisputeMessage",
+            Rpc::PostDisputeMessage,
             |req| DisputeRequest::post_message(req, evidence),
             |dispute, _| pb::PostDisputeMessageResponse { dispute },
         )
@@ -424,7 +428,7 @@ impl DisputeService for DisputeApi {
             request_id,
         } = ExtendProtection::try_from(&req)?;
         on_span(Some(&order_id), None);
-        let key = caller.key("ExtendProtection", request_id, &req);
+        let key = caller.key(Rpc::ExtendProtection, request_id, &req);
         let order = self
             .commands
             .extend_protection(&order_id, new_end, key)

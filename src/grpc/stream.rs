@@ -13,11 +13,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
 use super::{encode::stream_event_to_pb, limits::CallerSlot, pb, tokens::Tokens};
-/// The protocol's feed, which the service holds and hands each stream it starts.
-pub use crate::feed::EventFeed;
 use crate::{
     commands::Commands,
     domain::{Position, StreamEvent},
+    feed::EventFeed,
     feed::{Consumer, Subscription},
     shutdown::stopped,
 };

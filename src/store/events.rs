@@ -29,20 +29,24 @@ fn actor(role: &str, id: String) -> Result<Actor, StoreError> {
 }
 
 impl Store {
-    /// A page of one dispute's history after sequence number `after`.
+    /// A page of one dispute's history after sequence number `after`, without the
+    /// entries of the `hidden` kinds.
     pub async fn history(
         &self,
         dispute_id: DisputeId,
         after: i32,
         limit: i64,
+        hidden: &[&str],
     ) -> Result<Vec<HistoryEvent>, StoreError> {
+        let hidden: Vec<String> = hidden.iter().map(|kind| (*kind).to_owned()).collect();
         let rows = sqlx::query!(
             r#"SELECT seq, kind, actor_role, actor_id, occurred_at, payload, trace_id
-               FROM dispute_events WHERE dispute_id = $1 AND seq > $2
+               FROM dispute_events WHERE dispute_id = $1 AND seq > $2 AND kind <> ALL($4)
                ORDER BY seq LIMIT $3"#,
             dispute_id.0,
             after,
             limit,
+            &hidden,
         )
         .fetch_all(self.pool())
         .instrument(statement("SELECT", "dispute_events"))
