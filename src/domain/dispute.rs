@@ -338,12 +338,13 @@ pub enum EventKind {
     ReplacementShipmentDeadlinePassed,
     ReplacementReceiptDeadlinePassed,
     MessagePosted,
+    InternalNoteAdded,
 }
 
 impl EventKind {
     /// History entries only agents read (README, "What the parties see"); the event stream
     /// carries every event.
-    pub const FOR_AGENTS_ONLY: &'static [EventKind] = &[];
+    pub const FOR_AGENTS_ONLY: &'static [EventKind] = &[EventKind::InternalNoteAdded];
 
     /// The kinds of history entry `role` does not see: the parties see all but the
     /// agents' own.
@@ -379,6 +380,7 @@ impl EventKind {
             EventKind::ReplacementShipmentDeadlinePassed => "REPLACEMENT_SHIPMENT_DEADLINE_PASSED",
             EventKind::ReplacementReceiptDeadlinePassed => "REPLACEMENT_RECEIPT_DEADLINE_PASSED",
             EventKind::MessagePosted => "MESSAGE_POSTED",
+            EventKind::InternalNoteAdded => "INTERNAL_NOTE_ADDED",
         }
     }
 }

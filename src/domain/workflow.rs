@@ -227,6 +227,34 @@ pub fn post_message(
     Ok(change)
 }
 
+/// AddInternalNote: an agent notes something on a dispute in any state, for agents only
+/// (the parties never see it in the history). Nothing about the dispute changes, not even
+/// its `updated_at`: the parties see no trace of it.
+pub fn add_internal_note(
+    order: &Order,
+    dispute: &Dispute,
+    actor: &Actor,
+    text: &str,
+    now: DateTime<Utc>,
+) -> Result<Change, DomainError> {
+    if actor.role != Role::Agent {
+        return Err(DomainError::PermissionDenied {
+            reason: "ROLE_NOT_ALLOWED",
+            message: "only an agent writes internal notes",
+        });
+    }
+    dispute.ensure_visible_to(actor)?;
+    let mut change = Change::new(
+        order.clone(),
+        dispute.clone(),
+        None,
+        EventKind::InternalNoteAdded,
+    )
+    .with_note(text);
+    change.occurred_at = now;
+    Ok(change)
+}
+
 /// Every command that acts on one existing dispute.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DisputeCommand {
@@ -253,6 +281,9 @@ pub enum DisputeCommand {
     PostMessage {
         text: String,
         evidence_urls: Vec<String>,
+    },
+    AddInternalNote {
+        text: String,
     },
 }
 
@@ -316,5 +347,8 @@ fn decide_command(
             text,
             evidence_urls,
         } => post_message(order, dispute, actor, &text, &evidence_urls, now),
+        DisputeCommand::AddInternalNote { text } => {
+            add_internal_note(order, dispute, actor, &text, now)
+        }
     }
 }

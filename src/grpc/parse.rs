@@ -391,6 +391,16 @@ fn confirm_replacement_received(
     })
 }
 
+fn add_internal_note(req: &pb::AddInternalNoteRequest) -> Result<DisputeRequest, DomainError> {
+    dispute_request(&req.dispute_id, &req.request_id, |v| {
+        let text = v.check(
+            "text",
+            required_text(&req.text, domain::MAX_MESSAGE_CHARS, Free),
+        );
+        Some(DisputeCommand::AddInternalNote { text: text? })
+    })
+}
+
 impl DisputeRequest {
     /// Parses PostDisputeMessage; evidence must point where `evidence` allows.
     pub fn post_message(
@@ -689,6 +699,7 @@ parsed_by! {
     pb::SubmitReturnShipmentRequest => DisputeRequest: submit_return_shipment;
     pb::ConfirmReturnReceivedRequest => DisputeRequest: confirm_return_received;
     pb::SubmitReplacementShipmentRequest => DisputeRequest: submit_replacement_shipment;
+    pb::AddInternalNoteRequest => DisputeRequest: add_internal_note;
     pb::ConfirmReplacementReceivedRequest => DisputeRequest: confirm_replacement_received;
     pb::ExtendProtectionRequest => ExtendProtection: extend_protection;
 }

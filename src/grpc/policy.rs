@@ -53,6 +53,7 @@ rpcs!(
     ConfirmReplacementReceived,
     PostDisputeMessage,
     GetSellerDisputeStats,
+    AddInternalNote,
 );
 
 use Rpc::*;
@@ -88,6 +89,7 @@ impl Rpc {
             ConfirmReplacementReceived => &[Buyer],
             PostDisputeMessage         => &[Buyer, Seller, Agent],
             GetSellerDisputeStats      => &[Seller, Agent],
+            AddInternalNote            => &[Agent],
         }
     }
 }
@@ -170,6 +172,7 @@ mod tests {
             "ConfirmReplacementReceived",
             "PostDisputeMessage",
             "GetSellerDisputeStats",
+            "AddInternalNote",
         ]
         .map(str::to_owned)
         .to_vec();

@@ -403,6 +403,16 @@ impl DisputeService for DisputeApi {
         .await
     }
 
+    async fn add_internal_note(
+        &self,
+        request: Request<pb::AddInternalNoteRequest>,
+    ) -> Result<Response<pb::AddInternalNoteResponse>, Status> {
+        self.on_dispute(request, Rpc::AddInternalNote, |dispute, _| {
+            pb::AddInternalNoteResponse { dispute }
+        })
+        .await
+    }
+
     async fn get_seller_dispute_stats(
         &self,
         request: Request<pb::GetSellerDisputeStatsRequest>,

@@ -244,6 +244,14 @@ async fn call_rpc(
             })
             .await
             .map(found),
+        "AddInternalNote" => client
+            .add_internal_note(pb::AddInternalNoteRequest {
+                dispute_id: f.dispute_id.clone(),
+                text: "called the buyer".into(),
+                request_id: uuid::Uuid::now_v7().to_string(),
+            })
+            .await
+            .map(found),
         other => panic!("no call written for {other}: add it to this test"),
     }
 }
@@ -280,6 +288,7 @@ const EXPECTED: &[(&str, [&str; 4])] = &[
     ("ConfirmReplacementReceived", ["AHH", "DDD", "DDD", "DDD"]),
     ("PostDisputeMessage", ["AHH", "AHH", "AAH", "DDD"]),
     ("GetSellerDisputeStats", ["DDD", "ADD", "AAA", "DDD"]),
+    ("AddInternalNote", ["DDD", "DDD", "AAH", "DDD"]),
 ];
 
 const ROLES: [Role; 4] = [Role::Buyer, Role::Seller, Role::Agent, Role::Service];

@@ -16,6 +16,7 @@ mod faults;
 mod hardening;
 mod idempotency;
 mod metrics;
+mod notes;
 mod orders;
 mod parties;
 mod poisoned;

@@ -1028,3 +1028,34 @@ fn the_sellers_first_action_is_its_first_response_and_is_kept() {
     .unwrap();
     assert_eq!(proposed.dispute.seller_first_response_at, Some(first));
 }
+
+#[test]
+fn an_agents_note_changes_nothing_but_the_history_and_only_an_agent_writes_one() {
+    let deadlines = Deadlines::default();
+    let order = order(10_000);
+    let open = opened(&order, Remedy::FullRefund).dispute;
+    let at = t0() + Duration::hours(7);
+    let note = || DisputeCommand::AddInternalNote {
+        text: "called the buyer".into(),
+    };
+    // In any state, a terminal one included.
+    let cancelled = cancel(&order, &open, &buyer(), CancelVia::Dispute, t0()).unwrap();
+    for dispute in [&open, &cancelled.dispute] {
+        let noted = decide(&order, dispute, &agent(), note(), &deadlines, at).unwrap();
+        assert_eq!((&noted.order, &noted.dispute), (&order, dispute));
+        assert_eq!(noted.settlement, None);
+        assert_eq!(noted.event, EventKind::InternalNoteAdded);
+        assert_eq!(noted.note.as_deref(), Some("called the buyer"));
+        assert_eq!(noted.occurred_at, at);
+    }
+    for actor in [buyer(), seller()] {
+        assert!(matches!(
+            decide(&order, &open, &actor, note(), &deadlines, at),
+            Err(DomainError::PermissionDenied { .. })
+        ));
+    }
+    // Agents read it; the parties never do.
+    assert!(EventKind::hidden_from(Role::Buyer).contains(&"INTERNAL_NOTE_ADDED"));
+    assert!(EventKind::hidden_from(Role::Seller).contains(&"INTERNAL_NOTE_ADDED"));
+    assert!(EventKind::hidden_from(Role::Agent).is_empty());
+}
