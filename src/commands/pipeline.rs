@@ -108,7 +108,7 @@ impl Changes {
             None => (Kind::Changed, Kind::New),
             // Every write to a dispute writes its order's row too: the order lock's check
             // that nothing changed its disputes meanwhile reads the order's row version
-            // (README, "Concurrency").
+            // (README, "Architecture": Concurrency).
             Some((order, dispute)) => match Kind::unless_same(dispute, &change.dispute) {
                 Kind::Kept => (Kind::unless_same(order, &change.order), Kind::Kept),
                 written => (Kind::Changed, written),
