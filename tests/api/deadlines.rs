@@ -267,9 +267,12 @@ async fn protection_end_releases_held_funds_unless_a_dispute_is_active(pool: PgP
         done.order.unwrap().funds_state,
         FundsState::ReleasedToSeller as i32
     );
+    // Nothing left to apply. (What the pass purged depends on the other tests' open
+    // transactions on the same server: the purge stops at the oldest one.)
+    let pass = app.run_deadlines().await;
     assert_eq!(
-        app.run_deadlines().await,
-        dispute_service::worker::Pass::default()
+        (pass.deadlines_applied, pass.orders_released, pass.set_aside),
+        (0, 0, 0)
     );
     let ledger: i64 =
         sqlx::query_scalar("SELECT count(*) FROM settlements WHERE actor_id = 'system'")

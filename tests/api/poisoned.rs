@@ -186,7 +186,13 @@ async fn a_poisoned_head_does_not_stop_the_scan(pool: PgPool, scan: Scan, batch:
 
     // Not retried before its time.
     app.clock.advance(INTERVAL - Duration::microseconds(1));
-    assert_eq!(app.run_deadlines().await, Default::default());
+    // (What the pass purged depends on the other tests' open transactions on the same
+    // server: the purge stops at the oldest one.)
+    let pass = app.run_deadlines().await;
+    assert_eq!(
+        (pass.deadlines_applied, pass.orders_released, pass.set_aside),
+        (0, 0, 0)
+    );
     assert_set_aside(&pool, prefix, 1, failed_at + INTERVAL).await;
 
     // Retried at its time, failing again: twice the delay.
