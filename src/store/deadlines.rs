@@ -138,54 +138,45 @@ impl Store {
         error: &str,
     ) -> Result<Option<Setback>, StoreError> {
         let (first, max) = (first_delay.as_secs_f64(), max_delay.as_secs_f64());
-        // The exponent stops growing long before the delay could overflow an interval.
+        /// The one statement, for a candidate's key column and table.
+        macro_rules! set_aside {
+            ($key:tt, $table:tt, $id:expr) => {
+                // The exponent stops growing long before the delay could overflow an
+                // interval.
+                sqlx::query_as!(
+                    Setback,
+                    "INSERT INTO deadline_setbacks AS s ("
+                        + $key
+                        + r#", attempts, retry_at, last_error, first_failed_at, candidate_updated_at)
+                       SELECT "#
+                        + $key
+                        + r#", 1, $2::timestamptz + make_interval(secs => least($3::float8, $4::float8)), $5, $2, updated_at
+                       FROM "#
+                        + $table
+                        + " WHERE "
+                        + $key
+                        + " = $1 ON CONFLICT ("
+                        + $key
+                        + r#") DO UPDATE SET
+                         attempts = s.attempts + 1,
+                         retry_at = $2 + make_interval(secs => least($3 * power(2, least(s.attempts, 40)), $4)),
+                         last_error = excluded.last_error,
+                         candidate_updated_at = excluded.candidate_updated_at
+                       RETURNING attempts AS "attempts!", retry_at AS "retry_at!""#,
+                    $id,
+                    now,
+                    first,
+                    max,
+                    error,
+                )
+                .fetch_optional(self.pool())
+                .instrument(statement("INSERT", "deadline_setbacks"))
+                .await?
+            };
+        }
         let setback = match candidate {
-            Candidate::Dispute(id) => {
-                sqlx::query_as!(
-                    Setback,
-                    r#"INSERT INTO deadline_setbacks AS s
-                         (dispute_id, attempts, retry_at, last_error, first_failed_at, candidate_updated_at)
-                       SELECT dispute_id, 1, $2::timestamptz + make_interval(secs => least($3::float8, $4::float8)), $5, $2, updated_at
-                       FROM disputes WHERE dispute_id = $1
-                       ON CONFLICT (dispute_id) DO UPDATE SET
-                         attempts = s.attempts + 1,
-                         retry_at = $2 + make_interval(secs => least($3 * power(2, least(s.attempts, 40)), $4)),
-                         last_error = excluded.last_error,
-                         candidate_updated_at = excluded.candidate_updated_at
-                       RETURNING attempts AS "attempts!", retry_at AS "retry_at!""#,
-                    id.0,
-                    now,
-                    first,
-                    max,
-                    error,
-                )
-                .fetch_optional(self.pool())
-                .instrument(statement("INSERT", "deadline_setbacks"))
-                .await?
-            }
-            Candidate::Order(id) => {
-                sqlx::query_as!(
-                    Setback,
-                    r#"INSERT INTO deadline_setbacks AS s
-                         (order_id, attempts, retry_at, last_error, first_failed_at, candidate_updated_at)
-                       SELECT order_id, 1, $2::timestamptz + make_interval(secs => least($3::float8, $4::float8)), $5, $2, updated_at
-                       FROM orders WHERE order_id = $1
-                       ON CONFLICT (order_id) DO UPDATE SET
-                         attempts = s.attempts + 1,
-                         retry_at = $2 + make_interval(secs => least($3 * power(2, least(s.attempts, 40)), $4)),
-                         last_error = excluded.last_error,
-                         candidate_updated_at = excluded.candidate_updated_at
-                       RETURNING attempts AS "attempts!", retry_at AS "retry_at!""#,
-                    id.as_str(),
-                    now,
-                    first,
-                    max,
-                    error,
-                )
-                .fetch_optional(self.pool())
-                .instrument(statement("INSERT", "deadline_setbacks"))
-                .await?
-            }
+            Candidate::Dispute(id) => set_aside!("dispute_id", "disputes", id.0),
+            Candidate::Order(id) => set_aside!("order_id", "orders", id.as_str()),
         };
         Ok(setback)
     }
