@@ -7,7 +7,7 @@ use tracing::{Instrument, field::Empty};
 
 use super::{
     Commands, Done, Error, events,
-    pipeline::{Caller, Changes, Decision, Target},
+    pipeline::{Caller, Decision, Target, dispute_changes, order_changes},
 };
 use crate::domain::{self, DisputeId, PartyId};
 
@@ -30,7 +30,7 @@ impl Commands {
             Ok(
                 match domain::apply_deadline(order, dispute, &self.deadlines, now)? {
                     Some(change) => Decision::Write(
-                        Box::new(Changes::dispute(&change, Some((order, dispute)))),
+                        Box::new(dispute_changes(&change, Some((order, dispute)))),
                         (),
                         Done::DeadlineApplied(Box::new(change)),
                     ),
@@ -62,7 +62,7 @@ impl Commands {
                 return Ok(Decision::Skip);
             };
             let event = events::funds_settled(&order, &settlement, None, "PROTECTION_ENDED");
-            let changes = Box::new(Changes::order(order.clone(), true, None, event));
+            let changes = Box::new(order_changes(order.clone(), true, None, event));
             Ok(Decision::Write(
                 changes,
                 (),

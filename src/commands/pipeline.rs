@@ -16,7 +16,7 @@ use super::{
 };
 use crate::{
     domain::{Actor, Change, Dispute, DisputeId, DomainError, Order, PartyId, Resource},
-    store::{self, NewEvent, Row, Saved, Wait},
+    store::{self, Changes, NewEvent, Row, Saved, Wait},
 };
 
 /// What a command locks.
@@ -53,101 +53,65 @@ pub(super) struct Locked {
     pub active_dispute: Option<DisputeId>,
 }
 
-/// The rows and events a decision writes (owned; [`store::Write`] borrows them).
-#[derive(Debug)]
-pub(super) struct Changes {
-    order: (Order, Kind),
-    dispute: Option<(Dispute, Kind)>,
+/// A change to a dispute, with its event and, when it settled the funds, the
+/// settlement's: both in the dispute's history. `before`: the order and dispute as locked
+/// (`None`: the change opened the dispute); a row the change left as it was is not
+/// written.
+pub(super) fn dispute_changes(change: &Change, before: Option<(&Order, &Dispute)>) -> Changes {
+    let mut events = vec![events::dispute_changed(change)];
+    let dispute_id = change.dispute.dispute_id;
+    if let Some(settlement) = &change.settlement {
+        events.push(events::funds_settled(
+            &change.order,
+            settlement,
+            Some(dispute_id),
+            change.event.as_str(),
+        ));
+    }
+    let (order, dispute) = (change.order.clone(), change.dispute.clone());
+    let (order, dispute) = match before {
+        None => (Row::Changed(order), Row::New(dispute)),
+        // Every write to a dispute writes its order's row too: the order lock's check that
+        // nothing changed its disputes meanwhile reads the order's row version (README,
+        // "Architecture": Concurrency).
+        Some((order_before, dispute_before)) => match Row::unless_same(dispute_before, dispute) {
+            Row::Kept(dispute) => (Row::unless_same(order_before, order), Row::Kept(dispute)),
+            written => (Row::Changed(order), written),
+        },
+    };
+    Changes {
+        order,
+        dispute: Some(dispute),
+        settled: change.settlement.is_some(),
+        history: Some(dispute_id),
+        events,
+    }
+}
+
+/// A new order and its event.
+pub(super) fn new_order_changes(order: Order, event: NewEvent) -> Changes {
+    Changes {
+        order: Row::New(order),
+        dispute: None,
+        settled: false,
+        history: None,
+        events: vec![event],
+    }
+}
+
+/// A changed order and its event, in `history`'s dispute history too when given.
+pub(super) fn order_changes(
+    order: Order,
     settled: bool,
     history: Option<DisputeId>,
-    events: Vec<NewEvent>,
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Kind {
-    New,
-    Changed,
-    Kept,
-}
-
-impl Kind {
-    fn unless_same<T: PartialEq>(before: &T, after: &T) -> Self {
-        if before == after {
-            Kind::Kept
-        } else {
-            Kind::Changed
-        }
-    }
-
-    fn of<T>(self, row: &T) -> Row<'_, T> {
-        match self {
-            Kind::New => Row::New(row),
-            Kind::Changed => Row::Changed(row),
-            Kind::Kept => Row::Kept(row),
-        }
-    }
-}
-
-impl Changes {
-    /// A change to a dispute, with its event and, when it settled the funds, the
-    /// settlement's: both in the dispute's history. `before`: the order and dispute as
-    /// locked (`None`: the change opened the dispute); a row the change left as it was is
-    /// not written.
-    pub(super) fn dispute(change: &Change, before: Option<(&Order, &Dispute)>) -> Self {
-        let mut events = vec![events::dispute_changed(change)];
-        let dispute_id = change.dispute.dispute_id;
-        if let Some(settlement) = &change.settlement {
-            events.push(events::funds_settled(
-                &change.order,
-                settlement,
-                Some(dispute_id),
-                change.event.as_str(),
-            ));
-        }
-        let (order, dispute) = match before {
-            None => (Kind::Changed, Kind::New),
-            // Every write to a dispute writes its order's row too: the order lock's check
-            // that nothing changed its disputes meanwhile reads the order's row version
-            // (README, "Architecture": Concurrency).
-            Some((order, dispute)) => match Kind::unless_same(dispute, &change.dispute) {
-                Kind::Kept => (Kind::unless_same(order, &change.order), Kind::Kept),
-                written => (Kind::Changed, written),
-            },
-        };
-        Self {
-            order: (change.order.clone(), order),
-            dispute: Some((change.dispute.clone(), dispute)),
-            settled: change.settlement.is_some(),
-            history: Some(dispute_id),
-            events,
-        }
-    }
-
-    /// A new order and its event.
-    pub(super) fn new_order(order: Order, event: NewEvent) -> Self {
-        Self {
-            order: (order, Kind::New),
-            dispute: None,
-            settled: false,
-            history: None,
-            events: vec![event],
-        }
-    }
-
-    /// A changed order and its event, in `history`'s dispute history too when given.
-    pub(super) fn order(
-        order: Order,
-        settled: bool,
-        history: Option<DisputeId>,
-        event: NewEvent,
-    ) -> Self {
-        Self {
-            order: (order, Kind::Changed),
-            dispute: None,
-            settled,
-            history,
-            events: vec![event],
-        }
+    event: NewEvent,
+) -> Changes {
+    Changes {
+        order: Row::Changed(order),
+        dispute: None,
+        settled,
+        history,
+        events: vec![event],
     }
 }
 
@@ -191,7 +155,7 @@ impl Commands {
         &self,
         target: Target<'_>,
         caller: Caller,
-        decide: impl Fn(Locked, &Origin, DateTime<Utc>) -> Result<Decision<T>, Error>,
+        decide: impl Fn(&Locked, &Origin, DateTime<Utc>) -> Result<Decision<T>, Error>,
     ) -> Result<Option<T>, Error>
     where
         T: Serialize + DeserializeOwned,
@@ -221,7 +185,7 @@ impl Commands {
         &self,
         target: Target<'_>,
         caller: &Caller,
-        decide: &impl Fn(Locked, &Origin, DateTime<Utc>) -> Result<Decision<T>, Error>,
+        decide: &impl Fn(&Locked, &Origin, DateTime<Utc>) -> Result<Decision<T>, Error>,
     ) -> Result<Attempt<T>, Error>
     where
         T: Serialize + DeserializeOwned,
@@ -254,8 +218,7 @@ impl Commands {
                 }
             },
         };
-        let context = locked.order.clone();
-        let (changes, reply, done) = match decide(locked, &origin, now)? {
+        let (changes, reply, done) = match decide(&locked, &origin, now)? {
             Decision::Write(changes, reply, done) => (Some(*changes), reply, done),
             Decision::Unchanged(reply, done) => (None, reply, done),
             Decision::Skip => return Ok(Attempt::Done(None)),
@@ -265,32 +228,19 @@ impl Commands {
             Some(claimed) => Some((claimed.key(), saved_reply(&reply)?)),
             None => None,
         };
-        let write = match (&changes, &context) {
-            (Some(changes), _) => Some(store::Write {
-                order: changes.order.1.of(&changes.order.0),
-                dispute: changes.dispute.as_ref().map(|(d, kind)| kind.of(d)),
-                settled: changes.settled,
-                history: changes.history,
-                events: changes.events.clone(),
-                actor: &origin.actor,
-                trace_id: Some(origin.trace_id.as_str()),
-                now,
-                reply: reply_saved,
-            }),
+        let changes = match (changes, locked.order) {
+            (Some(changes), _) => Some(changes),
             // Nothing changed: only the reply to save.
-            (None, Some(order)) if reply_saved.is_some() => Some(store::Write {
-                order: Row::Kept(order),
-                dispute: None,
-                settled: false,
-                history: None,
-                events: Vec::new(),
-                actor: &origin.actor,
-                trace_id: Some(origin.trace_id.as_str()),
-                now,
-                reply: reply_saved,
-            }),
+            (None, Some(order)) if reply_saved.is_some() => Some(Changes::none(order)),
             (None, _) => None,
         };
+        let write = changes.as_ref().map(|changes| store::Write {
+            changes,
+            actor: &origin.actor,
+            trace_id: Some(origin.trace_id.as_str()),
+            now,
+            reply: reply_saved,
+        });
         if let Some(write) = write
             && store::save(&mut tx, &write).await? == Saved::OrderExists
         {

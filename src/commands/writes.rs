@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use super::{
     Commands, Done, Error, events,
     idempotency::RequestKey,
-    pipeline::{Caller, Changes, Decision, Target},
+    pipeline::{Caller, Decision, Target, dispute_changes, new_order_changes, order_changes},
 };
 use crate::{
     domain::{
@@ -38,13 +38,13 @@ impl Commands {
                         created: true,
                     };
                     Decision::Write(
-                        Box::new(Changes::new_order(order.clone(), event)),
+                        Box::new(new_order_changes(order.clone(), event)),
                         order,
                         done,
                     )
                 }
                 Registration::Unchanged => {
-                    let order = locked.order.ok_or_else(vanished)?;
+                    let order = locked.order.clone().ok_or_else(vanished)?;
                     let done = Done::OrderRegistered {
                         order_id,
                         created: false,
@@ -64,9 +64,9 @@ impl Commands {
     ) -> Result<Dispute, Error> {
         let target = Target::Order(&new.order_id);
         self.request(target, request, |locked, origin, now| {
-            let order = locked.order.ok_or_else(vanished)?;
+            let order = locked.order.as_ref().ok_or_else(vanished)?;
             let change = domain::open(
-                &order,
+                order,
                 locked.active_dispute.is_some(),
                 new.clone(),
                 &origin.actor,
@@ -74,7 +74,7 @@ impl Commands {
                 DisputeId::new(),
                 now,
             )?;
-            let changes = Box::new(Changes::dispute(&change, None));
+            let changes = Box::new(dispute_changes(&change, None));
             let dispute = change.dispute.clone();
             Ok(Decision::Write(
                 changes,
@@ -95,16 +95,18 @@ impl Commands {
     ) -> Result<(Dispute, Order), Error> {
         let target = Target::Dispute(dispute_id);
         self.request(target, request, |locked, origin, now| {
-            let (order, dispute) = locked.order.zip(locked.dispute).ok_or_else(vanished)?;
+            let (order, dispute) = (locked.order.as_ref())
+                .zip(locked.dispute.as_ref())
+                .ok_or_else(vanished)?;
             let change = domain::decide(
-                &order,
-                &dispute,
+                order,
+                dispute,
                 &origin.actor,
                 command.clone(),
                 &self.deadlines,
                 now,
             )?;
-            let changes = Box::new(Changes::dispute(&change, Some((&order, &dispute))));
+            let changes = Box::new(dispute_changes(&change, Some((order, dispute))));
             let reply = (change.dispute.clone(), change.order.clone());
             Ok(Decision::Write(
                 changes,
@@ -124,10 +126,10 @@ impl Commands {
         request: RequestKey,
     ) -> Result<Order, Error> {
         self.request(Target::Order(order_id), request, |locked, origin, now| {
-            let order = locked.order.ok_or_else(vanished)?;
-            let extended = domain::extend_protection(&order, &origin.actor, new_end)?;
-            let event = events::protection_extended(&order, &extended, now);
-            let changes = Box::new(Changes::order(
+            let order = locked.order.as_ref().ok_or_else(vanished)?;
+            let extended = domain::extend_protection(order, &origin.actor, new_end)?;
+            let event = events::protection_extended(order, &extended, now);
+            let changes = Box::new(order_changes(
                 extended.clone(),
                 false,
                 locked.active_dispute,
@@ -145,7 +147,7 @@ impl Commands {
         target: Target<'_>,
         request: RequestKey,
         decide: impl Fn(
-            super::pipeline::Locked,
+            &super::pipeline::Locked,
             &super::Origin,
             DateTime<Utc>,
         ) -> Result<Decision<T>, Error>,

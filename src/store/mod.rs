@@ -20,7 +20,7 @@ pub use disputes::{LockedDispute, lock_dispute};
 pub use events::HorizonBlocker;
 pub use idempotency::{IdempotencyKey, KeyState, claimed_before};
 pub use orders::{LockedOrder, lock_order};
-pub use write::{NewEvent, Row, Saved, Write, save};
+pub use write::{Changes, NewEvent, Row, Saved, Write, save};
 
 use std::sync::{
     Arc,

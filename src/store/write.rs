@@ -22,47 +22,69 @@ pub struct NewEvent {
 
 /// A row a write inserts, updates, or only refers to.
 #[derive(Debug)]
-pub enum Row<'a, T> {
-    New(&'a T),
-    Changed(&'a T),
-    Kept(&'a T),
+pub enum Row<T> {
+    New(T),
+    Changed(T),
+    Kept(T),
 }
 
-impl<T> Clone for Row<'_, T> {
-    fn clone(&self) -> Self {
-        *self
+impl<T: PartialEq> Row<T> {
+    /// `after`, to be written unless it is `before` as it was.
+    pub fn unless_same(before: &T, after: T) -> Self {
+        if *before == after {
+            Row::Kept(after)
+        } else {
+            Row::Changed(after)
+        }
     }
 }
 
-impl<T> Copy for Row<'_, T> {}
-
-impl<'a, T> Row<'a, T> {
-    fn get(self) -> &'a T {
+impl<T> Row<T> {
+    fn get(&self) -> &T {
         match self {
             Row::New(row) | Row::Changed(row) | Row::Kept(row) => row,
         }
     }
 
-    fn is_new(self) -> bool {
+    fn is_new(&self) -> bool {
         matches!(self, Row::New(_))
     }
 
-    fn is_changed(self) -> bool {
+    fn is_changed(&self) -> bool {
         matches!(self, Row::Changed(_))
     }
 }
 
-/// Everything one command changes.
+/// The rows and events one command changes.
 #[derive(Debug)]
-pub struct Write<'a> {
+pub struct Changes {
     /// The order every row and event belongs to.
-    pub order: Row<'a, Order>,
-    pub dispute: Option<Row<'a, Dispute>>,
-    /// Append the order's settlement to the ledger: this write settled the funds.
+    pub order: Row<Order>,
+    pub dispute: Option<Row<Dispute>>,
+    /// Append the order's settlement to the ledger: this change settled the funds.
     pub settled: bool,
     /// The dispute whose history the events join; `None`: the outbox only.
     pub history: Option<DisputeId>,
     pub events: Vec<NewEvent>,
+}
+
+impl Changes {
+    /// Nothing changes: the order only names what the write belongs to (a reply to save).
+    pub fn none(order: Order) -> Self {
+        Self {
+            order: Row::Kept(order),
+            dispute: None,
+            settled: false,
+            history: None,
+            events: Vec::new(),
+        }
+    }
+}
+
+/// One command's write: its changes, by whom, when, and its reply.
+#[derive(Debug)]
+pub struct Write<'a> {
+    pub changes: &'a Changes,
     pub actor: &'a Actor,
     /// The trace of the request (or the worker's pass) that caused it.
     pub trace_id: Option<&'a str>,
@@ -81,31 +103,32 @@ pub enum Saved {
 }
 
 /// The statement's span, named after the main row it writes.
-fn statement_of(write: &Write<'_>) -> tracing::Span {
-    match (write.dispute, write.order) {
+fn statement_of(changes: &Changes) -> tracing::Span {
+    match (&changes.dispute, &changes.order) {
         (Some(Row::New(_)), _) => statement("INSERT", "disputes"),
         (Some(Row::Changed(_)), _) => statement("UPDATE", "disputes"),
         (_, Row::New(_)) => statement("INSERT", "orders"),
         (_, Row::Changed(_)) => statement("UPDATE", "orders"),
-        _ if write.events.is_empty() => statement("UPDATE", "idempotency_keys"),
+        _ if changes.events.is_empty() => statement("UPDATE", "idempotency_keys"),
         _ => statement("INSERT", "outbox"),
     }
 }
 
 /// Writes `write` in one statement.
 pub async fn save(conn: &mut PgConnection, write: &Write<'_>) -> Result<Saved, StoreError> {
-    let order = write.order.get();
-    let new_order = write.order.is_new();
+    let changes = write.changes;
+    let order = changes.order.get();
+    let new_order = changes.order.is_new();
     let settlement = order.settlement.as_ref();
-    let dispute = write.dispute.map(Row::get);
-    let new_dispute = write.dispute.is_some_and(Row::is_new);
-    let changed_dispute = write.dispute.is_some_and(Row::is_changed);
+    let dispute = changes.dispute.as_ref().map(Row::get);
+    let new_dispute = changes.dispute.as_ref().is_some_and(Row::is_new);
+    let changed_dispute = changes.dispute.as_ref().is_some_and(Row::is_changed);
     let item_return = dispute.and_then(|d| d.item_return.as_ref());
     let proposal = dispute.and_then(|d| d.proposal.as_ref());
     let replacement = dispute.and_then(|d| d.replacement.as_ref());
     let remedy = dispute.map(|d| codec::remedy_columns(d.remedy));
     let proposal_remedy = proposal.map(|p| codec::remedy_columns(p.remedy));
-    let events = &write.events;
+    let events = &changes.events;
     let key = write.reply.as_ref().map(|(key, _)| *key);
     let row = sqlx::query!(
         r#"WITH new_order AS (
@@ -178,7 +201,7 @@ pub async fn save(conn: &mut PgConnection, write: &Write<'_>) -> Result<Saved, S
         order.protection_ends_at,
         write.now,
         new_order,
-        write.order.is_changed(),
+        changes.order.is_changed(),
         order.funds_state().as_str(),
         settlement.map(Settlement::refund_minor),
         settlement.map(Settlement::release_minor),
@@ -214,8 +237,8 @@ pub async fn save(conn: &mut PgConnection, write: &Write<'_>) -> Result<Saved, S
         dispute.map(|d| d.updated_at),
         write.actor.role.as_str(),
         write.actor.id,
-        write.settled,
-        write.history.map(|id| id.0),
+        changes.settled,
+        changes.history.map(|id| id.0),
         &events.iter().map(|_| Uuid::now_v7()).collect::<Vec<_>>(),
         &events.iter().map(|e| e.event_type.to_owned()).collect::<Vec<_>>(),
         &events.iter().map(|e| e.occurred_at).collect::<Vec<_>>(),
@@ -228,7 +251,7 @@ pub async fn save(conn: &mut PgConnection, write: &Write<'_>) -> Result<Saved, S
         write.reply.as_ref().map(|(_, reply)| reply),
     )
     .fetch_one(conn)
-    .instrument(statement_of(write))
+    .instrument(statement_of(changes))
     .await?;
     if !row.written {
         return Ok(Saved::OrderExists);
