@@ -99,7 +99,7 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     let mut attempt = 0;
     loop {
         match MIGRATOR.run(pool).await {
-            Ok(()) => return Ok(()),
+            Ok(()) => return distribute(pool).await,
             Err(sqlx::migrate::MigrateError::Execute(error)) if is_tls_failure(&error) => {
                 return Err(error).context(
                     "connecting to PostgreSQL over TLS failed (check sslmode, sslrootcert and the server's certificate)",
@@ -116,6 +116,18 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
             Err(error) => return Err(error).context("applying migrations"),
         }
     }
+}
+
+/// Distributes the tables when the database has the citus extension (the function is
+/// migration 10's; it does nothing on plain PostgreSQL or for tables already distributed),
+/// so a database that gains the extension after its migrations is distributed by the next
+/// `migrate` (README, "Running on Citus").
+async fn distribute(pool: &PgPool) -> anyhow::Result<()> {
+    sqlx::query("SELECT distribute_by_order()")
+        .execute(pool)
+        .await
+        .context("distributing the tables")?;
+    Ok(())
 }
 
 /// A TLS handshake that failed: a certificate that does not verify arrives as invalid data

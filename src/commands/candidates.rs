@@ -21,6 +21,9 @@ impl Scan {
     pub const ALL: [Scan; 2] = [Scan::Deadlines, Scan::ProtectionEnds];
 }
 
+/// How much of the keys' creation time one purge statement covers.
+const KEY_PURGE_SLICE: std::time::Duration = std::time::Duration::from_secs(60);
+
 impl Commands {
     /// At most `limit` candidates of `scan` due now (by the deadlines this service runs
     /// with); those set aside with a retry time after `retry_by` are skipped.
@@ -96,14 +99,18 @@ impl Commands {
         Ok(self.store.setbacks().await?)
     }
 
-    /// Forgets at most `limit` idempotency keys older than `retention`; how many.
+    /// Forgets idempotency keys older than `retention`, a minute of them at a time, until
+    /// about `limit` are gone; how many.
     pub async fn forget_idempotency_keys(
         &self,
         retention: chrono::Duration,
-        limit: i64,
+        limit: u64,
     ) -> Result<u64, Error> {
         let before = self.now() - retention;
-        Ok(self.store.purge_idempotency_keys(before, limit).await?)
+        Ok(self
+            .store
+            .purge_idempotency_keys(before, KEY_PURGE_SLICE, limit)
+            .await?)
     }
 
     /// Deletes at most `limit` stream events older than `retention`; how many.

@@ -11,7 +11,7 @@ use sqlx::PgConnection;
 
 use super::{Commands, Error, Origin};
 use crate::{
-    domain::{Actor, RequestId, TraceId},
+    domain::{Actor, PartyId, RequestId, TraceId},
     store::{self, IdempotencyKey, KeyState, StoreError},
 };
 
@@ -81,6 +81,7 @@ impl Commands {
     pub(super) async fn claim<T: DeserializeOwned>(
         &self,
         conn: &mut PgConnection,
+        order_id: &PartyId,
         request: RequestKey,
         claimed: bool,
     ) -> Result<NextAction<T>, Error> {
@@ -96,7 +97,7 @@ impl Commands {
                 },
             });
         }
-        match store::claimed_before(conn, &request.key).await? {
+        match store::claimed_before(conn, order_id, &request.key).await? {
             KeyState::Saved(reply) => serde_json::from_value(reply)
                 .map(NextAction::Return)
                 .map_err(|e| Error::Internal(StoreError::Corrupt(format!("saved reply: {e}")))),

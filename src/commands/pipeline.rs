@@ -30,6 +30,18 @@ pub(super) enum Target<'a> {
     Dispute(DisputeId),
 }
 
+impl Target<'_> {
+    /// The order the command's transaction acts on: the target's, or a dispute's from the
+    /// directory, read before the transaction begins so every statement in it names the
+    /// order (on Citus, its shard; README, "Running on Citus"). `None`: no such dispute.
+    async fn order(&self, store: &store::Store) -> Result<Option<PartyId>, Error> {
+        Ok(match self {
+            Target::NewOrder(order_id) | Target::Order(order_id) => Some((*order_id).clone()),
+            Target::Dispute(dispute_id) => store.order_of(*dispute_id).await?,
+        })
+    }
+}
+
 /// Who runs a command.
 #[derive(Debug)]
 pub(super) enum Caller {
@@ -163,9 +175,15 @@ impl Commands {
         // A new order's id can be taken between the lock (nothing to lock yet) and the
         // insert, by a concurrent registration this transaction then waited for: run once
         // more, and decide on the order it registered.
+        let Some(order_id) = target.order(&self.store).await? else {
+            return match caller {
+                Caller::System => Ok(None),
+                Caller::Request(_) => Err(DomainError::NotFound(Resource::Dispute).into()),
+            };
+        };
         for _ in 0..2 {
             let attempt = self
-                .transaction(target, &caller, &decide)
+                .transaction(target, &order_id, &caller, &decide)
                 .instrument(store::transaction_span())
                 .await?;
             if let Attempt::Done(done) = attempt {
@@ -184,6 +202,7 @@ impl Commands {
     async fn transaction<T>(
         &self,
         target: Target<'_>,
+        order_id: &PartyId,
         caller: &Caller,
         decide: &impl Fn(&Locked, &Origin, DateTime<Utc>) -> Result<Decision<T>, Error>,
     ) -> Result<Attempt<T>, Error>
@@ -195,7 +214,7 @@ impl Commands {
             Caller::Request(request) => (Some(request.key()), Wait::Block),
             Caller::System => (None, Wait::Skip),
         };
-        let (locked, claimed) = lock(&mut tx, target, key, wait, self.now()).await?;
+        let (locked, claimed) = lock(&mut tx, target, order_id, key, wait, self.now()).await?;
         let request = match (caller, locked.found(target)) {
             (Caller::System, Err(_)) => return Ok(Attempt::Done(None)),
             (Caller::System, Ok(())) => None,
@@ -209,7 +228,7 @@ impl Commands {
         };
         let (now, origin, claimed) = match request {
             None => (self.now(), Origin::system(), None),
-            Some(request) => match self.claim(&mut tx, request.clone(), claimed).await? {
+            Some(request) => match self.claim(&mut tx, order_id, request.clone(), claimed).await? {
                 NextAction::Return(saved) => {
                     return Ok(Attempt::Done(Some((saved, Done::Replayed))));
                 }
@@ -247,6 +266,19 @@ impl Commands {
             return Ok(Attempt::Again);
         }
         store::commit(tx).await?;
+        // A dispute this command opened goes into the directory now (README, "Running on
+        // Citus"). Should this fail, the first lookup of the dispute files it.
+        if let Some(Changes {
+            dispute: Some(Row::New(dispute)),
+            ..
+        }) = &changes
+            && let Err(error) = self
+                .store
+                .file_dispute(dispute.dispute_id, &dispute.order_id)
+                .await
+        {
+            tracing::warn!(%error, dispute.id = %dispute.dispute_id, "filing a new dispute in the directory failed");
+        }
         Ok(Attempt::Done(Some((reply, done))))
     }
 }
@@ -255,12 +287,13 @@ impl Commands {
 async fn lock(
     conn: &mut sqlx::PgConnection,
     target: Target<'_>,
+    order_id: &PartyId,
     key: Option<&store::IdempotencyKey>,
     wait: Wait,
     now: DateTime<Utc>,
 ) -> Result<(Locked, bool), Error> {
     Ok(match target {
-        Target::NewOrder(order_id) | Target::Order(order_id) => {
+        Target::NewOrder(_) | Target::Order(_) => {
             let locked = store::lock_order(conn, order_id, key, wait, now).await?;
             let claimed = locked.claimed;
             let locked = Locked {
@@ -272,7 +305,7 @@ async fn lock(
             (locked, claimed)
         }
         Target::Dispute(dispute_id) => {
-            let locked = store::lock_dispute(conn, dispute_id, key, wait, now).await?;
+            let locked = store::lock_dispute(conn, order_id, dispute_id, key, wait, now).await?;
             let claimed = locked.as_ref().is_some_and(|locked| locked.claimed);
             let (order, dispute) = locked.map(|l| (l.order, l.dispute)).unzip();
             let locked = Locked {

@@ -84,6 +84,7 @@ impl From<Error> for Status {
                     details,
                 )
             }
+
             Error::CursorExpired => status(
                 Code::OutOfRange,
                 "CURSOR_EXPIRED",

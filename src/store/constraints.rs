@@ -23,6 +23,24 @@ pub mod sqlstate {
     pub const UNDEFINED_TABLE: &str = "42P01";
 }
 
+/// The name of the rule that refused a write: the constraint the server reports, or, when
+/// it reports none (an error raised on a Citus shard comes back without it), the one its
+/// message names (`… constraint "orders_pkey_102033"`; the guard triggers name theirs the
+/// same way). A shard's suffix is taken off, so one rule has one name on every database.
+pub fn rule_name(reported: Option<&str>, message: &str) -> Option<String> {
+    let named = reported.filter(|name| !name.is_empty()).or_else(|| {
+        let (_, after) = message.rsplit_once("constraint \"")?;
+        after.split_once('"').map(|(name, _)| name)
+    })?;
+    let unsuffixed = match named.rsplit_once('_') {
+        Some((rule, shard)) if !shard.is_empty() && shard.bytes().all(|b| b.is_ascii_digit()) => {
+            rule
+        }
+        _ => named,
+    };
+    Some(unsuffixed.to_owned())
+}
+
 /// The domain error for a write refused by `constraint`.
 pub fn refusal(constraint: &str) -> DomainError {
     match constraint {
@@ -50,6 +68,37 @@ pub fn refusal(constraint: &str) -> DomainError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_rule_is_named_by_the_server_or_by_the_message_without_a_shard_suffix() {
+        let cases = [
+            (Some("orders_pkey"), "anything", Some("orders_pkey")),
+            (Some("orders_pkey_102033"), "anything", Some("orders_pkey")),
+            (
+                None,
+                r#"duplicate key value violates unique constraint "disputes_one_active_per_order_102051""#,
+                Some("disputes_one_active_per_order"),
+            ),
+            (
+                Some(""),
+                r#"a settled order never changes (constraint "orders_settled_immutable")"#,
+                Some("orders_settled_immutable"),
+            ),
+            (
+                None,
+                r#"new row for relation "orders_102008" violates check constraint "orders_money_conserved""#,
+                Some("orders_money_conserved"),
+            ),
+            (None, "something else", None),
+        ];
+        for (reported, message, expected) in cases {
+            assert_eq!(
+                rule_name(reported, message).as_deref(),
+                expected,
+                "{reported:?} {message}"
+            );
+        }
+    }
 
     #[test]
     fn each_named_refusal_is_its_domain_error() {

@@ -58,7 +58,8 @@ impl Store {
     ) -> Result<Vec<Due<DisputeId>>, StoreError> {
         let mut query = sqlx::QueryBuilder::new(
             "SELECT d.dispute_id, EXISTS (SELECT 1 FROM deadline_setbacks s \
-             WHERE s.dispute_id = d.dispute_id) AS set_aside FROM disputes d WHERE (false",
+             WHERE s.order_id = d.order_id AND s.dispute_id = d.dispute_id) AS set_aside \
+             FROM disputes d WHERE (false",
         );
         for cutoff in cutoffs {
             query
@@ -71,7 +72,7 @@ impl Store {
         query
             .push(
                 ") AND NOT EXISTS (SELECT 1 FROM deadline_setbacks s \
-                 WHERE s.dispute_id = d.dispute_id AND s.retry_at > ",
+                 WHERE s.order_id = d.order_id AND s.dispute_id = d.dispute_id AND s.retry_at > ",
             )
             .push_bind(retry_by)
             .push(") ORDER BY d.updated_at LIMIT ")
@@ -100,13 +101,14 @@ impl Store {
     ) -> Result<Vec<Due<PartyId>>, StoreError> {
         let rows = sqlx::query!(
             r#"SELECT o.order_id,
-                      EXISTS (SELECT 1 FROM deadline_setbacks s WHERE s.order_id = o.order_id) AS "set_aside!"
+                      EXISTS (SELECT 1 FROM deadline_setbacks s
+                              WHERE s.order_id = o.order_id AND s.dispute_id IS NULL) AS "set_aside!"
                FROM orders o
                WHERE o.funds_state = 'HELD' AND o.protection_ends_at <= $1
                  AND NOT EXISTS (SELECT 1 FROM disputes d
                                  WHERE d.order_id = o.order_id AND d.state NOT IN ('CANCELLED', 'RESOLVED'))
                  AND NOT EXISTS (SELECT 1 FROM deadline_setbacks s
-                                 WHERE s.order_id = o.order_id AND s.retry_at > $3)
+                                 WHERE s.order_id = o.order_id AND s.dispute_id IS NULL AND s.retry_at > $3)
                ORDER BY o.protection_ends_at
                LIMIT $2"#,
             now,
@@ -138,36 +140,32 @@ impl Store {
         error: &str,
     ) -> Result<Option<Setback>, StoreError> {
         let (first, max) = (first_delay.as_secs_f64(), max_delay.as_secs_f64());
-        /// The one statement, for a candidate's key column and table.
+        let Some((order_id, dispute_id)) = self.key_of(candidate).await? else {
+            return Ok(None);
+        };
+        /// The one statement, for a candidate's table, its row and the setbacks' key.
         macro_rules! set_aside {
-            ($key:tt, $table:tt, $id:expr) => {
+            ($from:tt, $conflict:tt) => {
                 // The exponent stops growing long before the delay could overflow an
                 // interval.
                 sqlx::query_as!(
                     Setback,
-                    "INSERT INTO deadline_setbacks AS s ("
-                        + $key
-                        + r#", attempts, retry_at, last_error, first_failed_at, candidate_updated_at)
-                       SELECT "#
-                        + $key
-                        + r#", 1, $2::timestamptz + make_interval(secs => least($3::float8, $4::float8)), $5, $2, updated_at
-                       FROM "#
-                        + $table
-                        + " WHERE "
-                        + $key
-                        + " = $1 ON CONFLICT ("
-                        + $key
-                        + r#") DO UPDATE SET
+                    r#"INSERT INTO deadline_setbacks AS s (order_id, dispute_id, attempts, retry_at, last_error,
+                                                      first_failed_at, candidate_updated_at)
+                       SELECT order_id, $6::uuid, 1, $2::timestamptz + make_interval(secs => least($3::float8, $4::float8)),
+                              $5, $2, updated_at
+                       FROM "# + $from + " ON CONFLICT " + $conflict + r#" DO UPDATE SET
                          attempts = s.attempts + 1,
                          retry_at = $2 + make_interval(secs => least($3 * power(2, least(s.attempts, 40)), $4)),
                          last_error = excluded.last_error,
                          candidate_updated_at = excluded.candidate_updated_at
                        RETURNING attempts AS "attempts!", retry_at AS "retry_at!""#,
-                    $id,
+                    order_id.as_str(),
                     now,
                     first,
                     max,
                     error,
+                    dispute_id,
                 )
                 .fetch_optional(self.pool())
                 .instrument(statement("INSERT", "deadline_setbacks"))
@@ -175,22 +173,39 @@ impl Store {
             };
         }
         let setback = match candidate {
-            Candidate::Dispute(id) => set_aside!("dispute_id", "disputes", id.0),
-            Candidate::Order(id) => set_aside!("order_id", "orders", id.as_str()),
+            Candidate::Dispute(_) => set_aside!(
+                "disputes WHERE order_id = $1 AND dispute_id = $6",
+                "(order_id, dispute_id) WHERE dispute_id IS NOT NULL"
+            ),
+            Candidate::Order(_) => set_aside!(
+                "orders WHERE order_id = $1 AND $6::uuid IS NULL",
+                "(order_id) WHERE dispute_id IS NULL"
+            ),
         };
         Ok(setback)
     }
 
+    /// The setbacks' key of `candidate`: its order, and its dispute if it is one. `None`:
+    /// no such dispute.
+    async fn key_of(
+        &self,
+        candidate: &Candidate,
+    ) -> Result<Option<(PartyId, Option<uuid::Uuid>)>, StoreError> {
+        Ok(match candidate {
+            Candidate::Dispute(id) => self.order_of(*id).await?.map(|order| (order, Some(id.0))),
+            Candidate::Order(id) => Some((id.clone(), None)),
+        })
+    }
+
     /// Forgets `candidate`'s setback: it has been applied.
     pub async fn clear_setback(&self, candidate: &Candidate) -> Result<(), StoreError> {
-        let (dispute_id, order_id) = match candidate {
-            Candidate::Dispute(id) => (Some(id.0), None),
-            Candidate::Order(id) => (None, Some(id.as_str())),
+        let Some((order_id, dispute_id)) = self.key_of(candidate).await? else {
+            return Ok(());
         };
         sqlx::query!(
-            "DELETE FROM deadline_setbacks WHERE dispute_id = $1 OR order_id = $2",
+            "DELETE FROM deadline_setbacks WHERE order_id = $1 AND dispute_id IS NOT DISTINCT FROM $2",
+            order_id.as_str(),
             dispute_id,
-            order_id,
         )
         .execute(self.pool())
         .instrument(statement("DELETE", "deadline_setbacks"))
@@ -204,11 +219,12 @@ impl Store {
         sqlx::query!(
             r#"DELETE FROM deadline_setbacks s
                WHERE NOT EXISTS (SELECT 1 FROM disputes d
-                                 WHERE d.dispute_id = s.dispute_id AND d.updated_at = s.candidate_updated_at
+                                 WHERE d.order_id = s.order_id AND d.dispute_id = s.dispute_id
+                                   AND d.updated_at = s.candidate_updated_at
                                    AND d.state NOT IN ('CANCELLED', 'RESOLVED'))
                  AND NOT EXISTS (SELECT 1 FROM orders o
-                                 WHERE o.order_id = s.order_id AND o.updated_at = s.candidate_updated_at
-                                   AND o.funds_state = 'HELD')"#
+                                 WHERE s.dispute_id IS NULL AND o.order_id = s.order_id
+                                   AND o.updated_at = s.candidate_updated_at AND o.funds_state = 'HELD')"#
         )
         .execute(self.pool())
         .instrument(statement("DELETE", "deadline_setbacks"))
@@ -225,22 +241,35 @@ impl Store {
         Ok(count)
     }
 
-    /// Forgets idempotency keys created before `before`; returns how many.
+    /// Forgets idempotency keys created before `before`, a slice of time at a time from
+    /// the oldest (`slice` of creation times per statement), until none is left or `limit`
+    /// are gone (the last slice may take it past); returns how many. A delete bounded by
+    /// time, not by a row count, is one statement on every shard on Citus.
     pub async fn purge_idempotency_keys(
         &self,
         before: DateTime<Utc>,
-        limit: i64,
+        slice: std::time::Duration,
+        limit: u64,
     ) -> Result<u64, StoreError> {
-        let done = sqlx::query!(
-            r#"DELETE FROM idempotency_keys WHERE ctid IN (
-                 SELECT ctid FROM idempotency_keys WHERE created_at < $1 LIMIT $2)"#,
-            before,
-            limit,
-        )
-        .execute(self.pool())
-        .instrument(statement("DELETE", "idempotency_keys"))
-        .await?;
-        Ok(done.rows_affected())
+        let mut done = 0;
+        while done < limit {
+            let deleted = sqlx::query!(
+                r#"DELETE FROM idempotency_keys
+                   WHERE created_at < LEAST($1, (SELECT min(created_at) FROM idempotency_keys)
+                                                + make_interval(secs => $2::float8))"#,
+                before,
+                slice.as_secs_f64(),
+            )
+            .execute(self.pool())
+            .instrument(statement("DELETE", "idempotency_keys"))
+            .await?
+            .rows_affected();
+            if deleted == 0 {
+                break;
+            }
+            done += deleted;
+        }
+        Ok(done)
     }
 }
 

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::{IdempotencyKey, Store, StoreError, Wait, codec, orders::OrderRow};
+use super::{IdempotencyKey, Store, StoreError, Wait, codec, idempotency::claim, orders::OrderRow};
 use crate::domain::{
     Dispute, DisputeFilter, DisputeId, ItemReturn, ListOrder, Order, PartyId, Proposal, Replacement,
 };
@@ -16,8 +16,6 @@ use crate::domain::{
 /// One row of `dispute_rows` (the dispute beside its order's facts; migration 9), as
 /// every statement here projects it: [`dispute_query!`] holds the one column list.
 struct DisputeRow {
-    /// Whether the statement claimed the request's idempotency key (reads claim none).
-    claimed: bool,
     dispute_id: Uuid,
     order_id: String,
     buyer_id: String,
@@ -56,14 +54,12 @@ struct DisputeRow {
 }
 
 /// A statement over `dispute_rows` aliased `d`, projecting the one column list into a
-/// [`DisputeRow`]: `$before` (a `WITH`, or nothing), whether the statement claimed the
-/// request's key (`$claimed`, SQL), then `$after` (its FROM, WHERE, ORDER BY, locking).
+/// [`DisputeRow`], then `$after` (its FROM, WHERE, ORDER BY, locking).
 macro_rules! dispute_query {
-    ([$($before:tt)+], $claimed:tt, [$($after:tt)+] $(, $arg:expr)* $(,)?) => {
+    ([$($after:tt)+] $(, $arg:expr)* $(,)?) => {
         sqlx::query_as!(
             DisputeRow,
-            $($before)+ + " SELECT " + $claimed + r#" AS "claimed!",
-              d.dispute_id AS "dispute_id!", d.order_id AS "order_id!", d.buyer_id AS "buyer_id!",
+            r#"SELECT d.dispute_id AS "dispute_id!", d.order_id AS "order_id!", d.buyer_id AS "buyer_id!",
               d.seller_id AS "seller_id!", d.reason AS "reason!", d.remedy AS "remedy!",
               d.refund_currency, d.refund_minor, d.description AS "description!",
               d.evidence_urls AS "evidence_urls!", d.state AS "state!", d.outcome,
@@ -167,9 +163,9 @@ impl DisputeRow {
 impl Store {
     pub async fn get_dispute(&self, dispute_id: DisputeId) -> Result<Option<Dispute>, StoreError> {
         dispute_query!(
-            [""],
-            "false",
-            ["FROM dispute_rows d WHERE d.dispute_id = $1"],
+            [r#"FROM dispute_rows d
+               WHERE d.dispute_id = $1
+                 AND d.order_id = (SELECT order_id FROM dispute_directory WHERE dispute_id = $1)"#],
             dispute_id.0
         )
         .fetch_optional(self.pool())
@@ -194,8 +190,6 @@ impl Store {
         macro_rules! by_creation {
             ($scope:tt) => {
                 dispute_query!(
-                    [""],
-                    "false",
                     [r#"FROM dispute_rows d
                        WHERE "#
                         + $scope
@@ -220,8 +214,6 @@ impl Store {
         macro_rules! by_change {
             ($scope:tt) => {
                 dispute_query!(
-                    [""],
-                    "false",
                     [r#"FROM dispute_rows d
                        WHERE "# + $scope + r#"
                          AND ($2::text IS NULL OR d.buyer_id = $2)
@@ -335,11 +327,13 @@ pub struct LockedDispute {
     pub claimed: bool,
 }
 
-/// Locks a dispute and its order until the transaction ends, reads both, and claims
-/// `key` (when there is one) once the locks are held: one round trip. `None`: no such
-/// dispute, or (`Wait::Skip`) another transaction holds it.
+/// Locks a dispute and its order (`order_id`, found in the directory before the
+/// transaction began) until the transaction ends, reads both, and claims `key` (when there
+/// is one) once the locks are held. `None`: no such dispute on that order, or
+/// (`Wait::Skip`) another transaction holds it.
 pub async fn lock_dispute(
     conn: &mut PgConnection,
+    order_id: &PartyId,
     dispute_id: DisputeId,
     key: Option<&IdempotencyKey>,
     wait: Wait,
@@ -349,25 +343,9 @@ pub async fn lock_dispute(
     macro_rules! lock_dispute {
         ($locking:tt) => {
             dispute_query!(
-                [r#"WITH d AS (
-                     SELECT * FROM dispute_rows WHERE dispute_id = $1 "#
-                    + $locking
-                    + r#"
-                   ), claim AS (
-                     INSERT INTO idempotency_keys (actor_role, actor_id, rpc, request_id, request_hash, created_at)
-                     SELECT $2, $3, $4, $5, $6, $7 FROM d WHERE $2::text IS NOT NULL
-                     ON CONFLICT DO NOTHING
-                     RETURNING 1
-                   )"#],
-                "(SELECT count(*) FROM claim) = 1",
-                ["FROM d"],
+                ["FROM dispute_rows d WHERE d.order_id = $1 AND d.dispute_id = $2 " + $locking],
+                order_id.as_str(),
                 dispute_id.0,
-                key.map(|k| k.actor.role.as_str()),
-                key.map(|k| k.actor.id.as_str()),
-                key.map(|k| k.rpc),
-                key.map(|k| k.request_id.as_str()),
-                key.map(|k| k.request_hash.as_slice()),
-                now,
             )
             .fetch_optional(&mut *conn)
             .await
@@ -383,16 +361,73 @@ pub async fn lock_dispute(
     }
     .instrument(statement("SELECT", "disputes"))
     .await?;
-    row.map(|row| {
-        let claimed = row.claimed;
-        let (order, dispute) = row.split()?;
-        Ok(LockedDispute {
-            order,
-            dispute,
-            claimed,
-        })
-    })
-    .transpose()
+    let Some(row) = row else { return Ok(None) };
+    let claimed = match key {
+        Some(key) => claim(conn, order_id, key, now).await?,
+        None => false,
+    };
+    let (order, dispute) = row.split()?;
+    Ok(Some(LockedDispute {
+        order,
+        dispute,
+        claimed,
+    }))
+}
+
+impl Store {
+    /// The order `dispute_id` belongs to, read before a command's transaction so every
+    /// statement in it names the order (on Citus, its shard). From the directory, written
+    /// when the dispute opened; a dispute not (yet) in it — its command committed and the
+    /// directory write had not run, or failed — is looked up among the disputes (on Citus,
+    /// on every shard) and filed. `None`: no such dispute.
+    pub async fn order_of(&self, dispute_id: DisputeId) -> Result<Option<PartyId>, StoreError> {
+        let filed = sqlx::query_scalar!(
+            "SELECT order_id FROM dispute_directory WHERE dispute_id = $1",
+            dispute_id.0
+        )
+        .fetch_optional(self.pool())
+        .instrument(statement("SELECT", "dispute_directory"))
+        .await?;
+        let order_id = match filed {
+            Some(order_id) => order_id,
+            None => {
+                let found = sqlx::query_scalar!(
+                    "SELECT order_id FROM disputes WHERE dispute_id = $1",
+                    dispute_id.0
+                )
+                .fetch_optional(self.pool())
+                .instrument(statement("SELECT", "disputes"))
+                .await?;
+                let Some(order_id) = found else {
+                    return Ok(None);
+                };
+                let order_id = PartyId::parse(&order_id).map_err(StoreError::Corrupt)?;
+                self.file_dispute(dispute_id, &order_id).await?;
+                return Ok(Some(order_id));
+            }
+        };
+        PartyId::parse(&order_id).map(Some).map_err(StoreError::Corrupt)
+    }
+
+    /// Files a new dispute in the directory, after the command that opened it committed:
+    /// the directory is keyed by dispute, so on Citus its row lives on another shard than
+    /// the dispute's, and writing it in the command's transaction would commit in two
+    /// phases. Filing twice is filing once.
+    pub async fn file_dispute(
+        &self,
+        dispute_id: DisputeId,
+        order_id: &PartyId,
+    ) -> Result<(), StoreError> {
+        sqlx::query!(
+            "INSERT INTO dispute_directory (dispute_id, order_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            dispute_id.0,
+            order_id.as_str(),
+        )
+        .execute(self.pool())
+        .instrument(statement("INSERT", "dispute_directory"))
+        .await?;
+        Ok(())
+    }
 }
 
 /// The order's active dispute, if it has one (at most one: a unique index says so).

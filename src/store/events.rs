@@ -2,6 +2,13 @@
 //! dispute's immutable history (when it concerns a dispute) and to the outbox the event
 //! stream reads. Readers of the outbox only see rows below the oldest transaction still
 //! in flight, so nothing committed late is ever skipped.
+//!
+//! That horizon is read in a statement of its own, on the server the service talks to. On
+//! Citus that is the coordinator: an outbox row's `tx_id` is the coordinator's transaction
+//! id (its default is evaluated there), and a command's transaction commits on its one
+//! worker before the coordinator's transaction ends, so every row below the coordinator's
+//! horizon is committed where it lives (README, "Running on Citus"). Read inside the
+//! outbox query, the horizon would be each worker's own, in other numbers.
 
 use tracing::Instrument;
 
@@ -41,7 +48,9 @@ impl Store {
         let hidden: Vec<String> = hidden.iter().map(|kind| (*kind).to_owned()).collect();
         let rows = sqlx::query!(
             r#"SELECT seq, kind, actor_role, actor_id, occurred_at, payload, trace_id
-               FROM dispute_events WHERE dispute_id = $1 AND seq > $2 AND kind <> ALL($4)
+               FROM dispute_events
+               WHERE order_id = (SELECT order_id FROM dispute_directory WHERE dispute_id = $1)
+                 AND dispute_id = $1 AND seq > $2 AND kind <> ALL($4)
                ORDER BY seq LIMIT $3"#,
             dispute_id.0,
             after,
@@ -76,6 +85,7 @@ impl Store {
         limit: i64,
     ) -> Result<Option<Vec<StreamEvent>>, StoreError> {
         let from = after.unwrap_or(Position::START);
+        let horizon = self.horizon().await?;
         let rows = sqlx::query!(
             r#"SELECT ($4 AND (r.purged_to_tx_id, r.purged_to_id) > ($1::text::xid8, $2)) AS "expired!",
                       e.tx_id AS "tx_id?", e.id AS "id?", e.event_id AS "event_id?",
@@ -87,8 +97,7 @@ impl Store {
                  SELECT tx_id::text::bigint AS tx_id, id, event_id, event_type, order_id, dispute_id,
                         dispute_seq, actor_role, actor_id, occurred_at, payload, trace_id
                  FROM outbox
-                 WHERE (tx_id, id) > ($1::text::xid8, $2)
-                   AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
+                 WHERE (tx_id, id) > ($1::text::xid8, $2) AND tx_id < $5::text::xid8
                  ORDER BY tx_id, id
                  LIMIT $3
                ) e ON true
@@ -97,6 +106,7 @@ impl Store {
             from.id,
             limit,
             after.is_some(),
+            horizon,
         )
         .fetch_all(self.pool())
         .instrument(statement("SELECT", "outbox"))
@@ -134,11 +144,13 @@ impl Store {
     /// The position of the newest event below the in-flight horizon (`None` when there is
     /// none): where a reader that only wants new events starts.
     pub async fn stream_tail(&self) -> Result<Option<Position>, StoreError> {
+        let horizon = self.horizon().await?;
         let row = sqlx::query!(
             r#"SELECT tx_id::text::bigint AS "tx_id!", id FROM outbox
-               WHERE tx_id < pg_snapshot_xmin(pg_current_snapshot())
+               WHERE tx_id < $1::text::xid8
                ORDER BY tx_id DESC, id DESC
-               LIMIT 1"#
+               LIMIT 1"#,
+            horizon,
         )
         .fetch_optional(self.pool())
         .instrument(statement("SELECT", "outbox"))
@@ -147,6 +159,18 @@ impl Store {
             tx_id: row.tx_id,
             id: row.id,
         }))
+    }
+
+    /// The oldest transaction id still in flight on this server (as text, an xid8):
+    /// outbox rows below it are committed or will never be.
+    async fn horizon(&self) -> Result<String, StoreError> {
+        let horizon = sqlx::query_scalar!(
+            r#"SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS "horizon!""#
+        )
+        .fetch_one(self.pool())
+        .instrument(statement("SELECT", "pg_current_snapshot"))
+        .await?;
+        Ok(horizon)
     }
 
     /// The oldest transaction in flight anywhere on the cluster that holds an xid — what
@@ -196,31 +220,50 @@ impl Store {
     }
 
     /// Deletes up to `limit` outbox rows that occurred before `before` (and are below the
-    /// in-flight horizon), and moves the retention mark past them. Returns how many.
+    /// in-flight horizon), and moves the retention mark past them. Returns how many. Three
+    /// statements in one transaction: the position of the last row to go, the delete up to
+    /// it, the mark (on Citus the delete runs on every shard; the mark is the
+    /// coordinator's).
     pub async fn purge_outbox(&self, before: DateTime<Utc>, limit: i64) -> Result<u64, StoreError> {
+        let horizon = self.horizon().await?;
         let mut tx = self.begin().await?;
-        let deleted = sqlx::query!(
-            r#"WITH doomed AS (
+        let last = sqlx::query!(
+            r#"SELECT tx_id::text AS "tx_id!", id FROM (
                  SELECT tx_id, id FROM outbox
-                 WHERE occurred_at < $1 AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
+                 WHERE occurred_at < $1 AND tx_id < $3::text::xid8
                  ORDER BY tx_id, id LIMIT $2
-               ), gone AS (
-                 DELETE FROM outbox o USING doomed d WHERE o.tx_id = d.tx_id AND o.id = d.id
-                 RETURNING o.tx_id, o.id
-               ), last AS (
-                 SELECT tx_id, id FROM gone ORDER BY tx_id DESC, id DESC LIMIT 1
-               )
-               UPDATE outbox_retention r SET purged_to_tx_id = last.tx_id, purged_to_id = last.id
-               FROM last WHERE (last.tx_id, last.id) > (r.purged_to_tx_id, r.purged_to_id)
-               RETURNING (SELECT count(*) FROM gone) AS "deleted!""#,
+               ) doomed
+               ORDER BY tx_id DESC, id DESC LIMIT 1"#,
             before,
             limit,
+            horizon,
         )
         .fetch_optional(&mut *tx)
+        .instrument(statement("SELECT", "outbox"))
+        .await?;
+        let Some(last) = last else {
+            return Ok(0);
+        };
+        let deleted = sqlx::query!(
+            "DELETE FROM outbox WHERE (tx_id, id) <= ($1::text::xid8, $2) AND occurred_at < $3",
+            last.tx_id,
+            last.id,
+            before,
+        )
+        .execute(&mut *tx)
         .instrument(statement("DELETE", "outbox"))
         .await?;
+        sqlx::query!(
+            r#"UPDATE outbox_retention SET purged_to_tx_id = $1::text::xid8, purged_to_id = $2
+               WHERE ($1::text::xid8, $2) > (purged_to_tx_id, purged_to_id)"#,
+            last.tx_id,
+            last.id,
+        )
+        .execute(&mut *tx)
+        .instrument(statement("UPDATE", "outbox_retention"))
+        .await?;
         super::commit(tx).await?;
-        Ok(deleted.map_or(0, |row| row.deleted as u64))
+        Ok(deleted.rows_affected())
     }
 }
 

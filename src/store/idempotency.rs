@@ -1,4 +1,5 @@
-//! Idempotency keys: one remembered reply per (actor, RPC, request id). The reply is a
+//! Idempotency keys: one remembered reply per (order, actor, RPC, request id), stored
+//! with the order they act on (on Citus, on the order's shard). The reply is a
 //! domain snapshot (JSON) the edge encodes the same way every time, so a retry gets the
 //! first answer byte for byte.
 //!
@@ -12,10 +13,11 @@ use tracing::Instrument;
 
 use super::statement;
 
+use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
 use super::StoreError;
-use crate::domain::{Actor, RequestId};
+use crate::domain::{Actor, PartyId, RequestId};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdempotencyKey {
@@ -34,20 +36,50 @@ pub enum KeyState {
     Reused,
 }
 
-/// What became of a key the command's lock statement tried to claim ([`super::lock_order`],
-/// [`super::lock_dispute`]) and could not: another transaction holds it, committed.
-/// Read in a statement of its own, so its snapshot sees the key the claim collided with.
-pub async fn claimed_before(
+/// Claims `key` on `order_id` for this transaction, once the command holds its locks
+/// ([`super::lock_order`], [`super::lock_dispute`]). `false`: another transaction holds it
+/// and has committed (one still in flight makes this wait for its end).
+pub(super) async fn claim(
     conn: &mut PgConnection,
+    order_id: &PartyId,
     key: &IdempotencyKey,
-) -> Result<KeyState, StoreError> {
-    let row = sqlx::query!(
-        r#"SELECT request_hash, reply FROM idempotency_keys
-           WHERE actor_role = $1 AND actor_id = $2 AND rpc = $3 AND request_id = $4"#,
+    now: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    let claimed = sqlx::query_scalar!(
+        r#"INSERT INTO idempotency_keys (order_id, actor_role, actor_id, rpc, request_id, request_hash, created_at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7)
+           ON CONFLICT DO NOTHING
+           RETURNING true AS "claimed!""#,
+        order_id.as_str(),
         key.actor.role.as_str(),
         key.actor.id,
         key.rpc,
         key.request_id.as_str(),
+        key.request_hash.as_slice(),
+        now,
+    )
+    .fetch_optional(&mut *conn)
+    .instrument(statement("INSERT", "idempotency_keys"))
+    .await?;
+    Ok(claimed.is_some())
+}
+
+/// What became of a key the command could not [`claim`]: another transaction holds it,
+/// committed. Read in a statement of its own, so its snapshot sees the key the claim
+/// collided with.
+pub async fn claimed_before(
+    conn: &mut PgConnection,
+    order_id: &PartyId,
+    key: &IdempotencyKey,
+) -> Result<KeyState, StoreError> {
+    let row = sqlx::query!(
+        r#"SELECT request_hash, reply FROM idempotency_keys
+           WHERE order_id = $5 AND actor_role = $1 AND actor_id = $2 AND rpc = $3 AND request_id = $4"#,
+        key.actor.role.as_str(),
+        key.actor.id,
+        key.rpc,
+        key.request_id.as_str(),
+        order_id.as_str(),
     )
     .fetch_optional(&mut *conn)
     .instrument(statement("SELECT", "idempotency_keys"))

@@ -90,7 +90,8 @@ impl From<sqlx::Error> for StoreError {
             return StoreError::Unavailable(error);
         }
         if code.starts_with(INTEGRITY_CONSTRAINT_CLASS) {
-            let constraint = database.constraint().unwrap_or("unnamed").to_owned();
+            let constraint = constraints::rule_name(database.constraint(), database.message())
+                .unwrap_or_else(|| "unnamed".to_owned());
             let refusal = constraints::refusal(&constraint);
             if refusal == DomainError::FailedPrecondition(Precondition::InvariantViolated) {
                 // The rules let through what the schema refuses: a gap in the code.

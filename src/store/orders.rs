@@ -7,7 +7,9 @@ use super::statement;
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
-use super::{IdempotencyKey, Store, StoreError, Wait, disputes::active_dispute_id};
+use super::{
+    IdempotencyKey, Store, StoreError, Wait, disputes::active_dispute_id, idempotency::claim,
+};
 use crate::domain::{Currency, DisputeId, Money, Order, PartyId, Settlement};
 
 pub(super) struct OrderRow {
@@ -69,21 +71,21 @@ impl Store {
     }
 }
 
-/// The lock statement's row: the order's columns are null when there is no such order.
+/// The lock statement's row.
 struct LockedOrderRow {
-    claimed: bool,
-    order_id: Option<String>,
-    buyer_id: Option<String>,
-    seller_id: Option<String>,
-    currency_code: Option<String>,
-    amount_minor: Option<i64>,
-    protection_ends_at: Option<DateTime<Utc>>,
+    order_id: String,
+    buyer_id: String,
+    seller_id: String,
+    currency_code: String,
+    amount_minor: i64,
+    protection_ends_at: DateTime<Utc>,
     refunded_minor: Option<i64>,
     settled_at: Option<DateTime<Utc>>,
-    disputes_closed: Option<bool>,
-    dispute_count: Option<i32>,
-    registered_protection_ends_at: Option<DateTime<Utc>>,
-    as_seen: Option<bool>,
+    disputes_closed: bool,
+    dispute_count: i32,
+    registered_protection_ends_at: DateTime<Utc>,
+    /// Whether the row locked is the row the statement's snapshot saw.
+    as_seen: bool,
     active_dispute: Option<uuid::Uuid>,
 }
 
@@ -102,10 +104,11 @@ pub struct LockedOrder {
 }
 
 /// Locks the order until the transaction ends, reads it and its active dispute, and
-/// claims `key` (when there is one) once the lock is held: one round trip; with
-/// `Wait::Skip`, an order another transaction holds reads as no order. Every command that
-/// changes an order or its disputes locks the order first, so commands on one order run
-/// one at a time and in the same lock order.
+/// claims `key` (when there is one) once the lock is held; with `Wait::Skip`, an order
+/// another transaction holds reads as no order. Every command that changes an order or its
+/// disputes locks the order first, so commands on one order run one at a time and in the
+/// same lock order. Each statement names the order, so on Citus each runs on the order's
+/// shard alone (README, "Running on Citus").
 ///
 /// The active dispute comes from the statement's snapshot, taken before any wait for the
 /// lock. Every write to an order's disputes also writes the order row, so when the row
@@ -123,36 +126,15 @@ pub async fn lock_order(
         ($locking:tt) => {
             sqlx::query_as!(
                 LockedOrderRow,
-                r#"WITH locked AS (
-                     SELECT order_id, buyer_id, seller_id, currency_code, amount_minor, protection_ends_at,
-                            refunded_minor, settled_at, disputes_closed, dispute_count,
-                            registered_protection_ends_at, xmin AS version
-                     FROM orders WHERE order_id = $1 "#
-                    + $locking
-                    + r#"
-                   ), claim AS (
-                     INSERT INTO idempotency_keys (actor_role, actor_id, rpc, request_id, request_hash, created_at)
-                     SELECT $2, $3, $4, $5, $6, $7 WHERE (SELECT count(*) FROM locked) >= 0 AND $2::text IS NOT NULL
-                     ON CONFLICT DO NOTHING
-                     RETURNING 1
-                   )
-                   SELECT (SELECT count(*) FROM claim) = 1 AS "claimed!",
-                          l.order_id AS "order_id?", l.buyer_id AS "buyer_id?", l.seller_id AS "seller_id?",
-                          l.currency_code AS "currency_code?", l.amount_minor AS "amount_minor?",
-                          l.protection_ends_at AS "protection_ends_at?", l.refunded_minor, l.settled_at,
-                          l.disputes_closed AS "disputes_closed?", l.dispute_count AS "dispute_count?",
-                          l.registered_protection_ends_at AS "registered_protection_ends_at?",
-                          (SELECT o.xmin = l.version FROM orders o WHERE o.order_id = $1) AS "as_seen?",
+                r#"SELECT l.order_id, l.buyer_id, l.seller_id, l.currency_code, l.amount_minor,
+                          l.protection_ends_at, l.refunded_minor, l.settled_at, l.disputes_closed,
+                          l.dispute_count, l.registered_protection_ends_at,
+                          (SELECT o.xmin FROM orders o WHERE o.order_id = $1) = l.xmin AS "as_seen!",
                           (SELECT d.dispute_id FROM disputes d
                            WHERE d.order_id = $1 AND d.state NOT IN ('CANCELLED', 'RESOLVED')) AS "active_dispute?"
-                   FROM (VALUES (1)) AS one (n) LEFT JOIN locked l ON true"#,
+                   FROM orders l WHERE l.order_id = $1 "#
+                    + $locking,
                 order_id.as_str(),
-                key.map(|k| k.actor.role.as_str()),
-                key.map(|k| k.actor.id.as_str()),
-                key.map(|k| k.rpc),
-                key.map(|k| k.request_id.as_str()),
-                key.map(|k| k.request_hash.as_slice()),
-                now,
             )
         };
     }
@@ -161,60 +143,50 @@ pub async fn lock_order(
         match wait {
             Wait::Skip => {
                 lock_order!("FOR UPDATE SKIP LOCKED")
-                    .fetch_one(&mut *conn)
+                    .fetch_optional(&mut *conn)
                     .await
             }
             Wait::Block if cfg!(feature = "test-without-row-locks") => {
-                lock_order!("").fetch_one(&mut *conn).await
+                lock_order!("").fetch_optional(&mut *conn).await
             }
-            Wait::Block => lock_order!("FOR UPDATE").fetch_one(&mut *conn).await,
+            Wait::Block => lock_order!("FOR UPDATE").fetch_optional(&mut *conn).await,
         }
     }
     .instrument(statement("SELECT", "orders"))
     .await?;
-    let order = match (
-        row.order_id,
-        row.buyer_id,
-        row.seller_id,
-        row.currency_code,
-        row.amount_minor,
-        row.protection_ends_at,
-        row.disputes_closed,
-        row.dispute_count,
-    ) {
-        (
-            Some(order_id),
-            Some(buyer_id),
-            Some(seller_id),
-            Some(currency_code),
-            Some(amount_minor),
-            Some(protection_ends_at),
-            Some(disputes_closed),
-            Some(dispute_count),
-        ) => Some(Order::try_from(OrderRow {
-            order_id,
-            buyer_id,
-            seller_id,
-            currency_code,
-            amount_minor,
-            protection_ends_at,
-            refunded_minor: row.refunded_minor,
-            settled_at: row.settled_at,
-            disputes_closed,
-            dispute_count,
-        })?),
-        _ => None,
+    let claimed = match key {
+        Some(key) => claim(conn, order_id, key, now).await?,
+        None => false,
     };
-    let active_dispute = match (&order, row.as_seen) {
-        (Some(order), seen) if seen != Some(true) => {
-            active_dispute_id(conn, &order.order_id).await?
-        }
-        _ => row.active_dispute.map(DisputeId),
+    let Some(row) = row else {
+        return Ok(LockedOrder {
+            order: None,
+            registered_protection_ends_at: None,
+            active_dispute: None,
+            claimed,
+        });
+    };
+    let order = Order::try_from(OrderRow {
+        order_id: row.order_id,
+        buyer_id: row.buyer_id,
+        seller_id: row.seller_id,
+        currency_code: row.currency_code,
+        amount_minor: row.amount_minor,
+        protection_ends_at: row.protection_ends_at,
+        refunded_minor: row.refunded_minor,
+        settled_at: row.settled_at,
+        disputes_closed: row.disputes_closed,
+        dispute_count: row.dispute_count,
+    })?;
+    let active_dispute = if row.as_seen {
+        row.active_dispute.map(DisputeId)
+    } else {
+        active_dispute_id(conn, &order.order_id).await?
     };
     Ok(LockedOrder {
-        order,
-        registered_protection_ends_at: row.registered_protection_ends_at,
+        order: Some(order),
+        registered_protection_ends_at: Some(row.registered_protection_ends_at),
         active_dispute,
-        claimed: row.claimed,
+        claimed,
     })
 }

@@ -1,6 +1,6 @@
-//! The store's dispute record: one statement over the seller's daily counts (at most one
-//! row per day of the window, kept by triggers, migration 6) and two index ranges (the
-//! seller's open disputes; the window's first responses).
+//! The store's dispute record: one statement over index ranges of the seller's orders and
+//! disputes in the window (registered, opened, ended, first responses) and of its open
+//! disputes (README, "The store's record").
 
 use chrono::{DateTime, Duration, Utc};
 use tracing::Instrument;
@@ -16,36 +16,42 @@ impl Store {
         window_start: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<SellerStats, StoreError> {
+        // Each part is a range of one index; on Citus each runs on every shard and the
+        // coordinator adds them up (the record is one of the reads that fan out).
         let row = sqlx::query!(
-            r#"WITH days AS (
-                 SELECT COALESCE(sum(orders_registered), 0)::bigint AS orders,
-                        COALESCE(sum(opened_item_not_received), 0)::bigint AS inr,
-                        COALESCE(sum(opened_not_as_described), 0)::bigint AS nad,
-                        COALESCE(sum(opened_quality_issue), 0)::bigint AS qi,
-                        COALESCE(sum(ended_cancelled_by_buyer), 0)::bigint AS cancelled,
-                        COALESCE(sum(ended_resolved_buyer_favour), 0)::bigint AS buyer,
-                        COALESCE(sum(ended_resolved_partial), 0)::bigint AS partial,
-                        COALESCE(sum(ended_resolved_seller_favour), 0)::bigint AS seller
-                 FROM seller_daily_stats
-                 WHERE seller_id = $1 AND day >= ($2::timestamptz AT TIME ZONE 'UTC')::date
-               ), responses AS (
-                 SELECT count(*) AS n,
-                        (extract(epoch FROM percentile_disc(0.5) WITHIN GROUP
-                           (ORDER BY seller_first_response_at - created_at)) * 1000000)::bigint AS median_us
+            r#"WITH opened AS (
+                 SELECT count(*) FILTER (WHERE reason = 'ITEM_NOT_RECEIVED') AS inr,
+                        count(*) FILTER (WHERE reason = 'NOT_AS_DESCRIBED') AS nad,
+                        count(*) FILTER (WHERE reason = 'QUALITY_ISSUE') AS qi
+                 FROM disputes WHERE seller_id = $1 AND created_at >= $2
+               ), ended AS (
+                 SELECT count(*) FILTER (WHERE outcome = 'CANCELLED_BY_BUYER') AS cancelled,
+                        count(*) FILTER (WHERE outcome = 'RESOLVED_BUYER_FAVOUR') AS buyer,
+                        count(*) FILTER (WHERE outcome = 'RESOLVED_PARTIAL') AS partial,
+                        count(*) FILTER (WHERE outcome = 'RESOLVED_SELLER_FAVOUR') AS seller
+                 FROM disputes WHERE seller_id = $1 AND outcome IS NOT NULL AND updated_at >= $2
+               ), times AS MATERIALIZED (
+                 SELECT seller_first_response_at - created_at AS took
                  FROM disputes
                  WHERE seller_id = $1 AND seller_first_response_at >= $2
+               ), responses AS (
+                 SELECT count(*) AS n,
+                        (extract(epoch FROM percentile_disc(0.5) WITHIN GROUP (ORDER BY took))
+                         * 1000000)::bigint AS median_us
+                 FROM times
                )
-               SELECT d.orders AS "orders!", d.inr AS "inr!", d.nad AS "nad!", d.qi AS "qi!",
-                      d.cancelled AS "cancelled!", d.buyer AS "buyer!", d.partial AS "partial!",
-                      d.seller AS "seller!", r.n AS "responses!", r.median_us,
+               SELECT (SELECT count(*) FROM orders WHERE seller_id = $1 AND created_at >= $2) AS "orders!",
+                      o.inr AS "inr!", o.nad AS "nad!", o.qi AS "qi!",
+                      e.cancelled AS "cancelled!", e.buyer AS "buyer!", e.partial AS "partial!",
+                      e.seller AS "seller!", r.n AS "responses!", r.median_us,
                       (SELECT count(*) FROM disputes
                        WHERE seller_id = $1 AND state NOT IN ('CANCELLED', 'RESOLVED')) AS "open_now!"
-               FROM days d, responses r"#,
+               FROM opened o, ended e, responses r"#,
             seller_id.as_str(),
             window_start,
         )
         .fetch_one(self.pool())
-        .instrument(statement("SELECT", "seller_daily_stats"))
+        .instrument(statement("SELECT", "disputes"))
         .await?;
         Ok(SellerStats {
             seller_id: seller_id.clone(),

@@ -1,11 +1,17 @@
-//! The one writer: everything a command changes, written in one statement (one round
-//! trip) — the order (new or changed), the dispute (new or changed), the settlement
-//! ledger's row when the change settled the funds, the events (numbered on in their
-//! dispute's history, and appended to the outbox), and the reply saved with the request's
-//! claimed key. Every command goes through [`save`] (README, "Architecture").
+//! The one writer: everything a command changes — the order (new or changed), the dispute
+//! (new or changed), the settlement ledger's row when the
+//! change settled the funds, the events (numbered on in their dispute's history, and
+//! appended to the outbox), and the reply saved with the request's claimed key. Every
+//! command goes through [`save`] (README, "Architecture").
+//!
+//! One plain statement per table, each naming the order: on Citus every one of them is a
+//! router query on the order's shard, so a command commits on one node without two-phase
+//! commit (a data-modifying CTE would be planned in several steps there). A new dispute's
+//! directory row, keyed by the dispute and so elsewhere, is written once the command has
+//! committed ([`super::Store::file_dispute`]; README, "Running on Citus").
 
 use chrono::{DateTime, Utc};
-use sqlx::PgConnection;
+use sqlx::{PgConnection, Postgres, QueryBuilder};
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -102,162 +108,261 @@ pub enum Saved {
     OrderExists,
 }
 
-/// The statement's span, named after the main row it writes.
-fn statement_of(changes: &Changes) -> tracing::Span {
-    match (&changes.dispute, &changes.order) {
-        (Some(Row::New(_)), _) => statement("INSERT", "disputes"),
-        (Some(Row::Changed(_)), _) => statement("UPDATE", "disputes"),
-        (_, Row::New(_)) => statement("INSERT", "orders"),
-        (_, Row::Changed(_)) => statement("UPDATE", "orders"),
-        _ if changes.events.is_empty() => statement("UPDATE", "idempotency_keys"),
-        _ => statement("INSERT", "outbox"),
-    }
-}
-
-/// Writes `write` in one statement.
+/// Writes `write`, one statement per row kind it changes, in the caller's transaction.
 pub async fn save(conn: &mut PgConnection, write: &Write<'_>) -> Result<Saved, StoreError> {
     let changes = write.changes;
     let order = changes.order.get();
-    let new_order = changes.order.is_new();
+    let order_id = order.order_id.as_str();
     let settlement = order.settlement.as_ref();
-    let dispute = changes.dispute.as_ref().map(Row::get);
-    let new_dispute = changes.dispute.as_ref().is_some_and(Row::is_new);
-    let changed_dispute = changes.dispute.as_ref().is_some_and(Row::is_changed);
-    let item_return = dispute.and_then(|d| d.item_return.as_ref());
-    let proposal = dispute.and_then(|d| d.proposal.as_ref());
-    let replacement = dispute.and_then(|d| d.replacement.as_ref());
-    let remedy = dispute.map(|d| codec::remedy_columns(d.remedy));
-    let proposal_remedy = proposal.map(|p| codec::remedy_columns(p.remedy));
-    let events = &changes.events;
-    let key = write.reply.as_ref().map(|(key, _)| *key);
-    let row = sqlx::query!(
-        r#"WITH new_order AS (
-             INSERT INTO orders (order_id, buyer_id, seller_id, currency_code, amount_minor,
-                                 protection_ends_at, registered_protection_ends_at, created_at,
-                                 updated_at)
-             SELECT $1, $2, $3, $4, $5, $6, $6, $7, $7 WHERE $8
-             ON CONFLICT (order_id) DO NOTHING
-             RETURNING order_id
-           ), changed_order AS (
-             UPDATE orders
-             SET funds_state = $10, refunded_minor = $11, released_minor = $12, settled_at = $13,
-                 disputes_closed = $14, dispute_count = $15, protection_ends_at = $6, updated_at = $7
-             WHERE order_id = $1 AND $9
-           ), new_dispute AS (
-             INSERT INTO disputes (dispute_id, order_id, buyer_id, seller_id, reason, remedy,
-                                   refund_currency, refund_minor, description, evidence_urls, state,
-                                   outcome, return_status, return_carrier, return_tracking,
-                                   return_agreed_at, return_shipped_at, proposal_remedy,
-                                   proposal_refund_currency, proposal_refund_minor, proposal_message,
-                                   replacement_agreed_at, replacement_carrier, replacement_tracking,
-                                   replacement_shipped_at, seller_first_response_at, created_at,
+    if changes.order.is_new() {
+        let inserted = sqlx::query_scalar!(
+            r#"INSERT INTO orders (order_id, buyer_id, seller_id, currency_code, amount_minor,
+                                   protection_ends_at, registered_protection_ends_at, created_at,
                                    updated_at)
-             SELECT $16, $1, $2, $3, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31,
-                    $32, $33, $34, $35, $36, $37, $38, $39, $40, $41, $42
-             WHERE $17
-           ), changed_dispute AS (
-             UPDATE disputes
-             SET state = $25, outcome = $26, return_status = $27, return_carrier = $28,
-                 return_tracking = $29, return_agreed_at = $30, return_shipped_at = $31,
-                 proposal_remedy = $32, proposal_refund_currency = $33, proposal_refund_minor = $34,
-                 proposal_message = $35, replacement_agreed_at = $36, replacement_carrier = $37,
-                 replacement_tracking = $38, replacement_shipped_at = $39,
-                 seller_first_response_at = $40, updated_at = $42
-             WHERE dispute_id = $16 AND $18
-           ), ledger AS (
-             INSERT INTO settlements (order_id, dispute_id, currency_code, amount_minor, refund_minor,
-                                      release_minor, actor_role, actor_id, settled_at)
-             SELECT $1, $16, $4, $5, $11, $12, $43, $44, $13 WHERE $45
-           ), events AS (
-             SELECT e.event_id, e.kind, e.occurred_at, e.payload, e.n, last.seq + e.n AS seq
-             FROM (SELECT COALESCE(max(seq), 0) AS seq FROM dispute_events WHERE dispute_id = $46) last,
-                  unnest($47::uuid[], $48::text[], $49::timestamptz[], $50::jsonb[])
-                    WITH ORDINALITY AS e (event_id, kind, occurred_at, payload, n)
-             WHERE NOT $8 OR EXISTS (SELECT 1 FROM new_order)
-           ), history AS (
-             INSERT INTO dispute_events (dispute_id, seq, kind, actor_role, actor_id, occurred_at,
-                                         payload, trace_id)
-             SELECT $46, seq, kind, $43, $44, occurred_at, payload, $51
-             FROM events WHERE $46::uuid IS NOT NULL
-           ), outboxed AS (
-             INSERT INTO outbox (event_id, event_type, order_id, dispute_id, dispute_seq, actor_role,
-                                 actor_id, occurred_at, payload, trace_id)
-             SELECT event_id, kind, $1, $46, CASE WHEN $46::uuid IS NOT NULL THEN seq END, $43, $44,
-                    occurred_at, payload, $51
-             FROM events ORDER BY n
-           ), completed AS (
-             UPDATE idempotency_keys SET reply = $56
-             WHERE actor_role = $52 AND actor_id = $53 AND rpc = $54 AND request_id = $55
-               AND reply IS NULL AND (NOT $8 OR EXISTS (SELECT 1 FROM new_order))
-             RETURNING 1
-           )
-           SELECT NOT $8 OR EXISTS (SELECT 1 FROM new_order) AS "written!",
-                  (SELECT count(*) FROM completed) AS "completed!""#,
-        order.order_id.as_str(),
-        order.buyer_id.as_str(),
-        order.seller_id.as_str(),
-        order.amount.currency.as_str(),
-        order.amount.minor,
-        order.protection_ends_at,
-        write.now,
-        new_order,
-        changes.order.is_changed(),
-        order.funds_state().as_str(),
-        settlement.map(Settlement::refund_minor),
-        settlement.map(Settlement::release_minor),
-        settlement.map(|s| s.settled_at),
-        order.disputes_closed,
-        order.dispute_count,
-        dispute.map(|d| d.dispute_id.0),
-        new_dispute,
-        changed_dispute,
-        dispute.map(|d| codec::reason_str(d.reason)),
-        remedy.as_ref().map(|(kind, _, _)| *kind),
-        remedy.as_ref().and_then(|(_, currency, _)| currency.as_deref()),
-        remedy.as_ref().and_then(|(_, _, minor)| *minor),
-        dispute.map(|d| d.description.as_str()),
-        dispute.map(|d| d.evidence_urls.as_slice()),
-        dispute.map(|d| codec::state_str(d.state)),
-        dispute.and_then(|d| d.outcome.map(codec::outcome_str)),
-        item_return.map(|r| codec::return_status_str(r.status)),
-        item_return.and_then(|r| r.carrier.as_deref()),
-        item_return.and_then(|r| r.tracking_number.as_deref()),
-        item_return.and_then(|r| r.agreed_at),
-        item_return.and_then(|r| r.shipped_at),
-        proposal_remedy.as_ref().map(|(kind, _, _)| *kind),
-        proposal_remedy.as_ref().and_then(|(_, currency, _)| currency.as_deref()),
-        proposal_remedy.as_ref().and_then(|(_, _, minor)| *minor),
-        proposal.map(|p| p.message.as_str()),
-        replacement.map(|r| r.agreed_at),
-        replacement.and_then(|r| r.carrier.as_deref()),
-        replacement.and_then(|r| r.tracking_number.as_deref()),
-        replacement.and_then(|r| r.shipped_at),
-        dispute.and_then(|d| d.seller_first_response_at),
-        dispute.map(|d| d.created_at),
-        dispute.map(|d| d.updated_at),
-        write.actor.role.as_str(),
-        write.actor.id,
-        changes.settled,
-        changes.history.map(|id| id.0),
-        &events.iter().map(|_| Uuid::now_v7()).collect::<Vec<_>>(),
-        &events.iter().map(|e| e.event_type.to_owned()).collect::<Vec<_>>(),
-        &events.iter().map(|e| e.occurred_at).collect::<Vec<_>>(),
-        &events.iter().map(|e| e.payload.clone()).collect::<Vec<_>>(),
-        write.trace_id,
-        key.map(|k| k.actor.role.as_str()),
-        key.map(|k| k.actor.id.as_str()),
-        key.map(|k| k.rpc),
-        key.map(|k| k.request_id.as_str()),
-        write.reply.as_ref().map(|(_, reply)| reply),
-    )
-    .fetch_one(conn)
-    .instrument(statement_of(changes))
-    .await?;
-    if !row.written {
-        return Ok(Saved::OrderExists);
+               VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $7)
+               ON CONFLICT (order_id) DO NOTHING
+               RETURNING true AS "inserted!""#,
+            order_id,
+            order.buyer_id.as_str(),
+            order.seller_id.as_str(),
+            order.amount.currency.as_str(),
+            order.amount.minor,
+            order.protection_ends_at,
+            write.now,
+        )
+        .fetch_optional(&mut *conn)
+        .instrument(statement("INSERT", "orders"))
+        .await?;
+        if inserted.is_none() {
+            return Ok(Saved::OrderExists);
+        }
     }
-    if key.is_some() {
-        super::idempotency::exactly_one_key(row.completed.try_into().unwrap_or(u64::MAX))?;
+    if changes.order.is_changed() {
+        sqlx::query!(
+            r#"UPDATE orders
+               SET funds_state = $2, refunded_minor = $3, released_minor = $4, settled_at = $5,
+                   disputes_closed = $6, dispute_count = $7, protection_ends_at = $8, updated_at = $9
+               WHERE order_id = $1"#,
+            order_id,
+            order.funds_state().as_str(),
+            settlement.map(Settlement::refund_minor),
+            settlement.map(Settlement::release_minor),
+            settlement.map(|s| s.settled_at),
+            order.disputes_closed,
+            order.dispute_count,
+            order.protection_ends_at,
+            write.now,
+        )
+        .execute(&mut *conn)
+        .instrument(statement("UPDATE", "orders"))
+        .await?;
+    }
+    if let Some(dispute) = &changes.dispute {
+        save_dispute(conn, dispute).await?;
+    }
+    if changes.settled {
+        sqlx::query!(
+            r#"INSERT INTO settlements (order_id, dispute_id, currency_code, amount_minor, refund_minor,
+                                        release_minor, actor_role, actor_id, settled_at)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"#,
+            order_id,
+            changes.dispute.as_ref().map(|d| d.get().dispute_id.0),
+            order.amount.currency.as_str(),
+            order.amount.minor,
+            settlement.map(Settlement::refund_minor),
+            settlement.map(Settlement::release_minor),
+            write.actor.role.as_str(),
+            write.actor.id,
+            settlement.map(|s| s.settled_at),
+        )
+        .execute(&mut *conn)
+        .instrument(statement("INSERT", "settlements"))
+        .await?;
+    }
+    if !changes.events.is_empty() {
+        save_events(conn, write).await?;
+    }
+    if let Some((key, reply)) = &write.reply {
+        let completed = sqlx::query!(
+            r#"UPDATE idempotency_keys SET reply = $6
+               WHERE order_id = $1 AND actor_role = $2 AND actor_id = $3 AND rpc = $4
+                 AND request_id = $5 AND reply IS NULL"#,
+            order_id,
+            key.actor.role.as_str(),
+            key.actor.id.as_str(),
+            key.rpc,
+            key.request_id.as_str(),
+            reply,
+        )
+        .execute(&mut *conn)
+        .instrument(statement("UPDATE", "idempotency_keys"))
+        .await?;
+        super::idempotency::exactly_one_key(completed.rows_affected())?;
     }
     Ok(Saved::Written)
+}
+
+/// The dispute's row: inserted or updated.
+async fn save_dispute(conn: &mut PgConnection, row: &Row<Dispute>) -> Result<(), StoreError> {
+    let dispute = row.get();
+    let item_return = dispute.item_return.as_ref();
+    let proposal = dispute.proposal.as_ref();
+    let replacement = dispute.replacement.as_ref();
+    let (remedy, refund_currency, refund_minor) = codec::remedy_columns(dispute.remedy);
+    let proposal_remedy = proposal.map(|p| codec::remedy_columns(p.remedy));
+    let (order_id, dispute_id) = (dispute.order_id.as_str(), dispute.dispute_id.0);
+    match row {
+        Row::Kept(_) => return Ok(()),
+        Row::New(_) => {
+            sqlx::query!(
+                r#"INSERT INTO disputes (order_id, dispute_id, buyer_id, seller_id, reason, remedy,
+                                       refund_currency, refund_minor, description, evidence_urls, state,
+                                       outcome, return_status, return_carrier, return_tracking,
+                                       return_agreed_at, return_shipped_at, proposal_remedy,
+                                       proposal_refund_currency, proposal_refund_minor, proposal_message,
+                                       replacement_agreed_at, replacement_carrier, replacement_tracking,
+                                       replacement_shipped_at, seller_first_response_at, created_at,
+                                       updated_at)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
+                           $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28)"#,
+                order_id,
+                dispute_id,
+                dispute.buyer_id.as_str(),
+                dispute.seller_id.as_str(),
+                codec::reason_str(dispute.reason),
+                remedy,
+                refund_currency.as_deref(),
+                refund_minor,
+                dispute.description.as_str(),
+                dispute.evidence_urls.as_slice(),
+                codec::state_str(dispute.state),
+                dispute.outcome.map(codec::outcome_str),
+                item_return.map(|r| codec::return_status_str(r.status)),
+                item_return.and_then(|r| r.carrier.as_deref()),
+                item_return.and_then(|r| r.tracking_number.as_deref()),
+                item_return.and_then(|r| r.agreed_at),
+                item_return.and_then(|r| r.shipped_at),
+                proposal_remedy.as_ref().map(|(kind, _, _)| *kind),
+                proposal_remedy.as_ref().and_then(|(_, currency, _)| currency.as_deref()),
+                proposal_remedy.as_ref().and_then(|(_, _, minor)| *minor),
+                proposal.map(|p| p.message.as_str()),
+                replacement.map(|r| r.agreed_at),
+                replacement.and_then(|r| r.carrier.as_deref()),
+                replacement.and_then(|r| r.tracking_number.as_deref()),
+                replacement.and_then(|r| r.shipped_at),
+                dispute.seller_first_response_at,
+                dispute.created_at,
+                dispute.updated_at,
+            )
+            .execute(&mut *conn)
+            .instrument(statement("INSERT", "disputes"))
+            .await?;
+        }
+        Row::Changed(_) => {
+            sqlx::query!(
+                r#"UPDATE disputes
+                   SET state = $3, outcome = $4, return_status = $5, return_carrier = $6,
+                       return_tracking = $7, return_agreed_at = $8, return_shipped_at = $9,
+                       proposal_remedy = $10, proposal_refund_currency = $11, proposal_refund_minor = $12,
+                       proposal_message = $13, replacement_agreed_at = $14, replacement_carrier = $15,
+                       replacement_tracking = $16, replacement_shipped_at = $17,
+                       seller_first_response_at = $18, updated_at = $19
+                   WHERE order_id = $1 AND dispute_id = $2"#,
+                order_id,
+                dispute_id,
+                codec::state_str(dispute.state),
+                dispute.outcome.map(codec::outcome_str),
+                item_return.map(|r| codec::return_status_str(r.status)),
+                item_return.and_then(|r| r.carrier.as_deref()),
+                item_return.and_then(|r| r.tracking_number.as_deref()),
+                item_return.and_then(|r| r.agreed_at),
+                item_return.and_then(|r| r.shipped_at),
+                proposal_remedy.as_ref().map(|(kind, _, _)| *kind),
+                proposal_remedy.as_ref().and_then(|(_, currency, _)| currency.as_deref()),
+                proposal_remedy.as_ref().and_then(|(_, _, minor)| *minor),
+                proposal.map(|p| p.message.as_str()),
+                replacement.map(|r| r.agreed_at),
+                replacement.and_then(|r| r.carrier.as_deref()),
+                replacement.and_then(|r| r.tracking_number.as_deref()),
+                replacement.and_then(|r| r.shipped_at),
+                dispute.seller_first_response_at,
+                dispute.updated_at,
+            )
+            .execute(&mut *conn)
+            .instrument(statement("UPDATE", "disputes"))
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// The change's events: numbered on in their dispute's history (when they join one), and
+/// appended to the outbox. One multi-row statement per table; only the row count varies.
+async fn save_events(conn: &mut PgConnection, write: &Write<'_>) -> Result<(), StoreError> {
+    let changes = write.changes;
+    let order_id = changes.order.get().order_id.as_str();
+    let role = write.actor.role.as_str();
+    // The history goes on from its last entry; a dispute this change opened has none.
+    let opened = changes
+        .dispute
+        .as_ref()
+        .filter(|d| d.is_new())
+        .map(|d| d.get().dispute_id);
+    let last_seq = match changes.history {
+        Some(history) if opened != Some(history) => sqlx::query_scalar!(
+            r#"SELECT COALESCE(max(seq), 0) AS "seq!" FROM dispute_events
+               WHERE order_id = $1 AND dispute_id = $2"#,
+            order_id,
+            history.0,
+        )
+        .fetch_one(&mut *conn)
+        .instrument(statement("SELECT", "dispute_events"))
+        .await?,
+        _ => 0,
+    };
+    let numbered = || changes.events.iter().zip(last_seq + 1..);
+    if let Some(history) = changes.history {
+        let mut insert: QueryBuilder<Postgres> = QueryBuilder::new(
+            "INSERT INTO dispute_events (order_id, dispute_id, seq, kind, actor_role, actor_id, \
+             occurred_at, payload, trace_id) ",
+        );
+        insert.push_values(numbered(), |mut row, (event, seq)| {
+            row.push_bind(order_id)
+                .push_bind(history.0)
+                .push_bind(seq)
+                .push_bind(event.event_type)
+                .push_bind(role)
+                .push_bind(write.actor.id.as_str())
+                .push_bind(event.occurred_at)
+                .push_bind(&event.payload)
+                .push_bind(write.trace_id);
+        });
+        insert
+            .build()
+            .execute(&mut *conn)
+            .instrument(statement("INSERT", "dispute_events"))
+            .await?;
+    }
+    let mut insert: QueryBuilder<Postgres> = QueryBuilder::new(
+        "INSERT INTO outbox (event_id, event_type, order_id, dispute_id, dispute_seq, actor_role, \
+         actor_id, occurred_at, payload, trace_id) ",
+    );
+    insert.push_values(numbered(), |mut row, (event, seq)| {
+        row.push_bind(Uuid::now_v7())
+            .push_bind(event.event_type)
+            .push_bind(order_id)
+            .push_bind(changes.history.map(|id| id.0))
+            .push_bind(changes.history.map(|_| seq))
+            .push_bind(role)
+            .push_bind(write.actor.id.as_str())
+            .push_bind(event.occurred_at)
+            .push_bind(&event.payload)
+            .push_bind(write.trace_id);
+    });
+    insert
+        .build()
+        .execute(&mut *conn)
+        .instrument(statement("INSERT", "outbox"))
+        .await?;
+    Ok(())
 }

@@ -55,21 +55,26 @@ async fn a_request_id_reused_with_another_payload_is_refused(pool: PgPool) {
 }
 
 #[sqlx::test]
-async fn request_ids_are_scoped_to_the_actor_and_the_rpc(pool: PgPool) {
+async fn request_ids_are_scoped_to_the_actor_the_rpc_and_the_order(pool: PgPool) {
     let app = spawn_app(pool).await;
     app.register("order-1").await;
     app.register("order-2").await;
     let mut first = open_request("order-1", Remedy::FullRefund);
     first.request_id = "same-id".into();
-    let mut second = open_request("order-2", Remedy::FullRefund);
-    second.request_id = "same-id".into();
     let mut buyer = app.buyer().await;
-    let a = buyer.open_dispute(first).await.unwrap().into_inner();
-    // Same RPC, same actor, different payload: refused.
+    let a = buyer.open_dispute(first.clone()).await.unwrap().into_inner();
+    // Same RPC, same actor, same order, different payload: refused.
+    let mut changed = first.clone();
+    changed.description = "another description".into();
     assert_eq!(
-        reason(buyer.open_dispute(second.clone()).await),
+        reason(buyer.open_dispute(changed).await),
         (Code::InvalidArgument, "REQUEST_ID_REUSED".into())
     );
+    // The same id on another order is another request (README, "Idempotency").
+    let mut second = open_request("order-2", Remedy::FullRefund);
+    second.request_id = "same-id".into();
+    let b = buyer.open_dispute(second).await.unwrap().into_inner();
+    assert_ne!(a.dispute.as_ref().unwrap().dispute_id, b.dispute.unwrap().dispute_id);
     // Another RPC may use the same id.
     let mut cancel = cancel_request(&a.dispute.unwrap().dispute_id);
     cancel.request_id = "same-id".into();

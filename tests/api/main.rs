@@ -5,6 +5,7 @@ mod helpers;
 
 mod authentication;
 mod authorization;
+mod citus;
 mod cluster;
 mod concurrency;
 mod connection_age;

