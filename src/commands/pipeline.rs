@@ -228,7 +228,10 @@ impl Commands {
         };
         let (now, origin, claimed) = match request {
             None => (self.now(), Origin::system(), None),
-            Some(request) => match self.claim(&mut tx, order_id, request.clone(), claimed).await? {
+            Some(request) => match self
+                .claim(&mut tx, order_id, request.clone(), claimed)
+                .await?
+            {
                 NextAction::Return(saved) => {
                     return Ok(Attempt::Done(Some((saved, Done::Replayed))));
                 }

@@ -147,7 +147,8 @@ impl Store {
         macro_rules! set_aside {
             ($from:tt, $conflict:tt) => {
                 // The exponent stops growing long before the delay could overflow an
-                // interval.
+                // interval. The retry time is counted in UTC: Citus runs an upsert's
+                // update only with immutable functions (timestamptz + interval is not).
                 sqlx::query_as!(
                     Setback,
                     r#"INSERT INTO deadline_setbacks AS s (order_id, dispute_id, attempts, retry_at, last_error,
@@ -156,7 +157,9 @@ impl Store {
                               $5, $2, updated_at
                        FROM "# + $from + " ON CONFLICT " + $conflict + r#" DO UPDATE SET
                          attempts = s.attempts + 1,
-                         retry_at = $2 + make_interval(secs => least($3 * power(2, least(s.attempts, 40)), $4)),
+                         retry_at = (($2::timestamptz AT TIME ZONE 'UTC')
+                                     + make_interval(secs => least($3 * power(2, least(s.attempts, 40)), $4)))
+                                    AT TIME ZONE 'UTC',
                          last_error = excluded.last_error,
                          candidate_updated_at = excluded.candidate_updated_at
                        RETURNING attempts AS "attempts!", retry_at AS "retry_at!""#,

@@ -406,7 +406,9 @@ impl Store {
                 return Ok(Some(order_id));
             }
         };
-        PartyId::parse(&order_id).map(Some).map_err(StoreError::Corrupt)
+        PartyId::parse(&order_id)
+            .map(Some)
+            .map_err(StoreError::Corrupt)
     }
 
     /// Files a new dispute in the directory, after the command that opened it committed:

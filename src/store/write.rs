@@ -309,15 +309,17 @@ async fn save_events(conn: &mut PgConnection, write: &Write<'_>) -> Result<(), S
         .filter(|d| d.is_new())
         .map(|d| d.get().dispute_id);
     let last_seq = match changes.history {
-        Some(history) if opened != Some(history) => sqlx::query_scalar!(
-            r#"SELECT COALESCE(max(seq), 0) AS "seq!" FROM dispute_events
+        Some(history) if opened != Some(history) => {
+            sqlx::query_scalar!(
+                r#"SELECT COALESCE(max(seq), 0) AS "seq!" FROM dispute_events
                WHERE order_id = $1 AND dispute_id = $2"#,
-            order_id,
-            history.0,
-        )
-        .fetch_one(&mut *conn)
-        .instrument(statement("SELECT", "dispute_events"))
-        .await?,
+                order_id,
+                history.0,
+            )
+            .fetch_one(&mut *conn)
+            .instrument(statement("SELECT", "dispute_events"))
+            .await?
+        }
         _ => 0,
     };
     let numbered = || changes.events.iter().zip(last_seq + 1..);

@@ -207,9 +207,10 @@ async fn races_at_scale_settle_each_order_once_and_conserve_money(pool: PgPool) 
     let finals: HashMap<String, (String, i64, i64)> =
         sqlx::query_as::<_, (String, String, i64, i64)>(
             "SELECT d.dispute_id::text, d.state,
-                (SELECT count(*) FROM dispute_events e WHERE e.dispute_id = d.dispute_id
+                (SELECT count(*) FROM dispute_events e
+                 WHERE e.order_id = d.order_id AND e.dispute_id = d.dispute_id
                    AND e.kind NOT IN ('DISPUTE_OPENED', 'FUNDS_SETTLED')),
-                (SELECT count(*) FROM settlements s WHERE s.dispute_id = d.dispute_id)
+                (SELECT count(*) FROM settlements s WHERE s.order_id = d.order_id AND s.dispute_id = d.dispute_id)
          FROM disputes d",
         )
         .fetch_all(&pool)

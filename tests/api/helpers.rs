@@ -548,6 +548,14 @@ pub async fn history(pool: &PgPool, dispute_id: &str) -> Vec<String> {
         .unwrap()
 }
 
+/// Whether the test's database is on a Citus cluster (README, "Running on Citus").
+pub async fn on_citus(pool: &PgPool) -> bool {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
 /// A TCP port on 127.0.0.1 free right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -62,7 +62,11 @@ async fn request_ids_are_scoped_to_the_actor_the_rpc_and_the_order(pool: PgPool)
     let mut first = open_request("order-1", Remedy::FullRefund);
     first.request_id = "same-id".into();
     let mut buyer = app.buyer().await;
-    let a = buyer.open_dispute(first.clone()).await.unwrap().into_inner();
+    let a = buyer
+        .open_dispute(first.clone())
+        .await
+        .unwrap()
+        .into_inner();
     // Same RPC, same actor, same order, different payload: refused.
     let mut changed = first.clone();
     changed.description = "another description".into();
@@ -74,7 +78,10 @@ async fn request_ids_are_scoped_to_the_actor_the_rpc_and_the_order(pool: PgPool)
     let mut second = open_request("order-2", Remedy::FullRefund);
     second.request_id = "same-id".into();
     let b = buyer.open_dispute(second).await.unwrap().into_inner();
-    assert_ne!(a.dispute.as_ref().unwrap().dispute_id, b.dispute.unwrap().dispute_id);
+    assert_ne!(
+        a.dispute.as_ref().unwrap().dispute_id,
+        b.dispute.unwrap().dispute_id
+    );
     // Another RPC may use the same id.
     let mut cancel = cancel_request(&a.dispute.unwrap().dispute_id);
     cancel.request_id = "same-id".into();

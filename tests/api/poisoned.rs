@@ -39,23 +39,37 @@ async fn poison(pool: &PgPool, table: &str, prefix: &str) {
     .execute(pool)
     .await
     .unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "CREATE TRIGGER poisoned BEFORE UPDATE ON {table} FOR EACH ROW
-         WHEN (OLD.order_id LIKE '{prefix}%') EXECUTE FUNCTION poisoned_update()"
-    )))
-    .execute(pool)
-    .await
-    .unwrap();
+    on_triggers(
+        pool,
+        format!(
+            "CREATE TRIGGER poisoned BEFORE UPDATE ON {table} FOR EACH ROW
+             WHEN (OLD.order_id LIKE '{prefix}%') EXECUTE FUNCTION poisoned_update()"
+        ),
+    )
+    .await;
+}
+
+/// Runs `ddl` on a trigger. On Citus, a trigger on a distributed table is allowed only
+/// when a session asks for it.
+async fn on_triggers(pool: &PgPool, ddl: String) {
+    let mut conn = pool.acquire().await.unwrap();
+    sqlx::query("SET citus.enable_unsafe_triggers = on")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(ddl))
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::query("RESET citus.enable_unsafe_triggers")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
 }
 
 /// The fix: the trigger goes away.
 async fn cure(pool: &PgPool, table: &str) {
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP TRIGGER poisoned ON {table}"
-    )))
-    .execute(pool)
-    .await
-    .unwrap();
+    on_triggers(pool, format!("DROP TRIGGER poisoned ON {table}")).await;
 }
 
 /// The value of the stuck-candidates gauge on the server's `/metrics`, if it has one yet.
@@ -84,10 +98,9 @@ async fn stuck_gauge(addr: std::net::SocketAddr) -> f64 {
 /// disputes): order id → (attempts, retry at).
 async fn set_aside(pool: &PgPool, prefix: &str) -> Vec<(String, i32, DateTime<Utc>)> {
     sqlx::query_as(
-        r#"SELECT coalesce(s.order_id, d.order_id) AS order_id, s.attempts, s.retry_at
-         FROM deadline_setbacks s LEFT JOIN disputes d USING (dispute_id)
-         WHERE coalesce(s.order_id, d.order_id) LIKE $1 || '%'
-         ORDER BY coalesce(s.order_id, d.order_id) COLLATE "C""#,
+        r#"SELECT order_id, attempts, retry_at FROM deadline_setbacks
+         WHERE order_id LIKE $1 || '%'
+         ORDER BY order_id COLLATE "C""#,
     )
     .bind(prefix)
     .fetch_all(pool)

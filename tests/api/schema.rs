@@ -102,7 +102,7 @@ async fn the_guard_triggers_name_the_rule_they_enforce(pool: PgPool) {
     let app = spawn_app(pool.clone()).await;
     app.register("order-1").await;
     let earlier = sqlx::query(
-        "UPDATE orders SET protection_ends_at = protection_ends_at - interval '1 day' WHERE order_id = 'order-1'",
+        "UPDATE orders SET protection_ends_at = '2000-01-01Z' WHERE order_id = 'order-1'",
     )
     .execute(&pool)
     .await;
@@ -199,15 +199,14 @@ async fn a_replacement_and_a_first_response_once_written_are_never_edited(pool: 
         .unwrap();
     for edit in [
         "UPDATE disputes SET replacement_tracking = 'JD2-OTHER' WHERE dispute_id = $1::uuid",
-        "UPDATE disputes SET replacement_agreed_at = replacement_agreed_at - interval '1 day' WHERE dispute_id = $1::uuid",
+        "UPDATE disputes SET replacement_agreed_at = '2000-01-01Z' WHERE dispute_id = $1::uuid",
     ] {
         let edited = sqlx::query(edit).bind(&d).execute(&pool).await;
         assert_eq!(refused_by(edited), "disputes_replacement_fixed", "{edit}");
     }
     // The seller's accept was its first response: kept once.
     let moved = sqlx::query(
-        "UPDATE disputes SET seller_first_response_at = seller_first_response_at + interval '1 hour'
-         WHERE dispute_id = $1::uuid",
+        "UPDATE disputes SET seller_first_response_at = '2100-01-01Z' WHERE dispute_id = $1::uuid",
     )
     .bind(&d)
     .execute(&pool)
@@ -346,13 +345,21 @@ async fn migrating_a_populated_database_keeps_every_row_and_answer(pool: PgPool)
     let count = |table: &'static str| {
         let pool = pool.clone();
         async move {
-            sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
-                .fetch_one(&pool)
-                .await
-                .unwrap()
+            sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(format!(
+                "SELECT count(*) FROM {table}"
+            )))
+            .fetch_one(&pool)
+            .await
+            .unwrap()
         }
     };
-    let tables = ["orders", "disputes", "settlements", "dispute_events", "outbox"];
+    let tables = [
+        "orders",
+        "disputes",
+        "settlements",
+        "dispute_events",
+        "outbox",
+    ];
     let mut counts = Vec::new();
     for table in tables {
         counts.push(count(table).await);
@@ -407,14 +414,20 @@ async fn migrating_a_populated_database_keeps_every_row_and_answer(pool: PgPool)
     .unwrap();
     assert_eq!(
         setbacks,
-        [(Some(d2.to_owned()), "o-2".to_owned()), (None, "o-2".to_owned())]
+        [
+            (Some(d2.to_owned()), "o-2".to_owned()),
+            (None, "o-2".to_owned())
+        ]
     );
     // The service reads it all back: both disputes, a whole history, the store record as
     // the rows say (two orders registered, one dispute of each reason, one ended for the
     // buyer, one first response, one dispute open).
     let app = spawn_app(pool.clone()).await;
     assert_eq!(app.dispute(d1).await.order_id, "o-1");
-    assert_eq!(app.dispute(d2).await.state, pb::DisputeState::AwaitingSeller as i32);
+    assert_eq!(
+        app.dispute(d2).await.state,
+        pb::DisputeState::AwaitingSeller as i32
+    );
     let mut agent = app.agent().await;
     let listed = agent
         .list_dispute_events(pb::ListDisputeEventsRequest {
@@ -437,7 +450,9 @@ async fn migrating_a_populated_database_keeps_every_row_and_answer(pool: PgPool)
     assert_eq!(stats.open_disputes, 1);
     assert_eq!(stats.disputes_opened, 2);
     // And it goes on writing to the migrated rows: the open dispute's history continues.
-    let mut seller = app.client(dispute_service::domain::Role::Seller, "s-1").await;
+    let mut seller = app
+        .client(dispute_service::domain::Role::Seller, "s-1")
+        .await;
     seller.respond_to_dispute(accept(d2)).await.unwrap();
     assert_eq!(
         history(&pool, d2).await,

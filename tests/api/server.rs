@@ -322,13 +322,19 @@ async fn the_healthcheck_command_exits_zero_only_when_serving(pool: PgPool) {
     assert!(!down.status.success());
 }
 
-/// Waits until `backends` backends of the test's database wait on a lock.
+/// Waits until `backends` backends of the test's database wait on a lock: on Citus, on
+/// any node (the rows are locked where their shards are).
 async fn until_waiting_on_locks(pool: &PgPool, backends: i64) {
+    let activity = if on_citus(pool).await {
+        "citus_stat_activity"
+    } else {
+        "pg_stat_activity"
+    };
     for _ in 0..200 {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity
-             WHERE datname = current_database() AND wait_event_type = 'Lock'",
-        )
+        let waiting: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM {activity}
+             WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )))
         .fetch_one(pool)
         .await
         .unwrap();
@@ -366,10 +372,13 @@ async fn sigterm_stops_within_one_grace_while_a_call_and_a_worker_pass_are_held_
     // KEY SHARE lock, taken before the keys become old, stops their DELETE but not the
     // UPDATE that ages them (so the worker cannot purge them in between).
     let mut keys = pool.begin().await.unwrap();
-    sqlx::query("SELECT 1 FROM idempotency_keys FOR KEY SHARE")
-        .execute(&mut *keys)
-        .await
-        .unwrap();
+    for order in ["order-1", "order-2"] {
+        sqlx::query("SELECT 1 FROM idempotency_keys WHERE order_id = $1 FOR KEY SHARE")
+            .bind(order)
+            .execute(&mut *keys)
+            .await
+            .unwrap();
+    }
     sqlx::query("UPDATE idempotency_keys SET created_at = now() - interval '30 days'")
         .execute(&pool)
         .await

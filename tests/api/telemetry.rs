@@ -406,11 +406,19 @@ async fn every_write_runs_exactly_the_statements_its_rows_need(pool: PgPool) {
             .map(|s| (s.start_time_unix_nano, s.name.clone()))
             .collect();
         statements.sort_by_key(|(start, _)| *start);
-        statements.into_iter().map(|(_, name)| name).collect::<Vec<_>>()
+        statements
+            .into_iter()
+            .map(|(_, name)| name)
+            .collect::<Vec<_>>()
     };
     let lock_and_claim = |lock: &'static str| vec!["BEGIN", lock, "INSERT idempotency_keys"];
     let mut register = lock_and_claim("SELECT orders");
-    register.extend(["INSERT orders", "INSERT outbox", "UPDATE idempotency_keys", "COMMIT"]);
+    register.extend([
+        "INSERT orders",
+        "INSERT outbox",
+        "UPDATE idempotency_keys",
+        "COMMIT",
+    ]);
     assert_eq!(statements(1, "RegisterOrder"), register);
     let mut open = lock_and_claim("SELECT orders");
     open.extend([
