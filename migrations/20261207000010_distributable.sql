@@ -67,6 +67,9 @@ CREATE UNIQUE INDEX deadline_setbacks_dispute_key ON deadline_setbacks (order_id
   WHERE dispute_id IS NOT NULL;
 CREATE UNIQUE INDEX deadline_setbacks_order_key ON deadline_setbacks (order_id)
   WHERE dispute_id IS NULL;
+-- The one table without a primary key (a dispute's setback and its order's share the
+-- order): moving a shard online (logical replication) needs its rows identified.
+ALTER TABLE deadline_setbacks REPLICA IDENTITY FULL;
 
 -- The store record is counted from the orders and disputes themselves (README, "The
 -- store's record"): a counter row per seller would be written from every order's shard.

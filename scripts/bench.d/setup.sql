@@ -5,3 +5,5 @@ FROM generate_series(1, 1000) g;
 INSERT INTO disputes (dispute_id, order_id, buyer_id, seller_id, reason, remedy, description, evidence_urls, state, created_at, updated_at)
 SELECT md5('g' || g)::uuid, 'pg-get-' || g, 'pg-b' || (g % 100), 'pg-s' || (g % 100), 'NOT_AS_DESCRIBED', 'FULL_REFUND', 'load test', '{}', 'AWAITING_SELLER', now(), now()
 FROM generate_series(1, 1000) g;
+INSERT INTO dispute_directory (dispute_id, order_id)
+SELECT md5('g' || g)::uuid, 'pg-get-' || g FROM generate_series(1, 1000) g;
