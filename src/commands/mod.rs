@@ -42,7 +42,6 @@ pub enum Error {
     /// The consumer's cursor points at events retention has deleted.
     #[error("cursor expired")]
     CursorExpired,
-
     /// The database cannot be reached now: retry later.
     #[error(transparent)]
     Unavailable(StoreError),

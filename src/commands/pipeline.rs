@@ -1,8 +1,10 @@
 //! The one unit of work every change goes through (README, "Architecture"):
-//! [`Commands::run`] begins the transaction, locks what the command acts on (the order,
-//! and the dispute when there is one), claims the request's idempotency key or returns the
-//! reply saved for it, asks the domain what to do, saves the change with its events and
-//! reply in one statement, commits, and only then counts and logs what it did. Every write
+//! [`Commands::run`] finds the command's order (a dispute's, in the directory), begins the
+//! transaction, locks what the command acts on (the order, and the dispute when there is
+//! one), claims the request's idempotency key or returns the reply saved for it, asks the
+//! domain what to do, saves the change with its events and reply (a statement per table,
+//! each naming the order), commits, files a new dispute in the directory, and only then
+//! counts and logs what it did. Every write
 //! RPC, every deadline the worker applies and the release at the end of protection (no key)
 //! run here; a command supplies only its target and its decision.
 
@@ -172,15 +174,15 @@ impl Commands {
     where
         T: Serialize + DeserializeOwned,
     {
-        // A new order's id can be taken between the lock (nothing to lock yet) and the
-        // insert, by a concurrent registration this transaction then waited for: run once
-        // more, and decide on the order it registered.
         let Some(order_id) = target.order(&self.store).await? else {
             return match caller {
                 Caller::System => Ok(None),
                 Caller::Request(_) => Err(DomainError::NotFound(Resource::Dispute).into()),
             };
         };
+        // A new order's id can be taken between the lock (nothing to lock yet) and the
+        // insert, by a concurrent registration this transaction then waited for: run once
+        // more, and decide on the order it registered.
         for _ in 0..2 {
             let attempt = self
                 .transaction(target, &order_id, &caller, &decide)

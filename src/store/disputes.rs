@@ -161,18 +161,27 @@ impl DisputeRow {
 }
 
 impl Store {
+    /// The dispute, on the order the directory names: one statement (on Citus, the
+    /// directory's shard, then the order's). A dispute not in the directory (yet) is
+    /// looked for and filed by [`Store::order_of`], then read again.
     pub async fn get_dispute(&self, dispute_id: DisputeId) -> Result<Option<Dispute>, StoreError> {
-        dispute_query!(
-            [r#"FROM dispute_rows d
-               WHERE d.dispute_id = $1
-                 AND d.order_id = (SELECT order_id FROM dispute_directory WHERE dispute_id = $1)"#],
-            dispute_id.0
-        )
-        .fetch_optional(self.pool())
-        .instrument(statement("SELECT", "disputes"))
-        .await?
-        .map(DisputeRow::dispute)
-        .transpose()
+        let read = || async {
+            dispute_query!(
+                [r#"FROM dispute_rows d
+                   WHERE d.dispute_id = $1
+                     AND d.order_id = (SELECT order_id FROM dispute_directory WHERE dispute_id = $1)"#],
+                dispute_id.0
+            )
+            .fetch_optional(self.pool())
+            .instrument(statement("SELECT", "disputes"))
+            .await
+        };
+        let row = match read().await? {
+            Some(row) => Some(row),
+            None if self.order_of(dispute_id).await?.is_some() => read().await?,
+            None => None,
+        };
+        row.map(DisputeRow::dispute).transpose()
     }
 
     /// One page of disputes matching `filter`, in its order. One statement per scope (an

@@ -505,3 +505,65 @@ async fn lists_page_newest_first_and_parties_see_only_their_own(pool: PgPool) {
     fields.sort();
     assert_eq!(fields, ["page_size", "page_token"]);
 }
+
+/// A dispute whose directory row is missing (its command committed and the filing after it
+/// failed) is still found, by a read and by a command, and filed again (README, "Running on
+/// Citus").
+#[sqlx::test]
+async fn a_dispute_missing_from_the_directory_is_found_and_filed_again(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    app.register("order-1").await;
+    let d = app.open("order-1", Remedy::FullRefund).await.dispute_id;
+    let unfile = |pool: PgPool, d: String| async move {
+        let mut tx = pool.begin().await.unwrap();
+        // On Citus a session changes a distributed table's triggers only when it asks to.
+        sqlx::query("SET LOCAL citus.enable_unsafe_triggers = on")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        sqlx::query("ALTER TABLE dispute_directory DISABLE TRIGGER dispute_directory_immutable")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        sqlx::query("DELETE FROM dispute_directory WHERE dispute_id = $1::uuid")
+            .bind(&d)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        sqlx::query("ALTER TABLE dispute_directory ENABLE TRIGGER dispute_directory_immutable")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    };
+    let filed = |pool: PgPool, d: String| async move {
+        sqlx::query_scalar::<_, String>(
+            "SELECT order_id FROM dispute_directory WHERE dispute_id = $1::uuid",
+        )
+        .bind(d)
+        .fetch_optional(&pool)
+        .await
+        .unwrap()
+    };
+    unfile(pool.clone(), d.clone()).await;
+    assert_eq!(filed(pool.clone(), d.clone()).await, None);
+    assert_eq!(app.dispute(&d).await.order_id, "order-1");
+    assert_eq!(
+        filed(pool.clone(), d.clone()).await.as_deref(),
+        Some("order-1")
+    );
+    unfile(pool.clone(), d.clone()).await;
+    app.buyer()
+        .await
+        .cancel_dispute(cancel_request(&d))
+        .await
+        .unwrap();
+    assert_eq!(
+        filed(pool.clone(), d.clone()).await.as_deref(),
+        Some("order-1")
+    );
+    assert_eq!(
+        app.dispute(&d).await.state,
+        pb::DisputeState::Cancelled as i32
+    );
+}
