@@ -12,8 +12,9 @@ UPDATE dispute_events e SET order_id = d.order_id FROM disputes d WHERE d.disput
 ALTER TABLE dispute_events ENABLE TRIGGER dispute_events_immutable;
 ALTER TABLE dispute_events ALTER COLUMN order_id SET NOT NULL;
 
--- Keys with the order in them. A dispute id is still unique on its own: the directory
--- below holds each one once.
+-- Keys with the order in them (on Citus a key must hold the distribution column). A
+-- dispute's id alone is no longer a key: ids are UUIDv7 the service makes, and the
+-- directory below holds each id once.
 ALTER TABLE dispute_events DROP CONSTRAINT dispute_events_dispute_id_fkey;
 ALTER TABLE settlements DROP CONSTRAINT settlements_dispute_id_fkey;
 ALTER TABLE disputes DROP CONSTRAINT disputes_pkey;
