@@ -72,17 +72,55 @@ CREATE UNIQUE INDEX deadline_setbacks_order_key ON deadline_setbacks (order_id)
 -- order): moving a shard online (logical replication) needs its rows identified.
 ALTER TABLE deadline_setbacks REPLICA IDENTITY FULL;
 
--- The store record is counted from the orders and disputes themselves (README, "The
--- store's record"): a counter row per seller would be written from every order's shard.
+-- The store record's counters (migration 6) branch on the trigger's argument, not on
+-- TG_TABLE_NAME, which on a Citus shard is the shard's name (orders_102008).
+CREATE OR REPLACE FUNCTION seller_stats_count() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+  at timestamptz;
+  registered int := 0; inr int := 0; nad int := 0; qi int := 0;
+  cancelled int := 0; buyer int := 0; partial int := 0; seller int := 0;
+BEGIN
+  IF TG_ARGV[0] = 'registered' THEN
+    at := NEW.created_at; registered := 1;
+  ELSIF TG_ARGV[0] = 'opened' THEN
+    at := NEW.created_at;
+    inr := (NEW.reason = 'ITEM_NOT_RECEIVED')::int;
+    nad := (NEW.reason = 'NOT_AS_DESCRIBED')::int;
+    qi := (NEW.reason = 'QUALITY_ISSUE')::int;
+  ELSE
+    -- An update that ended the dispute (the trigger's WHEN clause): count its outcome.
+    at := NEW.updated_at;
+    cancelled := (NEW.outcome = 'CANCELLED_BY_BUYER')::int;
+    buyer := (NEW.outcome = 'RESOLVED_BUYER_FAVOUR')::int;
+    partial := (NEW.outcome = 'RESOLVED_PARTIAL')::int;
+    seller := (NEW.outcome = 'RESOLVED_SELLER_FAVOUR')::int;
+  END IF;
+  INSERT INTO seller_daily_stats AS s (seller_id, day, orders_registered, opened_item_not_received,
+      opened_not_as_described, opened_quality_issue, ended_cancelled_by_buyer,
+      ended_resolved_buyer_favour, ended_resolved_partial, ended_resolved_seller_favour)
+  VALUES (NEW.seller_id, (at AT TIME ZONE 'UTC')::date, registered, inr, nad, qi,
+          cancelled, buyer, partial, seller)
+  ON CONFLICT (seller_id, day) DO UPDATE SET
+    orders_registered = s.orders_registered + registered,
+    opened_item_not_received = s.opened_item_not_received + inr,
+    opened_not_as_described = s.opened_not_as_described + nad,
+    opened_quality_issue = s.opened_quality_issue + qi,
+    ended_cancelled_by_buyer = s.ended_cancelled_by_buyer + cancelled,
+    ended_resolved_buyer_favour = s.ended_resolved_buyer_favour + buyer,
+    ended_resolved_partial = s.ended_resolved_partial + partial,
+    ended_resolved_seller_favour = s.ended_resolved_seller_favour + seller;
+  RETURN NULL;
+END $$;
 DROP TRIGGER orders_count_registered ON orders;
 DROP TRIGGER disputes_count_opened ON disputes;
 DROP TRIGGER disputes_count_ended ON disputes;
-DROP FUNCTION seller_stats_count();
-DROP TABLE seller_daily_stats;
-CREATE INDEX orders_seller_created ON orders (seller_id, created_at);
-CREATE INDEX disputes_seller_created ON disputes (seller_id, created_at) INCLUDE (reason);
-CREATE INDEX disputes_seller_ended ON disputes (seller_id, updated_at) INCLUDE (outcome)
-  WHERE outcome IS NOT NULL;
+CREATE TRIGGER orders_count_registered AFTER INSERT ON orders
+  FOR EACH ROW EXECUTE FUNCTION seller_stats_count('registered');
+CREATE TRIGGER disputes_count_opened AFTER INSERT ON disputes
+  FOR EACH ROW EXECUTE FUNCTION seller_stats_count('opened');
+CREATE TRIGGER disputes_count_ended AFTER UPDATE OF outcome ON disputes
+  FOR EACH ROW WHEN (OLD.outcome IS NULL AND NEW.outcome IS NOT NULL)
+  EXECUTE FUNCTION seller_stats_count('ended');
 
 -- The guards name the rule they enforce in their message too: a refusal raised on a Citus
 -- shard reaches the client without its constraint name.
@@ -166,7 +204,8 @@ BEGIN
 END $$;
 
 -- Distributes the schema when the database has the citus extension; does nothing on
--- plain PostgreSQL, or for a table already distributed. `dispute-service migrate` calls
+-- plain PostgreSQL, or for a table already distributed (what it drops and creates first is
+-- idempotent too). `dispute-service migrate` calls
 -- it after every run, so a database that gains the extension later is distributed then.
 -- Every order-scoped table by order_id, co-located with orders; the directory by
 -- dispute_id; the small tables of one row each stay on the coordinator.
@@ -183,6 +222,17 @@ BEGIN
   SET LOCAL citus.enable_unsafe_triggers = on;
   SET LOCAL citus.multi_shard_modify_mode = 'sequential';
   DROP TRIGGER IF EXISTS outbox_notify ON outbox;
+  -- The store record's counter row per seller and day would be written from every
+  -- order's shard: on Citus the record is counted from the orders and disputes instead,
+  -- through these indexes (README, "The store's record").
+  DROP TRIGGER IF EXISTS orders_count_registered ON orders;
+  DROP TRIGGER IF EXISTS disputes_count_opened ON disputes;
+  DROP TRIGGER IF EXISTS disputes_count_ended ON disputes;
+  DROP TABLE IF EXISTS seller_daily_stats;
+  CREATE INDEX IF NOT EXISTS orders_seller_created ON orders (seller_id, created_at);
+  CREATE INDEX IF NOT EXISTS disputes_seller_created ON disputes (seller_id, created_at) INCLUDE (reason);
+  CREATE INDEX IF NOT EXISTS disputes_seller_ended ON disputes (seller_id, updated_at) INCLUDE (outcome)
+    WHERE outcome IS NOT NULL;
   FOREACH t IN ARRAY ARRAY['orders', 'disputes', 'settlements', 'dispute_events', 'idempotency_keys',
                            'outbox', 'deadline_setbacks'] LOOP
     IF NOT EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = t::regclass) THEN

@@ -1,5 +1,5 @@
--- The same record's counts as one plain SELECT over the orders and disputes, run by pgbench
--- beside the service's (scripts/bench-stats).
+-- The same record counted from the orders and disputes themselves: what answering
+-- without the daily counts would cost (pgbench, scripts/bench-stats).
 SELECT (SELECT count(*) FROM orders WHERE seller_id = 'bench-store' AND created_at >= date_trunc('day', now()) - interval '89 days'),
        count(*) FILTER (WHERE reason = 'ITEM_NOT_RECEIVED' AND created_at >= date_trunc('day', now()) - interval '89 days'),
        count(*) FILTER (WHERE reason = 'NOT_AS_DESCRIBED' AND created_at >= date_trunc('day', now()) - interval '89 days'),

@@ -158,6 +158,8 @@ pub enum Wait {
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: PgPool,
+    /// Whether the database is a Citus cluster (read once).
+    distributed: Arc<tokio::sync::OnceCell<bool>>,
     /// Callers waiting for a connection to begin a transaction (`db_pool_waiters`).
     waiting: Arc<AtomicUsize>,
 }
@@ -166,6 +168,7 @@ impl Store {
     pub fn new(pool: PgPool) -> Self {
         Self {
             pool,
+            distributed: Arc::default(),
             waiting: Arc::default(),
         }
     }
@@ -180,6 +183,23 @@ impl Store {
         let begun = self.pool.begin().instrument(control("BEGIN")).await;
         self.waiting.fetch_sub(1, Ordering::Relaxed);
         Ok(begun?)
+    }
+
+    /// Whether the database has the citus extension (its tables are distributed by
+    /// `migrate`; README, "Running on Citus").
+    pub async fn distributed(&self) -> Result<bool, StoreError> {
+        let distributed = self
+            .distributed
+            .get_or_try_init(|| async {
+                sqlx::query_scalar!(
+                    r#"SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') AS "citus!""#
+                )
+                .fetch_one(&self.pool)
+                .instrument(statement("SELECT", "pg_extension"))
+                .await
+            })
+            .await?;
+        Ok(*distributed)
     }
 
     /// Callers waiting in [`Store::begin`] now.
