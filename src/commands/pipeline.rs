@@ -4,9 +4,9 @@
 //! one), claims the request's idempotency key or returns the reply saved for it, asks the
 //! domain what to do, saves the change with its events and reply (a statement per table,
 //! each naming the order), commits, files a new dispute in the directory, and only then
-//! counts and logs what it did. Every write
-//! RPC, every deadline the worker applies and the release at the end of protection (no key)
-//! run here; a command supplies only its target and its decision.
+//! counts and logs what it did. Every write RPC, every deadline the worker applies and the
+//! release at the end of protection (no key) run here; a command supplies only its target
+//! and its decision.
 
 use chrono::{DateTime, Utc};
 use serde::{Serialize, de::DeserializeOwned};

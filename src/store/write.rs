@@ -1,8 +1,8 @@
 //! The one writer: everything a command changes — the order (new or changed), the dispute
-//! (new or changed), the settlement ledger's row when the
-//! change settled the funds, the events (numbered on in their dispute's history, and
-//! appended to the outbox), and the reply saved with the request's claimed key. Every
-//! command goes through [`save`] (README, "Architecture").
+//! (new or changed), the settlement ledger's row when the change settled the funds, the
+//! events (numbered on in their dispute's history, and appended to the outbox), and the
+//! reply saved with the request's claimed key. Every command goes through [`save`]
+//! (README, "Architecture").
 //!
 //! One plain statement per table, each naming the order: on Citus every one of them is a
 //! router query on the order's shard, so a command commits on one node without two-phase
