@@ -205,10 +205,10 @@ END $$;
 
 -- Distributes the schema when the database has the citus extension; does nothing on
 -- plain PostgreSQL, or for a table already distributed (what it drops and creates first is
--- idempotent too). `dispute-service migrate` calls
--- it after every run, so a database that gains the extension later is distributed then.
--- Every order-scoped table by order_id, co-located with orders; the directory by
--- dispute_id; the small tables of one row each stay on the coordinator.
+-- idempotent too). `dispute-service migrate` calls it after every run, so a database that
+-- gains the extension later is distributed then. Every order-scoped table by order_id,
+-- co-located with orders; the directory by dispute_id; the small tables of one row each
+-- stay on the coordinator.
 CREATE FUNCTION distribute_by_order() RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
   t text;
@@ -216,9 +216,9 @@ BEGIN
   IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') THEN
     RETURN;
   END IF;
-  -- The guard triggers run on the shards, each on its own row (no trigger here writes
-  -- another table). The stream's per-commit NOTIFY cannot run in a distributed
-  -- transaction; on Citus the stream is not served yet (README, "Running on Citus").
+  -- The guard triggers run on the shards, each on its own row (no trigger left here
+  -- writes another table). A transaction that ran NOTIFY cannot prepare: on Citus the
+  -- stream polls instead of hearing each commit (README, "Running on Citus").
   SET LOCAL citus.enable_unsafe_triggers = on;
   SET LOCAL citus.multi_shard_modify_mode = 'sequential';
   DROP TRIGGER IF EXISTS outbox_notify ON outbox;
