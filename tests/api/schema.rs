@@ -18,6 +18,21 @@ fn refused_by(result: Result<sqlx::postgres::PgQueryResult, sqlx::Error>) -> Str
         .unwrap_or_else(|| panic!("no constraint named in {error}"))
 }
 
+/// Applies the migrations before the one whose description contains `description`.
+async fn migrate_up_to(pool: &PgPool, description: &str) {
+    let all = &dispute_service::store::MIGRATOR;
+    let mut before = sqlx::migrate::Migrator::new(std::path::Path::new("./migrations"))
+        .await
+        .unwrap();
+    let upto = all
+        .migrations
+        .iter()
+        .position(|m| m.description.contains(description))
+        .unwrap_or_else(|| panic!("no migration {description}"));
+    before.migrations = std::borrow::Cow::Owned(all.migrations[..upto].to_vec());
+    before.run(pool).await.unwrap();
+}
+
 const INSERT_DISPUTE: &str = "INSERT INTO disputes (dispute_id, order_id, buyer_id, seller_id, reason, remedy,
      refund_currency, refund_minor, description, evidence_urls, state, outcome, created_at, updated_at)
      VALUES (gen_random_uuid(), 'order-1', $1, $2, 'QUALITY_ISSUE', $3, $4, $5, '', '{}', 'CANCELLED',
@@ -225,16 +240,7 @@ async fn a_replacement_and_a_first_response_once_written_are_never_edited(pool: 
 #[sqlx::test(migrations = false)]
 async fn first_responses_of_older_disputes_come_from_their_history(pool: PgPool) {
     let all = &dispute_service::store::MIGRATOR;
-    let mut before = sqlx::migrate::Migrator::new(std::path::Path::new("./migrations"))
-        .await
-        .unwrap();
-    let upto = all
-        .migrations
-        .iter()
-        .position(|m| m.description.contains("first responses from history"))
-        .expect("the backfill migration");
-    before.migrations = std::borrow::Cow::Owned(all.migrations[..upto].to_vec());
-    before.run(&pool).await.unwrap();
+    migrate_up_to(&pool, "first responses from history").await;
     sqlx::raw_sql(
         "INSERT INTO orders (order_id, buyer_id, seller_id, currency_code, amount_minor, protection_ends_at,
                              registered_protection_ends_at, funds_state, refunded_minor, released_minor,
@@ -288,16 +294,7 @@ async fn first_responses_of_older_disputes_come_from_their_history(pool: PgPool)
 #[sqlx::test(migrations = false)]
 async fn migrating_a_populated_database_keeps_every_row_and_answer(pool: PgPool) {
     let all = &dispute_service::store::MIGRATOR;
-    let mut before = sqlx::migrate::Migrator::new(std::path::Path::new("./migrations"))
-        .await
-        .unwrap();
-    let upto = all
-        .migrations
-        .iter()
-        .position(|m| m.description.contains("distributable"))
-        .expect("the distribution migration");
-    before.migrations = std::borrow::Cow::Owned(all.migrations[..upto].to_vec());
-    before.run(&pool).await.unwrap();
+    migrate_up_to(&pool, "distributable").await;
     // Two orders of one seller, ten days ago: one settled by its resolved dispute, one held
     // with an open dispute; their histories, outbox rows, ledger row, keys and setbacks.
     sqlx::raw_sql(
