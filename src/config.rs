@@ -205,6 +205,11 @@ pub struct ServeConfig {
     pub health_interval: Duration,
     #[command(flatten)]
     pub worker: WorkerArgs,
+    /// Run the event stream's relay in this process (README, "Consuming the event stream").
+    /// Every replica runs one by default; the partitions' leases keep one relay per
+    /// partition, whichever replica holds it.
+    #[arg(long, env = "DISPUTE_RELAY_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub relay_enabled: bool,
     /// A client connection older than this is asked to go away (HTTP/2 GOAWAY), so clients
     /// reconnect and spread over new replicas.
     #[arg(long, env = "DISPUTE_MAX_CONNECTION_AGE", default_value = "5m", value_parser = positive_duration)]
@@ -332,8 +337,8 @@ pub struct WorkerArgs {
     /// after the shipment.
     #[arg(long, env = "DISPUTE_REPLACEMENT_DELIVERY_WINDOW", default_value_t = default_deadline(|d| d.replacement_delivery), value_parser = positive_deadline)]
     pub replacement_delivery_window: humantime::Duration,
-    /// How long events stay in the outbox for WatchEvents consumers to catch up (the
-    /// history is never deleted).
+    /// How long events stay in the stream's log for WatchEvents consumers to catch up
+    /// (the history is never deleted).
     #[arg(long, env = "DISPUTE_OUTBOX_RETENTION", default_value = "7days", value_parser = positive_duration)]
     pub outbox_retention: Duration,
     /// How long idempotency keys are remembered (at least 24h).

@@ -1,18 +1,19 @@
 //! The event stream's protocol (README, "Consuming the event stream"). One feed per server
-//! reads the outbox once per commit notification and broadcasts each batch of new events to
-//! every live stream; a stream reads the outbox itself only to catch up (from its cursor, or
-//! after it fell behind the broadcast). So a commit costs one query per server, not one per
-//! open stream, and a consumer that does not read holds at most its own buffer and the
-//! shared batches, never the writers.
+//! reads the event log once per relay notification and broadcasts each batch of new events
+//! to every live stream; a stream reads the log itself only to catch up (from its cursor,
+//! or after it fell behind the broadcast). So a relay pass costs one query per server, not
+//! one per open stream, and a consumer that does not read holds at most its own buffer and
+//! the shared batches, never the writers.
 //!
-//! Batches are contiguous: the outbox is read below the in-flight horizon, so once a
-//! position is read nothing can later appear before it, and batch k holds every event after
-//! batch k−1's last. A stream at position `p` applies a batch that starts at or before `p`
-//! (events after `p` only); a batch that starts after `p` means it missed one, and it
-//! catches up from the outbox.
+//! Positions are per partition ([`Cursor`]). Batches are contiguous in every partition: the
+//! log is append-only with no gaps, so once a position is read nothing can later appear
+//! before it, and batch k holds, per partition, every event after batch k−1's last. A
+//! stream at cursor `c` applies a batch that starts at or before `c` in every partition
+//! (events it has not taken only); a batch that starts past `c` in some partition means it
+//! missed one, and it catches up from the log.
 //!
 //! Everything here speaks the domain's events and the commands' errors, and reads the
-//! outbox only through the commands. What an event becomes on the wire, how many may wait
+//! log only through the commands. What an event becomes on the wire, how many may wait
 //! for the reader, and how a stream ends when the server stops belong to the transport
 //! (`src/grpc/stream.rs`), the [`Consumer`] a [`Subscription`] delivers to.
 
@@ -22,63 +23,60 @@ use tokio::sync::{broadcast, watch};
 
 use crate::{
     commands::{Commands, Error},
-    domain::{Position, StreamEvent},
+    domain::{Cursor, LogPosition, StreamEvent},
     metrics::StreamGuard,
     shutdown::{Stop, stopped},
 };
 
 /// Most events the feed reads per query.
 const STREAM_BATCH: usize = 500;
-/// How often the feed reads when no notification woke it (a notification can be lost, and
-/// an aborted transaction that held the horizon back sends none).
+/// How often the feed reads when no notification woke it (a notification can be lost).
 const FEED_POLL: Duration = Duration::from_millis(500);
-/// How often a live stream checks the outbox itself when no batch came (the feed may be
+/// How often a live stream checks the log itself when no batch came (the feed may be
 /// failing): cheap insurance, one query per stream per interval.
 const STREAM_SAFETY_POLL: Duration = Duration::from_secs(5);
 /// Batches kept for streams that are a little behind; one further behind catches up from
-/// the outbox.
+/// the log.
 const BROADCAST_BATCHES: usize = 64;
 /// Most events a stream reads at once to catch up: part of what a consumer that stops
 /// reading holds (README, "Limits").
 const STREAM_CATCH_UP: usize = 64;
 
-/// Events after `after` (the start when `None`), as read by the feed.
+/// Events after `after`, as read by the feed.
 #[derive(Debug)]
 struct Batch {
-    after: Option<Position>,
+    after: Cursor,
     events: Vec<StreamEvent>,
 }
 
 /// What a stream does with a batch of the feed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Step {
-    /// The batch starts at or before the stream's position: the stream sends its events
-    /// after that position.
+    /// The batch starts at or before the stream's cursor in every partition: the stream
+    /// sends the events it has not taken.
     Apply,
-    /// The batch starts after the stream's position: the stream missed one, and catches up
-    /// from the outbox.
+    /// The batch starts past the stream's cursor in some partition: the stream missed one,
+    /// and catches up from the log.
     Gap,
 }
 
 impl Batch {
-    /// What a stream at `position` (`None`: nothing sent yet, from the oldest kept) does
-    /// with this batch.
-    fn step(&self, position: Option<Position>) -> Step {
-        if self.after > position {
-            Step::Gap
-        } else {
+    /// What a stream at `position` does with this batch.
+    fn step(&self, position: &Cursor) -> Step {
+        if self.after.at_or_before(position) {
             Step::Apply
+        } else {
+            Step::Gap
         }
     }
 }
 
-/// Whether a stream at `position` has yet to send the event at `event`: only what comes
-/// after its position.
-fn unseen(event: Position, position: Option<Position>) -> bool {
-    Some(event) > position
+/// Whether a stream at `position` has yet to send the event at `event`.
+fn unseen(event: LogPosition, position: &Cursor) -> bool {
+    !position.has(event)
 }
 
-/// Whether a catch-up read that returned `read` events reached the end of the outbox: one
+/// Whether a catch-up read that returned `read` events reached the end of the log: one
 /// that came back short did; a full one is followed by another.
 fn caught_up(read: usize) -> bool {
     read < STREAM_CATCH_UP
@@ -105,11 +103,11 @@ impl EventFeed {
         self.stop.clone()
     }
 
-    /// Reads new events whenever `committed` changes (or every [`FEED_POLL`]) and
-    /// broadcasts them, from the outbox's tail at start, until the server stops.
-    pub async fn run(self, commands: Commands, mut committed: watch::Receiver<u64>) {
+    /// Reads new events whenever `appended` changes (or every [`FEED_POLL`]) and
+    /// broadcasts them, from the log's tail at start, until the server stops.
+    pub async fn run(self, commands: Commands, mut appended: watch::Receiver<u64>) {
         let mut stop = self.stop.clone();
-        let mut frontier = None;
+        let mut frontier = Cursor::START;
         let mut started = false;
         loop {
             if !started {
@@ -123,16 +121,15 @@ impl EventFeed {
             }
             let mut full = false;
             if started {
-                match commands.stream(frontier, STREAM_BATCH).await {
+                match commands.stream(&frontier, STREAM_BATCH).await {
                     Ok(events) if !events.is_empty() => {
                         full = events.len() == STREAM_BATCH;
-                        let last = events.last().map(|e| e.position);
-                        // No subscriber is fine: streams read the outbox themselves.
-                        let _ = self.batches.send(Arc::new(Batch {
-                            after: frontier,
-                            events,
-                        }));
-                        frontier = last;
+                        let after = frontier;
+                        for event in &events {
+                            frontier.take(event.at);
+                        }
+                        // No subscriber is fine: streams read the log themselves.
+                        let _ = self.batches.send(Arc::new(Batch { after, events }));
                     }
                     Ok(_) => {}
                     Err(Error::CursorExpired) => started = false,
@@ -143,7 +140,7 @@ impl EventFeed {
                 continue;
             }
             tokio::select! {
-                changed = committed.changed() => {
+                changed = appended.changed() => {
                     if changed.is_err() {
                         tokio::time::sleep(FEED_POLL).await;
                     }
@@ -158,24 +155,28 @@ impl EventFeed {
 /// Where a stream's events go: the transport behind a [`Subscription`]. It decides what an
 /// event becomes on the wire and how many may wait for the reader.
 pub trait Consumer {
-    /// Hands over one event, waiting while the consumer has no room for it; `false` when
-    /// the consumer left.
-    fn deliver(&mut self, event: &StreamEvent) -> impl Future<Output = bool> + Send;
+    /// Hands over one event, and the cursor of the stream once the consumer has it (what
+    /// the consumer resumes after), waiting while the consumer has no room for it;
+    /// `false` when the consumer left.
+    fn deliver(
+        &mut self,
+        event: &StreamEvent,
+        cursor: &Cursor,
+    ) -> impl Future<Output = bool> + Send;
 
     /// Resolves once the consumer has left.
     fn left(&self) -> impl Future<Output = ()> + Send;
 }
 
-/// One stream: its position (the last event its consumer took), its place in the feed's
-/// broadcast, and the events read from its cursor when it opened.
+/// One stream: its cursor (the last event its consumer took in each partition), its place
+/// in the feed's broadcast, and the events read from its cursor when it opened.
 pub struct Subscription {
     commands: Commands,
     batches: broadcast::Receiver<Arc<Batch>>,
-    /// `None` until the first event is sent when the stream started from the oldest kept.
-    position: Option<Position>,
+    position: Cursor,
     /// Read from the cursor when the stream opened, not sent yet.
     first: Vec<StreamEvent>,
-    /// Reports the position to the metrics while the stream lives.
+    /// Reports the deliveries to the metrics while the stream lives.
     open: StreamGuard,
 }
 
@@ -185,31 +186,30 @@ impl Subscription {
     pub async fn open(
         commands: Commands,
         feed: &EventFeed,
-        after: Option<Position>,
+        after: Option<Cursor>,
     ) -> Result<Self, Error> {
         // Subscribe before the first read, so no batch falls between the two.
         let batches = feed.batches.subscribe();
-        let first = commands.stream(after, STREAM_CATCH_UP).await?;
-        let open = commands
-            .metrics()
-            .stream_opened(after.unwrap_or(Position::START));
+        let position = commands.stream_start(after).await?;
+        let first = commands.stream(&position, STREAM_CATCH_UP).await?;
+        let open = commands.metrics().stream_opened();
         Ok(Self {
             commands,
             batches,
-            position: after,
+            position,
             first,
             open,
         })
     }
 
     /// Sends `consumer` every committed event after the position, in order: what is in the
-    /// outbox first, then the feed's batches as they come. Ends `Ok` when the consumer left
+    /// log first, then the feed's batches as they come. Ends `Ok` when the consumer left
     /// or the feed is gone, with the error when a read fails (`CursorExpired`: the consumer
     /// fell further behind than the retention).
     pub async fn run(&mut self, consumer: &mut impl Consumer) -> Result<(), Error> {
         let mut read = std::mem::take(&mut self.first);
         loop {
-            // Catch up from the outbox until a read comes back short.
+            // Catch up from the log until a read comes back short.
             loop {
                 let caught_up = caught_up(read.len());
                 if !self.send(&read, consumer).await {
@@ -218,21 +218,21 @@ impl Subscription {
                 if caught_up {
                     break;
                 }
-                read = self.commands.stream(self.position, STREAM_CATCH_UP).await?;
+                read = self.commands.stream(&self.position, STREAM_CATCH_UP).await?;
             }
             // Live: apply the feed's batches while they follow on.
             loop {
                 let batch = tokio::select! {
                     received = self.batches.recv() => match received {
                         Ok(batch) => batch,
-                        // Missed some: catch up from the outbox.
+                        // Missed some: catch up from the log.
                         Err(broadcast::error::RecvError::Lagged(_)) => break,
                         Err(broadcast::error::RecvError::Closed) => return Ok(()),
                     },
                     _ = tokio::time::sleep(STREAM_SAFETY_POLL) => break,
                     _ = consumer.left() => return Ok(()),
                 };
-                if batch.step(self.position) == Step::Gap {
+                if batch.step(&self.position) == Step::Gap {
                     break;
                 }
                 // The batch is shared by every stream: its events are not copied.
@@ -240,22 +240,24 @@ impl Subscription {
                     return Ok(());
                 }
             }
-            read = self.commands.stream(self.position, STREAM_CATCH_UP).await?;
+            read = self.commands.stream(&self.position, STREAM_CATCH_UP).await?;
         }
     }
 
-    /// Sends those of `events` after the position, in order, moving the position to each
-    /// one the consumer took; `false` when it left.
+    /// Sends those of `events` the stream has not taken, in order, moving the cursor past
+    /// each one the consumer took; `false` when it left.
     async fn send(&mut self, events: &[StreamEvent], consumer: &mut impl Consumer) -> bool {
         for event in events {
-            if !unseen(event.position, self.position) {
+            if !unseen(event.at, &self.position) {
                 continue;
             }
-            if !consumer.deliver(event).await {
+            let mut next = self.position;
+            next.take(event.at);
+            if !consumer.deliver(event, &next).await {
                 return false;
             }
-            self.position = Some(event.position);
-            self.open.at(event.position);
+            self.position = next;
+            self.open.delivered(event.occurred_at);
         }
         true
     }
@@ -265,11 +267,21 @@ impl Subscription {
 mod tests {
     use super::*;
 
-    fn at(tx_id: i64, id: i64) -> Position {
-        Position { tx_id, id }
+    /// A cursor at `positions` in the first partitions, 0 in the rest.
+    fn at(positions: &[i64]) -> Cursor {
+        let mut cursor = Cursor::START;
+        cursor.0[..positions.len()].copy_from_slice(positions);
+        cursor
     }
 
-    fn batch(after: Option<Position>) -> Batch {
+    fn event(partition: usize, position: i64) -> LogPosition {
+        LogPosition {
+            partition,
+            position,
+        }
+    }
+
+    fn batch(after: Cursor) -> Batch {
         Batch {
             after,
             events: Vec::new(),
@@ -277,52 +289,70 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_starting_at_the_streams_position_applies() {
-        assert_eq!(batch(Some(at(7, 3))).step(Some(at(7, 3))), Step::Apply);
-        assert_eq!(batch(None).step(None), Step::Apply);
+    fn a_batch_starting_at_the_streams_cursor_applies() {
+        assert_eq!(batch(at(&[7, 3])).step(&at(&[7, 3])), Step::Apply);
+        assert_eq!(batch(Cursor::START).step(&Cursor::START), Step::Apply);
     }
 
     #[test]
-    fn a_batch_starting_before_the_streams_position_applies() {
-        // The stream caught up past the batch's start from the outbox: it takes the rest.
-        assert_eq!(batch(Some(at(7, 3))).step(Some(at(7, 4))), Step::Apply);
-        assert_eq!(batch(Some(at(7, 3))).step(Some(at(9, 1))), Step::Apply);
+    fn a_batch_starting_at_or_before_the_streams_cursor_in_every_partition_applies() {
+        // The stream caught up past the batch's start from the log: it takes the rest.
+        assert_eq!(batch(at(&[7, 3])).step(&at(&[7, 4])), Step::Apply);
+        assert_eq!(batch(at(&[7, 3])).step(&at(&[9, 3, 1])), Step::Apply);
         // A batch from the very start applies to every stream.
-        assert_eq!(batch(None).step(Some(at(1, 1))), Step::Apply);
+        assert_eq!(batch(Cursor::START).step(&at(&[1, 1])), Step::Apply);
     }
 
     #[test]
-    fn a_batch_starting_after_the_streams_position_is_a_gap() {
-        assert_eq!(batch(Some(at(7, 4))).step(Some(at(7, 3))), Step::Gap);
-        // Positions order by transaction first: a later transaction with a lower row id is
-        // still later.
-        assert_eq!(batch(Some(at(8, 1))).step(Some(at(7, 3))), Step::Gap);
-        // A stream that has sent nothing yet is before every batch that has a start.
-        assert_eq!(batch(Some(at(1, 1))).step(None), Step::Gap);
-        assert_eq!(batch(Some(Position::START)).step(None), Step::Gap);
+    fn a_batch_starting_past_the_streams_cursor_in_any_partition_is_a_gap() {
+        assert_eq!(batch(at(&[7, 4])).step(&at(&[7, 3])), Step::Gap);
+        // Ahead in one partition does not make up for behind in another.
+        assert_eq!(batch(at(&[7, 4])).step(&at(&[9, 3])), Step::Gap);
+        let mut last = Cursor::START;
+        last.0[STREAM_PARTITIONS_LAST] = 1;
+        assert_eq!(batch(last).step(&at(&[5, 5])), Step::Gap);
     }
 
+    const STREAM_PARTITIONS_LAST: usize = crate::domain::STREAM_PARTITIONS - 1;
+
     #[test]
-    fn a_stream_sends_only_the_events_after_its_position() {
-        assert!(unseen(at(7, 4), Some(at(7, 3))));
-        assert!(unseen(at(8, 1), Some(at(7, 3))));
-        assert!(!unseen(at(7, 3), Some(at(7, 3))));
-        assert!(!unseen(at(7, 2), Some(at(7, 3))));
-        assert!(!unseen(at(6, 9), Some(at(7, 3))));
-        // From the oldest kept: everything.
-        assert!(unseen(Position::START, None));
-        assert!(unseen(at(1, 1), None));
+    fn a_stream_sends_only_the_events_it_has_not_taken() {
+        let cursor = at(&[7, 3]);
+        assert!(unseen(event(0, 8), &cursor));
+        assert!(unseen(event(1, 4), &cursor));
+        assert!(unseen(event(2, 1), &cursor));
+        assert!(!unseen(event(0, 7), &cursor));
+        assert!(!unseen(event(0, 2), &cursor));
+        assert!(!unseen(event(1, 3), &cursor));
     }
 
     #[test]
     fn the_next_batch_of_the_feed_follows_on_from_the_one_applied() {
-        // Batch k+1 starts at batch k's last event: a stream that applied batch k is exactly
-        // there, so it applies batch k+1 without reading the outbox.
-        let (start, last) = (at(3, 1), at(5, 2));
-        assert_eq!(batch(Some(start)).step(Some(start)), Step::Apply);
-        assert_eq!(batch(Some(last)).step(Some(last)), Step::Apply);
-        // One that missed batch k (still at its start) sees batch k+1 start after it.
-        assert_eq!(batch(Some(last)).step(Some(start)), Step::Gap);
+        // Batch k+1 starts where batch k ended in every partition: a stream that applied
+        // batch k is exactly there, so it applies batch k+1 without reading the log.
+        let (start, last) = (at(&[3, 1]), at(&[5, 1, 2]));
+        assert_eq!(batch(start).step(&start), Step::Apply);
+        assert_eq!(batch(last).step(&last), Step::Apply);
+        // One that missed batch k (still at its start) sees batch k+1 start past it.
+        assert_eq!(batch(last).step(&start), Step::Gap);
+    }
+
+    #[test]
+    fn taking_an_event_moves_only_its_partition_and_never_back() {
+        let mut cursor = at(&[7, 3]);
+        cursor.take(event(1, 9));
+        assert_eq!(cursor, at(&[7, 9]));
+        cursor.take(event(1, 4));
+        assert_eq!(cursor, at(&[7, 9]), "an older position leaves it");
+        assert!(cursor.has(event(1, 9)) && !cursor.has(event(2, 1)));
+    }
+
+    #[test]
+    fn a_cursor_is_behind_a_mark_past_it_in_any_partition() {
+        assert!(!at(&[7, 3]).behind(&at(&[7, 3])));
+        assert!(!at(&[7, 3]).behind(&at(&[2])));
+        assert!(at(&[7, 3]).behind(&at(&[7, 4])));
+        assert!(at(&[7, 3]).behind(&at(&[0, 0, 1])));
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod feed;
 pub mod grpc;
 pub mod healthcheck;
 pub mod metrics;
+pub mod relay;
 pub mod shutdown;
 pub mod startup;
 pub mod store;

@@ -5,24 +5,17 @@
 //! text format with real histogram buckets, and its recorder is used as an object, not
 //! installed globally, so each `Application` (several run in one test process) has its own
 //! registry. Counters change only after the transaction they count has committed. Gauges
-//! that mirror live state (pool, outbox lag, exported spans) are read when scraped.
+//! that mirror live state (pool, exported spans) are read when scraped; the relay sets its
+//! lag per partition as it runs.
 
-use std::{
-    collections::HashMap,
-    net::SocketAddr,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::Duration,
-};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use metrics::{Key, Label, Level, Metadata, Recorder, SharedString, Unit};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
 use tokio::net::TcpListener;
 
 use crate::{
-    domain::{Change, DisputeState, EventKind, Order, Position, Settlement},
+    domain::{Change, DisputeState, EventKind, Order, Settlement},
     shutdown::{Stop, stopped},
     store::{self, Store},
 };
@@ -31,8 +24,6 @@ use crate::{
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
-/// A scrape that takes longer than this is answered without the outbox lag.
-const LAG_QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the listener pauses after a failed accept (say, out of descriptors).
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// Slow or idle scrapers are cut off after this long without a complete request head.
@@ -54,11 +45,14 @@ const RESOLVED: &str = "disputes_resolved_total";
 const SETTLED: &str = "funds_settled_total";
 const SETTLED_MINOR: &str = "funds_settled_minor_units_total";
 const DEADLINES: &str = "deadlines_applied_total";
-const OUTBOX_LAG: &str = "outbox_oldest_undelivered_age_seconds";
-const HORIZON_AGE: &str = "dispute_stream_horizon_age_seconds";
+const RELAY_LAG: &str = "dispute_stream_relay_lag_seconds";
+const EVENTS_RELAYED: &str = "dispute_stream_events_relayed_total";
+const DELIVERY_LAG: &str = "dispute_stream_delivery_lag_seconds";
 const DEADLINES_STUCK: &str = "dispute_deadline_candidates_stuck";
-/// A horizon held back longer than this is logged with the transaction holding it.
-const HORIZON_WARN_SECONDS: f64 = 30.0;
+/// Delivery lag buckets, seconds: from a relay pass to a consumer days behind.
+const DELIVERY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0,
+];
 /// How often histogram samples are folded into buckets when nobody scrapes.
 const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 const SPANS_ENDED: &str = "otel_spans_ended_total";
@@ -71,9 +65,6 @@ pub struct Metrics(Arc<Inner>);
 
 struct Inner {
     recorder: PrometheusRecorder,
-    /// Positions of the open WatchEvents streams, by stream.
-    streams: Mutex<HashMap<u64, Position>>,
-    next_stream: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -87,12 +78,13 @@ impl Metrics {
         let recorder = PrometheusBuilder::new()
             .set_buckets(LATENCY_BUCKETS)
             .expect("the latency buckets are not empty")
+            .set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Full(DELIVERY_LAG.to_owned()),
+                DELIVERY_BUCKETS,
+            )
+            .expect("the delivery buckets are not empty")
             .build_recorder();
-        let metrics = Self(Arc::new(Inner {
-            recorder,
-            streams: Mutex::new(HashMap::new()),
-            next_stream: AtomicU64::new(0),
-        }));
+        let metrics = Self(Arc::new(Inner { recorder }));
         metrics.describe();
         metrics
     }
@@ -114,6 +106,10 @@ impl Metrics {
             (
                 DEADLINES,
                 "Deadlines applied by the worker, by kind (PROTECTION_END included).",
+            ),
+            (
+                EVENTS_RELAYED,
+                "Events this replica's relay moved from the outbox into the stream's log.",
             ),
             (SPANS_ENDED, "Trace spans finished by the service."),
             (SPANS_EXPORTED, "Trace spans accepted by the OTLP exporter."),
@@ -138,12 +134,8 @@ impl Metrics {
             (POOL_MAX, "Most database connections the pool opens."),
             (POOL_WAITERS, "Callers waiting for a database connection."),
             (
-                OUTBOX_LAG,
-                "Age of the oldest event past the slowest open stream's position (0 when every stream is caught up or none is open).",
-            ),
-            (
-                HORIZON_AGE,
-                "Age of the oldest transaction holding an xid anywhere on the PostgreSQL cluster: events committed after it wait for it to end.",
+                RELAY_LAG,
+                "Age of the oldest committed event not yet in the stream's log, by partition, as of this replica's last relay pass over it (0: none waits; only the partitions this replica holds).",
             ),
             (
                 DEADLINES_STUCK,
@@ -159,6 +151,13 @@ impl Metrics {
             RPC_SECONDS.into(),
             Some(Unit::Seconds),
             SharedString::const_str("Time from admission to the response, by method."),
+        );
+        self.0.recorder.describe_histogram(
+            DELIVERY_LAG.into(),
+            Some(Unit::Seconds),
+            SharedString::const_str(
+                "Time from an event's occurrence to its hand-over to a WatchEvents consumer.",
+            ),
         );
     }
 
@@ -207,23 +206,34 @@ impl Metrics {
         GaugeGuard::up(self.gauge(RPC_IN_FLIGHT))
     }
 
-    /// A WatchEvents stream opened; it reports its position until the guard is dropped.
-    pub fn stream_opened(&self, at: Position) -> StreamGuard {
-        let id = self.0.next_stream.fetch_add(1, Ordering::Relaxed);
-        self.streams().insert(id, at);
+    /// A WatchEvents stream opened; it reports its deliveries until the guard is dropped.
+    pub fn stream_opened(&self) -> StreamGuard {
         StreamGuard {
-            metrics: self.clone(),
-            id,
+            delivery_lag: self
+                .0
+                .recorder
+                .register_histogram(&Key::from_static_name(DELIVERY_LAG), &METADATA),
             _open: GaugeGuard::up(self.gauge(STREAMS_OPEN)),
         }
     }
 
-    fn streams(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Position>> {
-        // A panic elsewhere while holding the map leaves it usable.
+    /// The relay's last look at `partition`: its oldest waiting event is `age` seconds old.
+    pub fn relay_lag(&self, partition: usize, age: f64) {
         self.0
-            .streams
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .recorder
+            .register_gauge(
+                &Key::from_parts(
+                    RELAY_LAG,
+                    vec![Label::new("partition", partition.to_string())],
+                ),
+                &METADATA,
+            )
+            .set(age);
+    }
+
+    /// The relay moved `count` events into the log.
+    pub fn events_relayed(&self, count: u64) {
+        self.counter(EVENTS_RELAYED, vec![]).increment(count);
     }
 
     /// A committed change to a dispute: opened, cancelled, resolved, settled, and which
@@ -296,40 +306,6 @@ impl Metrics {
         self.gauge(POOL_MAX)
             .set(f64::from(pool.options().get_max_connections()));
         self.gauge(POOL_WAITERS).set(store.waiters() as f64);
-        let slowest = self.streams().values().min().copied();
-        let lag = match slowest {
-            None => Some(0.0),
-            Some(after) => {
-                match tokio::time::timeout(LAG_QUERY_TIMEOUT, store.oldest_event_after(after)).await
-                {
-                    Ok(Ok(oldest)) => Some(oldest.map_or(0.0, |at| {
-                        (chrono::Utc::now() - at).num_milliseconds().max(0) as f64 / 1000.0
-                    })),
-                    _ => None,
-                }
-            }
-        };
-        if let Some(lag) = lag {
-            self.gauge(OUTBOX_LAG).set(lag);
-        }
-        // Events committed after the oldest transaction still in flight on the whole
-        // cluster wait for it (README, "Fault tolerance"): how long that has been.
-        if let Ok(Ok(blocker)) =
-            tokio::time::timeout(LAG_QUERY_TIMEOUT, store.horizon_blocker()).await
-        {
-            let age = blocker.as_ref().map_or(0.0, |b| b.age_seconds);
-            self.gauge(HORIZON_AGE).set(age);
-            if let Some(b) = blocker.filter(|b| b.age_seconds > HORIZON_WARN_SECONDS) {
-                tracing::warn!(
-                    age_seconds = b.age_seconds,
-                    pid = b.pid,
-                    database = b.database.as_deref().unwrap_or("?"),
-                    application = b.application.as_deref().unwrap_or("?"),
-                    state = b.state.as_deref().unwrap_or("?"),
-                    "a long transaction is holding back the event stream"
-                );
-            }
-        }
         let (ended, exported, failed) = crate::telemetry::span_counters();
         for (name, value) in [
             (SPANS_ENDED, ended),
@@ -396,22 +372,17 @@ impl Drop for GaugeGuard {
     }
 }
 
-/// An open WatchEvents stream; [`StreamGuard::at`] reports how far it has delivered.
+/// An open WatchEvents stream; [`StreamGuard::delivered`] records each hand-over.
 pub struct StreamGuard {
-    metrics: Metrics,
-    id: u64,
+    delivery_lag: metrics::Histogram,
     _open: GaugeGuard,
 }
 
 impl StreamGuard {
-    pub fn at(&self, position: Position) {
-        self.metrics.streams().insert(self.id, position);
-    }
-}
-
-impl Drop for StreamGuard {
-    fn drop(&mut self) {
-        self.metrics.streams().remove(&self.id);
+    /// An event that occurred at `occurred_at` was handed to the consumer now.
+    pub fn delivered(&self, occurred_at: chrono::DateTime<chrono::Utc>) {
+        let lag = (chrono::Utc::now() - occurred_at).num_microseconds().unwrap_or(i64::MAX);
+        self.delivery_lag.record(lag.max(0) as f64 / 1e6);
     }
 }
 

@@ -1,5 +1,5 @@
 //! The stop signal: `serve` flips it on SIGTERM and every background task (health, the
-//! commit listener, the worker, event streams, the metrics listener) watches it. In its
+//! event log listener, the relay, the worker, event streams, the metrics listener) watches it. In its
 //! own module so that nothing has to import the startup code to wait for it.
 
 use std::time::Duration;
@@ -17,6 +17,11 @@ pub fn channel() -> (watch::Sender<bool>, Stop) {
 /// Resolves once the signal is given (or its sender is gone).
 pub async fn stopped(stop: &mut Stop) {
     let _ = stop.wait_for(|stop| *stop).await;
+}
+
+/// Whether the signal has been given.
+pub fn is_stopped(stop: &Stop) -> bool {
+    *stop.borrow()
 }
 
 /// The part of the shutdown budget (`DISPUTE_SHUTDOWN_GRACE`, from SIGTERM to the exit)

@@ -18,6 +18,7 @@ use crate::{
     config::{DatabaseConfig, ServeConfig},
     domain::Deadlines,
     feed::EventFeed,
+    relay::{Relay, RelayConfig},
     grpc::{
         self, Admitted, ApiParts, DisputeApi, GateLayer, MAX_REQUEST_BYTES, SERVICE_NAME, Shares,
         Slots, auth::Authenticator, parse::EvidencePrefixes,
@@ -269,14 +270,22 @@ impl Application {
                 .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         };
-        let (committed_tx, committed) = tokio::sync::watch::channel(0u64);
+        let (appended_tx, appended) = tokio::sync::watch::channel(0u64);
         let listener_task = tokio::spawn(
             self.store
                 .clone()
-                .listen_for_commits(committed_tx, stop_rx.clone()),
+                .listen_for_appends(appended_tx, stop_rx.clone()),
         );
         let feed = EventFeed::new(stop_rx.clone());
-        let feed_task = tokio::spawn(feed.clone().run(self.commands.clone(), committed));
+        let feed_task = tokio::spawn(feed.clone().run(self.commands.clone(), appended));
+        let relay_task = self.config.relay_enabled.then(|| {
+            let relay = Relay::new(
+                self.store.clone(),
+                self.metrics.clone(),
+                RelayConfig::new(),
+            );
+            tokio::spawn(relay.run(stop_rx.clone()))
+        });
         let limits = &self.config.limits;
         let streams = Slots::new(
             limits.max_streams as usize,
@@ -381,6 +390,14 @@ impl Application {
         feed_task.abort();
         metrics_task.abort();
         let deadline = stop_requested.get().copied().unwrap_or_else(Instant::now) + drain;
+        if let Some(relay) = relay_task {
+            // The relay finishes its pass and gives its leases up (another replica takes
+            // its partitions at once), within the same budget.
+            let abort = relay.abort_handle();
+            if tokio::time::timeout_at(deadline, relay).await.is_err() {
+                abort.abort();
+            }
+        }
         if let Some(worker) = worker_task {
             // The pass under way finishes its transaction, within the same budget; at the
             // deadline it is dropped and its transaction rolled back.

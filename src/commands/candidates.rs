@@ -113,13 +113,14 @@ impl Commands {
             .await?)
     }
 
-    /// Deletes at most `limit` stream events older than `retention`; how many.
+    /// Deletes, in each stream partition, at most `limit` events relayed longer than
+    /// `retention` ago; how many.
     pub async fn purge_stream_events(
         &self,
         retention: chrono::Duration,
         limit: i64,
     ) -> Result<u64, Error> {
         let before = self.now() - retention;
-        Ok(self.store.purge_outbox(before, limit).await?)
+        Ok(self.store.purge_log(before, limit).await?)
     }
 }

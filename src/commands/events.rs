@@ -1,5 +1,5 @@
 //! The event catalogue (payloads, version 1) and the two ways to read events: a
-//! dispute's history and the resumable stream.
+//! dispute's history and the resumable stream (the event log the relay fills).
 
 use chrono::{DateTime, Utc};
 use serde_json::json;
@@ -7,7 +7,7 @@ use serde_json::json;
 use super::{Commands, Error};
 use crate::{
     domain::{
-        Actor, Change, DisputeId, EventKind, HistoryEvent, Order, Position, Settlement, StreamEvent,
+        Actor, Change, Cursor, DisputeId, EventKind, HistoryEvent, Order, Settlement, StreamEvent,
     },
     store::{self, NewEvent},
 };
@@ -135,20 +135,25 @@ impl Commands {
             .await?)
     }
 
-    /// Where the stream ends now: new events come after it.
-    pub async fn stream_tail(&self) -> Result<Option<Position>, Error> {
+    /// Where the stream ends now, as far as the relay noted: new events come after it.
+    pub async fn stream_tail(&self) -> Result<Cursor, Error> {
         Ok(self.store.stream_tail().await?)
     }
 
-    /// The committed events after `after` (from the oldest kept when `None`), oldest
-    /// first. Refuses a cursor whose following events retention has already deleted; a
-    /// live stream asks on every read too, so a consumer slower than the retention is told
-    /// instead of silently skipping what was deleted under it.
-    pub async fn stream(
-        &self,
-        after: Option<Position>,
-        limit: usize,
-    ) -> Result<Vec<StreamEvent>, Error> {
+    /// Where a stream asked to start after `after` starts: there, or at the oldest event
+    /// kept in every partition when `None`.
+    pub async fn stream_start(&self, after: Option<Cursor>) -> Result<Cursor, Error> {
+        match after {
+            Some(after) => Ok(after),
+            None => Ok(self.store.stream_marks().await?),
+        }
+    }
+
+    /// The committed events after `after`, a run of consecutive positions in each
+    /// partition. Refuses a cursor whose following events retention has already deleted;
+    /// a live stream asks on every read too, so a consumer slower than the retention is
+    /// told instead of silently skipping what was deleted under it.
+    pub async fn stream(&self, after: &Cursor, limit: usize) -> Result<Vec<StreamEvent>, Error> {
         self.store
             .stream_events(after, limit as i64)
             .await?

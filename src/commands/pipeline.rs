@@ -271,6 +271,9 @@ impl Commands {
             return Ok(Attempt::Again);
         }
         store::commit(tx).await?;
+        if changes.as_ref().is_some_and(|c| !c.events.is_empty()) {
+            self.store.events_committed();
+        }
         // A dispute this command opened goes into the directory now (README, "Running on
         // Citus"). Should this fail, the first lookup of the dispute files it.
         if let Some(Changes {

@@ -39,7 +39,10 @@ pub use record::{
     ByOutcome, ByReason, DEFAULT_WINDOW_DAYS, MAX_WINDOW_DAYS, SellerStats, StatsWindow,
     ensure_may_read_record,
 };
-pub use records::{DisputeFilter, HistoryEvent, ListOrder, ListPosition, Position, StreamEvent};
+pub use records::{
+    Cursor, DisputeFilter, HistoryEvent, ListOrder, ListPosition, LogPosition, STREAM_PARTITIONS,
+    StreamEvent,
+};
 pub use text::{TextKind, check_text};
 pub use trace::TraceId;
 pub use workflow::{

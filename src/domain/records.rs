@@ -7,6 +7,7 @@ use uuid::Uuid;
 
 use super::{Actor, DisputeId, DisputeState};
 
+
 /// Filters of a dispute listing; `None` matches everything. `after` is where the previous
 /// page ended, in the list's order.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -49,22 +50,58 @@ pub struct HistoryEvent {
     pub trace_id: Option<String>,
 }
 
-/// Where a consumer is in the outbox: the transaction id and the row id of the last
-/// event it saw. `Position::START` is before everything.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Position {
-    pub tx_id: i64,
-    pub id: i64,
+/// How many stream partitions there are: each order's events are in one of them (by a
+/// hash of the order id, computed by the database: `outbox.stream_partition`), and a
+/// partition's events have positions 1, 2, 3… in the log. Fixed by the schema (migration
+/// 11); changing it is a migration (README, "Consuming the event stream").
+pub const STREAM_PARTITIONS: usize = 16;
+
+/// Where an event is in the stream's log: its partition and its position there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LogPosition {
+    pub partition: usize,
+    pub position: i64,
 }
 
-impl Position {
-    pub const START: Position = Position { tx_id: 0, id: 0 };
+/// Where a consumer is in the stream: the last position it took in each partition (0:
+/// nothing yet). Cursors are ordered partition by partition only: `a <= b` when `b` is at
+/// or past `a` in every partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Cursor(pub [i64; STREAM_PARTITIONS]);
+
+impl Cursor {
+    /// Before every event.
+    pub const START: Cursor = Cursor([0; STREAM_PARTITIONS]);
+
+    /// Whether the consumer has taken the event at `at`.
+    pub fn has(&self, at: LogPosition) -> bool {
+        self.0[at.partition] >= at.position
+    }
+
+    /// Past the event at `at` (and everything before it in its partition).
+    pub fn take(&mut self, at: LogPosition) {
+        let seen = &mut self.0[at.partition];
+        *seen = (*seen).max(at.position);
+    }
+
+    /// Whether this cursor is at or before `other` in every partition.
+    pub fn at_or_before(&self, other: &Cursor) -> bool {
+        self.0.iter().zip(other.0.iter()).all(|(a, b)| a <= b)
+    }
+
+    /// The partitions where this cursor is behind `mark` (a consumer there would miss
+    /// events up to the mark).
+    pub fn behind(&self, mark: &Cursor) -> bool {
+        !mark.at_or_before(self)
+    }
 }
 
 /// One event of the stream.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StreamEvent {
-    pub position: Position,
+    pub at: LogPosition,
+    /// 1, 2, 3… per order, gap-free over committed events.
+    pub order_sequence: i64,
     pub event_id: Uuid,
     pub event_type: String,
     pub order_id: String,

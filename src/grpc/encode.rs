@@ -8,7 +8,7 @@ use prost_types::Timestamp;
 use super::{pb, tokens::Tokens};
 use crate::domain::{
     self, Consequence, DeadlineKind, DisputeState, HistoryEvent, Money, NextDeadline, Order,
-    Outcome, Reason, Remedy, ReturnStatus, StreamEvent,
+    Outcome, Reason, Remedy, ReturnStatus, StreamEvent, Cursor,
 };
 
 fn json_to_pb(value: &serde_json::Value) -> prost_types::Value {
@@ -53,9 +53,11 @@ pub fn history_event_to_pb(event: &HistoryEvent) -> pb::DisputeEvent {
     }
 }
 
-pub fn stream_event_to_pb(event: &StreamEvent, tokens: &Tokens) -> pb::Event {
+/// An event of a stream, with the stream's cursor once it is taken.
+pub fn stream_event_to_pb(event: &StreamEvent, cursor: &Cursor, tokens: &Tokens) -> pb::Event {
     pb::Event {
-        cursor: tokens.cursor(event.position),
+        cursor: tokens.cursor(cursor),
+        order_sequence: event.order_sequence,
         event_id: event.event_id.to_string(),
         r#type: event.event_type.clone(),
         order_id: event.order_id.clone(),

@@ -15,7 +15,7 @@ use tonic::Status;
 use super::{encode::stream_event_to_pb, limits::CallerSlot, pb, tokens::Tokens};
 use crate::{
     commands::Commands,
-    domain::{Position, StreamEvent},
+    domain::{Cursor, StreamEvent},
     feed::EventFeed,
     feed::{Consumer, Subscription},
     shutdown::stopped,
@@ -37,7 +37,7 @@ pub async fn watch(
     commands: Commands,
     feed: EventFeed,
     tokens: Tokens,
-    after: Option<Position>,
+    after: Option<Cursor>,
     slot: (CallerSlot, OwnedSemaphorePermit),
 ) -> Result<EventStream, Status> {
     let mut subscription = Subscription::open(commands, &feed, after).await?;
@@ -84,9 +84,9 @@ struct Channel {
 }
 
 impl Consumer for Channel {
-    async fn deliver(&mut self, event: &StreamEvent) -> bool {
+    async fn deliver(&mut self, event: &StreamEvent, cursor: &Cursor) -> bool {
         let message = pb::WatchEventsResponse {
-            event: Some(stream_event_to_pb(event, &self.tokens)),
+            event: Some(stream_event_to_pb(event, cursor, &self.tokens)),
         };
         self.tx.send(Ok(message)).await.is_ok()
     }

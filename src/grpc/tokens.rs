@@ -3,7 +3,10 @@
 //! it stands for, base64url. The tag covers the position and the token's scope: for a page
 //! token, the caller and the whole filter of the request that made it, so a token edited,
 //! forged, or sent with another filter (or by another caller) is refused; for a cursor,
-//! the event stream. The key is the server's (`DISPUTE_PAGE_TOKEN_KEY`, or one made by a
+//! the event stream. A cursor's position is the stream's in each of its partitions
+//! (`p:` then one number per partition); a cursor of the stream before it was
+//! partitioned (a transaction id and a row id) is refused with its own reason,
+//! `CURSOR_RETIRED` (README, "Consuming the event stream"). The key is the server's (`DISPUTE_PAGE_TOKEN_KEY`, or one made by a
 //! migration and shared by every replica through the database).
 
 use std::sync::Arc;
@@ -16,7 +19,7 @@ use tokio::sync::OnceCell;
 
 use crate::{
     commands::{Commands, Error},
-    domain::{DomainError, Position},
+    domain::{Cursor, DomainError, STREAM_PARTITIONS},
 };
 
 /// Default and largest page sizes of lists.
@@ -28,6 +31,31 @@ const TAG_BYTES: usize = 16;
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
 /// The scope of every cursor: the one event stream.
 const STREAM_SCOPE: &str = "events";
+/// What a cursor's position starts with: positions per partition follow.
+const CURSOR_PARTITIONED: &str = "p:";
+
+/// Why a cursor is refused.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BadCursor {
+    /// Not a cursor this service issued (edited, forged, another token).
+    Invalid(DomainError),
+    /// One this service issued before the stream was partitioned: its position cannot be
+    /// told in partitions.
+    Retired,
+}
+
+impl From<BadCursor> for tonic::Status {
+    fn from(bad: BadCursor) -> Self {
+        match bad {
+            BadCursor::Invalid(error) => error.into(),
+            BadCursor::Retired => super::error::status(
+                tonic::Code::OutOfRange,
+                "CURSOR_RETIRED",
+                "this cursor is from the event stream before it was partitioned; resume from an empty cursor and de-duplicate on event_id",
+            ),
+        }
+    }
+}
 
 /// Where the key comes from: configured, or read from the database once, on first use
 /// (so the server starts, NOT_SERVING, while the database is down).
@@ -108,25 +136,48 @@ impl Tokens {
     }
 
     /// The stream cursor of a position.
-    pub fn cursor(&self, position: Position) -> String {
-        self.seal(STREAM_SCOPE, &format!("{}:{}", position.tx_id, position.id))
+    pub fn cursor(&self, position: &Cursor) -> String {
+        let positions: Vec<String> = position.0.iter().map(i64::to_string).collect();
+        self.seal(
+            STREAM_SCOPE,
+            &format!("{CURSOR_PARTITIONED}{}", positions.join(",")),
+        )
     }
 
     /// `None` for an empty cursor (start from the oldest event kept).
-    pub fn parse_cursor(&self, raw: &str) -> Result<Option<Position>, DomainError> {
+    pub fn parse_cursor(&self, raw: &str) -> Result<Option<Cursor>, BadCursor> {
         if raw.is_empty() {
             return Ok(None);
         }
-        let invalid =
-            || DomainError::invalid("after_cursor", "is not a cursor this service issued");
+        let invalid = || {
+            BadCursor::Invalid(DomainError::invalid(
+                "after_cursor",
+                "is not a cursor this service issued",
+            ))
+        };
         let text = self.open(STREAM_SCOPE, raw).ok_or_else(invalid)?;
-        let (tx_id, id) = text.split_once(':').ok_or_else(invalid)?;
-        match (tx_id.parse(), id.parse()) {
-            (Ok(tx_id), Ok(id)) => Ok(Some(Position { tx_id, id })),
-            _ => Err(invalid()),
+        let Some(positions) = text.strip_prefix(CURSOR_PARTITIONED) else {
+            // Sealed by this key in the stream's scope, so issued here: a position of the
+            // stream before partitions ("transaction id:row id").
+            return Err(BadCursor::Retired);
+        };
+        let mut cursor = Cursor::START;
+        let mut parts = positions.split(',');
+        for slot in cursor.0.iter_mut() {
+            *slot = parts
+                .next()
+                .and_then(|n| n.parse().ok())
+                .filter(|n: &i64| *n >= 0)
+                .ok_or_else(invalid)?;
         }
+        if parts.next().is_some() {
+            return Err(invalid());
+        }
+        Ok(Some(cursor))
     }
 }
+
+const _: () = assert!(STREAM_PARTITIONS > 0);
 
 pub(super) fn page_size(raw: i32) -> Result<usize, String> {
     match raw {
@@ -187,12 +238,38 @@ mod tests {
     #[test]
     fn a_cursor_round_trips_and_a_forged_one_is_refused() {
         let t = tokens();
-        let position = Position { tx_id: 812, id: 9 };
-        assert_eq!(t.parse_cursor(&t.cursor(position)), Ok(Some(position)));
+        let mut position = Cursor::START;
+        position.0[0] = 812;
+        position.0[STREAM_PARTITIONS - 1] = 9;
+        assert_eq!(t.parse_cursor(&t.cursor(&position)), Ok(Some(position)));
         assert_eq!(t.parse_cursor(""), Ok(None));
-        // A readable cursor of the old format, and a page token used as a cursor.
-        for bad in ["garbage", "YzE6ODEyOjk", &t.seal("disputes", "812:9")] {
-            assert!(t.parse_cursor(bad).is_err(), "{bad}");
+        // A readable cursor of the old format, a page token used as a cursor, a cursor
+        // with a partition too few or too many, a negative position.
+        let short = vec!["1"; STREAM_PARTITIONS - 1].join(",");
+        let long = vec!["1"; STREAM_PARTITIONS + 1].join(",");
+        let negative = format!("-1{}", ",0".repeat(STREAM_PARTITIONS - 1));
+        for bad in [
+            "garbage".to_owned(),
+            "YzE6ODEyOjk".to_owned(),
+            t.seal("disputes", "812:9"),
+            t.seal(STREAM_SCOPE, &format!("p:{short}")),
+            t.seal(STREAM_SCOPE, &format!("p:{long}")),
+            t.seal(STREAM_SCOPE, &format!("p:{negative}")),
+        ] {
+            assert!(
+                matches!(t.parse_cursor(&bad), Err(BadCursor::Invalid(_))),
+                "{bad}"
+            );
         }
+    }
+
+    #[test]
+    fn a_cursor_of_the_stream_before_partitions_is_retired() {
+        let t = tokens();
+        // What the service sealed for a (transaction id, row id) position.
+        let old = t.seal(STREAM_SCOPE, "812:9");
+        assert_eq!(t.parse_cursor(&old), Err(BadCursor::Retired));
+        let status = tonic::Status::from(BadCursor::Retired);
+        assert_eq!(status.code(), tonic::Code::OutOfRange);
     }
 }

@@ -9,6 +9,7 @@ use crate::domain::{DomainError, Precondition};
 pub mod sqlstate {
     /// Class 23, integrity constraint violation (unique, foreign key, check, triggers).
     pub const INTEGRITY_CONSTRAINT_CLASS: &str = "23";
+    pub const UNIQUE_VIOLATION: &str = "23505";
     /// Class 08, connection exception.
     pub const CONNECTION_EXCEPTION_CLASS: &str = "08";
     pub const ADMIN_SHUTDOWN: &str = "57P01";

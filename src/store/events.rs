@@ -1,32 +1,47 @@
 //! Events: each is written once, in the transaction of the change it describes, to the
-//! dispute's immutable history (when it concerns a dispute) and to the outbox the event
-//! stream reads. Readers of the outbox only see rows below the oldest transaction still
-//! in flight, so nothing committed late is ever skipped.
+//! dispute's immutable history (when it concerns a dispute) and to the outbox, numbered in
+//! its order's stream. The relay (`crate::relay`) moves committed outbox rows into the
+//! stream's log, a partition at a time; WatchEvents reads the log (README, "Consuming the
+//! event stream"). Nothing here reads a transaction id or a snapshot: what the relay moves
+//! is what it sees committed, and the log's keys refuse a second copy of an event or of a
+//! position, so two relays racing for a partition cannot duplicate or reorder it.
 //!
-//! That horizon is read in a statement of its own, on the server the service talks to. On
-//! Citus that is the coordinator: an outbox row's `tx_id` is the coordinator's transaction
-//! id (its default is evaluated there), and a command's transaction commits on its one
-//! worker before the coordinator's transaction ends, so every row below the coordinator's
-//! horizon is committed where it lives (README, "Running on Citus"). Read inside the
-//! outbox query, the horizon would be each worker's own, in other numbers.
+//! On Citus the outbox lives with its order, the log with its partition (its own
+//! co-location group), the partitions' leases and marks on the coordinator: every write
+//! below runs on one shard, or on the coordinator; the relay's outbox read and the
+//! stream's read across partitions fan out (README, "Running on Citus").
 
 use tracing::Instrument;
 
-use super::statement;
-
 use chrono::{DateTime, Utc};
 
-use super::{Store, StoreError};
-use crate::domain::{Actor, DisputeId, HistoryEvent, Position, Role, StreamEvent};
+use super::{Store, StoreError, constraints::sqlstate, statement};
+use std::collections::HashMap;
 
-/// The transaction holding back the event stream's horizon.
+use crate::domain::{
+    Actor, Cursor, DisputeId, HistoryEvent, LogPosition, Role, STREAM_PARTITIONS, StreamEvent,
+};
+
+/// A committed outbox row waiting for the relay: its event, without a log position yet.
 #[derive(Debug, Clone, PartialEq)]
-pub struct HorizonBlocker {
-    pub age_seconds: f64,
-    pub pid: i32,
-    pub database: Option<String>,
-    pub application: Option<String>,
-    pub state: Option<String>,
+pub struct Unrelayed {
+    /// The outbox row's id: increasing in the order an order's events were written.
+    pub id: i64,
+    pub event: StreamEvent,
+}
+
+/// What appending a batch to a partition did.
+#[derive(Debug, Default, PartialEq)]
+pub struct Appended {
+    /// The partition's last position afterwards (0: empty), as this relay wrote or read it.
+    pub through: i64,
+    /// Events newly appended.
+    pub appended: usize,
+    /// Outbox rows now in the log (appended now, or by an earlier relay that stopped before
+    /// deleting them): the relay deletes them from the outbox.
+    pub done: Vec<(String, i64)>,
+    /// Events held back because an earlier event of their order was not in the batch.
+    pub held_back: usize,
 }
 
 fn actor(role: &str, id: String) -> Result<Actor, StoreError> {
@@ -75,65 +90,54 @@ impl Store {
             .collect()
     }
 
-    /// Up to `limit` stream events after `after` (from the oldest kept when `None`), in
-    /// position order, none from a transaction that may still be in flight; `None` when
-    /// retention has deleted events after `after` (the cursor expired). One statement: the
-    /// retention mark and the events are read together.
+    /// Up to `limit` events of the log after `after`, by position (partitions interleaved;
+    /// in each partition a run of consecutive positions); `None` when retention has deleted
+    /// events after `after` (the cursor expired). Positions have no gaps in a partition, so
+    /// a partition's next `limit` events are exactly the `limit` positions after its
+    /// cursor: the read is bounded by index ranges, however far behind the cursor is.
     pub async fn stream_events(
         &self,
-        after: Option<Position>,
+        after: &Cursor,
         limit: i64,
     ) -> Result<Option<Vec<StreamEvent>>, StoreError> {
-        let from = after.unwrap_or(Position::START);
-        let horizon = self.horizon().await?;
+        let (partitions, positions) = by_partition(after);
         let rows = sqlx::query!(
-            r#"SELECT ($4 AND (r.purged_to_tx_id, r.purged_to_id) > ($1::text::xid8, $2)) AS "expired!",
-                      e.tx_id AS "tx_id?", e.id AS "id?", e.event_id AS "event_id?",
-                      e.event_type AS "event_type?", e.order_id AS "order_id?", e.dispute_id,
-                      e.dispute_seq, e.actor_role AS "actor_role?", e.actor_id AS "actor_id?",
-                      e.occurred_at AS "occurred_at?", e.payload AS "payload?", e.trace_id
-               FROM outbox_retention r
-               LEFT JOIN LATERAL (
-                 SELECT tx_id::text::bigint AS tx_id, id, event_id, event_type, order_id, dispute_id,
-                        dispute_seq, actor_role, actor_id, occurred_at, payload, trace_id
-                 FROM outbox
-                 WHERE (tx_id, id) > ($1::text::xid8, $2) AND tx_id < $5::text::xid8
-                 ORDER BY tx_id, id
-                 LIMIT $3
-               ) e ON true
-               ORDER BY e.tx_id, e.id"#,
-            from.tx_id.to_string(),
-            from.id,
+            r#"SELECT l.stream_partition, l.position, l.event_id, l.order_id, l.order_sequence,
+                      l.event_type, l.dispute_id, l.dispute_seq, l.actor_role, l.actor_id,
+                      l.occurred_at, l.payload, l.trace_id
+               FROM event_log l
+               JOIN unnest($1::int2[], $2::int8[]) AS c(p, after)
+                 ON l.stream_partition = c.p AND l.position > c.after AND l.position <= c.after + $3
+               ORDER BY l.position, l.stream_partition
+               LIMIT $3"#,
+            &partitions,
+            &positions,
             limit,
-            after.is_some(),
-            horizon,
         )
         .fetch_all(self.pool())
-        .instrument(statement("SELECT", "outbox"))
+        .instrument(statement("SELECT", "event_log"))
         .await?;
-        if rows.first().is_some_and(|row| row.expired) {
+        // Retention raises a partition's mark before it deletes up to it: a mark still at or
+        // below the cursor after the read means nothing after the cursor was gone.
+        if after.behind(&self.stream_marks().await?) {
             return Ok(None);
         }
-        let missing = |what: &str| StoreError::Corrupt(format!("outbox row without {what}"));
         rows.into_iter()
-            .filter(|row| row.event_id.is_some())
             .map(|row| {
                 Ok(StreamEvent {
-                    position: Position {
-                        tx_id: row.tx_id.ok_or_else(|| missing("tx_id"))?,
-                        id: row.id.ok_or_else(|| missing("id"))?,
+                    at: LogPosition {
+                        partition: partition_index(row.stream_partition)?,
+                        position: row.position,
                     },
-                    event_id: row.event_id.ok_or_else(|| missing("event_id"))?,
-                    event_type: row.event_type.ok_or_else(|| missing("event_type"))?,
-                    order_id: row.order_id.ok_or_else(|| missing("order_id"))?,
+                    order_sequence: row.order_sequence,
+                    event_id: row.event_id,
+                    event_type: row.event_type,
+                    order_id: row.order_id,
                     dispute_id: row.dispute_id.map(DisputeId),
                     dispute_seq: row.dispute_seq,
-                    actor: actor(
-                        &row.actor_role.ok_or_else(|| missing("actor_role"))?,
-                        row.actor_id.ok_or_else(|| missing("actor_id"))?,
-                    )?,
-                    occurred_at: row.occurred_at.ok_or_else(|| missing("occurred_at"))?,
-                    payload: row.payload.ok_or_else(|| missing("payload"))?,
+                    actor: actor(&row.actor_role, row.actor_id)?,
+                    occurred_at: row.occurred_at,
+                    payload: row.payload,
                     trace_id: row.trace_id,
                 })
             })
@@ -141,154 +145,390 @@ impl Store {
             .map(Some)
     }
 
-    /// The position of the newest event below the in-flight horizon (`None` when there is
-    /// none): where a reader that only wants new events starts.
-    pub async fn stream_tail(&self) -> Result<Option<Position>, StoreError> {
-        let horizon = self.horizon().await?;
-        let row = sqlx::query!(
-            r#"SELECT tx_id::text::bigint AS "tx_id!", id FROM outbox
-               WHERE tx_id < $1::text::xid8
-               ORDER BY tx_id DESC, id DESC
-               LIMIT 1"#,
-            horizon,
+    /// How far retention has deleted, per partition: the oldest cursor still served.
+    pub async fn stream_marks(&self) -> Result<Cursor, StoreError> {
+        let rows = sqlx::query!(
+            "SELECT stream_partition, purged_through FROM stream_relays ORDER BY stream_partition"
         )
-        .fetch_optional(self.pool())
-        .instrument(statement("SELECT", "outbox"))
+        .fetch_all(self.pool())
+        .instrument(statement("SELECT", "stream_relays"))
         .await?;
-        Ok(row.map(|row| Position {
-            tx_id: row.tx_id,
-            id: row.id,
-        }))
+        cursor_of(rows.into_iter().map(|r| (r.stream_partition, r.purged_through)))
     }
 
-    /// The oldest transaction id still in flight on this server (as text, an xid8):
-    /// outbox rows below it are committed or will never be.
-    async fn horizon(&self) -> Result<String, StoreError> {
-        let horizon = sqlx::query_scalar!(
-            r#"SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS "horizon!""#
+    /// Where the log ended when the relay last noted it, per partition: never past the
+    /// log's end, so a reader that starts there and only wants new events misses none.
+    pub async fn stream_tail(&self) -> Result<Cursor, StoreError> {
+        let rows = sqlx::query!(
+            "SELECT stream_partition, appended_through FROM stream_relays ORDER BY stream_partition"
         )
-        .fetch_one(self.pool())
-        .instrument(statement("SELECT", "pg_current_snapshot"))
+        .fetch_all(self.pool())
+        .instrument(statement("SELECT", "stream_relays"))
         .await?;
-        Ok(horizon)
+        cursor_of(rows.into_iter().map(|r| (r.stream_partition, r.appended_through)))
     }
 
-    /// The oldest transaction in flight anywhere on the cluster that holds an xid — what
-    /// holds back the stream's horizon (`pg_snapshot_xmin` is cluster-wide): its age in
-    /// seconds, and where it runs as far as this role may see (`pg_read_all_stats` shows
-    /// other roles' sessions). `None` when no transaction holds one.
-    pub async fn horizon_blocker(&self) -> Result<Option<HorizonBlocker>, StoreError> {
-        let row = sqlx::query!(
-            r#"SELECT extract(epoch FROM now() - xact_start)::float8 AS "age_seconds!",
-                      pid AS "pid!", datname, application_name, state
-               FROM pg_stat_activity
-               WHERE backend_xid IS NOT NULL AND xact_start IS NOT NULL
-                 AND pid <> pg_backend_pid()
-               ORDER BY xact_start
-               LIMIT 1"#
-        )
-        .fetch_optional(self.pool())
-        .instrument(statement("SELECT", "pg_stat_activity"))
-        .await?;
-        Ok(row.map(|row| HorizonBlocker {
-            age_seconds: row.age_seconds.max(0.0),
-            pid: row.pid,
-            database: row.datname,
-            application: row.application_name,
-            state: row.state,
-        }))
-    }
-
-    /// When the oldest event after `after` occurred, committed or not yet deliverable
-    /// (`None` when there is none): how far behind a stream at `after` is.
-    pub async fn oldest_event_after(
+    /// Takes the lease of every partition that is free (its lease ran out) or already
+    /// `holder`'s, until `lease` from now; the partitions `holder` now holds.
+    pub async fn lease_partitions(
         &self,
-        after: Position,
-    ) -> Result<Option<DateTime<Utc>>, StoreError> {
-        let row = sqlx::query_scalar!(
-            r#"SELECT occurred_at FROM outbox
-               WHERE (tx_id, id) > ($1::text::xid8, $2)
-               ORDER BY tx_id, id
-               LIMIT 1"#,
-            after.tx_id.to_string(),
-            after.id,
+        holder: &str,
+        lease: std::time::Duration,
+    ) -> Result<Vec<usize>, StoreError> {
+        let rows = sqlx::query_scalar!(
+            r#"UPDATE stream_relays
+               SET holder = $1, lease_until = now() + make_interval(secs => $2)
+               WHERE holder = $1 OR lease_until < now()
+               RETURNING stream_partition"#,
+            holder,
+            lease.as_secs_f64(),
         )
-        .fetch_optional(self.pool())
-        .instrument(statement("SELECT", "outbox"))
+        .fetch_all(self.pool())
+        .instrument(statement("UPDATE", "stream_relays"))
         .await?;
-        Ok(row)
+        let mut held = rows
+            .into_iter()
+            .map(partition_index)
+            .collect::<Result<Vec<_>, _>>()?;
+        held.sort_unstable();
+        Ok(held)
     }
 
-    /// Deletes up to `limit` outbox rows that occurred before `before` (and are below the
-    /// in-flight horizon), and moves the retention mark past them. Returns how many. Three
-    /// statements in one transaction: the position of the last row to go, the delete up to
-    /// it, the mark (on Citus the delete runs on every shard; the mark is the
-    /// coordinator's).
-    pub async fn purge_outbox(&self, before: DateTime<Utc>, limit: i64) -> Result<u64, StoreError> {
-        let horizon = self.horizon().await?;
-        let mut tx = self.begin().await?;
-        let last = sqlx::query!(
-            r#"SELECT tx_id::text AS "tx_id!", id FROM (
-                 SELECT tx_id, id FROM outbox
-                 WHERE occurred_at < $1 AND tx_id < $3::text::xid8
-                 ORDER BY tx_id, id LIMIT $2
-               ) doomed
-               ORDER BY tx_id DESC, id DESC LIMIT 1"#,
-            before,
-            limit,
-            horizon,
+    /// Gives up `holder`'s leases (a replica that stops hands its partitions over at once).
+    pub async fn release_partitions(&self, holder: &str) -> Result<(), StoreError> {
+        sqlx::query!(
+            "UPDATE stream_relays SET holder = NULL, lease_until = '-infinity' WHERE holder = $1",
+            holder
         )
-        .fetch_optional(&mut *tx)
+        .execute(self.pool())
+        .instrument(statement("UPDATE", "stream_relays"))
+        .await?;
+        Ok(())
+    }
+
+    /// Up to `limit` committed outbox rows of `partitions`, oldest row first. An order's
+    /// rows are numbered in the order they were written, each after the order's row lock
+    /// was taken, so if a row is here every earlier row of its order still waiting is too.
+    pub async fn unrelayed(
+        &self,
+        partitions: &[usize],
+        limit: i64,
+    ) -> Result<Vec<Unrelayed>, StoreError> {
+        let partitions: Vec<i16> = partitions.iter().map(|&p| p as i16).collect();
+        let rows = sqlx::query!(
+            r#"SELECT id, stream_partition AS "stream_partition!", event_id, order_id, order_sequence,
+                      event_type, dispute_id, dispute_seq, actor_role, actor_id, occurred_at,
+                      payload, trace_id
+               FROM outbox WHERE stream_partition = ANY($1)
+               ORDER BY id LIMIT $2"#,
+            &partitions,
+            limit,
+        )
+        .fetch_all(self.pool())
         .instrument(statement("SELECT", "outbox"))
         .await?;
-        let Some(last) = last else {
-            return Ok(0);
-        };
-        let deleted = sqlx::query!(
-            "DELETE FROM outbox WHERE (tx_id, id) <= ($1::text::xid8, $2) AND occurred_at < $3",
-            last.tx_id,
-            last.id,
-            before,
+        rows.into_iter()
+            .map(|row| {
+                Ok(Unrelayed {
+                    id: row.id,
+                    event: StreamEvent {
+                        at: LogPosition {
+                            partition: partition_index(row.stream_partition)?,
+                            position: 0,
+                        },
+                        order_sequence: row.order_sequence,
+                        event_id: row.event_id,
+                        event_type: row.event_type,
+                        order_id: row.order_id,
+                        dispute_id: row.dispute_id.map(DisputeId),
+                        dispute_seq: row.dispute_seq,
+                        actor: actor(&row.actor_role, row.actor_id)?,
+                        occurred_at: row.occurred_at,
+                        payload: row.payload,
+                        trace_id: row.trace_id,
+                    },
+                })
+            })
+            .collect()
+    }
+
+    /// Appends `batch` (rows of one partition, oldest first) to the partition's log, in one
+    /// transaction on the partition's shard: after the partition's last position, each
+    /// order's events only after the ones already there, with no gap in its sequence. A
+    /// row already in the log (a relay stopped before deleting it) is only reported done.
+    /// Another relay appending to the partition at the same time makes one of the two
+    /// fail on the log's keys: that one appends nothing (`Ok` with nothing done).
+    pub async fn append(
+        &self,
+        partition: usize,
+        batch: &[Unrelayed],
+    ) -> Result<Appended, StoreError> {
+        match self.try_append(partition, batch).await {
+            Err(StoreError::Database(sqlx::Error::Database(error)))
+                if error.code().as_deref() == Some(sqlstate::UNIQUE_VIOLATION) =>
+            {
+                tracing::debug!(partition, %error, "another relay appended to the partition first");
+                Ok(Appended::default())
+            }
+            other => other,
+        }
+    }
+
+    async fn try_append(
+        &self,
+        partition: usize,
+        batch: &[Unrelayed],
+    ) -> Result<Appended, StoreError> {
+        let p = partition as i16;
+        let mut tx = self.begin().await?;
+        let last = sqlx::query_scalar!(
+            r#"SELECT COALESCE(max(position), 0) AS "last!" FROM event_log WHERE stream_partition = $1"#,
+            p,
         )
-        .execute(&mut *tx)
+        .fetch_one(&mut *tx)
+        .instrument(statement("SELECT", "event_log"))
+        .await?;
+        let mut orders: Vec<&str> = batch.iter().map(|u| u.event.order_id.as_str()).collect();
+        orders.sort_unstable();
+        orders.dedup();
+        let relayed: HashMap<String, i64> = sqlx::query!(
+            r#"SELECT order_id, max(order_sequence) AS "through!" FROM event_log
+               WHERE stream_partition = $1 AND order_id = ANY($2)
+               GROUP BY order_id"#,
+            p,
+            &orders as &[&str],
+        )
+        .fetch_all(&mut *tx)
+        .instrument(statement("SELECT", "event_log"))
+        .await?
+        .into_iter()
+        .map(|row| (row.order_id, row.through))
+        .collect();
+        let plan = plan_append(batch, &relayed, last);
+        if !plan.new.is_empty() {
+            let mut insert: sqlx::QueryBuilder<sqlx::Postgres> = sqlx::QueryBuilder::new(
+                "INSERT INTO event_log (stream_partition, position, event_id, order_id, order_sequence, \
+                 event_type, dispute_id, dispute_seq, actor_role, actor_id, occurred_at, payload, \
+                 trace_id) ",
+            );
+            insert.push_values(plan.new.iter(), |mut row, (event, position)| {
+                row.push_bind(p)
+                    .push_bind(*position)
+                    .push_bind(event.event_id)
+                    .push_bind(event.order_id.as_str())
+                    .push_bind(event.order_sequence)
+                    .push_bind(event.event_type.as_str())
+                    .push_bind(event.dispute_id.map(|id| id.0))
+                    .push_bind(event.dispute_seq)
+                    .push_bind(event.actor.role.as_str())
+                    .push_bind(event.actor.id.as_str())
+                    .push_bind(event.occurred_at)
+                    .push_bind(&event.payload)
+                    .push_bind(event.trace_id.as_deref());
+            });
+            insert
+                .build()
+                .execute(&mut *tx)
+                .instrument(statement("INSERT", "event_log"))
+                .await
+                .map_err(StoreError::Database)?;
+        }
+        super::commit(tx).await?;
+        Ok(Appended {
+            through: plan.new.last().map_or(last, |(_, position)| *position),
+            appended: plan.new.len(),
+            done: plan.done,
+            held_back: plan.held_back,
+        })
+    }
+
+    /// Deletes outbox rows now in the log, by (order, row id).
+    pub async fn forget_relayed(&self, done: &[(String, i64)]) -> Result<(), StoreError> {
+        if done.is_empty() {
+            return Ok(());
+        }
+        let (orders, ids): (Vec<&str>, Vec<i64>) =
+            done.iter().map(|(order, id)| (order.as_str(), *id)).unzip();
+        sqlx::query!(
+            // Row ids are unique in the whole table; the orders let Citus prune shards.
+            "DELETE FROM outbox WHERE order_id = ANY($1) AND id = ANY($2)",
+            &orders as &[&str],
+            &ids,
+        )
+        .execute(self.pool())
         .instrument(statement("DELETE", "outbox"))
         .await?;
+        Ok(())
+    }
+
+    /// Notes how far the log reaches in `appended` partitions (the tail new readers start
+    /// from), and wakes every replica's readers: one notification per relay batch.
+    pub async fn appended(&self, appended: &[(usize, i64)]) -> Result<(), StoreError> {
+        let (partitions, throughs): (Vec<i16>, Vec<i64>) =
+            appended.iter().map(|&(p, through)| (p as i16, through)).unzip();
         sqlx::query!(
-            r#"UPDATE outbox_retention SET purged_to_tx_id = $1::text::xid8, purged_to_id = $2
-               WHERE ($1::text::xid8, $2) > (purged_to_tx_id, purged_to_id)"#,
-            last.tx_id,
-            last.id,
+            r#"UPDATE stream_relays r SET appended_through = GREATEST(r.appended_through, a.through)
+               FROM unnest($1::int2[], $2::int8[]) AS a(p, through)
+               WHERE r.stream_partition = a.p"#,
+            &partitions,
+            &throughs,
         )
-        .execute(&mut *tx)
-        .instrument(statement("UPDATE", "outbox_retention"))
+        .execute(self.pool())
+        .instrument(statement("UPDATE", "stream_relays"))
         .await?;
-        super::commit(tx).await?;
-        Ok(deleted.rows_affected())
+        sqlx::query!("SELECT pg_notify('dispute_events', '')")
+            .execute(self.pool())
+            .instrument(statement("SELECT", "pg_notify"))
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes up to `limit` log events of each partition relayed before `before`; how
+    /// many. Per partition: the last position to go, then the mark raised to it (on the
+    /// coordinator), then the rows up to it deleted (on the partition's shard). A reader
+    /// checks the mark after reading, so it never takes a read with deleted rows for a
+    /// whole one; a purge that stops between the two leaves rows the next one deletes.
+    pub async fn purge_log(&self, before: DateTime<Utc>, limit: i64) -> Result<u64, StoreError> {
+        let mut purged = 0;
+        for partition in 0..STREAM_PARTITIONS as i16 {
+            let last = sqlx::query_scalar!(
+                r#"SELECT max(position) FROM (
+                     SELECT position FROM event_log
+                     WHERE stream_partition = $1 AND relayed_at < $2
+                     ORDER BY relayed_at LIMIT $3
+                   ) doomed"#,
+                partition,
+                before,
+                limit,
+            )
+            .fetch_one(self.pool())
+            .instrument(statement("SELECT", "event_log"))
+            .await?;
+            let Some(last) = last else { continue };
+            sqlx::query!(
+                r#"UPDATE stream_relays SET purged_through = GREATEST(purged_through, $2)
+                   WHERE stream_partition = $1"#,
+                partition,
+                last,
+            )
+            .execute(self.pool())
+            .instrument(statement("UPDATE", "stream_relays"))
+            .await?;
+            let deleted = sqlx::query!(
+                "DELETE FROM event_log WHERE stream_partition = $1 AND position <= $2",
+                partition,
+                last,
+            )
+            .execute(self.pool())
+            .instrument(statement("DELETE", "event_log"))
+            .await?;
+            purged += deleted.rows_affected();
+        }
+        Ok(purged)
     }
 }
 
+/// What a relay appends of a batch, and which rows are done with.
+#[derive(Debug, Default, PartialEq)]
+struct AppendPlan<'a> {
+    /// The events to append, each with its position.
+    new: Vec<(&'a StreamEvent, i64)>,
+    /// Every row in the log once the new ones are: (order, outbox row id).
+    done: Vec<(String, i64)>,
+    held_back: usize,
+}
+
+/// Decides a partition's append: `batch` oldest row first, `relayed` the last sequence of
+/// each of its orders already in the log, `last` the partition's last position. An
+/// order's event is appended only right after the one before it (already in the log, or
+/// appended just before it); one at or below the order's last in the log is a copy of
+/// what is there; one further on waits (its predecessor was not read: the rule that keeps
+/// an order's events in order and without gaps whatever a read returned).
+fn plan_append<'a>(
+    batch: &'a [Unrelayed],
+    relayed: &HashMap<String, i64>,
+    last: i64,
+) -> AppendPlan<'a> {
+    let mut next: HashMap<&str, i64> = HashMap::new();
+    let mut plan = AppendPlan::default();
+    let mut position = last;
+    let mut ordered: Vec<&Unrelayed> = batch.iter().collect();
+    // Oldest row first; an order's rows in their sequence.
+    ordered.sort_by_key(|u| u.id);
+    for row in ordered {
+        let event = &row.event;
+        let expected = next
+            .entry(event.order_id.as_str())
+            .or_insert_with(|| relayed.get(&event.order_id).copied().unwrap_or(0) + 1);
+        if event.order_sequence < *expected {
+            plan.done.push((event.order_id.clone(), row.id));
+        } else if event.order_sequence == *expected {
+            position += 1;
+            *expected += 1;
+            plan.new.push((event, position));
+            plan.done.push((event.order_id.clone(), row.id));
+        } else {
+            plan.held_back += 1;
+        }
+    }
+    plan
+}
+
+/// A cursor as the database takes it: partitions and positions, side by side.
+fn by_partition(cursor: &Cursor) -> (Vec<i16>, Vec<i64>) {
+    cursor
+        .0
+        .iter()
+        .enumerate()
+        .map(|(p, &position)| (p as i16, position))
+        .unzip()
+}
+
+fn partition_index(stored: i16) -> Result<usize, StoreError> {
+    usize::try_from(stored)
+        .ok()
+        .filter(|&p| p < STREAM_PARTITIONS)
+        .ok_or_else(|| StoreError::Corrupt(format!("stream partition {stored} out of range")))
+}
+
+/// A cursor from one row per partition.
+fn cursor_of(rows: impl Iterator<Item = (i16, i64)>) -> Result<Cursor, StoreError> {
+    let mut cursor = Cursor::START;
+    let mut seen = 0;
+    for (partition, position) in rows {
+        cursor.0[partition_index(partition)?] = position;
+        seen += 1;
+    }
+    if seen != STREAM_PARTITIONS {
+        return Err(StoreError::Corrupt(format!(
+            "stream_relays has {seen} partitions, not {STREAM_PARTITIONS}"
+        )));
+    }
+    Ok(cursor)
+}
+
 impl Store {
-    /// Bumps `committed` whenever an outbox write commits (`LISTEN dispute_outbox`), so
+    /// Bumps `appended` whenever a relay appends to the log (`LISTEN dispute_events`), so
     /// event streams wake at once; reconnects after errors. Streams also poll, so a lost
     /// notification only delays them. Runs until `stop`.
-    pub async fn listen_for_commits(
+    pub async fn listen_for_appends(
         self,
-        committed: tokio::sync::watch::Sender<u64>,
+        appended: tokio::sync::watch::Sender<u64>,
         mut stop: crate::shutdown::Stop,
     ) {
         loop {
             let listen = async {
                 let mut listener = sqlx::postgres::PgListener::connect_with(self.pool()).await?;
-                listener.listen("dispute_outbox").await?;
+                listener.listen("dispute_events").await?;
                 loop {
                     listener.recv().await?;
-                    committed.send_modify(|n| *n = n.wrapping_add(1));
+                    appended.send_modify(|n| *n = n.wrapping_add(1));
                 }
             };
             tokio::select! {
                 result = listen => {
                     let error: sqlx::Error = match result { Err(error) => error, Ok(()) => continue };
-                    tracing::warn!(%error, "outbox listener failed; reconnecting");
+                    tracing::warn!(%error, "event log listener failed; reconnecting");
                     tokio::time::sleep(LISTEN_RETRY).await;
                 }
                 _ = crate::shutdown::stopped(&mut stop) => return,
@@ -297,5 +537,5 @@ impl Store {
     }
 }
 
-/// How long the commit listener waits before reconnecting.
+/// How long the listener waits before reconnecting.
 const LISTEN_RETRY: std::time::Duration = std::time::Duration::from_secs(1);

@@ -17,7 +17,7 @@ pub use codec::{
 };
 pub use deadlines::{Candidate, Due, Setback};
 pub use disputes::{LockedDispute, lock_dispute};
-pub use events::HorizonBlocker;
+pub use events::{Appended, Unrelayed};
 pub use idempotency::{IdempotencyKey, KeyState, claimed_before};
 pub use orders::{LockedOrder, lock_order};
 pub use write::{Changes, NewEvent, Row, Saved, Write, save};
@@ -162,6 +162,9 @@ pub struct Store {
     distributed: Arc<tokio::sync::OnceCell<bool>>,
     /// Callers waiting for a connection to begin a transaction (`db_pool_waiters`).
     waiting: Arc<AtomicUsize>,
+    /// Bumped when a command of this process commits events: wakes this process's relay
+    /// at once (other replicas' relays find them by polling).
+    wrote_events: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl Store {
@@ -170,7 +173,18 @@ impl Store {
             pool,
             distributed: Arc::default(),
             waiting: Arc::default(),
+            wrote_events: Arc::new(tokio::sync::watch::channel(0).0),
         }
+    }
+
+    /// Tells this process's relay that a command committed events.
+    pub fn events_committed(&self) {
+        self.wrote_events.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Changes whenever a command of this process commits events.
+    pub fn committed_events(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.wrote_events.subscribe()
     }
 
     pub fn pool(&self) -> &PgPool {

@@ -1,6 +1,8 @@
 //! The one writer: everything a command changes — the order (new or changed), the dispute
 //! (new or changed), the settlement ledger's row when the change settled the funds, the
-//! events (numbered on in their dispute's history, and appended to the outbox), and the
+//! events (numbered on in their dispute's history and in their order's stream —
+//! `order_sequence`, from `orders.event_sequence`, bumped by the order's own statement —
+//! and appended to the outbox), and the
 //! reply saved with the request's claimed key. Every command goes through [`save`]
 //! (README, "Architecture").
 //!
@@ -114,12 +116,17 @@ pub async fn save(conn: &mut PgConnection, write: &Write<'_>) -> Result<Saved, S
     let order = changes.order.get();
     let order_id = order.order_id.as_str();
     let settlement = order.settlement.as_ref();
+    // How many events the order's stream holds before this write's: the order's own
+    // statement adds this write's, under the order's row lock, so every order's events are
+    // numbered 1, 2, 3… in commit order (README, "Consuming the event stream").
+    let written = changes.events.len() as i64;
+    let mut sequenced = 0;
     if changes.order.is_new() {
         let inserted = sqlx::query_scalar!(
             r#"INSERT INTO orders (order_id, buyer_id, seller_id, currency_code, amount_minor,
                                    protection_ends_at, registered_protection_ends_at, created_at,
-                                   updated_at)
-               VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $7)
+                                   updated_at, event_sequence)
+               VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $7, $8)
                ON CONFLICT (order_id) DO NOTHING
                RETURNING true AS "inserted!""#,
             order_id,
@@ -129,6 +136,7 @@ pub async fn save(conn: &mut PgConnection, write: &Write<'_>) -> Result<Saved, S
             order.amount.minor,
             order.protection_ends_at,
             write.now,
+            written,
         )
         .fetch_optional(&mut *conn)
         .instrument(statement("INSERT", "orders"))
@@ -138,11 +146,13 @@ pub async fn save(conn: &mut PgConnection, write: &Write<'_>) -> Result<Saved, S
         }
     }
     if changes.order.is_changed() {
-        sqlx::query!(
+        sequenced = sqlx::query_scalar!(
             r#"UPDATE orders
                SET funds_state = $2, refunded_minor = $3, released_minor = $4, settled_at = $5,
-                   disputes_closed = $6, dispute_count = $7, protection_ends_at = $8, updated_at = $9
-               WHERE order_id = $1"#,
+                   disputes_closed = $6, dispute_count = $7, protection_ends_at = $8, updated_at = $9,
+                   event_sequence = event_sequence + $10
+               WHERE order_id = $1
+               RETURNING event_sequence - $10 AS "sequenced!""#,
             order_id,
             order.funds_state().as_str(),
             settlement.map(Settlement::refund_minor),
@@ -152,8 +162,19 @@ pub async fn save(conn: &mut PgConnection, write: &Write<'_>) -> Result<Saved, S
             order.dispute_count,
             order.protection_ends_at,
             write.now,
+            written,
         )
-        .execute(&mut *conn)
+        .fetch_one(&mut *conn)
+        .instrument(statement("UPDATE", "orders"))
+        .await?;
+    } else if !changes.order.is_new() && written > 0 {
+        sequenced = sqlx::query_scalar!(
+            r#"UPDATE orders SET event_sequence = event_sequence + $2 WHERE order_id = $1
+               RETURNING event_sequence - $2 AS "sequenced!""#,
+            order_id,
+            written,
+        )
+        .fetch_one(&mut *conn)
         .instrument(statement("UPDATE", "orders"))
         .await?;
     }
@@ -180,7 +201,7 @@ pub async fn save(conn: &mut PgConnection, write: &Write<'_>) -> Result<Saved, S
         .await?;
     }
     if !changes.events.is_empty() {
-        save_events(conn, write).await?;
+        save_events(conn, write, sequenced).await?;
     }
     if let Some((key, reply)) = &write.reply {
         let completed = sqlx::query!(
@@ -298,7 +319,13 @@ async fn save_dispute(conn: &mut PgConnection, row: &Row<Dispute>) -> Result<(),
 
 /// The change's events: numbered on in their dispute's history (when they join one), and
 /// appended to the outbox. One multi-row statement per table; only the row count varies.
-async fn save_events(conn: &mut PgConnection, write: &Write<'_>) -> Result<(), StoreError> {
+/// Appends the write's events to the dispute's history (if any) and to the outbox, the
+/// order's stream numbering on from `sequenced`.
+async fn save_events(
+    conn: &mut PgConnection,
+    write: &Write<'_>,
+    sequenced: i64,
+) -> Result<(), StoreError> {
     let changes = write.changes;
     let order_id = changes.order.get().order_id.as_str();
     let role = write.actor.role.as_str();
@@ -346,13 +373,14 @@ async fn save_events(conn: &mut PgConnection, write: &Write<'_>) -> Result<(), S
             .await?;
     }
     let mut insert: QueryBuilder<Postgres> = QueryBuilder::new(
-        "INSERT INTO outbox (event_id, event_type, order_id, dispute_id, dispute_seq, actor_role, \
-         actor_id, occurred_at, payload, trace_id) ",
+        "INSERT INTO outbox (event_id, event_type, order_id, order_sequence, dispute_id, dispute_seq, \
+         actor_role, actor_id, occurred_at, payload, trace_id) ",
     );
-    insert.push_values(numbered(), |mut row, (event, seq)| {
+    insert.push_values(numbered().zip(sequenced + 1..), |mut row, ((event, seq), order_sequence)| {
         row.push_bind(Uuid::now_v7())
             .push_bind(event.event_type)
             .push_bind(order_id)
+            .push_bind(order_sequence)
             .push_bind(changes.history.map(|id| id.0))
             .push_bind(changes.history.map(|_| seq))
             .push_bind(role)

@@ -268,9 +268,9 @@ async fn concurrent_registrations_of_the_same_facts_all_succeed_once(pool: PgPoo
             .all(|code| *code == tonic::Code::AlreadyExists),
         "{refused:?}"
     );
-    let (orders, registered): (i64, i64) = sqlx::query_as(
-        "SELECT (SELECT count(*) FROM orders), (SELECT count(*) FROM outbox WHERE event_type = 'ORDER_REGISTERED')",
-    )
+    let (orders, registered): (i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT (SELECT count(*) FROM orders), (SELECT count(*) FROM {STREAM_ROWS} WHERE event_type = 'ORDER_REGISTERED')",
+    )))
     .fetch_one(&pool)
     .await
     .unwrap();

@@ -238,10 +238,10 @@ async fn protection_end_releases_held_funds_unless_a_dispute_is_active(pool: PgP
         app.order("cancelled").await.funds_state,
         FundsState::ReleasedToSeller as i32
     );
-    let released: (String, String, String) = sqlx::query_as(
-        "SELECT actor_role, actor_id, payload->>'cause' FROM outbox
+    let released: (String, String, String) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT actor_role, actor_id, payload->>'cause' FROM {STREAM_ROWS}
          WHERE event_type = 'FUNDS_SETTLED' AND order_id = 'cancelled'",
-    )
+    )))
     .fetch_one(&pool)
     .await
     .unwrap();

@@ -1,6 +1,6 @@
 //! History and the event stream (README, "Consuming the event stream"): what each call emits, nothing for refused or
-//! rolled-back work, resuming from a cursor, a transaction that commits late, and a
-//! stream racing concurrent writers.
+//! rolled-back work, resuming from a cursor, a transaction that commits late (and delays
+//! nobody meanwhile), and a stream racing concurrent writers and two relays.
 
 use std::{collections::HashSet, time::Duration as StdDuration};
 
@@ -16,8 +16,7 @@ use tonic::{Code, Streaming};
 
 use crate::helpers::*;
 
-/// How long a test waits for an event it expects. Generous: the stream holds events back
-/// while any transaction in the cluster is in flight, and tests run side by side.
+/// How long a test waits for an event it expects. Generous: tests run side by side.
 const PATIENCE: StdDuration = StdDuration::from_secs(15);
 
 /// Reads events from `stream` until `count` arrived or `wait` passed with nothing new.
@@ -213,11 +212,19 @@ async fn a_consumer_that_disconnects_and_resumes_sees_every_event_once(pool: PgP
         .chain(&rest)
         .filter(|e| seen.insert(e.event_id.clone()))
         .collect();
-    let orders: Vec<&str> = all.iter().map(|e| e.order_id.as_str()).collect();
+    // Each order once (across orders the stream promises no order), the first of its
+    // order's events.
+    let mut orders: Vec<(&str, i64)> = all
+        .iter()
+        .map(|e| (e.order_id.as_str(), e.order_sequence))
+        .collect();
+    orders.sort();
+    let expected: Vec<String> = (0..8).map(|i| format!("order-{i}")).collect();
     assert_eq!(
         orders,
-        (0..8).map(|i| format!("order-{i}")).collect::<Vec<_>>()
+        expected.iter().map(|o| (o.as_str(), 1)).collect::<Vec<_>>()
     );
+    assert_eq!(all.len(), first.len() + rest.len(), "no event twice");
     let bad = app
         .service()
         .await
@@ -229,7 +236,7 @@ async fn a_consumer_that_disconnects_and_resumes_sees_every_event_once(pool: PgP
 }
 
 #[sqlx::test]
-async fn a_transaction_that_commits_late_is_never_skipped(pool: PgPool) {
+async fn a_transaction_that_commits_late_is_never_skipped_and_delays_no_one(pool: PgPool) {
     let app = spawn_app(pool.clone()).await;
     app.register("early").await;
     let mut stream = watch(&app, "").await;
@@ -238,11 +245,11 @@ async fn a_transaction_that_commits_late_is_never_skipped(pool: PgPool) {
         ["ORDER_REGISTERED"]
     );
 
-    // A transaction takes its position first, then stays open while others commit.
+    // A transaction writes an event, then stays open while others commit.
     let mut late = pool.begin().await.unwrap();
     sqlx::query(
-        "INSERT INTO outbox (event_id, event_type, order_id, actor_role, actor_id, occurred_at, payload)
-         VALUES (gen_random_uuid(), 'LATE', 'late-order', 'SERVICE', 'test', now(), '{}')",
+        "INSERT INTO outbox (event_id, event_type, order_id, order_sequence, actor_role, actor_id, occurred_at, payload)
+         VALUES (gen_random_uuid(), 'LATE', 'late-order', 1, 'SERVICE', 'test', now(), '{}')",
     )
     .execute(&mut *late)
     .await
@@ -250,64 +257,74 @@ async fn a_transaction_that_commits_late_is_never_skipped(pool: PgPool) {
     for i in 0..3 {
         app.register(&format!("after-{i}")).await;
     }
-    // The later commits are held back: delivering them would let the cursor pass the
-    // open transaction's position.
-    assert!(
-        take(&mut stream, 1, StdDuration::from_millis(1500))
-            .await
-            .is_empty()
+    // The later commits are delivered while it is open: nothing waits for it.
+    let mut after = take(&mut stream, 3, PATIENCE).await;
+    after.sort_by(|a, b| a.order_id.cmp(&b.order_id));
+    assert_eq!(
+        after.iter().map(|e| e.order_id.as_str()).collect::<Vec<_>>(),
+        ["after-0", "after-1", "after-2"]
     );
     late.commit().await.unwrap();
-    let events = take(&mut stream, 4, PATIENCE).await;
-    assert_eq!(
-        types(&events),
-        [
-            "LATE",
-            "ORDER_REGISTERED",
-            "ORDER_REGISTERED",
-            "ORDER_REGISTERED"
-        ]
-    );
+    let events = take(&mut stream, 1, PATIENCE).await;
+    assert_eq!(types(&events), ["LATE"], "the late commit is moved, not skipped");
 
     // A rolled-back transaction's event never appears.
     let mut doomed = pool.begin().await.unwrap();
     sqlx::query(
-        "INSERT INTO outbox (event_id, event_type, order_id, actor_role, actor_id, occurred_at, payload)
-         VALUES (gen_random_uuid(), 'ROLLED_BACK', 'x', 'SERVICE', 'test', now(), '{}')",
+        "INSERT INTO outbox (event_id, event_type, order_id, order_sequence, actor_role, actor_id, occurred_at, payload)
+         VALUES (gen_random_uuid(), 'ROLLED_BACK', 'x', 1, 'SERVICE', 'test', now(), '{}')",
     )
     .execute(&mut *doomed)
     .await
     .unwrap();
     doomed.rollback().await.unwrap();
     app.register("last").await;
-    // The next event is the later commit: the rolled-back one, positioned before it, never came.
     let next = take(&mut stream, 1, PATIENCE).await;
     assert_eq!(
         (next[0].r#type.as_str(), next[0].order_id.as_str()),
         ("ORDER_REGISTERED", "last")
     );
+    assert!(
+        take(&mut stream, 1, StdDuration::from_millis(500))
+            .await
+            .is_empty(),
+        "nothing else"
+    );
 }
 
+/// What an order's events must be, by the rules, given the calls acknowledged on it.
+type Expected = std::collections::HashMap<String, Vec<&'static str>>;
+
 #[sqlx::test]
-async fn a_consumer_racing_concurrent_writers_receives_exactly_the_committed_set(pool: PgPool) {
-    let app = spawn_app(pool.clone()).await;
-    let mut stream = watch(&app, "").await;
-    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let consumer = {
-        let received = received.clone();
-        tokio::spawn(async move {
-            while let Some(message) = stream.next().await {
-                received
-                    .lock()
-                    .unwrap()
-                    .push(message.unwrap().event.unwrap());
-            }
+async fn a_consumer_racing_eight_writers_and_two_relays_receives_exactly_the_committed_set(
+    pool: PgPool,
+) {
+    // The server relays nothing: two relays of their own race for every partition. A lease
+    // of a millisecond has always run out, so both take every partition on every pass and
+    // append to the same partitions at once; the log's keys decide each race.
+    let app = spawn_app_with(pool.clone(), &["--relay-enabled", "false"]).await;
+    let (stop_relays, stopped) = dispute_service::shutdown::channel();
+    let relays: Vec<_> = (0..2)
+        .map(|r| {
+            let relay = dispute_service::relay::Relay::new(
+                dispute_service::store::Store::new(pool.clone()),
+                dispute_service::metrics::Metrics::new(),
+                dispute_service::relay::RelayConfig {
+                    holder: format!("racing-relay-{r}"),
+                    lease: StdDuration::from_millis(1),
+                    poll: StdDuration::from_millis(5),
+                    batch: 37,
+                },
+            );
+            tokio::spawn(relay.run(stopped.clone()))
         })
-    };
-    let deadline = tokio::time::Instant::now() + StdDuration::from_secs(3);
-    let writers = (0..6).map(|w| {
+        .collect();
+    let expected = std::sync::Arc::new(std::sync::Mutex::new(Expected::new()));
+    let deadline = tokio::time::Instant::now() + StdDuration::from_secs(4);
+    let writers = (0..8).map(|w| {
         let (service, buyer, agent) = (app.service(), app.buyer(), app.agent());
         let end = app.now() + Duration::days(30);
+        let (expected, pool) = (expected.clone(), pool.clone());
         async move {
             let (mut service, mut buyer, mut agent) = (service.await, buyer.await, agent.await);
             let mut i = 0;
@@ -317,6 +334,7 @@ async fn a_consumer_racing_concurrent_writers_receives_exactly_the_committed_set
                     .register_order(register_request(&id, end))
                     .await
                     .unwrap();
+                expected.lock().unwrap().insert(id.clone(), vec!["ORDER_REGISTERED"]);
                 let d = buyer
                     .open_dispute(open_request(&id, Remedy::FullRefund))
                     .await
@@ -324,6 +342,7 @@ async fn a_consumer_racing_concurrent_writers_receives_exactly_the_committed_set
                     .into_inner()
                     .dispute
                     .unwrap();
+                expected.lock().unwrap().get_mut(&id).unwrap().push("DISPUTE_OPENED");
                 if i % 2 == 0 {
                     agent
                         .resolve_funds(resolve_request(
@@ -333,72 +352,92 @@ async fn a_consumer_racing_concurrent_writers_receives_exactly_the_committed_set
                         ))
                         .await
                         .unwrap();
+                    expected
+                        .lock()
+                        .unwrap()
+                        .get_mut(&id)
+                        .unwrap()
+                        .extend(["FUNDS_RESOLVED", "FUNDS_SETTLED"]);
                 } else {
-                    // Refused: emits nothing.
+                    // Refused (a dispute nobody answered cannot be cancelled by an agent):
+                    // emits nothing.
                     let _ = agent.cancel_dispute(cancel_request(&d.dispute_id)).await;
+                }
+                if i % 3 == 0 {
+                    // A transaction that writes an event of the order and rolls back.
+                    let mut doomed = pool.begin().await.unwrap();
+                    sqlx::query(
+                        "INSERT INTO outbox (event_id, event_type, order_id, order_sequence, actor_role, actor_id, occurred_at, payload)
+                         VALUES (gen_random_uuid(), 'ROLLED_BACK', $1, 99, 'SERVICE', 'test', now(), '{}')",
+                    )
+                    .bind(&id)
+                    .execute(&mut *doomed)
+                    .await
+                    .unwrap();
+                    doomed.rollback().await.unwrap();
                 }
                 i += 1;
             }
         }
     });
-    join_all(writers).await;
-    // One last write after every writer: the stream is in commit order, so once its event
-    // has arrived everything before it has too, and anything that should not have come
-    // would have come by then.
-    app.register("sentinel").await;
-    let committed: Vec<uuid::Uuid> =
-        sqlx::query_scalar("SELECT event_id FROM outbox ORDER BY tx_id, id")
-            .fetch_all(&pool)
-            .await
-            .unwrap();
-    let patience = tokio::time::Instant::now() + PATIENCE;
-    while !received
-        .lock()
-        .unwrap()
-        .iter()
-        .any(|e| e.order_id == "sentinel")
-    {
-        assert!(
-            tokio::time::Instant::now() < patience,
-            "the last write's event never came"
-        );
-        tokio::time::sleep(StdDuration::from_millis(20)).await;
-    }
-    consumer.abort();
-    let received = received.lock().unwrap().clone();
-    let received_ids: Vec<uuid::Uuid> = received
-        .iter()
-        .map(|e| e.event_id.parse().unwrap())
-        .collect();
-    assert!(
-        committed.len() > 50,
-        "the writers wrote: {}",
-        committed.len()
-    );
-    assert_eq!(
-        received_ids, committed,
-        "every committed event, once, in stream order"
-    );
-    // Per order, the stream order is the commit order: opened before resolved before settled.
-    let mut per_order: std::collections::HashMap<&str, Vec<&str>> = Default::default();
-    for event in received.iter().filter(|e| e.order_id != "sentinel") {
+    let written = std::sync::atomic::AtomicBool::new(false);
+    let writing = async {
+        join_all(writers).await;
+        written.store(true, std::sync::atomic::Ordering::SeqCst);
+    };
+    // The consumer: reads, and every 50 events drops the stream and resumes after the last
+    // event it took, as a consumer that restarts does.
+    let consumer = {
+        let expected = expected.clone();
+        let (app, written) = (&app, &written);
+        async move {
+            let mut received: Vec<pb::Event> = Vec::new();
+            let mut cursor = String::new();
+            let patience = tokio::time::Instant::now() + StdDuration::from_secs(60);
+            loop {
+                let mut stream = watch(app, &cursor).await;
+                let batch = take(&mut stream, 50, StdDuration::from_millis(500)).await;
+                if let Some(last) = batch.last() {
+                    cursor = last.cursor.clone();
+                }
+                received.extend(batch);
+                let want: usize = expected.lock().unwrap().values().map(Vec::len).sum();
+                if written.load(std::sync::atomic::Ordering::SeqCst) && received.len() >= want {
+                    // Everything the writers were told is here; anything that should not
+                    // have come would have come before it, or comes now.
+                    received.extend(take(&mut watch(app, &cursor).await, 1, StdDuration::from_millis(500)).await);
+                    return received;
+                }
+                assert!(tokio::time::Instant::now() < patience, "the stream stalled at {} of {want}", received.len());
+            }
+        }
+    };
+    let (_, received) = tokio::join!(writing, consumer);
+    let _ = stop_relays.send(true);
+    join_all(relays).await;
+
+    let expected = expected.lock().unwrap().clone();
+    assert!(expected.len() > 40, "the writers wrote {} orders", expected.len());
+    let ids: HashSet<&str> = received.iter().map(|e| e.event_id.as_str()).collect();
+    assert_eq!(ids.len(), received.len(), "no event twice, across {} resumes", received.len() / 50);
+    let mut per_order: std::collections::HashMap<String, Vec<(i64, &str)>> = Default::default();
+    for event in &received {
         per_order
-            .entry(event.order_id.as_str())
+            .entry(event.order_id.clone())
             .or_default()
-            .push(event.r#type.as_str());
+            .push((event.order_sequence, event.r#type.as_str()));
     }
-    for kinds in per_order.values() {
-        assert!(
-            *kinds == ["ORDER_REGISTERED", "DISPUTE_OPENED"]
-                || *kinds
-                    == [
-                        "ORDER_REGISTERED",
-                        "DISPUTE_OPENED",
-                        "FUNDS_RESOLVED",
-                        "FUNDS_SETTLED"
-                    ],
-            "{kinds:?}"
+    assert_eq!(per_order.len(), expected.len(), "events of exactly the orders written");
+    for (order, kinds) in &expected {
+        let got = &per_order[order];
+        let sequences: Vec<i64> = got.iter().map(|(seq, _)| *seq).collect();
+        assert_eq!(
+            sequences,
+            (1..=kinds.len() as i64).collect::<Vec<_>>(),
+            "{order}: order_sequence 1, 2, 3… in the order delivered"
         );
+        let types: Vec<&str> = got.iter().map(|(_, kind)| *kind).collect();
+        assert_eq!(&types, kinds, "{order}: exactly its committed events, in order");
     }
 }
 
@@ -525,11 +564,12 @@ async fn each_command_records_its_event_in_the_dispute_history(pool: PgPool) {
         ]
     );
     // The stream holds the same events, and the order-level ones.
-    let streamed: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE dispute_id IS NOT NULL")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let streamed: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM {STREAM_ROWS} WHERE dispute_id IS NOT NULL"
+    )))
+    .fetch_one(&pool)
+    .await
+    .unwrap();
     let history_rows: i64 = sqlx::query_scalar("SELECT count(*) FROM dispute_events")
         .fetch_one(&pool)
         .await
@@ -584,10 +624,11 @@ async fn events_carry_the_trace_id_of_the_request_that_caused_them(pool: PgPool)
         "a trace of its own: {own}"
     );
     assert_ne!(own, &history[0].trace_id);
-    let untraced: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE trace_id IS NULL")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let untraced: i64 =
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {STREAM_ROWS} WHERE trace_id IS NULL")))
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     assert_eq!(untraced, 0);
 }
 
@@ -654,7 +695,7 @@ async fn a_consumer_that_stops_reading_falls_behind_the_feed_and_still_misses_no
     let mut stream = watch(&app, "").await;
     // More events than the stream's own buffer holds, one commit each, while the consumer
     // reads nothing: its task blocks, the shared feed's batches pass it by, and it must
-    // catch up from the outbox.
+    // catch up from the log.
     let total = 800;
     let mut service = app.service().await;
     for i in 0..total {
@@ -667,9 +708,10 @@ async fn a_consumer_that_stops_reading_falls_behind_the_feed_and_still_misses_no
             .unwrap();
     }
     let events = take(&mut stream, total, PATIENCE).await;
-    let orders: Vec<&str> = events.iter().map(|e| e.order_id.as_str()).collect();
+    let mut orders: Vec<&str> = events.iter().map(|e| e.order_id.as_str()).collect();
+    orders.sort_unstable();
     let expected: Vec<String> = (0..total).map(|i| format!("order-{i:04}")).collect();
-    assert_eq!(orders, expected, "every event once, in commit order");
+    assert_eq!(orders, expected, "every event once");
     assert!(
         take(&mut stream, 1, StdDuration::from_millis(500))
             .await

@@ -42,11 +42,11 @@ fn get_order(order_id: &str) -> Bytes {
 
 /// Rows in every table a write touches: a refused request must leave them all alone.
 async fn rows(pool: &PgPool) -> Vec<i64> {
-    sqlx::query_scalar(
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "SELECT unnest(ARRAY[(SELECT count(*) FROM orders), (SELECT count(*) FROM disputes),
-                             (SELECT count(*) FROM dispute_events), (SELECT count(*) FROM outbox),
+                             (SELECT count(*) FROM dispute_events), (SELECT count(*) FROM {STREAM_ROWS}),
                              (SELECT count(*) FROM settlements), (SELECT count(*) FROM idempotency_keys)])",
-    )
+    )))
     .fetch_all(pool)
     .await
     .unwrap()

@@ -235,6 +235,14 @@ impl Server {
     }
 }
 
+/// Every event of the stream, as a table: the log, and the outbox rows the relay has yet to
+/// move (README, "Consuming the event stream"). A union, not a union all: a row the relay
+/// has appended but not yet deleted from the outbox is in both for a moment.
+pub const STREAM_ROWS: &str = "(SELECT event_id, event_type, order_id, order_sequence, dispute_id, \
+     actor_role, actor_id, occurred_at, payload, trace_id FROM event_log \
+     UNION SELECT event_id, event_type, order_id, order_sequence, dispute_id, actor_role, \
+     actor_id, occurred_at, payload, trace_id FROM outbox) AS streamed";
+
 /// The event stream after `after` (empty: from the oldest event kept), as the service.
 pub async fn watch(app: &TestApp, after: &str) -> tonic::Streaming<pb::WatchEventsResponse> {
     let request = pb::WatchEventsRequest {

@@ -223,9 +223,16 @@ async fn a_scripted_flow_shows_in_every_series_with_the_values_the_rules_give(po
     assert!((1.0..=10.0).contains(&open), "{open}");
     assert!(scrape.value("db_pool_idle_connections", &[]) <= open);
     assert_eq!(scrape.value("db_pool_waiters", &[]), 0.0);
-    // The stream has read one event of many: it is behind, by at most this test's age.
-    let lag = scrape.value("outbox_oldest_undelivered_age_seconds", &[]);
+    // The stream has handed its consumer at least the one event it read, each within this
+    // test's age of its occurrence.
+    let delivered = scrape.value("dispute_stream_delivery_lag_seconds_count", &[]);
+    assert!(delivered >= 1.0, "{delivered}");
+    let lag = scrape.value("dispute_stream_delivery_lag_seconds_sum", &[]) / delivered;
     assert!((0.0..600.0).contains(&lag), "{lag}");
+    // This only replica's relay holds every partition and reports each one's lag; it moved
+    // every event written.
+    assert_eq!(scrape.names("dispute_stream_relay_lag_seconds").len(), 16);
+    assert!(scrape.value("dispute_stream_events_relayed_total", &[]) >= 1.0);
     // The span counters are process-wide (this test process exports no spans): present.
     for counter in [
         "otel_spans_ended_total",

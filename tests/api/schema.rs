@@ -350,21 +350,32 @@ async fn migrating_a_populated_database_keeps_every_row_and_answer(pool: PgPool)
             .unwrap()
         }
     };
-    let tables = [
-        "orders",
-        "disputes",
-        "settlements",
-        "dispute_events",
-        "outbox",
-    ];
+    let tables = ["orders", "disputes", "settlements", "dispute_events"];
     let mut counts = Vec::new();
     for table in tables {
         counts.push(count(table).await);
     }
+    let outbox = count("outbox").await;
     all.run(&pool).await.unwrap();
     for (table, was) in tables.into_iter().zip(counts) {
         assert_eq!(count(table).await, was, "{table}");
     }
+    // The outbox's events moved to the stream's log (migration 11), numbered per order.
+    assert_eq!(count("outbox").await, 0);
+    let moved: Vec<(String, i64, String)> = sqlx::query_as(
+        "SELECT order_id, order_sequence, event_type FROM event_log ORDER BY order_id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(moved.len() as i64, outbox);
+    assert_eq!(
+        moved,
+        [
+            ("o-1".to_owned(), 1, "ORDER_REGISTERED".to_owned()),
+            ("o-2".to_owned(), 1, "DISPUTE_OPENED".to_owned())
+        ]
+    );
     // The new columns, filled in from what each row belonged to.
     let history_orders: Vec<(String, i32, String)> = sqlx::query_as(
         "SELECT dispute_id::text, seq, order_id FROM dispute_events ORDER BY dispute_id, seq",

@@ -1,0 +1,203 @@
+//! The stream's relay (README, "Consuming the event stream"): moves committed outbox rows
+//! into the event log, partition by partition. Every replica runs one; a partition is
+//! moved by the replica holding its lease (`stream_relays`), which it renews while it
+//! runs and gives up when it stops, and which any other replica takes once it has run
+//! out. The relay moves what it finds waiting (by state, not by position), so a
+//! transaction that commits late is moved on a later pass, never skipped; an order's
+//! events go in their sequence, and the log's keys refuse a second copy, so a replica that
+//! lost its lease while it was appending cannot duplicate or reorder anything.
+//!
+//! A pass: renew the leases (when a third of the lease has gone by), read up to a batch of
+//! the held partitions' rows, append each partition's rows in one transaction on its
+//! shard, delete the moved rows from the outbox, note the new tails and notify the
+//! readers once. It runs when a command of this process commits events, every
+//! [`RelayConfig::poll`] otherwise, and at once again after a full batch.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use chrono::Utc;
+use tokio::time::Instant;
+
+use crate::{
+    domain::STREAM_PARTITIONS,
+    metrics::Metrics,
+    shutdown::{Stop, stopped},
+    store::{Store, StoreError, Unrelayed},
+};
+
+/// How a relay runs.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Who holds a lease: unique per process.
+    pub holder: String,
+    /// How long a lease lasts unless renewed: how long partitions of a replica that died
+    /// wait for another.
+    pub lease: Duration,
+    /// How often the relay looks for rows when no command of this process woke it (rows
+    /// written through other replicas).
+    pub poll: Duration,
+    /// Most outbox rows moved per pass.
+    pub batch: i64,
+}
+
+impl RelayConfig {
+    /// The defaults, for a holder named after this host and process.
+    pub fn new() -> Self {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "dispute-service".to_owned());
+        Self {
+            holder: format!("{host}/{}", uuid::Uuid::now_v7()),
+            lease: Duration::from_secs(5),
+            poll: Duration::from_millis(100),
+            batch: 1000,
+        }
+    }
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What one pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Moved {
+    /// Partitions this relay holds.
+    pub held: usize,
+    /// Outbox rows read.
+    pub read: usize,
+    /// Events appended to the log.
+    pub appended: usize,
+    /// Whether the read was a full batch (more may wait).
+    pub full: bool,
+}
+
+pub struct Relay {
+    store: Store,
+    metrics: Metrics,
+    config: RelayConfig,
+    held: Vec<usize>,
+    renew_at: Instant,
+}
+
+/// Longest wait after failed passes.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+impl Relay {
+    pub fn new(store: Store, metrics: Metrics, config: RelayConfig) -> Self {
+        Self {
+            store,
+            metrics,
+            config,
+            held: Vec::new(),
+            renew_at: Instant::now(),
+        }
+    }
+
+    /// One pass (see the module's doc).
+    pub async fn step(&mut self) -> Result<Moved, StoreError> {
+        if self.held.is_empty() || Instant::now() >= self.renew_at {
+            self.renew_at = Instant::now() + self.config.lease / 3;
+            self.held = self
+                .store
+                .lease_partitions(&self.config.holder, self.config.lease)
+                .await?;
+        }
+        if self.held.is_empty() {
+            return Ok(Moved::default());
+        }
+        let rows = self
+            .store
+            .unrelayed(&self.held, self.config.batch)
+            .await?;
+        self.report_lag(&rows);
+        let mut by_partition: BTreeMap<usize, Vec<Unrelayed>> = BTreeMap::new();
+        for row in &rows {
+            by_partition
+                .entry(row.event.at.partition)
+                .or_default()
+                .push(row.clone());
+        }
+        let (mut done, mut tails, mut appended) = (Vec::new(), Vec::new(), 0);
+        for (partition, batch) in by_partition {
+            let result = self.store.append(partition, &batch).await?;
+            if result.held_back > 0 {
+                tracing::warn!(
+                    partition,
+                    held_back = result.held_back,
+                    "events held back until their order's earlier events are read"
+                );
+            }
+            if result.appended > 0 {
+                tails.push((partition, result.through));
+            }
+            appended += result.appended;
+            done.extend(result.done);
+        }
+        self.store.forget_relayed(&done).await?;
+        if !tails.is_empty() {
+            self.store.appended(&tails).await?;
+        }
+        self.metrics.events_relayed(appended as u64);
+        Ok(Moved {
+            held: self.held.len(),
+            read: rows.len(),
+            appended,
+            full: rows.len() as i64 == self.config.batch,
+        })
+    }
+
+    /// The age of the oldest row waiting in each held partition (0 when none waits).
+    fn report_lag(&self, rows: &[Unrelayed]) {
+        let now = Utc::now();
+        let mut oldest = [None; STREAM_PARTITIONS];
+        for row in rows {
+            let slot = &mut oldest[row.event.at.partition];
+            if slot.is_none_or(|at| row.event.occurred_at < at) {
+                *slot = Some(row.event.occurred_at);
+            }
+        }
+        for &partition in &self.held {
+            let age = oldest[partition].map_or(0.0, |at| {
+                (now - at).num_milliseconds().max(0) as f64 / 1000.0
+            });
+            self.metrics.relay_lag(partition, age);
+        }
+    }
+
+    /// Runs passes until `stop`, then gives the leases up. A failed pass is logged and
+    /// retried with backoff.
+    pub async fn run(mut self, mut stop: Stop) {
+        let mut wake = self.store.committed_events();
+        let mut wait = self.config.poll;
+        loop {
+            match self.step().await {
+                Ok(moved) => {
+                    wait = self.config.poll;
+                    if moved.full {
+                        if crate::shutdown::is_stopped(&stop) {
+                            break;
+                        }
+                        continue;
+                    }
+                }
+                Err(error) => {
+                    wait = (wait * 2).clamp(self.config.poll, MAX_BACKOFF);
+                    tracing::warn!(%error, retry_in = ?wait, "event relay pass failed");
+                }
+            }
+            tokio::select! {
+                changed = wake.changed() => {
+                    if changed.is_err() {
+                        tokio::time::sleep(wait).await;
+                    }
+                }
+                _ = tokio::time::sleep(wait) => {}
+                _ = stopped(&mut stop) => break,
+            }
+        }
+        if let Err(error) = self.store.release_partitions(&self.config.holder).await {
+            tracing::warn!(%error, "giving up the relay's leases failed; they run out");
+        }
+    }
+}
