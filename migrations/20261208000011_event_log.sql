@@ -16,8 +16,13 @@
 SET LOCAL citus.multi_shard_modify_mode = 'sequential';
 
 -- Every command that writes events bumps it under the order's row lock.
-ALTER TABLE orders ADD COLUMN event_sequence bigint NOT NULL DEFAULT 0
-  CONSTRAINT orders_event_sequence_not_negative CHECK (event_sequence >= 0);
+-- (On Citus a constraint on a distributed table is added by EXECUTE: written out, its
+-- propagation to the shards fails when the migration comes as one multi-statement query,
+-- as sqlx sends it — "cannot insert multiple commands into a prepared statement".)
+ALTER TABLE orders ADD COLUMN event_sequence bigint NOT NULL DEFAULT 0;
+DO $$ BEGIN
+  EXECUTE 'ALTER TABLE orders ADD CONSTRAINT orders_event_sequence_not_negative CHECK (event_sequence >= 0)';
+END $$;
 
 CREATE TABLE event_log (
   stream_partition smallint NOT NULL CONSTRAINT event_log_partition_known CHECK (stream_partition BETWEEN 0 AND 15),
@@ -127,11 +132,20 @@ DELETE FROM outbox;
 DROP TRIGGER IF EXISTS outbox_notify ON outbox;
 DROP FUNCTION IF EXISTS outbox_notify();
 DROP TABLE outbox_retention;
-ALTER TABLE outbox DROP CONSTRAINT outbox_pkey;
-ALTER TABLE outbox DROP COLUMN tx_id;
-ALTER TABLE outbox ADD COLUMN order_sequence bigint NOT NULL;
-ALTER TABLE outbox ADD CONSTRAINT outbox_order_sequence_positive CHECK (order_sequence > 0);
-ALTER TABLE outbox ADD CONSTRAINT outbox_pkey PRIMARY KEY (order_id, id);
-ALTER TABLE outbox ADD CONSTRAINT outbox_order_sequence_once UNIQUE (order_id, order_sequence);
-CREATE INDEX outbox_relay ON outbox (stream_partition, id);
+DO $$
+DECLARE
+  ddl text;
+BEGIN
+  FOREACH ddl IN ARRAY ARRAY[
+    'ALTER TABLE outbox DROP CONSTRAINT outbox_pkey',
+    'ALTER TABLE outbox DROP COLUMN tx_id',
+    'ALTER TABLE outbox ADD COLUMN order_sequence bigint NOT NULL',
+    'ALTER TABLE outbox ADD CONSTRAINT outbox_order_sequence_positive CHECK (order_sequence > 0)',
+    'ALTER TABLE outbox ADD CONSTRAINT outbox_pkey PRIMARY KEY (order_id, id)',
+    'ALTER TABLE outbox ADD CONSTRAINT outbox_order_sequence_once UNIQUE (order_id, order_sequence)',
+    'CREATE INDEX outbox_relay ON outbox (stream_partition, id)'
+  ] LOOP
+    EXECUTE ddl;
+  END LOOP;
+END $$;
 

@@ -539,3 +539,108 @@ impl Store {
 
 /// How long the listener waits before reconnecting.
 const LISTEN_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An outbox row of `order`, its `sequence`th event, row id `id`.
+    fn row(id: i64, order: &str, sequence: i64) -> Unrelayed {
+        Unrelayed {
+            id,
+            event: StreamEvent {
+                at: LogPosition {
+                    partition: 3,
+                    position: 0,
+                },
+                order_sequence: sequence,
+                event_id: uuid::Uuid::now_v7(),
+                event_type: "X".into(),
+                order_id: order.into(),
+                dispute_id: None,
+                dispute_seq: None,
+                actor: Actor::new(Role::Service, "s".to_owned()),
+                occurred_at: Utc::now(),
+                payload: serde_json::json!({}),
+                trace_id: None,
+            },
+        }
+    }
+
+    /// What the plan appends: (order, sequence, position).
+    fn appended(plan: &AppendPlan<'_>) -> Vec<(String, i64, i64)> {
+        plan.new
+            .iter()
+            .map(|(e, position)| (e.order_id.clone(), e.order_sequence, *position))
+            .collect()
+    }
+
+    fn relayed(orders: &[(&str, i64)]) -> HashMap<String, i64> {
+        orders.iter().map(|(o, s)| ((*o).to_owned(), *s)).collect()
+    }
+
+    #[test]
+    fn new_events_follow_the_partitions_last_position_without_gaps() {
+        let batch = [row(10, "a", 1), row(11, "b", 1), row(12, "a", 2)];
+        let plan = plan_append(&batch, &HashMap::new(), 41);
+        assert_eq!(
+            appended(&plan),
+            [
+                ("a".into(), 1, 42),
+                ("b".into(), 1, 43),
+                ("a".into(), 2, 44)
+            ]
+        );
+        assert_eq!(plan.done.len(), 3);
+        assert_eq!(plan.held_back, 0);
+    }
+
+    #[test]
+    fn rows_are_taken_oldest_row_first_whatever_order_they_came_in() {
+        let batch = [row(12, "a", 2), row(10, "a", 1)];
+        let plan = plan_append(&batch, &HashMap::new(), 0);
+        assert_eq!(appended(&plan), [("a".into(), 1, 1), ("a".into(), 2, 2)]);
+    }
+
+    #[test]
+    fn an_event_already_in_the_log_is_only_done_not_appended_again() {
+        // A relay appended a's 1 and 2, then stopped before deleting them.
+        let batch = [row(10, "a", 1), row(12, "a", 2), row(13, "a", 3)];
+        let plan = plan_append(&batch, &relayed(&[("a", 2)]), 7);
+        assert_eq!(appended(&plan), [("a".into(), 3, 8)]);
+        assert_eq!(
+            plan.done,
+            [("a".into(), 10), ("a".into(), 12), ("a".into(), 13)]
+        );
+    }
+
+    #[test]
+    fn an_event_whose_predecessor_is_missing_waits_and_so_do_its_successors() {
+        // b's 2 was not read (nor is it in the log): b's 3 and 4 must not go before it.
+        let batch = [row(10, "a", 1), row(11, "b", 3), row(12, "b", 4)];
+        let plan = plan_append(&batch, &relayed(&[("b", 1)]), 0);
+        assert_eq!(appended(&plan), [("a".into(), 1, 1)]);
+        assert_eq!(plan.held_back, 2);
+        assert_eq!(plan.done, [("a".into(), 10)], "held back rows stay in the outbox");
+    }
+
+    #[test]
+    fn an_order_continues_after_its_last_event_in_the_log() {
+        let batch = [row(20, "a", 6)];
+        let plan = plan_append(&batch, &relayed(&[("a", 5)]), 100);
+        assert_eq!(appended(&plan), [("a".into(), 6, 101)]);
+    }
+
+    #[test]
+    fn a_cursor_goes_to_the_database_as_one_position_per_partition() {
+        let mut cursor = Cursor::START;
+        cursor.0[2] = 9;
+        let (partitions, positions) = by_partition(&cursor);
+        assert_eq!(partitions, (0..STREAM_PARTITIONS as i16).collect::<Vec<_>>());
+        assert_eq!(positions[2], 9);
+        assert_eq!(positions.iter().sum::<i64>(), 9);
+        assert!(cursor_of([(0_i16, 1_i64)].into_iter()).is_err(), "a partition row missing");
+        assert!(partition_index(STREAM_PARTITIONS as i16).is_err());
+        assert!(partition_index(-1).is_err());
+    }
+}

@@ -12,7 +12,9 @@ use sqlx::{PgPool, postgres::PgPoolOptions};
 use crate::helpers::*;
 
 /// The app, on connections that turn any statement Citus would run as more than one task
-/// (on several shards) into an error: a command that needed one would fail.
+/// (on several shards) into an error: a command that needed one would fail. Its relay is
+/// off: the relay's read of the outbox spans shards (as the stream's reads do), and its
+/// passes would run between the commands this file counts.
 async fn single_task_app(pool: &PgPool) -> TestApp {
     let options = pool
         .connect_options()
@@ -20,7 +22,7 @@ async fn single_task_app(pool: &PgPool) -> TestApp {
         .clone()
         .options([("citus.multi_task_query_log_level", "error")]);
     let strict = PgPoolOptions::new().connect_with(options).await.unwrap();
-    spawn_app(strict).await
+    spawn_app_with(strict, &["--relay-enabled", "false"]).await
 }
 
 /// Counts of what Citus did in this database: statements run on more than one shard, and
@@ -223,4 +225,62 @@ async fn every_command_runs_on_its_orders_shard_without_two_phase_commit(pool: P
         .cancel_dispute(cancel_request(&uuid::Uuid::now_v7().to_string()))
         .await;
     assert_eq!(reason(theirs), reason(missing));
+}
+
+/// A live shard move (`citus_move_shard_placement`, logical replication) of the shard group
+/// holding an order the writers are writing, to the other worker, while eight writers and a
+/// consumer run: the stream still delivers exactly the committed events, each order's in
+/// order. The relay reads the outbox through the coordinator, which follows the move.
+#[sqlx::test]
+#[ignore = "needs a Citus cluster (scripts/citus start); .ci/run runs it there"]
+async fn a_shard_moved_live_under_writers_and_a_consumer_loses_and_repeats_nothing(
+    pool: PgPool,
+) {
+    let app = spawn_app(pool.clone()).await;
+    let moving = async {
+        // Once the writers have written: the shard of their first order, and its worker.
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        let (shard, from_host, from_port): (i64, String, i32) = sqlx::query_as(
+            "SELECT shardid, nodename, nodeport FROM citus_shards
+             WHERE shardid = get_shard_id_for_distribution_column('orders', 'w0-0')",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        let (to_host, to_port): (String, i32) = sqlx::query_as(
+            "SELECT nodename, nodeport FROM pg_dist_node
+             WHERE shouldhaveshards AND noderole = 'primary' AND nodeport <> $1 LIMIT 1",
+        )
+        .bind(from_port)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "SELECT citus_move_shard_placement($1, $2, $3, $4, $5, shard_transfer_mode => 'force_logical')",
+        )
+        .bind(shard)
+        .bind(&from_host)
+        .bind(from_port)
+        .bind(&to_host)
+        .bind(to_port)
+        .execute(&pool)
+        .await
+        .unwrap();
+        let now_on: i32 = sqlx::query_scalar("SELECT nodeport FROM citus_shards WHERE shardid = $1")
+            .bind(shard)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(now_on, to_port, "the shard moved");
+        println!("figure: citus: moved shard {shard} (orders and every table co-located with it) from :{from_port} to :{to_port} under load");
+    };
+    let (expected, received) = crate::racing::write_and_consume(
+        &app,
+        8,
+        std::time::Duration::from_secs(6),
+        None,
+        moving,
+    )
+    .await;
+    crate::racing::assert_exactly_the_committed_events(&expected, &received);
 }

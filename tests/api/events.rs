@@ -11,30 +11,12 @@ use dispute_service::{
 };
 use futures::future::join_all;
 use sqlx::PgPool;
-use tokio_stream::StreamExt;
-use tonic::{Code, Streaming};
+use tonic::Code;
 
-use crate::helpers::*;
+use crate::{helpers::*, racing};
 
 /// How long a test waits for an event it expects. Generous: tests run side by side.
 const PATIENCE: StdDuration = StdDuration::from_secs(15);
-
-/// Reads events from `stream` until `count` arrived or `wait` passed with nothing new.
-async fn take(
-    stream: &mut Streaming<pb::WatchEventsResponse>,
-    count: usize,
-    wait: StdDuration,
-) -> Vec<pb::Event> {
-    let mut events = Vec::new();
-    while events.len() < count {
-        match tokio::time::timeout(wait, stream.next()).await {
-            Ok(Some(Ok(message))) => events.push(message.event.unwrap()),
-            Ok(Some(Err(status))) => panic!("stream failed: {status:?}"),
-            Ok(None) | Err(_) => break,
-        }
-    }
-    events
-}
 
 fn types(events: &[pb::Event]) -> Vec<&str> {
     events.iter().map(|e| e.r#type.as_str()).collect()
@@ -292,9 +274,6 @@ async fn a_transaction_that_commits_late_is_never_skipped_and_delays_no_one(pool
     );
 }
 
-/// What an order's events must be, by the rules, given the calls acknowledged on it.
-type Expected = std::collections::HashMap<String, Vec<&'static str>>;
-
 #[sqlx::test]
 async fn a_consumer_racing_eight_writers_and_two_relays_receives_exactly_the_committed_set(
     pool: PgPool,
@@ -319,126 +298,17 @@ async fn a_consumer_racing_eight_writers_and_two_relays_receives_exactly_the_com
             tokio::spawn(relay.run(stopped.clone()))
         })
         .collect();
-    let expected = std::sync::Arc::new(std::sync::Mutex::new(Expected::new()));
-    let deadline = tokio::time::Instant::now() + StdDuration::from_secs(4);
-    let writers = (0..8).map(|w| {
-        let (service, buyer, agent) = (app.service(), app.buyer(), app.agent());
-        let end = app.now() + Duration::days(30);
-        let (expected, pool) = (expected.clone(), pool.clone());
-        async move {
-            let (mut service, mut buyer, mut agent) = (service.await, buyer.await, agent.await);
-            let mut i = 0;
-            while tokio::time::Instant::now() < deadline {
-                let id = format!("w{w}-{i}");
-                service
-                    .register_order(register_request(&id, end))
-                    .await
-                    .unwrap();
-                expected.lock().unwrap().insert(id.clone(), vec!["ORDER_REGISTERED"]);
-                let d = buyer
-                    .open_dispute(open_request(&id, Remedy::FullRefund))
-                    .await
-                    .unwrap()
-                    .into_inner()
-                    .dispute
-                    .unwrap();
-                expected.lock().unwrap().get_mut(&id).unwrap().push("DISPUTE_OPENED");
-                if i % 2 == 0 {
-                    agent
-                        .resolve_funds(resolve_request(
-                            &d.dispute_id,
-                            ResolveOutcome::RefundFull,
-                            None,
-                        ))
-                        .await
-                        .unwrap();
-                    expected
-                        .lock()
-                        .unwrap()
-                        .get_mut(&id)
-                        .unwrap()
-                        .extend(["FUNDS_RESOLVED", "FUNDS_SETTLED"]);
-                } else {
-                    // Refused (a dispute nobody answered cannot be cancelled by an agent):
-                    // emits nothing.
-                    let _ = agent.cancel_dispute(cancel_request(&d.dispute_id)).await;
-                }
-                if i % 3 == 0 {
-                    // A transaction that writes an event of the order and rolls back.
-                    let mut doomed = pool.begin().await.unwrap();
-                    sqlx::query(
-                        "INSERT INTO outbox (event_id, event_type, order_id, order_sequence, actor_role, actor_id, occurred_at, payload)
-                         VALUES (gen_random_uuid(), 'ROLLED_BACK', $1, 99, 'SERVICE', 'test', now(), '{}')",
-                    )
-                    .bind(&id)
-                    .execute(&mut *doomed)
-                    .await
-                    .unwrap();
-                    doomed.rollback().await.unwrap();
-                }
-                i += 1;
-            }
-        }
-    });
-    let written = std::sync::atomic::AtomicBool::new(false);
-    let writing = async {
-        join_all(writers).await;
-        written.store(true, std::sync::atomic::Ordering::SeqCst);
-    };
-    // The consumer: reads, and every 50 events drops the stream and resumes after the last
-    // event it took, as a consumer that restarts does.
-    let consumer = {
-        let expected = expected.clone();
-        let (app, written) = (&app, &written);
-        async move {
-            let mut received: Vec<pb::Event> = Vec::new();
-            let mut cursor = String::new();
-            let patience = tokio::time::Instant::now() + StdDuration::from_secs(60);
-            loop {
-                let mut stream = watch(app, &cursor).await;
-                let batch = take(&mut stream, 50, StdDuration::from_millis(500)).await;
-                if let Some(last) = batch.last() {
-                    cursor = last.cursor.clone();
-                }
-                received.extend(batch);
-                let want: usize = expected.lock().unwrap().values().map(Vec::len).sum();
-                if written.load(std::sync::atomic::Ordering::SeqCst) && received.len() >= want {
-                    // Everything the writers were told is here; anything that should not
-                    // have come would have come before it, or comes now.
-                    received.extend(take(&mut watch(app, &cursor).await, 1, StdDuration::from_millis(500)).await);
-                    return received;
-                }
-                assert!(tokio::time::Instant::now() < patience, "the stream stalled at {} of {want}", received.len());
-            }
-        }
-    };
-    let (_, received) = tokio::join!(writing, consumer);
+    let (expected, received) = racing::write_and_consume(
+        &app,
+        8,
+        StdDuration::from_secs(4),
+        Some(&pool),
+        std::future::ready(()),
+    )
+    .await;
     let _ = stop_relays.send(true);
     join_all(relays).await;
-
-    let expected = expected.lock().unwrap().clone();
-    assert!(expected.len() > 40, "the writers wrote {} orders", expected.len());
-    let ids: HashSet<&str> = received.iter().map(|e| e.event_id.as_str()).collect();
-    assert_eq!(ids.len(), received.len(), "no event twice, across {} resumes", received.len() / 50);
-    let mut per_order: std::collections::HashMap<String, Vec<(i64, &str)>> = Default::default();
-    for event in &received {
-        per_order
-            .entry(event.order_id.clone())
-            .or_default()
-            .push((event.order_sequence, event.r#type.as_str()));
-    }
-    assert_eq!(per_order.len(), expected.len(), "events of exactly the orders written");
-    for (order, kinds) in &expected {
-        let got = &per_order[order];
-        let sequences: Vec<i64> = got.iter().map(|(seq, _)| *seq).collect();
-        assert_eq!(
-            sequences,
-            (1..=kinds.len() as i64).collect::<Vec<_>>(),
-            "{order}: order_sequence 1, 2, 3… in the order delivered"
-        );
-        let types: Vec<&str> = got.iter().map(|(_, kind)| *kind).collect();
-        assert_eq!(&types, kinds, "{order}: exactly its committed events, in order");
-    }
+    racing::assert_exactly_the_committed_events(&expected, &received);
 }
 
 #[sqlx::test]

@@ -346,7 +346,8 @@ async fn a_server_killed_under_load_loses_no_acknowledged_write_and_applies_none
     let deadline = Instant::now() + Duration::from_secs(seconds);
 
     // The consumer: resumes from its cursor whenever its stream ends.
-    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    // (event id, order, order_sequence) of every event delivered, in delivery order.
+    let seen = Arc::new(Mutex::new(Vec::<(String, String, i64)>::new()));
     let consumer = {
         let (seen, addr) = (seen.clone(), addr.clone());
         tokio::spawn(async move {
@@ -360,7 +361,11 @@ async fn a_server_killed_under_load_loses_no_acknowledged_write_and_applies_none
                     let mut stream = response.into_inner();
                     while let Ok(Some(message)) = stream.message().await {
                         if let Some(event) = message.event {
-                            seen.lock().unwrap().push(event.event_id.clone());
+                            seen.lock().unwrap().push((
+                                event.event_id.clone(),
+                                event.order_id.clone(),
+                                event.order_sequence,
+                            ));
                             cursor = event.cursor;
                         }
                     }
@@ -527,24 +532,33 @@ async fn a_server_killed_under_load_loses_no_acknowledged_write_and_applies_none
     assert_eq!(twice, 0, "an event applied twice");
 
     // The consumer has every committed event.
-    let committed: HashSet<String> =
-        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT event_id::text FROM {STREAM_ROWS}")))
-        .fetch_all(&pool)
-        .await
-        .unwrap()
-        .into_iter()
-        .collect();
+    let committed: HashSet<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT event_id::text FROM {STREAM_ROWS}"
+    )))
+    .fetch_all(&pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .collect();
     let started = Instant::now();
-    let (delivered, distinct) = loop {
+    let (delivered, distinct, seen) = loop {
         let seen = seen.lock().unwrap().clone();
-        let distinct: HashSet<String> = seen.iter().cloned().collect();
+        let distinct: HashSet<String> = seen.iter().map(|(id, _, _)| id.clone()).collect();
         if distinct.is_superset(&committed) || started.elapsed() > Duration::from_secs(30) {
-            break (seen.len(), distinct);
+            break (seen.len(), distinct, seen);
         }
-        drop(seen);
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     consumer.abort();
+    // Every order's events arrive 1, 2, 3… with none missing in between.
+    let mut per_order: std::collections::HashMap<&str, Vec<i64>> = Default::default();
+    for (_, order, sequence) in &seen {
+        per_order.entry(order.as_str()).or_default().push(*sequence);
+    }
+    for (order, sequences) in &per_order {
+        let expected: Vec<i64> = (1..=sequences.len() as i64).collect();
+        assert_eq!(sequences, &expected, "{order}: its events in order, once each");
+    }
     let missing = committed.difference(&distinct).count();
     let foreign = distinct.difference(&committed).count();
     println!(
@@ -557,9 +571,9 @@ async fn a_server_killed_under_load_loses_no_acknowledged_write_and_applies_none
         delivered - distinct.len(),
     );
     assert_eq!(
-        (missing, foreign),
-        (0, 0),
-        "the stream missed or invented events"
+        (missing, foreign, delivered - distinct.len()),
+        (0, 0, 0),
+        "the stream missed, invented or repeated events"
     );
     if let Some(binary) = server.lock().unwrap().take() {
         binary.kill_hard();

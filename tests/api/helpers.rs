@@ -235,6 +235,24 @@ impl Server {
     }
 }
 
+/// Reads events from `stream` until `count` arrived or `wait` passed with nothing new.
+pub async fn take(
+    stream: &mut tonic::Streaming<pb::WatchEventsResponse>,
+    count: usize,
+    wait: std::time::Duration,
+) -> Vec<pb::Event> {
+    use tokio_stream::StreamExt;
+    let mut events = Vec::new();
+    while events.len() < count {
+        match tokio::time::timeout(wait, stream.next()).await {
+            Ok(Some(Ok(message))) => events.push(message.event.unwrap()),
+            Ok(Some(Err(status))) => panic!("stream failed: {status:?}"),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    events
+}
+
 /// Every event of the stream, as a table: the log, and the outbox rows the relay has yet to
 /// move (README, "Consuming the event stream"). A union, not a union all: a row the relay
 /// has appended but not yet deleted from the outbox is in both for a moment.

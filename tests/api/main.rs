@@ -2,6 +2,7 @@
 //! database (`#[sqlx::test]`) and its own server on 127.0.0.1:0.
 
 mod helpers;
+mod racing;
 
 mod authentication;
 mod authorization;
