@@ -218,7 +218,10 @@ impl Subscription {
                 if caught_up {
                     break;
                 }
-                read = self.commands.stream(&self.position, STREAM_CATCH_UP).await?;
+                read = self
+                    .commands
+                    .stream(&self.position, STREAM_CATCH_UP)
+                    .await?;
             }
             // Live: apply the feed's batches while they follow on.
             loop {
@@ -240,7 +243,10 @@ impl Subscription {
                     return Ok(());
                 }
             }
-            read = self.commands.stream(&self.position, STREAM_CATCH_UP).await?;
+            read = self
+                .commands
+                .stream(&self.position, STREAM_CATCH_UP)
+                .await?;
         }
     }
 

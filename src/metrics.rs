@@ -381,7 +381,9 @@ pub struct StreamGuard {
 impl StreamGuard {
     /// An event that occurred at `occurred_at` was handed to the consumer now.
     pub fn delivered(&self, occurred_at: chrono::DateTime<chrono::Utc>) {
-        let lag = (chrono::Utc::now() - occurred_at).num_microseconds().unwrap_or(i64::MAX);
+        let lag = (chrono::Utc::now() - occurred_at)
+            .num_microseconds()
+            .unwrap_or(i64::MAX);
         self.delivery_lag.record(lag.max(0) as f64 / 1e6);
     }
 }

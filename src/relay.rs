@@ -106,10 +106,7 @@ impl Relay {
         if self.held.is_empty() {
             return Ok(Moved::default());
         }
-        let rows = self
-            .store
-            .unrelayed(&self.held, self.config.batch)
-            .await?;
+        let rows = self.store.unrelayed(&self.held, self.config.batch).await?;
         self.report_lag(&rows);
         let mut by_partition: BTreeMap<usize, Vec<Unrelayed>> = BTreeMap::new();
         for row in &rows {

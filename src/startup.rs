@@ -18,13 +18,13 @@ use crate::{
     config::{DatabaseConfig, ServeConfig},
     domain::Deadlines,
     feed::EventFeed,
-    relay::{Relay, RelayConfig},
     grpc::{
         self, Admitted, ApiParts, DisputeApi, GateLayer, MAX_REQUEST_BYTES, SERVICE_NAME, Shares,
         Slots, auth::Authenticator, parse::EvidencePrefixes,
         pb::dispute_service_server::DisputeServiceServer, tokens::TokenKey,
     },
     metrics::{self, Metrics},
+    relay::{Relay, RelayConfig},
     shutdown::{self, Stop, stopped},
     store::{MIGRATOR, Store},
     worker::DeadlineWorker,
@@ -279,11 +279,7 @@ impl Application {
         let feed = EventFeed::new(stop_rx.clone());
         let feed_task = tokio::spawn(feed.clone().run(self.commands.clone(), appended));
         let relay_task = self.config.relay_enabled.then(|| {
-            let relay = Relay::new(
-                self.store.clone(),
-                self.metrics.clone(),
-                RelayConfig::new(),
-            );
+            let relay = Relay::new(self.store.clone(), self.metrics.clone(), RelayConfig::new());
             tokio::spawn(relay.run(stop_rx.clone()))
         });
         let limits = &self.config.limits;

@@ -7,7 +7,6 @@ use uuid::Uuid;
 
 use super::{Actor, DisputeId, DisputeState};
 
-
 /// Filters of a dispute listing; `None` matches everything. `after` is where the previous
 /// page ended, in the list's order.
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -7,8 +7,8 @@ use prost_types::Timestamp;
 
 use super::{pb, tokens::Tokens};
 use crate::domain::{
-    self, Consequence, DeadlineKind, DisputeState, HistoryEvent, Money, NextDeadline, Order,
-    Outcome, Reason, Remedy, ReturnStatus, StreamEvent, Cursor,
+    self, Consequence, Cursor, DeadlineKind, DisputeState, HistoryEvent, Money, NextDeadline,
+    Order, Outcome, Reason, Remedy, ReturnStatus, StreamEvent,
 };
 
 fn json_to_pb(value: &serde_json::Value) -> prost_types::Value {

@@ -153,7 +153,10 @@ impl Store {
         .fetch_all(self.pool())
         .instrument(statement("SELECT", "stream_relays"))
         .await?;
-        cursor_of(rows.into_iter().map(|r| (r.stream_partition, r.purged_through)))
+        cursor_of(
+            rows.into_iter()
+                .map(|r| (r.stream_partition, r.purged_through)),
+        )
     }
 
     /// Where the log ended when the relay last noted it, per partition: never past the
@@ -165,7 +168,10 @@ impl Store {
         .fetch_all(self.pool())
         .instrument(statement("SELECT", "stream_relays"))
         .await?;
-        cursor_of(rows.into_iter().map(|r| (r.stream_partition, r.appended_through)))
+        cursor_of(
+            rows.into_iter()
+                .map(|r| (r.stream_partition, r.appended_through)),
+        )
     }
 
     /// Takes the lease of every partition that is free (its lease ran out) or already
@@ -216,7 +222,8 @@ impl Store {
     ) -> Result<Vec<Unrelayed>, StoreError> {
         let partitions: Vec<i16> = partitions.iter().map(|&p| p as i16).collect();
         let rows = sqlx::query!(
-            r#"SELECT id, stream_partition AS "stream_partition!", event_id, order_id, order_sequence,
+            r#"SELECT id, stream_partition AS "stream_partition!", event_id, order_id,
+                      order_sequence AS "order_sequence!",
                       event_type, dispute_id, dispute_seq, actor_role, actor_id, occurred_at,
                       payload, trace_id
                FROM outbox WHERE stream_partition = ANY($1)
@@ -364,8 +371,10 @@ impl Store {
     /// Notes how far the log reaches in `appended` partitions (the tail new readers start
     /// from), and wakes every replica's readers: one notification per relay batch.
     pub async fn appended(&self, appended: &[(usize, i64)]) -> Result<(), StoreError> {
-        let (partitions, throughs): (Vec<i16>, Vec<i64>) =
-            appended.iter().map(|&(p, through)| (p as i16, through)).unzip();
+        let (partitions, throughs): (Vec<i16>, Vec<i64>) = appended
+            .iter()
+            .map(|&(p, through)| (p as i16, through))
+            .unzip();
         sqlx::query!(
             r#"UPDATE stream_relays r SET appended_through = GREATEST(r.appended_through, a.through)
                FROM unnest($1::int2[], $2::int8[]) AS a(p, through)
@@ -621,7 +630,11 @@ mod tests {
         let plan = plan_append(&batch, &relayed(&[("b", 1)]), 0);
         assert_eq!(appended(&plan), [("a".into(), 1, 1)]);
         assert_eq!(plan.held_back, 2);
-        assert_eq!(plan.done, [("a".into(), 10)], "held back rows stay in the outbox");
+        assert_eq!(
+            plan.done,
+            [("a".into(), 10)],
+            "held back rows stay in the outbox"
+        );
     }
 
     #[test]
@@ -636,10 +649,16 @@ mod tests {
         let mut cursor = Cursor::START;
         cursor.0[2] = 9;
         let (partitions, positions) = by_partition(&cursor);
-        assert_eq!(partitions, (0..STREAM_PARTITIONS as i16).collect::<Vec<_>>());
+        assert_eq!(
+            partitions,
+            (0..STREAM_PARTITIONS as i16).collect::<Vec<_>>()
+        );
         assert_eq!(positions[2], 9);
         assert_eq!(positions.iter().sum::<i64>(), 9);
-        assert!(cursor_of([(0_i16, 1_i64)].into_iter()).is_err(), "a partition row missing");
+        assert!(
+            cursor_of([(0_i16, 1_i64)].into_iter()).is_err(),
+            "a partition row missing"
+        );
         assert!(partition_index(STREAM_PARTITIONS as i16).is_err());
         assert!(partition_index(-1).is_err());
     }

@@ -376,19 +376,22 @@ async fn save_events(
         "INSERT INTO outbox (event_id, event_type, order_id, order_sequence, dispute_id, dispute_seq, \
          actor_role, actor_id, occurred_at, payload, trace_id) ",
     );
-    insert.push_values(numbered().zip(sequenced + 1..), |mut row, ((event, seq), order_sequence)| {
-        row.push_bind(Uuid::now_v7())
-            .push_bind(event.event_type)
-            .push_bind(order_id)
-            .push_bind(order_sequence)
-            .push_bind(changes.history.map(|id| id.0))
-            .push_bind(changes.history.map(|_| seq))
-            .push_bind(role)
-            .push_bind(write.actor.id.as_str())
-            .push_bind(event.occurred_at)
-            .push_bind(&event.payload)
-            .push_bind(write.trace_id);
-    });
+    insert.push_values(
+        numbered().zip(sequenced + 1..),
+        |mut row, ((event, seq), order_sequence)| {
+            row.push_bind(Uuid::now_v7())
+                .push_bind(event.event_type)
+                .push_bind(order_id)
+                .push_bind(order_sequence)
+                .push_bind(changes.history.map(|id| id.0))
+                .push_bind(changes.history.map(|_| seq))
+                .push_bind(role)
+                .push_bind(write.actor.id.as_str())
+                .push_bind(event.occurred_at)
+                .push_bind(&event.payload)
+                .push_bind(write.trace_id);
+        },
+    );
     insert
         .build()
         .execute(&mut *conn)

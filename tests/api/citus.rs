@@ -233,9 +233,7 @@ async fn every_command_runs_on_its_orders_shard_without_two_phase_commit(pool: P
 /// order. The relay reads the outbox through the coordinator, which follows the move.
 #[sqlx::test]
 #[ignore = "needs a Citus cluster (scripts/citus start); .ci/run runs it there"]
-async fn a_shard_moved_live_under_writers_and_a_consumer_loses_and_repeats_nothing(
-    pool: PgPool,
-) {
+async fn a_shard_moved_live_under_writers_and_a_consumer_loses_and_repeats_nothing(pool: PgPool) {
     let app = spawn_app(pool.clone()).await;
     let moving = async {
         // Once the writers have written: the shard of their first order, and its worker.
@@ -266,21 +264,19 @@ async fn a_shard_moved_live_under_writers_and_a_consumer_loses_and_repeats_nothi
         .execute(&pool)
         .await
         .unwrap();
-        let now_on: i32 = sqlx::query_scalar("SELECT nodeport FROM citus_shards WHERE shardid = $1")
-            .bind(shard)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+        let now_on: i32 =
+            sqlx::query_scalar("SELECT nodeport FROM citus_shards WHERE shardid = $1")
+                .bind(shard)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
         assert_eq!(now_on, to_port, "the shard moved");
-        println!("figure: citus: moved shard {shard} (orders and every table co-located with it) from :{from_port} to :{to_port} under load");
+        println!(
+            "figure: citus: moved shard {shard} (orders and every table co-located with it) from :{from_port} to :{to_port} under load"
+        );
     };
-    let (expected, received) = crate::racing::write_and_consume(
-        &app,
-        8,
-        std::time::Duration::from_secs(6),
-        None,
-        moving,
-    )
-    .await;
+    let (expected, received) =
+        crate::racing::write_and_consume(&app, 8, std::time::Duration::from_secs(6), None, moving)
+            .await;
     crate::racing::assert_exactly_the_committed_events(&expected, &received);
 }

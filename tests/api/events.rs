@@ -243,12 +243,19 @@ async fn a_transaction_that_commits_late_is_never_skipped_and_delays_no_one(pool
     let mut after = take(&mut stream, 3, PATIENCE).await;
     after.sort_by(|a, b| a.order_id.cmp(&b.order_id));
     assert_eq!(
-        after.iter().map(|e| e.order_id.as_str()).collect::<Vec<_>>(),
+        after
+            .iter()
+            .map(|e| e.order_id.as_str())
+            .collect::<Vec<_>>(),
         ["after-0", "after-1", "after-2"]
     );
     late.commit().await.unwrap();
     let events = take(&mut stream, 1, PATIENCE).await;
-    assert_eq!(types(&events), ["LATE"], "the late commit is moved, not skipped");
+    assert_eq!(
+        types(&events),
+        ["LATE"],
+        "the late commit is moved, not skipped"
+    );
 
     // A rolled-back transaction's event never appears.
     let mut doomed = pool.begin().await.unwrap();
@@ -494,11 +501,12 @@ async fn events_carry_the_trace_id_of_the_request_that_caused_them(pool: PgPool)
         "a trace of its own: {own}"
     );
     assert_ne!(own, &history[0].trace_id);
-    let untraced: i64 =
-        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {STREAM_ROWS} WHERE trace_id IS NULL")))
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let untraced: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM {STREAM_ROWS} WHERE trace_id IS NULL"
+    )))
+    .fetch_one(&pool)
+    .await
+    .unwrap();
     assert_eq!(untraced, 0);
 }
 

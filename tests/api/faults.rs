@@ -557,7 +557,10 @@ async fn a_server_killed_under_load_loses_no_acknowledged_write_and_applies_none
     }
     for (order, sequences) in &per_order {
         let expected: Vec<i64> = (1..=sequences.len() as i64).collect();
-        assert_eq!(sequences, &expected, "{order}: its events in order, once each");
+        assert_eq!(
+            sequences, &expected,
+            "{order}: its events in order, once each"
+        );
     }
     let missing = committed.difference(&distinct).count();
     let foreign = distinct.difference(&committed).count();
