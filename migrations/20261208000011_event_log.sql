@@ -43,8 +43,6 @@ CREATE TABLE event_log (
   -- An order's event is in the log once: a second relay's copy fails here.
   CONSTRAINT event_log_once UNIQUE (stream_partition, order_id, order_sequence)
 );
--- Retention finds a partition's old rows by age.
-CREATE INDEX event_log_relayed ON event_log (stream_partition, relayed_at);
 CREATE TRIGGER event_log_immutable BEFORE UPDATE ON event_log FOR EACH ROW EXECUTE FUNCTION forbid_change();
 
 -- One row per partition, on the coordinator: who relays it until when, how far the log
@@ -146,7 +144,7 @@ BEGIN
        CHECK (order_sequence IS NOT NULL AND order_sequence > 0) NOT VALID',
     'ALTER TABLE outbox ADD CONSTRAINT outbox_pkey PRIMARY KEY (order_id, id)',
     'ALTER TABLE outbox ADD CONSTRAINT outbox_order_sequence_once UNIQUE (order_id, order_sequence)',
-    'CREATE INDEX outbox_relay ON outbox (stream_partition, id)'
+    'CREATE INDEX outbox_relay ON outbox (id)'
   ] LOOP
     EXECUTE ddl;
   END LOOP;

@@ -152,6 +152,23 @@ impl EventFeed {
     }
 }
 
+/// Where a stream asked to start after `after` starts, and its first read. From the oldest
+/// kept (`None`), retention may move past the start between reading the marks and the
+/// events: then the start is read again, not refused.
+async fn first_read(
+    commands: &Commands,
+    after: Option<Cursor>,
+) -> Result<(Cursor, Vec<StreamEvent>), Error> {
+    let mut attempts = 0;
+    loop {
+        let position = commands.stream_start(after).await?;
+        match commands.stream(&position, STREAM_CATCH_UP).await {
+            Err(Error::CursorExpired) if after.is_none() && attempts < 3 => attempts += 1,
+            read => return Ok((position, read?)),
+        }
+    }
+}
+
 /// Where a stream's events go: the transport behind a [`Subscription`]. It decides what an
 /// event becomes on the wire and how many may wait for the reader.
 pub trait Consumer {
@@ -190,8 +207,7 @@ impl Subscription {
     ) -> Result<Self, Error> {
         // Subscribe before the first read, so no batch falls between the two.
         let batches = feed.batches.subscribe();
-        let position = commands.stream_start(after).await?;
-        let first = commands.stream(&position, STREAM_CATCH_UP).await?;
+        let (position, first) = first_read(&commands, after).await?;
         let open = commands.metrics().stream_opened();
         Ok(Self {
             commands,

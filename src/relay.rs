@@ -8,9 +8,9 @@
 //! lost its lease while it was appending cannot duplicate or reorder anything.
 //!
 //! A pass: renew the leases (when a third of the lease has gone by), read up to a batch of
-//! the held partitions' rows, append each partition's rows in one transaction on its
-//! shard, delete the moved rows from the outbox, note the new tails and notify the
-//! readers once. It runs when a command of this process commits events, every
+//! the held partitions' rows (and where each of their orders' waiting events begins),
+//! append each partition's rows in one transaction on its shard, delete the moved rows
+//! from the outbox, note the new tails and notify the readers once. It runs when a command of this process commits events, every
 //! [`RelayConfig::poll`] otherwise, and at once again after a full batch.
 
 use std::{collections::BTreeMap, time::Duration};
@@ -90,34 +90,46 @@ impl Relay {
             metrics,
             config,
             held: Vec::new(),
+            // The first pass leases at once.
             renew_at: Instant::now(),
         }
     }
 
     /// One pass (see the module's doc).
     pub async fn step(&mut self) -> Result<Moved, StoreError> {
-        if self.held.is_empty() || Instant::now() >= self.renew_at {
+        // Renewed (and free partitions looked for) every third of a lease, held or not.
+        if Instant::now() >= self.renew_at {
             self.renew_at = Instant::now() + self.config.lease / 3;
-            self.held = self
+            let held = self
                 .store
                 .lease_partitions(&self.config.holder, self.config.lease)
                 .await?;
+            // Partitions another replica now holds: that one reports their lag.
+            for lost in self.held.iter().filter(|p| !held.contains(p)) {
+                self.metrics.relay_lag(*lost, 0.0);
+            }
+            self.held = held;
         }
         if self.held.is_empty() {
             return Ok(Moved::default());
         }
         let rows = self.store.unrelayed(&self.held, self.config.batch).await?;
-        self.report_lag(&rows);
+        let read = rows.len();
+        self.report_lag(&rows, read as i64 == self.config.batch);
+        let mut orders: Vec<&str> = rows.iter().map(|u| u.event.order_id.as_str()).collect();
+        orders.sort_unstable();
+        orders.dedup();
+        let waiting = self.store.waiting_from(&orders).await?;
         let mut by_partition: BTreeMap<usize, Vec<Unrelayed>> = BTreeMap::new();
-        for row in &rows {
+        for row in rows {
             by_partition
                 .entry(row.event.at.partition)
                 .or_default()
-                .push(row.clone());
+                .push(row);
         }
         let (mut done, mut tails, mut appended) = (Vec::new(), Vec::new(), 0);
         for (partition, batch) in by_partition {
-            let result = self.store.append(partition, &batch).await?;
+            let result = self.store.append(partition, &batch, &waiting).await?;
             if result.held_back > 0 {
                 tracing::warn!(
                     partition,
@@ -125,12 +137,15 @@ impl Relay {
                     "events held back until their order's earlier events are read"
                 );
             }
-            if result.appended > 0 {
+            // Noted (and readers woken) for rows found in the log too: an earlier pass may
+            // have appended them and stopped before it noted them.
+            if result.appended > 0 || !result.done.is_empty() {
                 tails.push((partition, result.through));
             }
             appended += result.appended;
             done.extend(result.done);
         }
+        let moved = !done.is_empty();
         self.store.forget_relayed(&done).await?;
         if !tails.is_empty() {
             self.store.appended(&tails).await?;
@@ -138,15 +153,20 @@ impl Relay {
         self.metrics.events_relayed(appended as u64);
         Ok(Moved {
             held: self.held.len(),
-            read: rows.len(),
+            read,
             appended,
-            full: rows.len() as i64 == self.config.batch,
+            // More may wait — unless the batch moved nothing (rows held back), which a
+            // pass at once would only read again.
+            full: read as i64 == self.config.batch && moved,
         })
     }
 
-    /// The age of the oldest row waiting in each held partition (0 when none waits).
-    fn report_lag(&self, rows: &[Unrelayed]) {
+    /// The age of the oldest row waiting in each held partition: 0 when none waits; for a
+    /// partition a full batch did not reach, the age of the newest row read (its rows come
+    /// after those, so that bounds its oldest one's age).
+    fn report_lag(&self, rows: &[Unrelayed], full: bool) {
         let now = Utc::now();
+        let age = |at: chrono::DateTime<Utc>| (now - at).num_milliseconds().max(0) as f64 / 1000.0;
         let mut oldest = [None; STREAM_PARTITIONS];
         for row in rows {
             let slot = &mut oldest[row.event.at.partition];
@@ -154,11 +174,15 @@ impl Relay {
                 *slot = Some(row.event.occurred_at);
             }
         }
+        let beyond = rows
+            .iter()
+            .map(|row| row.event.occurred_at)
+            .max()
+            .filter(|_| full)
+            .map_or(0.0, age);
         for &partition in &self.held {
-            let age = oldest[partition].map_or(0.0, |at| {
-                (now - at).num_milliseconds().max(0) as f64 / 1000.0
-            });
-            self.metrics.relay_lag(partition, age);
+            let lag = oldest[partition].map_or(beyond, age);
+            self.metrics.relay_lag(partition, lag);
         }
     }
 

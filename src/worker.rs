@@ -37,7 +37,8 @@ pub struct WorkerConfig {
     pub batch: i64,
     /// Idempotency keys older than this are forgotten (at least 24 h).
     pub idempotency_retention: chrono::Duration,
-    /// Outbox events older than this are deleted (the history stays).
+    /// Stream events relayed to the log longer ago than this are deleted (the history
+    /// stays).
     pub outbox_retention: chrono::Duration,
 }
 
@@ -72,7 +73,7 @@ impl DeadlineWorker {
     }
 
     /// Applies everything due now: dispute deadlines, then protection ends; then forgets
-    /// expired idempotency keys and outbox events. One trace per pass, started by nothing.
+    /// expired idempotency keys and stream events. One trace per pass, started by nothing.
     pub async fn run_once(&self) -> Result<Pass, Error> {
         let span =
             tracing::info_span!(parent: None, "worker.pass", otel.name = "deadline worker pass");

@@ -1,6 +1,6 @@
 //! Events: each is written once, in the transaction of the change it describes, to the
 //! dispute's immutable history (when it concerns a dispute) and to the outbox, numbered in
-//! its order's stream. The relay (`crate::relay`) moves committed outbox rows into the
+//! its order's stream. The relay (`src/relay.rs`) moves committed outbox rows into the
 //! stream's log, a partition at a time; WatchEvents reads the log (README, "Consuming the
 //! event stream"). Nothing here reads a transaction id or a snapshot: what the relay moves
 //! is what it sees committed, and the log's keys refuse a second copy of an event or of a
@@ -175,7 +175,8 @@ impl Store {
     }
 
     /// Takes the lease of every partition that is free (its lease ran out) or already
-    /// `holder`'s, until `lease` from now; the partitions `holder` now holds.
+    /// `holder`'s, until `lease` from now; the partitions `holder` now holds. The rows are
+    /// locked in partition order, so two relays leasing at once never deadlock.
     pub async fn lease_partitions(
         &self,
         holder: &str,
@@ -184,7 +185,12 @@ impl Store {
         let rows = sqlx::query_scalar!(
             r#"UPDATE stream_relays
                SET holder = $1, lease_until = now() + make_interval(secs => $2)
-               WHERE holder = $1 OR lease_until < now()
+               WHERE stream_partition IN (
+                 SELECT stream_partition FROM stream_relays
+                 WHERE holder = $1 OR lease_until < now()
+                 ORDER BY stream_partition
+                 FOR UPDATE)
+                 AND (holder = $1 OR lease_until < now())
                RETURNING stream_partition"#,
             holder,
             lease.as_secs_f64(),
@@ -259,18 +265,38 @@ impl Store {
             .collect()
     }
 
+    /// The smallest `order_sequence` still in the outbox for each of `orders`: where each
+    /// order's waiting events begin (a row leaves the outbox only once it is in the log).
+    pub async fn waiting_from(&self, orders: &[&str]) -> Result<HashMap<String, i64>, StoreError> {
+        let rows = sqlx::query!(
+            r#"SELECT order_id, min(order_sequence) AS "from!" FROM outbox
+               WHERE order_id = ANY($1) GROUP BY order_id"#,
+            orders as &[&str],
+        )
+        .fetch_all(self.pool())
+        .instrument(statement("SELECT", "outbox"))
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| (row.order_id, row.from))
+            .collect())
+    }
+
     /// Appends `batch` (rows of one partition, oldest first) to the partition's log, in one
     /// transaction on the partition's shard: after the partition's last position, each
     /// order's events only after the ones already there, with no gap in its sequence. A
     /// row already in the log (a relay stopped before deleting it) is only reported done.
+    /// `waiting` is [`Store::waiting_from`] for the batch's orders: an order whose events
+    /// retention deleted from the log continues from its first waiting event.
     /// Another relay appending to the partition at the same time makes one of the two
     /// fail on the log's keys: that one appends nothing (`Ok` with nothing done).
     pub async fn append(
         &self,
         partition: usize,
         batch: &[Unrelayed],
+        waiting: &HashMap<String, i64>,
     ) -> Result<Appended, StoreError> {
-        match self.try_append(partition, batch).await {
+        match self.try_append(partition, batch, waiting).await {
             Err(StoreError::Database(sqlx::Error::Database(error)))
                 if error.code().as_deref() == Some(sqlstate::UNIQUE_VIOLATION) =>
             {
@@ -285,6 +311,7 @@ impl Store {
         &self,
         partition: usize,
         batch: &[Unrelayed],
+        waiting: &HashMap<String, i64>,
     ) -> Result<Appended, StoreError> {
         let p = partition as i16;
         let mut tx = self.begin().await?;
@@ -311,7 +338,7 @@ impl Store {
         .into_iter()
         .map(|row| (row.order_id, row.through))
         .collect();
-        let plan = plan_append(batch, &relayed, last);
+        let plan = plan_append(batch, &relayed, waiting, last);
         if !plan.new.is_empty() {
             let mut insert: sqlx::QueryBuilder<sqlx::Postgres> = sqlx::QueryBuilder::new(
                 "INSERT INTO event_log (stream_partition, position, event_id, order_id, order_sequence, \
@@ -392,20 +419,25 @@ impl Store {
         Ok(())
     }
 
-    /// Deletes up to `limit` log events of each partition relayed before `before`; how
-    /// many. Per partition: the last position to go, then the mark raised to it (on the
-    /// coordinator), then the rows up to it deleted (on the partition's shard). A reader
-    /// checks the mark after reading, so it never takes a read with deleted rows for a
-    /// whole one; a purge that stops between the two leaves rows the next one deletes.
+    /// Deletes, in each partition, the longest run of its oldest events (at most `limit`)
+    /// relayed before `before`, never the partition's last event (the next append numbers
+    /// on from it); how many. Per partition: the last position to go, then the mark raised
+    /// to it (on the coordinator), then the rows up to it deleted (on the partition's
+    /// shard). A reader checks the mark after reading, so it never takes a read with
+    /// deleted rows for a whole one; a purge that stops between the two leaves rows the
+    /// next one deletes.
     pub async fn purge_log(&self, before: DateTime<Utc>, limit: i64) -> Result<u64, StoreError> {
         let mut purged = 0;
         for partition in 0..STREAM_PARTITIONS as i16 {
             let last = sqlx::query_scalar!(
-                r#"SELECT max(position) FROM (
-                     SELECT position FROM event_log
-                     WHERE stream_partition = $1 AND relayed_at < $2
-                     ORDER BY relayed_at LIMIT $3
-                   ) doomed"#,
+                r#"WITH head AS (
+                     SELECT position, relayed_at FROM event_log
+                     WHERE stream_partition = $1 ORDER BY position LIMIT $3
+                   )
+                   SELECT max(position) FROM head
+                   WHERE position < LEAST(
+                     (SELECT min(position) FROM head WHERE relayed_at >= $2),
+                     (SELECT max(position) FROM event_log WHERE stream_partition = $1))"#,
                 partition,
                 before,
                 limit,
@@ -448,14 +480,17 @@ struct AppendPlan<'a> {
 }
 
 /// Decides a partition's append: `batch` oldest row first, `relayed` the last sequence of
-/// each of its orders already in the log, `last` the partition's last position. An
-/// order's event is appended only right after the one before it (already in the log, or
-/// appended just before it); one at or below the order's last in the log is a copy of
-/// what is there; one further on waits (its predecessor was not read: the rule that keeps
-/// an order's events in order and without gaps whatever a read returned).
+/// each of its orders in the log, `waiting` the first sequence of each still in the outbox,
+/// `last` the partition's last position. An order's event is appended only right after
+/// the one before it (in the log, or appended just before it — or, when retention has
+/// deleted the order's events from the log, its first waiting one); one at or below the
+/// order's last in the log is a copy of what is there; one further on waits (its
+/// predecessor is still in the outbox but was not read: the rule that keeps an order's
+/// events in order and without gaps whatever a read returned).
 fn plan_append<'a>(
     batch: &'a [Unrelayed],
     relayed: &HashMap<String, i64>,
+    waiting: &HashMap<String, i64>,
     last: i64,
 ) -> AppendPlan<'a> {
     let mut next: HashMap<&str, i64> = HashMap::new();
@@ -466,9 +501,10 @@ fn plan_append<'a>(
     ordered.sort_by_key(|u| u.id);
     for row in ordered {
         let event = &row.event;
-        let expected = next
-            .entry(event.order_id.as_str())
-            .or_insert_with(|| relayed.get(&event.order_id).copied().unwrap_or(0) + 1);
+        let expected = next.entry(event.order_id.as_str()).or_insert_with(|| {
+            let after_log = relayed.get(&event.order_id).copied().unwrap_or(0) + 1;
+            after_log.max(waiting.get(&event.order_id).copied().unwrap_or(0))
+        });
         if event.order_sequence < *expected {
             plan.done.push((event.order_id.clone(), row.id));
         } else if event.order_sequence == *expected {
@@ -591,7 +627,7 @@ mod tests {
     #[test]
     fn new_events_follow_the_partitions_last_position_without_gaps() {
         let batch = [row(10, "a", 1), row(11, "b", 1), row(12, "a", 2)];
-        let plan = plan_append(&batch, &HashMap::new(), 41);
+        let plan = plan_append(&batch, &HashMap::new(), &HashMap::new(), 41);
         assert_eq!(
             appended(&plan),
             [
@@ -607,7 +643,7 @@ mod tests {
     #[test]
     fn rows_are_taken_oldest_row_first_whatever_order_they_came_in() {
         let batch = [row(12, "a", 2), row(10, "a", 1)];
-        let plan = plan_append(&batch, &HashMap::new(), 0);
+        let plan = plan_append(&batch, &HashMap::new(), &HashMap::new(), 0);
         assert_eq!(appended(&plan), [("a".into(), 1, 1), ("a".into(), 2, 2)]);
     }
 
@@ -615,7 +651,7 @@ mod tests {
     fn an_event_already_in_the_log_is_only_done_not_appended_again() {
         // A relay appended a's 1 and 2, then stopped before deleting them.
         let batch = [row(10, "a", 1), row(12, "a", 2), row(13, "a", 3)];
-        let plan = plan_append(&batch, &relayed(&[("a", 2)]), 7);
+        let plan = plan_append(&batch, &relayed(&[("a", 2)]), &relayed(&[("a", 1)]), 7);
         assert_eq!(appended(&plan), [("a".into(), 3, 8)]);
         assert_eq!(
             plan.done,
@@ -627,7 +663,7 @@ mod tests {
     fn an_event_whose_predecessor_is_missing_waits_and_so_do_its_successors() {
         // b's 2 was not read (nor is it in the log): b's 3 and 4 must not go before it.
         let batch = [row(10, "a", 1), row(11, "b", 3), row(12, "b", 4)];
-        let plan = plan_append(&batch, &relayed(&[("b", 1)]), 0);
+        let plan = plan_append(&batch, &relayed(&[("b", 1)]), &relayed(&[("b", 2)]), 0);
         assert_eq!(appended(&plan), [("a".into(), 1, 1)]);
         assert_eq!(plan.held_back, 2);
         assert_eq!(
@@ -640,8 +676,20 @@ mod tests {
     #[test]
     fn an_order_continues_after_its_last_event_in_the_log() {
         let batch = [row(20, "a", 6)];
-        let plan = plan_append(&batch, &relayed(&[("a", 5)]), 100);
+        let plan = plan_append(&batch, &relayed(&[("a", 5)]), &relayed(&[("a", 6)]), 100);
         assert_eq!(appended(&plan), [("a".into(), 6, 101)]);
+    }
+
+    #[test]
+    fn an_order_whose_logged_events_retention_deleted_continues_from_its_first_waiting_one() {
+        // a's 1–5 were relayed and later deleted from the log; 6 and 7 wait.
+        let batch = [row(20, "a", 6), row(21, "a", 7)];
+        let plan = plan_append(&batch, &HashMap::new(), &relayed(&[("a", 6)]), 100);
+        assert_eq!(
+            appended(&plan),
+            [("a".into(), 6, 101), ("a".into(), 7, 102)]
+        );
+        assert_eq!(plan.held_back, 0);
     }
 
     #[test]

@@ -318,9 +318,8 @@ async fn save_dispute(conn: &mut PgConnection, row: &Row<Dispute>) -> Result<(),
 }
 
 /// The change's events: numbered on in their dispute's history (when they join one), and
-/// appended to the outbox. One multi-row statement per table; only the row count varies.
-/// Appends the write's events to the dispute's history (if any) and to the outbox, the
-/// order's stream numbering on from `sequenced`.
+/// appended to the outbox numbered on in their order's stream from `sequenced`. One
+/// multi-row statement per table; only the row count varies.
 async fn save_events(
     conn: &mut PgConnection,
     write: &Write<'_>,

@@ -32,7 +32,7 @@ fn field<'a>(event: &'a pb::Event, name: &str) -> &'a prost_types::value::Kind {
 #[sqlx::test]
 async fn every_call_and_deadline_emits_its_events_and_refusals_emit_none(pool: PgPool) {
     // Retention longer than the clock moves below: the stream may still be behind (other
-    // tests' transactions hold the horizon) when the deadline pass purges old events.
+    // events pile up) when the deadline pass purges old events.
     let app = spawn_app_with(pool, &["--outbox-retention", "60days"]).await;
     let mut stream = watch(&app, "").await;
     app.register("order-1").await;
@@ -321,13 +321,20 @@ async fn a_consumer_racing_eight_writers_and_two_relays_receives_exactly_the_com
 #[sqlx::test]
 async fn retention_deletes_old_stream_events_but_never_the_history(pool: PgPool) {
     // A patient seller: no deadline fires while the clock moves past the retention.
-    let app = spawn_app_with(pool.clone(), &["--deadline-seller-response", "30days"]).await;
+    let app = spawn_app_with(pool.clone(), &["--deadline-seller-response", "60days"]).await;
     app.register("order-1").await;
+    app.agent()
+        .await
+        .extend_protection(extend("order-1", app.now() + Duration::days(40)))
+        .await
+        .unwrap();
     let d = app.open("order-1", Remedy::FullRefund).await.dispute_id;
     let mut stream = watch(&app, "").await;
-    let seen = take(&mut stream, 2, PATIENCE).await;
+    let seen = take(&mut stream, 3, PATIENCE).await;
     app.clock.advance(Duration::days(8));
     let pass = app.run_deadlines().await;
+    // The order's three events are in one partition: all but its last go (the next event
+    // of the partition numbers on from the last).
     assert_eq!(pass.events_purged, 2);
     // Resuming from before the retention mark is refused; from the start is allowed.
     let expired = app
@@ -348,6 +355,18 @@ async fn retention_deletes_old_stream_events_but_never_the_history(pool: PgPool)
             .is_ok()
     );
     assert_eq!(history(&pool, &d).await, ["DISPUTE_OPENED"]);
+    // The partition numbers on after the purge: the next event of the order reaches a
+    // consumer resuming after the last one it took, as the order's fourth.
+    app.agent()
+        .await
+        .extend_protection(extend("order-1", app.now() + Duration::days(50)))
+        .await
+        .unwrap();
+    let next = take(&mut watch(&app, &seen[2].cursor).await, 1, PATIENCE).await;
+    assert_eq!(
+        (next[0].r#type.as_str(), next[0].order_sequence),
+        ("PROTECTION_EXTENDED", 4)
+    );
 }
 
 #[sqlx::test]

@@ -1071,6 +1071,6 @@ async fn a_transaction_open_elsewhere_delays_no_event(pool: PgPool) {
     assert!(still_open);
     sqlx::query("COMMIT").execute(&mut elsewhere).await.unwrap();
     println!(
-        "figure: horizon: with a transaction open in another database, an event was delivered {delivered:?} after its command returned"
+        "figure: open transaction: with a transaction open in another database, an event was delivered {delivered:?} after its command returned"
     );
 }
