@@ -13,7 +13,7 @@ static TOKENS: LazyLock<Tokens> = LazyLock::new(|| Tokens::new(b"fuzz key of at 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data).into_owned();
     if let Ok(Some(position)) = TOKENS.parse_cursor(&text) {
-        assert_eq!(TOKENS.parse_cursor(&TOKENS.cursor(position)), Ok(Some(position)));
+        assert_eq!(TOKENS.parse_cursor(&TOKENS.cursor(&position)), Ok(Some(position)));
     }
     // Whatever opens must have been sealed in that scope: sealing its payload again
     // gives a token that opens to the same payload.
