@@ -8,12 +8,15 @@
 //! lost its lease while it was appending cannot duplicate or reorder anything.
 //!
 //! A pass: renew the leases (when a third of the lease has gone by), read up to a batch of
-//! the held partitions' rows (and where each of their orders' waiting events begins),
-//! append each partition's rows in one transaction on its shard, delete the moved rows
-//! from the outbox, note the new tails and notify the readers once. It runs when a command of this process commits events, every
+//! the held partitions' rows, append them (in one transaction on one PostgreSQL; a partition per transaction, on its
+//! shard, on Citus), delete the moved rows from the outbox, note the new tails and notify
+//! the readers once. It runs when a command of this process commits events, every
 //! [`RelayConfig::poll`] otherwise, and at once again after a full batch.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::Duration,
+};
 
 use chrono::Utc;
 use tokio::time::Instant;
@@ -116,10 +119,6 @@ impl Relay {
         let rows = self.store.unrelayed(&self.held, self.config.batch).await?;
         let read = rows.len();
         self.report_lag(&rows, read as i64 == self.config.batch);
-        let mut orders: Vec<&str> = rows.iter().map(|u| u.event.order_id.as_str()).collect();
-        orders.sort_unstable();
-        orders.dedup();
-        let waiting = self.store.waiting_from(&orders).await?;
         let mut by_partition: BTreeMap<usize, Vec<Unrelayed>> = BTreeMap::new();
         for row in rows {
             by_partition
@@ -127,24 +126,35 @@ impl Relay {
                 .or_default()
                 .push(row);
         }
-        let (mut done, mut tails, mut appended) = (Vec::new(), Vec::new(), 0);
-        for (partition, batch) in by_partition {
-            let result = self.store.append(partition, &batch, &waiting).await?;
-            if result.held_back > 0 {
-                tracing::warn!(
-                    partition,
-                    held_back = result.held_back,
-                    "events held back until their order's earlier events are read"
-                );
-            }
-            // Noted (and readers woken) for rows found in the log too: an earlier pass may
-            // have appended them and stopped before it noted them.
-            if result.appended > 0 || !result.done.is_empty() {
-                tails.push((partition, result.through));
-            }
-            appended += result.appended;
-            done.extend(result.done);
+        let mut result = self.store.append(&by_partition, &HashMap::new()).await?;
+        if result.held_back > 0 {
+            // Held back: an order's first event here is not the one after its last in the
+            // log. Either retention deleted the order's logged events (then it continues
+            // from its first waiting one) or its predecessor was not read; the outbox tells.
+            let mut orders: Vec<&str> = by_partition
+                .values()
+                .flatten()
+                .map(|u| u.event.order_id.as_str())
+                .collect();
+            orders.sort_unstable();
+            orders.dedup();
+            let waiting = self.store.waiting_from(&orders).await?;
+            let again = self.store.append(&by_partition, &waiting).await?;
+            result.tails.extend(again.tails);
+            result.appended += again.appended;
+            result.done.extend(again.done);
+            result.held_back = again.held_back;
         }
+        if result.held_back > 0 {
+            tracing::warn!(
+                held_back = result.held_back,
+                "events held back until their order's earlier events are read"
+            );
+        }
+        let (done, appended) = (result.done, result.appended);
+        // Noted (and readers woken) for partitions whose rows were found in the log too:
+        // an earlier pass may have appended them and stopped before it noted them.
+        let tails = result.tails;
         let moved = !done.is_empty();
         self.store.forget_relayed(&done).await?;
         if !tails.is_empty() {

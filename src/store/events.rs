@@ -16,7 +16,7 @@ use tracing::Instrument;
 use chrono::{DateTime, Utc};
 
 use super::{Store, StoreError, constraints::sqlstate, statement};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::domain::{
     Actor, Cursor, DisputeId, HistoryEvent, LogPosition, Role, STREAM_PARTITIONS, StreamEvent,
@@ -30,11 +30,12 @@ pub struct Unrelayed {
     pub event: StreamEvent,
 }
 
-/// What appending a batch to a partition did.
+/// What appending a batch did.
 #[derive(Debug, Default, PartialEq)]
 pub struct Appended {
-    /// The partition's last position afterwards (0: empty), as this relay wrote or read it.
-    pub through: i64,
+    /// Each partition the batch touched (appended to, or found its rows in) and its last
+    /// position afterwards, as this relay wrote or read it.
+    pub tails: Vec<(usize, i64)>,
     /// Events newly appended.
     pub appended: usize,
     /// Outbox rows now in the log (appended now, or by an earlier relay that stopped before
@@ -282,54 +283,93 @@ impl Store {
             .collect())
     }
 
-    /// Appends `batch` (rows of one partition, oldest first) to the partition's log, in one
-    /// transaction on the partition's shard: after the partition's last position, each
-    /// order's events only after the ones already there, with no gap in its sequence. A
-    /// row already in the log (a relay stopped before deleting it) is only reported done.
-    /// `waiting` is [`Store::waiting_from`] for the batch's orders: an order whose events
-    /// retention deleted from the log continues from its first waiting event.
-    /// Another relay appending to the partition at the same time makes one of the two
-    /// fail on the log's keys: that one appends nothing (`Ok` with nothing done).
+    /// Appends `batches` (each partition's rows, oldest first) to the log: after each
+    /// partition's last position, each order's events only after the ones already there,
+    /// with no gap in its sequence. A row already in the log (a relay stopped before
+    /// deleting it) is only reported done. `waiting` is [`Store::waiting_from`] for the
+    /// batch's orders: an order whose events retention deleted from the log continues from
+    /// its first waiting event. On one PostgreSQL every partition goes in one transaction
+    /// (five round trips a pass); on Citus each partition in a transaction of its own, on
+    /// its shard. Another relay appending to a partition at the same time makes one of the
+    /// two fail on the log's keys: that one appends nothing there (`Ok`, nothing done).
     pub async fn append(
         &self,
-        partition: usize,
-        batch: &[Unrelayed],
+        batches: &BTreeMap<usize, Vec<Unrelayed>>,
         waiting: &HashMap<String, i64>,
     ) -> Result<Appended, StoreError> {
-        match self.try_append(partition, batch, waiting).await {
-            Err(StoreError::Database(sqlx::Error::Database(error)))
-                if error.code().as_deref() == Some(sqlstate::UNIQUE_VIOLATION) =>
-            {
-                tracing::debug!(partition, %error, "another relay appended to the partition first");
-                Ok(Appended::default())
+        let groups: Vec<Vec<(usize, &[Unrelayed])>> = if self.distributed().await? {
+            batches
+                .iter()
+                .map(|(p, rows)| vec![(*p, rows.as_slice())])
+                .collect()
+        } else {
+            vec![
+                batches
+                    .iter()
+                    .map(|(p, rows)| (*p, rows.as_slice()))
+                    .collect(),
+            ]
+        };
+        let mut all = Appended::default();
+        for group in groups {
+            match self.try_append(&group, waiting).await {
+                Ok(appended) => {
+                    all.tails.extend(appended.tails);
+                    all.appended += appended.appended;
+                    all.done.extend(appended.done);
+                    all.held_back += appended.held_back;
+                }
+                Err(StoreError::Database(sqlx::Error::Database(error)))
+                    if error.code().as_deref() == Some(sqlstate::UNIQUE_VIOLATION) =>
+                {
+                    tracing::debug!(%error, "another relay appended to the partition first");
+                }
+                Err(error) => return Err(error),
             }
-            other => other,
         }
+        Ok(all)
     }
 
+    /// One transaction of [`Store::append`]: `group`'s partitions, on one node.
     async fn try_append(
         &self,
-        partition: usize,
-        batch: &[Unrelayed],
+        group: &[(usize, &[Unrelayed])],
         waiting: &HashMap<String, i64>,
     ) -> Result<Appended, StoreError> {
-        let p = partition as i16;
+        let partitions: Vec<i16> = group.iter().map(|(p, _)| *p as i16).collect();
         let mut tx = self.begin().await?;
-        let last = sqlx::query_scalar!(
-            r#"SELECT COALESCE(max(position), 0) AS "last!" FROM event_log WHERE stream_partition = $1"#,
-            p,
-        )
-        .fetch_one(&mut *tx)
-        .instrument(statement("SELECT", "event_log"))
-        .await?;
-        let mut orders: Vec<&str> = batch.iter().map(|u| u.event.order_id.as_str()).collect();
+        // Each partition's last position: a backward index scan per partition (one
+        // aggregate over several partitions would read all their rows).
+        let mut last_query: sqlx::QueryBuilder<sqlx::Postgres> = sqlx::QueryBuilder::new("");
+        for (i, p) in partitions.iter().enumerate() {
+            if i > 0 {
+                last_query.push(" UNION ALL ");
+            }
+            last_query
+                .push("SELECT ")
+                .push_bind(*p)
+                .push("::int2, (SELECT COALESCE(max(position), 0) FROM event_log WHERE stream_partition = ")
+                .push_bind(*p)
+                .push(")");
+        }
+        let lasts: HashMap<i16, i64> = last_query
+            .build_query_as::<(i16, i64)>()
+            .fetch_all(&mut *tx)
+            .instrument(statement("SELECT", "event_log"))
+            .await?
+            .into_iter()
+            .collect();
+        let mut orders: Vec<&str> = group
+            .iter()
+            .flat_map(|(_, rows)| rows.iter().map(|u| u.event.order_id.as_str()))
+            .collect();
         orders.sort_unstable();
         orders.dedup();
         let relayed: HashMap<String, i64> = sqlx::query!(
             r#"SELECT order_id, max(order_sequence) AS "through!" FROM event_log
-               WHERE stream_partition = $1 AND order_id = ANY($2)
+               WHERE stream_partition = ANY($1) AND order_id = ANY($2)
                GROUP BY order_id"#,
-            p,
+            &partitions,
             &orders as &[&str],
         )
         .fetch_all(&mut *tx)
@@ -338,15 +378,33 @@ impl Store {
         .into_iter()
         .map(|row| (row.order_id, row.through))
         .collect();
-        let plan = plan_append(batch, &relayed, waiting, last);
-        if !plan.new.is_empty() {
+        let mut result = Appended::default();
+        let mut new: Vec<(i16, &StreamEvent, i64)> = Vec::new();
+        for (partition, rows) in group {
+            let p = *partition as i16;
+            let last = lasts.get(&p).copied().unwrap_or(0);
+            let plan = plan_append(rows, &relayed, waiting, last);
+            if !plan.new.is_empty() || !plan.done.is_empty() {
+                let through = plan.new.last().map_or(last, |(_, position)| *position);
+                result.tails.push((*partition, through));
+            }
+            result.appended += plan.new.len();
+            result.held_back += plan.held_back;
+            result.done.extend(plan.done);
+            new.extend(
+                plan.new
+                    .into_iter()
+                    .map(|(event, position)| (p, event, position)),
+            );
+        }
+        if !new.is_empty() {
             let mut insert: sqlx::QueryBuilder<sqlx::Postgres> = sqlx::QueryBuilder::new(
                 "INSERT INTO event_log (stream_partition, position, event_id, order_id, order_sequence, \
                  event_type, dispute_id, dispute_seq, actor_role, actor_id, occurred_at, payload, \
                  trace_id) ",
             );
-            insert.push_values(plan.new.iter(), |mut row, (event, position)| {
-                row.push_bind(p)
+            insert.push_values(new.iter(), |mut row, (p, event, position)| {
+                row.push_bind(*p)
                     .push_bind(*position)
                     .push_bind(event.event_id)
                     .push_bind(event.order_id.as_str())
@@ -368,12 +426,7 @@ impl Store {
                 .map_err(StoreError::Database)?;
         }
         super::commit(tx).await?;
-        Ok(Appended {
-            through: plan.new.last().map_or(last, |(_, position)| *position),
-            appended: plan.new.len(),
-            done: plan.done,
-            held_back: plan.held_back,
-        })
+        Ok(result)
     }
 
     /// Deletes outbox rows now in the log, by (order, row id).
@@ -402,20 +455,19 @@ impl Store {
             .iter()
             .map(|&(p, through)| (p as i16, through))
             .unzip();
+        // One statement: PostgreSQL delivers a channel's identical notifications of one
+        // transaction once.
         sqlx::query!(
             r#"UPDATE stream_relays r SET appended_through = GREATEST(r.appended_through, a.through)
                FROM unnest($1::int2[], $2::int8[]) AS a(p, through)
-               WHERE r.stream_partition = a.p"#,
+               WHERE r.stream_partition = a.p
+               RETURNING pg_notify('dispute_events', '')"#,
             &partitions,
             &throughs,
         )
-        .execute(self.pool())
+        .fetch_all(self.pool())
         .instrument(statement("UPDATE", "stream_relays"))
         .await?;
-        sqlx::query!("SELECT pg_notify('dispute_events', '')")
-            .execute(self.pool())
-            .instrument(statement("SELECT", "pg_notify"))
-            .await?;
         Ok(())
     }
 
