@@ -8,8 +8,9 @@
 -- saw them commit. One relay holds a partition at a time (stream_relays' lease); the
 -- log's keys make a second one harmless. WatchEvents reads the log; a cursor holds a
 -- position per partition. Nothing here reads a transaction id or a snapshot, so a
--- transaction open elsewhere delays nothing, and on Citus (the log distributed by
--- partition, the outbox by order) every step runs on one shard.
+-- transaction open elsewhere delays nothing. On Citus (the log distributed by partition,
+-- the outbox by order) a command's writes and each partition's append run on one shard;
+-- the relay's read and delete of outbox rows span shards.
 
 -- On Citus every DDL and move below runs over one connection per node (a function is
 -- redefined in the same transaction); on plain PostgreSQL this setting is inert.

@@ -153,8 +153,14 @@ impl Relay {
         }
         let (done, appended) = (result.done, result.appended);
         // Noted (and readers woken) for partitions whose rows were found in the log too:
-        // an earlier pass may have appended them and stopped before it noted them.
-        let tails = result.tails;
+        // an earlier pass may have appended them and stopped before it noted them. One
+        // tail per partition, the furthest.
+        let mut furthest: BTreeMap<usize, i64> = BTreeMap::new();
+        for (partition, through) in result.tails {
+            let tail = furthest.entry(partition).or_default();
+            *tail = (*tail).max(through);
+        }
+        let tails: Vec<(usize, i64)> = furthest.into_iter().collect();
         let moved = !done.is_empty();
         self.store.forget_relayed(&done).await?;
         if !tails.is_empty() {
