@@ -19,7 +19,7 @@ use tokio::sync::OnceCell;
 
 use crate::{
     commands::{Commands, Error},
-    domain::{Cursor, DomainError, STREAM_PARTITIONS},
+    domain::{Cursor, DomainError},
 };
 
 /// Default and largest page sizes of lists.
@@ -177,8 +177,6 @@ impl Tokens {
     }
 }
 
-const _: () = assert!(STREAM_PARTITIONS > 0);
-
 pub(super) fn page_size(raw: i32) -> Result<usize, String> {
     match raw {
         0 => Ok(DEFAULT_PAGE_SIZE),
@@ -190,6 +188,7 @@ pub(super) fn page_size(raw: i32) -> Result<usize, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::STREAM_PARTITIONS;
 
     fn tokens() -> Tokens {
         Tokens::new(b"a test key of thirty-two bytes!!")

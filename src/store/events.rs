@@ -148,31 +148,29 @@ impl Store {
 
     /// How far retention has deleted, per partition: the oldest cursor still served.
     pub async fn stream_marks(&self) -> Result<Cursor, StoreError> {
-        let rows = sqlx::query!(
-            "SELECT stream_partition, purged_through FROM stream_relays ORDER BY stream_partition"
-        )
-        .fetch_all(self.pool())
-        .instrument(statement("SELECT", "stream_relays"))
-        .await?;
-        cursor_of(
-            rows.into_iter()
-                .map(|r| (r.stream_partition, r.purged_through)),
-        )
+        Ok(self.stream_partitions().await?.0)
     }
 
-    /// Where the log ended when the relay last noted it, per partition: never past the
-    /// log's end, so a reader that starts there and only wants new events misses none.
+    /// Where the log ended when the relay last noted it, per partition, and never before
+    /// retention's mark: never past the log's end, so a reader that starts there and only
+    /// wants new events misses none (and is not refused as behind the mark).
     pub async fn stream_tail(&self) -> Result<Cursor, StoreError> {
+        Ok(self.stream_partitions().await?.1)
+    }
+
+    /// Every partition's retention mark and noted tail (at least the mark).
+    async fn stream_partitions(&self) -> Result<(Cursor, Cursor), StoreError> {
         let rows = sqlx::query!(
-            "SELECT stream_partition, appended_through FROM stream_relays ORDER BY stream_partition"
+            r#"SELECT stream_partition, purged_through,
+                      GREATEST(appended_through, purged_through) AS "tail!"
+               FROM stream_relays ORDER BY stream_partition"#
         )
         .fetch_all(self.pool())
         .instrument(statement("SELECT", "stream_relays"))
         .await?;
-        cursor_of(
-            rows.into_iter()
-                .map(|r| (r.stream_partition, r.appended_through)),
-        )
+        let marks = cursor_of(rows.iter().map(|r| (r.stream_partition, r.purged_through)))?;
+        let tail = cursor_of(rows.iter().map(|r| (r.stream_partition, r.tail)))?;
+        Ok((marks, tail))
     }
 
     /// Takes the lease of every partition that is free (its lease ran out) or already
