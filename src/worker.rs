@@ -1,7 +1,13 @@
-//! The deadline worker (README, "Deadlines"), running inside `serve`. Every replica runs one: they
-//! find the same candidates, but each candidate is locked with `SKIP LOCKED` and re-decided
-//! by the domain in its own transaction, so every deadline is applied exactly once. A
-//! failed pass (say, the database is down) is logged and retried with backoff.
+//! The deadline worker (README, "Deadlines"), running inside `serve`. Every replica runs one.
+//! The candidates of each scan are cut into [`CANDIDATE_PARTITIONS`] partitions by a hash of
+//! their order; a pass runs `concurrency` tasks, and each task leases a partition nobody
+//! holds (`worker_partitions`), drains it, hands it back and goes on to the next, so the
+//! replicas and the tasks inside each share a wave of deadlines instead of all walking the
+//! same oldest candidates. The lease only saves work: each candidate is still locked with
+//! `SKIP LOCKED` and re-decided by the domain in its own transaction, so every deadline is
+//! applied exactly once whoever holds what. A failed pass (say, the database is down) is
+//! logged and retried with backoff; a replica that dies leaves its leases to run out
+//! ([`LEASE`]).
 //!
 //! A candidate that fails to apply for any other reason (a corrupt row, a bug, a trigger) is
 //! set aside (`deadline_setbacks`): logged with its id, attempts, retry time and error,
@@ -13,13 +19,17 @@
 
 use std::time::Duration;
 
+use futures::future::join_all;
 use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::{
-    commands::{Candidate, Commands, Due, Error, Scan},
+    commands::{CANDIDATE_PARTITIONS, Candidate, Commands, Due, Error, Scan},
     shutdown::stopped,
 };
+
+/// How long a task's lease of a partition lasts; renewed after every batch.
+pub const LEASE: Duration = Duration::from_secs(15);
 
 /// Longest wait between failed passes.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -35,6 +45,8 @@ pub struct WorkerConfig {
     pub interval: Duration,
     /// Candidates fetched per scan.
     pub batch: i64,
+    /// Partitions drained at once (each a task applying its candidates one at a time).
+    pub concurrency: usize,
     /// Idempotency keys older than this are forgotten (at least 24 h).
     pub idempotency_retention: chrono::Duration,
     /// Stream events relayed to the log longer ago than this are deleted (the history
@@ -53,6 +65,16 @@ pub struct Pass {
     pub set_aside: usize,
 }
 
+impl std::ops::AddAssign for Pass {
+    fn add_assign(&mut self, other: Pass) {
+        self.deadlines_applied += other.deadlines_applied;
+        self.orders_released += other.orders_released;
+        self.keys_purged += other.keys_purged;
+        self.events_purged += other.events_purged;
+        self.set_aside += other.set_aside;
+    }
+}
+
 /// What became of one candidate.
 enum Tried {
     Applied,
@@ -64,12 +86,21 @@ enum Tried {
 pub struct DeadlineWorker {
     commands: Commands,
     config: WorkerConfig,
+    /// Its leases' holder names start with this (`<host>/<uuid>/`), one per task:
+    /// `<host>/<uuid>/<task>/`.
+    name: String,
 }
 
 impl DeadlineWorker {
     /// A worker that applies the deadlines `commands` runs with.
     pub fn new(commands: Commands, config: WorkerConfig) -> Self {
-        Self { commands, config }
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "dispute-service".to_owned());
+        let name = format!("{host}/{}/", uuid::Uuid::now_v7());
+        Self {
+            commands,
+            config,
+            name,
+        }
     }
 
     /// Applies everything due now: dispute deadlines, then protection ends; then forgets
@@ -87,22 +118,16 @@ impl DeadlineWorker {
         let started = self.commands.now();
         self.commands.prune_setbacks().await?;
         for scan in Scan::ALL {
-            loop {
-                let due = self.commands.due(scan, started, self.config.batch).await?;
-                let mut progress = 0;
-                for Due { id, set_aside } in &due {
-                    let result = self.commands.apply(id).await;
-                    match (self.tried(id, *set_aside, result).await?, id) {
-                        (Tried::Applied, Candidate::Dispute(_)) => pass.deadlines_applied += 1,
-                        (Tried::Applied, Candidate::Order(_)) => pass.orders_released += 1,
-                        (Tried::SetAside, _) => pass.set_aside += 1,
-                        (Tried::Skipped, _) => continue,
-                    }
-                    progress += 1;
+            let tasks = (0..self.config.concurrency).map(|task| self.drain(scan, task, started));
+            let mut failed = None;
+            for done in join_all(tasks).await {
+                match done {
+                    Ok(done) => pass += done,
+                    Err(error) => failed = Some(error),
                 }
-                if (due.len() as i64) < self.config.batch || progress == 0 {
-                    break;
-                }
+            }
+            if let Some(error) = failed {
+                return Err(error);
             }
         }
         let stuck = self.commands.stuck_candidates().await?;
@@ -118,7 +143,86 @@ impl DeadlineWorker {
         Ok(pass)
     }
 
-    /// Runs passes every `interval` until `stop` turns true; a pass under way finishes.
+    /// The query plans of the worker's two scans of candidate `partition` as they would run
+    /// now (the test at scale prints them).
+    pub async fn explain_scans(&self, partition: usize) -> Result<Vec<String>, Error> {
+        self.commands
+            .explain_scans(partition, self.config.batch)
+            .await
+    }
+
+    /// One task of a pass over `scan`: every partition in turn, from one of its own, each
+    /// drained if no one else holds it. The tasks of a worker start spread over the
+    /// partitions, so they rarely ask for the same one.
+    async fn drain(
+        &self,
+        scan: Scan,
+        task: usize,
+        started: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Pass, Error> {
+        let holder = format!("{}{task}/", self.name);
+        let first = task * CANDIDATE_PARTITIONS / self.config.concurrency.max(1);
+        let mut pass = Pass::default();
+        for step in 0..CANDIDATE_PARTITIONS {
+            let partition = (first + step) % CANDIDATE_PARTITIONS;
+            if !self
+                .commands
+                .lease_candidates(scan, partition, &holder, LEASE)
+                .await?
+            {
+                continue;
+            }
+            let drained = self.drain_partition(scan, partition, &holder, started).await;
+            // Handed back even after a failure, unless the database is away (then the
+            // lease runs out, or this task takes it again).
+            self.commands.hand_back_candidates(&holder).await?;
+            pass += drained?;
+        }
+        Ok(pass)
+    }
+
+    /// Applies the candidates of `partition` due now, a batch at a time, while `holder`
+    /// keeps its lease.
+    async fn drain_partition(
+        &self,
+        scan: Scan,
+        partition: usize,
+        holder: &str,
+        started: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Pass, Error> {
+        let mut pass = Pass::default();
+        loop {
+            let due = self
+                .commands
+                .due(scan, partition, started, self.config.batch)
+                .await?;
+            let mut progress = 0;
+            for Due { id, set_aside } in &due {
+                let result = self.commands.apply(id).await;
+                match (self.tried(id, *set_aside, result).await?, id) {
+                    (Tried::Applied, Candidate::Dispute(_)) => pass.deadlines_applied += 1,
+                    (Tried::Applied, Candidate::Order(_)) => pass.orders_released += 1,
+                    (Tried::SetAside, _) => pass.set_aside += 1,
+                    (Tried::Skipped, _) => continue,
+                }
+                progress += 1;
+            }
+            if (due.len() as i64) < self.config.batch || progress == 0 {
+                return Ok(pass);
+            }
+            if !self
+                .commands
+                .lease_candidates(scan, partition, holder, LEASE)
+                .await?
+            {
+                // The lease ran out and someone else took the partition over.
+                return Ok(pass);
+            }
+        }
+    }
+
+    /// Runs passes every `interval` until `stop` turns true; a pass under way finishes,
+    /// then the worker's leases are handed back.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         let mut wait = self.config.interval;
         loop {
@@ -136,8 +240,11 @@ impl DeadlineWorker {
             }
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
-                _ = stopped(&mut stop) => return,
+                _ = stopped(&mut stop) => break,
             }
+        }
+        if let Err(error) = self.commands.hand_back_candidates(&self.name).await {
+            tracing::warn!(%error, "could not hand the deadline partitions back; their leases run out");
         }
     }
 }

@@ -19,17 +19,30 @@ pub enum Scan {
 
 impl Scan {
     pub const ALL: [Scan; 2] = [Scan::Deadlines, Scan::ProtectionEnds];
+
+    /// Its name in `worker_partitions`.
+    fn name(self) -> &'static str {
+        match self {
+            Scan::Deadlines => "DEADLINES",
+            Scan::ProtectionEnds => "PROTECTION_ENDS",
+        }
+    }
 }
+
+/// The candidates of each scan are cut into this many partitions, by a hash of their
+/// order (migration 12's `worker_partitions` holds one lease per scan and partition).
+pub const CANDIDATE_PARTITIONS: usize = 16;
 
 /// How much of the keys' creation time one purge statement covers.
 const KEY_PURGE_SLICE: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Commands {
-    /// At most `limit` candidates of `scan` due now (by the deadlines this service runs
-    /// with); those set aside with a retry time after `retry_by` are skipped.
+    /// At most `limit` candidates of `scan` in `partition` due now (by the deadlines this
+    /// service runs with); those set aside with a retry time after `retry_by` are skipped.
     pub async fn due(
         &self,
         scan: Scan,
+        partition: usize,
         retry_by: DateTime<Utc>,
         limit: i64,
     ) -> Result<Vec<Due<Candidate>>, Error> {
@@ -37,7 +50,10 @@ impl Commands {
         let due = match scan {
             Scan::Deadlines => {
                 let cutoffs = self.deadlines.cutoffs(now);
-                let due = self.store.due_disputes(&cutoffs, retry_by, limit).await?;
+                let due = self
+                    .store
+                    .due_disputes(&cutoffs, retry_by, partition, limit)
+                    .await?;
                 due.into_iter()
                     .map(|d| Due {
                         id: Candidate::Dispute(d.id),
@@ -46,7 +62,10 @@ impl Commands {
                     .collect()
             }
             Scan::ProtectionEnds => {
-                let due = self.store.expired_orders(now, retry_by, limit).await?;
+                let due = self
+                    .store
+                    .expired_orders(now, retry_by, partition, limit)
+                    .await?;
                 due.into_iter()
                     .map(|d| Due {
                         id: Candidate::Order(d.id),
@@ -56,6 +75,37 @@ impl Commands {
             }
         };
         Ok(due)
+    }
+
+    /// The query plans of both scans of `partition` as they would run now.
+    pub async fn explain_scans(&self, partition: usize, limit: i64) -> Result<Vec<String>, Error> {
+        let now = self.now();
+        let cutoffs = self.deadlines.cutoffs(now);
+        Ok(self
+            .store
+            .explain_scans(&cutoffs, now, partition, limit)
+            .await?)
+    }
+
+    /// Leases `partition` of `scan`'s candidates to `holder` for `lease`, unless someone
+    /// else holds it; whether `holder` holds it now.
+    pub async fn lease_candidates(
+        &self,
+        scan: Scan,
+        partition: usize,
+        holder: &str,
+        lease: std::time::Duration,
+    ) -> Result<bool, Error> {
+        Ok(self
+            .store
+            .lease_candidates(scan.name(), partition, holder, lease)
+            .await?)
+    }
+
+    /// Hands back every candidate partition leased by a holder whose name starts with
+    /// `holder`.
+    pub async fn hand_back_candidates(&self, holder: &str) -> Result<(), Error> {
+        Ok(self.store.hand_back_candidates(holder).await?)
     }
 
     /// Applies `candidate` if it is (still) due: its dispute's deadline, or its order's

@@ -15,7 +15,7 @@ mod reads;
 mod writes;
 
 pub use crate::store::{Candidate, Due, Setback};
-pub use candidates::Scan;
+pub use candidates::{CANDIDATE_PARTITIONS, Scan};
 pub use idempotency::RequestKey;
 pub use reads::ListPage;
 

@@ -41,10 +41,26 @@ pub struct Setback {
     pub retry_at: DateTime<Utc>,
 }
 
+/// The scan of [`Store::expired_orders`]: one range of `orders_held_by_partition`
+/// (migration 12). Built at run time like the disputes' scan, so that the test at scale
+/// can EXPLAIN the very statement ($1 now, $2 limit, $3 retry by, $4 partition).
+const EXPIRED_ORDERS: &str = "SELECT o.order_id,
+         EXISTS (SELECT 1 FROM deadline_setbacks s
+                 WHERE s.order_id = o.order_id AND s.dispute_id IS NULL) AS set_aside
+  FROM orders o
+  WHERE o.funds_state = 'HELD' AND (hashtext(o.order_id) & 15)::smallint = $4
+    AND o.protection_ends_at <= $1
+    AND NOT EXISTS (SELECT 1 FROM disputes d
+                    WHERE d.order_id = o.order_id AND d.state NOT IN ('CANCELLED', 'RESOLVED'))
+    AND NOT EXISTS (SELECT 1 FROM deadline_setbacks s
+                    WHERE s.order_id = o.order_id AND s.dispute_id IS NULL AND s.retry_at > $3)
+  ORDER BY o.protection_ends_at
+  LIMIT $2";
+
 impl Store {
-    /// Open disputes whose deadline has passed (one `cutoff` per deadline of the table),
-    /// oldest change first; those set aside with a retry time after `retry_by` are
-    /// skipped.
+    /// Open disputes of candidate `partition` whose deadline has passed (one `cutoff` per
+    /// deadline of the table), oldest change first; those set aside with a retry time
+    /// after `retry_by` are skipped.
     ///
     /// The one statement here built at run time: its state → clock column conditions
     /// come from the domain's deadline table, so the table stays the one place a deadline
@@ -54,31 +70,12 @@ impl Store {
         &self,
         cutoffs: &[Cutoff],
         retry_by: DateTime<Utc>,
+        partition: usize,
         limit: i64,
     ) -> Result<Vec<Due<DisputeId>>, StoreError> {
-        let mut query = sqlx::QueryBuilder::new(
-            "SELECT d.dispute_id, EXISTS (SELECT 1 FROM deadline_setbacks s \
-             WHERE s.order_id = d.order_id AND s.dispute_id = d.dispute_id) AS set_aside \
-             FROM disputes d WHERE (false",
-        );
-        for cutoff in cutoffs {
-            query
-                .push(" OR (d.state = ")
-                .push_bind(codec::state_str(cutoff.state))
-                .push(format_args!(" AND d.{} <= ", clock_column(cutoff.clock)))
-                .push_bind(cutoff.started_before)
-                .push(")");
-        }
-        query
-            .push(
-                ") AND NOT EXISTS (SELECT 1 FROM deadline_setbacks s \
-                 WHERE s.order_id = d.order_id AND s.dispute_id = d.dispute_id AND s.retry_at > ",
-            )
-            .push_bind(retry_by)
-            .push(") ORDER BY d.updated_at LIMIT ")
-            .push_bind(limit);
-        let query = query.build_query_as::<(uuid::Uuid, bool)>();
+        let mut query = due_disputes_query("", cutoffs, retry_by, partition, limit);
         let rows = query
+            .build_query_as::<(uuid::Uuid, bool)>()
             .fetch_all(self.pool())
             .instrument(statement("SELECT", "disputes"))
             .await?;
@@ -91,41 +88,96 @@ impl Store {
             .collect())
     }
 
-    /// Orders whose protection has ended with their funds held and no active dispute;
-    /// those set aside with a retry time after `retry_by` are skipped.
+    /// The plans of both scans of `partition` (tests/api/wave.rs prints them at scale).
+    pub async fn explain_scans(
+        &self,
+        cutoffs: &[Cutoff],
+        now: DateTime<Utc>,
+        partition: usize,
+        limit: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut query = due_disputes_query("EXPLAIN ", cutoffs, now, partition, limit);
+        let mut plan: Vec<String> = query
+            .build_query_scalar()
+            .fetch_all(self.pool())
+            .await?;
+        let explain = sqlx::AssertSqlSafe(format!("EXPLAIN {EXPIRED_ORDERS}"));
+        let orders: Vec<String> = sqlx::query_scalar(explain)
+            .bind(now)
+            .bind(limit)
+            .bind(now)
+            .bind(partition as i16)
+            .fetch_all(self.pool())
+            .await?;
+        plan.extend(orders);
+        Ok(plan)
+    }
+
+    /// Orders of candidate `partition` whose protection has ended with their funds held
+    /// and no active dispute, soonest end first; those set aside with a retry time after
+    /// `retry_by` are skipped.
     pub async fn expired_orders(
         &self,
         now: DateTime<Utc>,
         retry_by: DateTime<Utc>,
+        partition: usize,
         limit: i64,
     ) -> Result<Vec<Due<PartyId>>, StoreError> {
-        let rows = sqlx::query!(
-            r#"SELECT o.order_id,
-                      EXISTS (SELECT 1 FROM deadline_setbacks s
-                              WHERE s.order_id = o.order_id AND s.dispute_id IS NULL) AS "set_aside!"
-               FROM orders o
-               WHERE o.funds_state = 'HELD' AND o.protection_ends_at <= $1
-                 AND NOT EXISTS (SELECT 1 FROM disputes d
-                                 WHERE d.order_id = o.order_id AND d.state NOT IN ('CANCELLED', 'RESOLVED'))
-                 AND NOT EXISTS (SELECT 1 FROM deadline_setbacks s
-                                 WHERE s.order_id = o.order_id AND s.dispute_id IS NULL AND s.retry_at > $3)
-               ORDER BY o.protection_ends_at
-               LIMIT $2"#,
-            now,
-            limit,
-            retry_by,
-        )
-        .fetch_all(self.pool())
-        .instrument(statement("SELECT", "orders"))
-        .await?;
+        let rows: Vec<(String, bool)> = sqlx::query_as(EXPIRED_ORDERS)
+            .bind(now)
+            .bind(limit)
+            .bind(retry_by)
+            .bind(partition as i16)
+            .fetch_all(self.pool())
+            .instrument(statement("SELECT", "orders"))
+            .await?;
         rows.into_iter()
-            .map(|row| {
+            .map(|(order_id, set_aside)| {
                 Ok(Due {
-                    id: PartyId::parse(&row.order_id).map_err(StoreError::Corrupt)?,
-                    set_aside: row.set_aside,
+                    id: PartyId::parse(&order_id).map_err(StoreError::Corrupt)?,
+                    set_aside,
                 })
             })
             .collect()
+    }
+
+    /// Leases candidate `partition` of `scan` to `holder` for `lease` (from the database's
+    /// clock) if it is free, its lease ran out, or `holder` holds it already; whether
+    /// `holder` now holds it.
+    pub async fn lease_candidates(
+        &self,
+        scan: &str,
+        partition: usize,
+        holder: &str,
+        lease: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        let leased = sqlx::query_scalar!(
+            r#"UPDATE worker_partitions SET holder = $3, lease_until = now() + make_interval(secs => $4)
+               WHERE scan = $1 AND candidate_partition = $2 AND (holder = $3 OR lease_until < now())
+               RETURNING true AS "leased!""#,
+            scan,
+            partition as i16,
+            holder,
+            lease.as_secs_f64(),
+        )
+        .fetch_optional(self.pool())
+        .instrument(statement("UPDATE", "worker_partitions"))
+        .await?;
+        Ok(leased.is_some())
+    }
+
+    /// Hands back the candidate partitions leased by holders whose name starts with
+    /// `holder` (a worker task's name, or a whole worker's prefix).
+    pub async fn hand_back_candidates(&self, holder: &str) -> Result<(), StoreError> {
+        sqlx::query!(
+            "UPDATE worker_partitions SET holder = NULL, lease_until = '-infinity'
+             WHERE starts_with(holder, $1)",
+            holder,
+        )
+        .execute(self.pool())
+        .instrument(statement("UPDATE", "worker_partitions"))
+        .await?;
+        Ok(())
     }
 
     /// Sets `candidate` aside after a failure at `now`: one more attempt, tried again
@@ -274,6 +326,40 @@ impl Store {
         }
         Ok(done)
     }
+}
+
+/// The statement of [`Store::due_disputes`], after `prefix` (`EXPLAIN `, or nothing).
+fn due_disputes_query(
+    prefix: &str,
+    cutoffs: &[Cutoff],
+    retry_by: DateTime<Utc>,
+    partition: usize,
+    limit: i64,
+) -> sqlx::QueryBuilder<sqlx::Postgres> {
+    let mut query = sqlx::QueryBuilder::new(prefix);
+    query.push(
+        "SELECT d.dispute_id, EXISTS (SELECT 1 FROM deadline_setbacks s \
+         WHERE s.order_id = d.order_id AND s.dispute_id = d.dispute_id) AS set_aside \
+         FROM disputes d WHERE (hashtext(d.order_id) & 15)::smallint = ",
+    );
+    query.push_bind(partition as i16).push(" AND (false");
+    for cutoff in cutoffs {
+        query
+            .push(" OR (d.state = ")
+            .push_bind(codec::state_str(cutoff.state))
+            .push(format_args!(" AND d.{} <= ", clock_column(cutoff.clock)))
+            .push_bind(cutoff.started_before)
+            .push(")");
+    }
+    query
+        .push(
+            ") AND NOT EXISTS (SELECT 1 FROM deadline_setbacks s \
+             WHERE s.order_id = d.order_id AND s.dispute_id = d.dispute_id AND s.retry_at > ",
+        )
+        .push_bind(retry_by)
+        .push(") ORDER BY d.updated_at LIMIT ")
+        .push_bind(limit);
+    query
 }
 
 /// The disputes column each deadline clock reads.

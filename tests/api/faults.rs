@@ -28,7 +28,7 @@ use crate::{
 };
 
 /// A knob of the long runs: `FAULTS_<NAME>`, or the short default.
-fn knob(name: &str, short: u64) -> u64 {
+pub(crate) fn knob(name: &str, short: u64) -> u64 {
     std::env::var(format!("FAULTS_{name}"))
         .ok()
         .and_then(|v| v.parse().ok())

@@ -307,7 +307,22 @@ impl Drop for Server {
 impl TestApp {
     /// A deadline worker over the server's database and clock, configured as the server.
     pub fn worker(&self) -> DeadlineWorker {
-        let store = Store::new(self.pool.clone());
+        self.worker_on(self.pool.clone())
+    }
+
+    /// A deadline worker as another replica would run it: its own pool of `connections`
+    /// on the server's database, the server's clock and configuration.
+    pub async fn replica_worker(&self, connections: u32) -> DeadlineWorker {
+        let pool = PgPoolOptions::new()
+            .max_connections(connections)
+            .connect_with((*self.pool.connect_options()).clone())
+            .await
+            .expect("connecting to the test database");
+        self.worker_on(pool)
+    }
+
+    fn worker_on(&self, pool: PgPool) -> DeadlineWorker {
+        let store = Store::new(pool);
         let commands = Commands::new(
             store,
             self.clock.clone(),

@@ -33,4 +33,5 @@ mod schema;
 mod server;
 mod telemetry;
 mod tls;
+mod wave;
 mod workflow;

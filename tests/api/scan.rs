@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 
 use chrono::{DateTime, Duration, Utc};
 use dispute_service::{
+    commands::CANDIDATE_PARTITIONS,
     domain::Deadlines,
     grpc::pb::{self, Remedy},
     store::Store,
@@ -210,15 +211,19 @@ async fn the_scan_finds_exactly_the_disputes_the_domain_says_are_due(pool: PgPoo
             (_, None) => panic!("{target:?} has no deadline"),
         }
     }
-    // What the scan finds.
+    // What the scan finds, partition by partition: each due dispute in exactly one.
     let store = Store::new(pool);
-    let found: BTreeSet<String> = store
-        .due_disputes(&Deadlines::default().cutoffs(now), now, 100_000)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|due| due.id.0.to_string())
-        .collect();
+    let mut found = BTreeSet::new();
+    let mut scanned = 0;
+    for partition in 0..CANDIDATE_PARTITIONS {
+        let due = store
+            .due_disputes(&Deadlines::default().cutoffs(now), now, partition, 100_000)
+            .await
+            .unwrap();
+        scanned += due.len();
+        found.extend(due.into_iter().map(|due| due.id.0.to_string()));
+    }
+    assert_eq!(scanned, found.len(), "a dispute found in two partitions");
     assert!(
         due.len() > 20 && due.len() < ids.len() - 20,
         "{} due",

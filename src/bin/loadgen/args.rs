@@ -55,6 +55,10 @@ pub struct Args {
     /// Disputes created before `read`, `list` and `mixed` start.
     #[arg(long, default_value_t = 1_000)]
     pub dataset: u32,
+    /// Sellers the orders are spread over (1: every order is one store's, the hot-row
+    /// case of the store record).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub sellers: u64,
     /// WatchEvents consumers in the `watch` scenario.
     #[arg(long, default_value_t = 100)]
     pub watchers: u32,

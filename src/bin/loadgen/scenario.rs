@@ -27,7 +27,7 @@ use tonic::{
 
 use crate::{args::Args, report};
 
-/// Buyers (and sellers) the orders are spread over.
+/// Buyers the orders are spread over (and sellers, unless `--sellers` says otherwise).
 pub const PARTIES: u64 = 100;
 /// The order amount, minor units.
 const AMOUNT: i64 = 10_000;
@@ -64,7 +64,7 @@ impl Actors {
             buyers: (0..PARTIES)
                 .map(|i| client(Role::Buyer, &buyer(i)))
                 .collect::<Result<_, _>>()?,
-            sellers: (0..PARTIES)
+            sellers: (0..args.sellers)
                 .map(|i| client(Role::Seller, &seller(i)))
                 .collect::<Result<_, _>>()?,
         })
@@ -74,8 +74,14 @@ impl Actors {
         self.buyers[(n % PARTIES) as usize].clone()
     }
 
+    /// The seller of order `n`, and its client.
     pub fn seller(&self, n: u64) -> Client {
-        self.sellers[(n % PARTIES) as usize].clone()
+        self.sellers[(n % self.sellers.len() as u64) as usize].clone()
+    }
+
+    /// The seller id of order `n`.
+    pub fn seller_id(&self, n: u64) -> String {
+        seller(n % self.sellers.len() as u64)
     }
 }
 
@@ -105,7 +111,7 @@ pub fn buyer(n: u64) -> String {
 }
 
 fn seller(n: u64) -> String {
-    format!("lg-s{}", n % PARTIES)
+    format!("lg-s{n}")
 }
 
 /// Latencies of one caller task: per RPC, and per operation.
@@ -232,7 +238,7 @@ pub async fn open(
     let register = pb::RegisterOrderRequest {
         order_id: order_id.clone(),
         buyer_id: buyer(n),
-        seller_id: seller(n),
+        seller_id: actors.seller_id(n),
         amount: Some(pb::Money {
             currency_code: "USD".into(),
             amount_minor: AMOUNT,
