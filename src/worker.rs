@@ -172,7 +172,9 @@ impl DeadlineWorker {
             {
                 continue;
             }
-            let drained = self.drain_partition(scan, partition, &holder, started).await;
+            let drained = self
+                .drain_partition(scan, partition, &holder, started)
+                .await;
             // Handed back even after a failure, unless the database is away (then the
             // lease runs out, or this task takes it again).
             self.commands.hand_back_candidates(&holder).await?;

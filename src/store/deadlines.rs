@@ -97,10 +97,7 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<String>, StoreError> {
         let mut query = due_disputes_query("EXPLAIN ", cutoffs, now, partition, limit);
-        let mut plan: Vec<String> = query
-            .build_query_scalar()
-            .fetch_all(self.pool())
-            .await?;
+        let mut plan: Vec<String> = query.build_query_scalar().fetch_all(self.pool()).await?;
         let explain = sqlx::AssertSqlSafe(format!("EXPLAIN {EXPIRED_ORDERS}"));
         let orders: Vec<String> = sqlx::query_scalar(explain)
             .bind(now)

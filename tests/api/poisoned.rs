@@ -29,7 +29,7 @@ const INTERVAL: Duration = Duration::seconds(5);
 
 /// Makes every UPDATE of `table`'s rows of orders named `prefix…` fail, as a corrupt row or
 /// a bug would (SQLSTATE P0001, an internal error to the service, not an outage).
-async fn poison(pool: &PgPool, table: &str, prefix: &str) {
+pub(crate) async fn poison(pool: &PgPool, table: &str, prefix: &str) {
     sqlx::query(
         "CREATE OR REPLACE FUNCTION poisoned_update() RETURNS trigger LANGUAGE plpgsql AS $$
          BEGIN

@@ -3,7 +3,9 @@
 //! `FAULTS_WAVE_ORDERS` orders each, their protection ending within one minute; the first
 //! drained by one replica's worker, the second by two, each worker with its own pool. Every
 //! order must be released exactly once: its funds released to the seller, one settlement
-//! in the ledger, one FUNDS_SETTLED event. The figures (registration rate, time to drain,
+//! in the ledger, one FUNDS_SETTLED event. Eight poisoned orders (every update of them
+//! fails) end their protection just before the second wave, at the heads of their
+//! partitions: they are set aside and hold up nothing. The figures (registration rate, time to drain,
 //! rate per replica) and the scans' plans at that size go to the test output;
 //! `scripts/faults` (step `wave`) runs it at 200,000 orders on both databases.
 
@@ -13,11 +15,19 @@ use chrono::{DateTime, Duration, Utc};
 use futures::{StreamExt, stream};
 use sqlx::PgPool;
 
-use crate::{faults::knob, helpers::*};
+use crate::{faults::knob, helpers::*, poisoned::poison};
+
+/// Poisoned orders ahead of the second wave.
+const POISONED: u64 = 8;
 
 /// Registers `count` orders named `<prefix>-<n>` through RegisterOrder at concurrency 16,
 /// their protection ending spread over the minute from `ends`; how long it took.
-async fn register(app: &TestApp, prefix: &str, count: u64, ends: DateTime<Utc>) -> std::time::Duration {
+async fn register(
+    app: &TestApp,
+    prefix: &str,
+    count: u64,
+    ends: DateTime<Utc>,
+) -> std::time::Duration {
     let service = app.service().await;
     let started = Instant::now();
     stream::iter(0..count)
@@ -40,7 +50,14 @@ fn within_the_minute(ends: DateTime<Utc>, n: u64) -> DateTime<Utc> {
 /// Adds orders `from..to` of the wave as RegisterOrder writes them (the order row with no
 /// dispute, funds held), in one statement: at 200,000 orders, registering every one
 /// through the API would take the run's whole time; the rate is measured on those that are.
-async fn seed(pool: &PgPool, prefix: &str, from: u64, to: u64, ends: DateTime<Utc>, now: DateTime<Utc>) {
+async fn seed(
+    pool: &PgPool,
+    prefix: &str,
+    from: u64,
+    to: u64,
+    ends: DateTime<Utc>,
+    now: DateTime<Utc>,
+) {
     if from >= to {
         return;
     }
@@ -100,7 +117,11 @@ async fn a_release_wave_is_drained_exactly_once_by_one_replica_and_by_two(pool: 
     // counted.
     let app = spawn_app_with(pool.clone(), &["--outbox-retention", "3650days"]).await;
     let start = app.now();
-    let database = if on_citus(&pool).await { "Citus" } else { "one PostgreSQL" };
+    let database = if on_citus(&pool).await {
+        "Citus"
+    } else {
+        "one PostgreSQL"
+    };
     let waves = [("wave-1", 1usize), ("wave-2", 2usize)];
     let ends = |wave: usize| start + Duration::days(30 + wave as i64);
 
@@ -115,6 +136,8 @@ async fn a_release_wave_is_drained_exactly_once_by_one_replica_and_by_two(pool: 
         2 * through_api,
         took.as_secs_f64()
     );
+    register(&app, "poisoned", POISONED, ends(1) - Duration::seconds(61)).await;
+    poison(&pool, "orders", "poisoned-").await;
     sqlx::query("ANALYZE orders").execute(&pool).await.unwrap();
 
     for (wave, (prefix, replicas)) in waves.into_iter().enumerate() {
@@ -127,7 +150,9 @@ async fn a_release_wave_is_drained_exactly_once_by_one_replica_and_by_two(pool: 
         }
         if wave == 0 {
             let plan = workers[0].explain_scans(0).await.unwrap().join("\n");
-            println!("The scans of one partition, {orders} orders due and {orders} more held:\n{plan}");
+            println!(
+                "The scans of one partition, {orders} orders due and {orders} more held:\n{plan}"
+            );
             assert!(
                 plan.contains("orders_held_by_partition") && !plan.contains("Seq Scan on orders"),
                 "the protection-end scan is a range of its index:\n{plan}"
@@ -136,15 +161,25 @@ async fn a_release_wave_is_drained_exactly_once_by_one_replica_and_by_two(pool: 
         let started = Instant::now();
         let passes = futures::future::join_all(workers.iter().map(|w| w.run_once())).await;
         let elapsed = started.elapsed().as_secs_f64();
-        let released: Vec<usize> = passes
+        let passes: Vec<_> = passes
             .into_iter()
-            .map(|pass| pass.expect("a deadline pass").orders_released)
+            .map(|pass| pass.expect("a deadline pass"))
             .collect();
+        let released: Vec<usize> = passes.iter().map(|pass| pass.orders_released).collect();
+        let set_aside: usize = passes.iter().map(|pass| pass.set_aside).sum();
+        assert_eq!(
+            set_aside,
+            if wave == 0 { 0 } else { POISONED as usize },
+            "{prefix}: the poisoned orders, and only they, are set aside"
+        );
         // The relay moves the events into the log meanwhile; STREAM_ROWS reads both.
         let (held, ledger, settled, twice) = outcome(&pool, prefix).await;
         let orders = orders as i64;
         assert_eq!(held, 0, "{prefix}: every order released");
-        assert_eq!(ledger, orders, "{prefix}: one settlement per order, to the seller");
+        assert_eq!(
+            ledger, orders,
+            "{prefix}: one settlement per order, to the seller"
+        );
         assert_eq!(settled, orders, "{prefix}: a FUNDS_SETTLED event per order");
         assert_eq!(twice, 0, "{prefix}: no order settled twice");
         assert_eq!(
@@ -157,7 +192,12 @@ async fn a_release_wave_is_drained_exactly_once_by_one_replica_and_by_two(pool: 
             .map(|n| format!("{n} ({:.0}/s)", *n as f64 / elapsed))
             .collect();
         println!(
-            "figure: {database}, {replicas} replica(s): {orders} orders whose protection ended within one minute drained in {elapsed:.1} s: {:.0} orders/s ({:.2}x the registration rate); per replica {}",
+            "figure: {database}, {replicas} replica(s): {orders} orders whose protection ended within one minute{} drained in {elapsed:.1} s: {:.0} orders/s ({:.2}x the registration rate); per replica {}",
+            if set_aside > 0 {
+                format!(", {set_aside} poisoned ones set aside,")
+            } else {
+                String::new()
+            },
             orders as f64 / elapsed,
             orders as f64 / elapsed / registration_rate,
             per_replica.join(", ")
