@@ -578,6 +578,31 @@ async fn a_server_killed_under_load_loses_no_acknowledged_write_and_applies_none
         (0, 0, 0),
         "the stream missed, invented or repeated events"
     );
+    // The store's record, after every kill, adds up to the rows themselves.
+    let stats = lazy_client(&addr, Role::Agent, "agent-1")
+        .get_seller_dispute_stats(pb::GetSellerDisputeStatsRequest {
+            seller_id: "seller-1".into(),
+            window: Some(prost_types::Duration {
+                seconds: 2 * 86_400,
+                nanos: 0,
+            }),
+        })
+        .await
+        .expect("the record")
+        .into_inner();
+    let now = Utc::now();
+    let recounted = crate::record::recount_from_the_tables(&pool, "seller-1", 2, now).await;
+    assert_eq!(
+        crate::record::answered(&stats),
+        recounted,
+        "the record after the crashes equals a recount of the rows"
+    );
+    println!(
+        "figure: crash: the store's record after the kills equals a recount of the rows ({} orders, {} disputes opened, {} ended)",
+        recounted.orders,
+        recounted.by_reason.iter().sum::<i64>(),
+        recounted.outcomes.iter().sum::<i64>()
+    );
     if let Some(binary) = server.lock().unwrap().take() {
         binary.kill_hard();
     }

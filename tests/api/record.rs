@@ -24,13 +24,13 @@ struct Seen {
 }
 
 #[derive(Debug, PartialEq)]
-struct Expected {
-    orders: i64,
-    by_reason: [i64; 3],
-    outcomes: [i64; 4],
-    open: i64,
-    responses: i64,
-    median: Option<Duration>,
+pub(crate) struct Expected {
+    pub(crate) orders: i64,
+    pub(crate) by_reason: [i64; 3],
+    pub(crate) outcomes: [i64; 4],
+    pub(crate) open: i64,
+    pub(crate) responses: i64,
+    pub(crate) median: Option<Duration>,
 }
 
 /// The record by its definition: registrations, openings, endings and first responses
@@ -90,7 +90,83 @@ fn recount(
     }
 }
 
-fn answered(stats: &pb::GetSellerDisputeStatsResponse) -> Expected {
+/// The record recounted from the orders and disputes rows themselves, by the same
+/// definition: what any counters the store keeps must add up to.
+pub(crate) async fn recount_from_the_tables(
+    pool: &PgPool,
+    seller: &str,
+    days: i64,
+    now: DateTime<Utc>,
+) -> Expected {
+    let start = (now.date_naive() - Duration::days(days - 1))
+        .and_time(NaiveTime::MIN)
+        .and_utc();
+    let count = |sql: &'static str| {
+        sqlx::query_scalar::<_, i64>(sql)
+            .bind(seller)
+            .bind(start)
+            .fetch_one(pool)
+    };
+    let by_reason = "SELECT count(*) FROM disputes WHERE seller_id = $1 AND created_at >= $2 AND reason = ";
+    let by_outcome = "SELECT count(*) FROM disputes WHERE seller_id = $1 AND outcome IS NOT NULL AND updated_at >= $2 AND outcome = ";
+    let mut reasons = [0; 3];
+    for (n, reason) in ["ITEM_NOT_RECEIVED", "NOT_AS_DESCRIBED", "QUALITY_ISSUE"].iter().enumerate() {
+        reasons[n] = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("{by_reason}'{reason}'")))
+            .bind(seller)
+            .bind(start)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    }
+    let mut outcomes = [0; 4];
+    for (n, outcome) in [
+        "CANCELLED_BY_BUYER",
+        "RESOLVED_BUYER_FAVOUR",
+        "RESOLVED_PARTIAL",
+        "RESOLVED_SELLER_FAVOUR",
+    ]
+    .iter()
+    .enumerate()
+    {
+        outcomes[n] = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("{by_outcome}'{outcome}'")))
+            .bind(seller)
+            .bind(start)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    }
+    let mut times: Vec<Duration> = sqlx::query_scalar::<_, i64>(
+        "SELECT (extract(epoch FROM seller_first_response_at - created_at) * 1000000)::bigint
+         FROM disputes WHERE seller_id = $1 AND seller_first_response_at >= $2",
+    )
+    .bind(seller)
+    .bind(start)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .map(Duration::microseconds)
+    .collect();
+    times.sort();
+    Expected {
+        orders: count("SELECT count(*) FROM orders WHERE seller_id = $1 AND created_at >= $2")
+            .await
+            .unwrap(),
+        by_reason: reasons,
+        outcomes,
+        open: count(
+            "SELECT count(*) FROM disputes WHERE seller_id = $1 AND state NOT IN ('CANCELLED', 'RESOLVED')
+               AND $2 IS NOT NULL",
+        )
+        .await
+        .unwrap(),
+        responses: times.len() as i64,
+        median: (!times.is_empty()).then(|| times[times.len().div_ceil(2) - 1]),
+    }
+}
+
+/// The record as GetSellerDisputeStats answers it.
+pub(crate) fn answered(stats: &pb::GetSellerDisputeStatsResponse) -> Expected {
     let r = stats.disputes_by_reason.unwrap();
     let o = stats.outcomes.unwrap();
     Expected {
@@ -119,7 +195,7 @@ fn window(days: i64) -> Option<prost_types::Duration> {
 
 #[sqlx::test]
 async fn the_record_matches_a_recount_of_a_scripted_history(pool: PgPool) {
-    let app = spawn_app(pool).await;
+    let app = spawn_app(pool.clone()).await;
     let sellers = ["seller-1", "seller-2"];
     let mut clients = HashMap::new();
     for seller in sellers {
@@ -286,6 +362,11 @@ async fn the_record_matches_a_recount_of_a_scripted_history(pool: PgPool) {
                 .unwrap()
                 .into_inner();
             assert_eq!(answered(&stats), expected, "{seller}, {days} days");
+            assert_eq!(
+                recount_from_the_tables(&pool, seller, days, now).await,
+                expected,
+                "{seller}, {days} days: the rows themselves"
+            );
             let rate = if expected.orders == 0 {
                 0.0
             } else {
