@@ -21,3 +21,23 @@ start_server() {
   echo "the server on port ${port} never became SERVING; its log is ${log}" >&2
   return 1
 }
+
+# loadgen_on_a_fresh_database BIN [LOADGEN FLAGS ...]: a database of its own on the server of
+# $DATABASE_URL, `BIN serve` on it, then the release loadgen of $target with the flags
+# given (against that server, measuring its CPU); prints loadgen's JSON summary, and drops
+# the server and the database. Needs $bindir (PostgreSQL's binaries) and $secret.
+loadgen_on_a_fresh_database() {
+  local bin=$1 server_url=${DATABASE_URL%/*} db="bench_$(date +%s%N)" log port result
+  shift
+  "${bindir}/psql" -X -q "${server_url}/postgres" -c "CREATE DATABASE ${db}"
+  log=$(mktemp)
+  port=$(free_port)
+  start_server "${bin}" "${port}" "${log}" DATABASE_URL="${server_url}/${db}" DISPUTE_JWT_HS256_SECRET="${secret}"
+  result=$(DISPUTE_JWT_HS256_SECRET="${secret}" "${target}/release/loadgen" --addr "http://127.0.0.1:${port}" \
+    --server-pid "${server}" --json "$@")
+  kill "${server}"
+  wait "${server}" 2>/dev/null || true
+  "${bindir}/psql" -X -q "${server_url}/postgres" -c "DROP DATABASE ${db} WITH (FORCE)"
+  rm -f "${log}"
+  echo "${result}"
+}

@@ -107,10 +107,14 @@ pub(crate) async fn recount_from_the_tables(
             .bind(start)
             .fetch_one(pool)
     };
-    let by_reason = "SELECT count(*) FROM disputes WHERE seller_id = $1 AND created_at >= $2 AND reason = ";
+    let by_reason =
+        "SELECT count(*) FROM disputes WHERE seller_id = $1 AND created_at >= $2 AND reason = ";
     let by_outcome = "SELECT count(*) FROM disputes WHERE seller_id = $1 AND outcome IS NOT NULL AND updated_at >= $2 AND outcome = ";
     let mut reasons = [0; 3];
-    for (n, reason) in ["ITEM_NOT_RECEIVED", "NOT_AS_DESCRIBED", "QUALITY_ISSUE"].iter().enumerate() {
+    for (n, reason) in ["ITEM_NOT_RECEIVED", "NOT_AS_DESCRIBED", "QUALITY_ISSUE"]
+        .iter()
+        .enumerate()
+    {
         reasons[n] = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("{by_reason}'{reason}'")))
             .bind(seller)
             .bind(start)
