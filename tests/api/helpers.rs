@@ -289,6 +289,23 @@ pub fn token(role: Role, sub: &str) -> String {
     auth::mint_hs256(&serve_config(&[]).auth, role, sub, Duration::from_secs(600)).unwrap()
 }
 
+/// A deadline worker on `pool` with `clock`, configured by `config`.
+fn worker_for(
+    pool: PgPool,
+    clock: Arc<ManualClock>,
+    config: &ServeConfig,
+    metrics: Metrics,
+) -> DeadlineWorker {
+    let commands = Commands::new(
+        Store::new(pool),
+        clock,
+        config.max_disputes_per_order,
+        config.worker.deadlines().unwrap(),
+        metrics,
+    );
+    DeadlineWorker::new(commands, config.worker.to_config().unwrap())
+}
+
 /// A client on `channel` carrying a token for `role` and `sub`.
 pub fn with_token(channel: Channel, role: Role, sub: &str) -> Client {
     let token = token(role, sub);
@@ -310,27 +327,47 @@ impl TestApp {
         self.worker_on(self.pool.clone())
     }
 
-    /// A deadline worker as another replica would run it: its own pool of `connections`
-    /// on the server's database, the server's clock and configuration.
-    pub async fn replica_worker(&self, connections: u32) -> DeadlineWorker {
-        let pool = PgPoolOptions::new()
-            .max_connections(connections)
-            .connect_with((*self.pool.connect_options()).clone())
+    /// One pass of a deadline worker as another replica runs it: a thread and a tokio
+    /// runtime of its own (two threads, as a pod of two cores), its own pool of
+    /// `connections` on the server's database, the server's clock and configuration.
+    /// The pass and how long it took.
+    pub async fn replica_pass(&self, connections: u32) -> (Pass, std::time::Duration) {
+        let (clock, config, metrics) = (
+            self.clock.clone(),
+            self.config.clone(),
+            self.server.metrics.clone(),
+        );
+        let options = (*self.pool.connect_options()).clone();
+        let replica = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let pool = PgPoolOptions::new()
+                    .max_connections(connections)
+                    .connect_with(options)
+                    .await
+                    .expect("connecting to the test database");
+                let worker = worker_for(pool, clock, &config, metrics);
+                let started = std::time::Instant::now();
+                let pass = worker.run_once().await.expect("a deadline pass");
+                (pass, started.elapsed())
+            })
+        });
+        tokio::task::spawn_blocking(move || replica.join().expect("the replica's thread"))
             .await
-            .expect("connecting to the test database");
-        self.worker_on(pool)
+            .unwrap()
     }
 
     fn worker_on(&self, pool: PgPool) -> DeadlineWorker {
-        let store = Store::new(pool);
-        let commands = Commands::new(
-            store,
+        worker_for(
+            pool,
             self.clock.clone(),
-            self.config.max_disputes_per_order,
-            self.config.worker.deadlines().unwrap(),
+            &self.config,
             self.server.metrics.clone(),
-        );
-        DeadlineWorker::new(commands, self.config.worker.to_config().unwrap())
+        )
     }
 
     /// Applies every deadline due now, once.

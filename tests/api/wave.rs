@@ -1,7 +1,8 @@
 //! The protection-end release wave (README, "Deadlines"; RELIABILITY.md, "The release
 //! wave"): a sale day's orders end their protection together, weeks later. Two waves of
 //! `FAULTS_WAVE_ORDERS` orders each, their protection ending within one minute; the first
-//! drained by one replica's worker, the second by two, each worker with its own pool. Every
+//! drained by one replica's worker, the second by two, each worker as a replica runs it
+//! (a thread, a two-thread runtime and a pool of its own). Every
 //! order must be released exactly once: its funds released to the seller, one settlement
 //! in the ledger, one FUNDS_SETTLED event. Eight poisoned orders (every update of them
 //! fails) end their protection just before the second wave, at the heads of their
@@ -144,12 +145,8 @@ async fn a_release_wave_is_drained_exactly_once_by_one_replica_and_by_two(pool: 
         // Every order of this wave is due; none of the next.
         let due = ends(wave) + Duration::seconds(61);
         app.clock.advance(due - app.now());
-        let mut workers = Vec::new();
-        for _ in 0..replicas {
-            workers.push(app.replica_worker(8).await);
-        }
         if wave == 0 {
-            let plan = workers[0].explain_scans(0).await.unwrap().join("\n");
+            let plan = app.worker().explain_scans(0).await.unwrap().join("\n");
             println!(
                 "The scans of one partition, {orders} orders due and {orders} more held:\n{plan}"
             );
@@ -159,14 +156,14 @@ async fn a_release_wave_is_drained_exactly_once_by_one_replica_and_by_two(pool: 
             );
         }
         let started = Instant::now();
-        let passes = futures::future::join_all(workers.iter().map(|w| w.run_once())).await;
+        let passes: Vec<_> =
+            futures::future::join_all((0..replicas).map(|_| app.replica_pass(8))).await;
         let elapsed = started.elapsed().as_secs_f64();
-        let passes: Vec<_> = passes
-            .into_iter()
-            .map(|pass| pass.expect("a deadline pass"))
+        let released: Vec<usize> = passes
+            .iter()
+            .map(|(pass, _)| pass.orders_released)
             .collect();
-        let released: Vec<usize> = passes.iter().map(|pass| pass.orders_released).collect();
-        let set_aside: usize = passes.iter().map(|pass| pass.set_aside).sum();
+        let set_aside: usize = passes.iter().map(|(pass, _)| pass.set_aside).sum();
         assert_eq!(
             set_aside,
             if wave == 0 { 0 } else { POISONED as usize },
