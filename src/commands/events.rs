@@ -39,10 +39,11 @@ pub(super) fn order_registered(order: &Order, now: DateTime<Utc>) -> NewEvent {
     }
 }
 
-/// A dispute changed (or a message was posted): its state, outcome, return, proposal and
-/// replacement afterwards, the order's protection end, and the actor's note (a message's
-/// text) and evidence if any.
-pub(super) fn dispute_changed(change: &Change) -> NewEvent {
+/// A dispute changed (or a message was posted): its reason, state, outcome, return,
+/// proposal and replacement afterwards, whether this change `ended` it (gave it its
+/// outcome: the store's record counts the ending then), the order's protection end, and
+/// the actor's note (a message's text) and evidence if any.
+pub(super) fn dispute_changed(change: &Change, ended: bool) -> NewEvent {
     let dispute = &change.dispute;
     NewEvent {
         event_type: change.event.as_str(),
@@ -53,8 +54,10 @@ pub(super) fn dispute_changed(change: &Change) -> NewEvent {
             "dispute_id": dispute.dispute_id.to_string(),
             "buyer_id": dispute.buyer_id.as_str(),
             "seller_id": dispute.seller_id.as_str(),
+            "reason": store::reason_name(dispute.reason),
             "state": store::state_name(dispute.state),
             "outcome": dispute.outcome.map(store::outcome_name),
+            "ended": ended,
             "return_status": dispute.item_return.as_ref().map(|r| store::return_status_name(r.status)),
             "proposal": dispute.proposal.as_ref().map(|p| {
                 let (remedy, currency_code, refund_minor) = store::remedy_columns(p.remedy);

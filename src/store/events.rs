@@ -426,6 +426,12 @@ impl Store {
                 .instrument(statement("INSERT", "event_log"))
                 .await
                 .map_err(StoreError::Database)?;
+            if self.distributed().await? {
+                for p in &partitions {
+                    let appended = new.iter().filter(|(of, ..)| of == p);
+                    super::record::fold(&mut tx, *p, appended.map(|(_, event, _)| *event)).await?;
+                }
+            }
         }
         super::commit(tx).await?;
         Ok(result)

@@ -626,6 +626,27 @@ pub async fn history(pool: &PgPool, dispute_id: &str) -> Vec<String> {
         .unwrap()
 }
 
+/// Waits until the relay has appended every committed event to the stream's log: on Citus
+/// the store's record counts an event when the relay appends it (README, "The store's
+/// record"); on one PostgreSQL the record is exact at commit, and this changes nothing.
+pub async fn relayed(pool: &PgPool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let waiting: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        if waiting == 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{waiting} events still wait for the relay after a minute"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Whether the test's database is on a Citus cluster (README, "Running on Citus").
 pub async fn on_citus(pool: &PgPool) -> bool {
     sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')")

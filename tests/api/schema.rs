@@ -467,3 +467,73 @@ async fn migrating_a_populated_database_keeps_every_row_and_answer(pool: PgPool)
         ["DISPUTE_OPENED", "REMEDY_ACCEPTED", "FUNDS_SETTLED"]
     );
 }
+
+/// Migration 13 (on Citus the record folded from the log by the relay) on a database with
+/// events still waiting for the relay, written before it (their payloads say neither a
+/// dispute's reason nor whether its change `ended` it): every registration, opening and
+/// ending is counted once — on Citus by the migration from the tables or by the relay as
+/// it appends, on one PostgreSQL by the triggers at commit — and the record equals a
+/// recount of the rows.
+#[sqlx::test(migrations = false)]
+async fn migrating_with_events_waiting_for_the_relay_counts_each_once(pool: PgPool) {
+    let all = &dispute_service::store::MIGRATOR;
+    migrate_up_to(&pool, "record folded from the log").await;
+    // o-1: registered, disputed and the dispute cancelled, then noted by an agent, all its
+    // events waiting; o-2: registered and disputed, its events long relayed.
+    let d1 = "00000000-0000-7000-8000-000000000001";
+    let d2 = "00000000-0000-7000-8000-000000000002";
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO orders (order_id, buyer_id, seller_id, currency_code, amount_minor, protection_ends_at,
+                             registered_protection_ends_at, created_at, updated_at, event_sequence)
+         VALUES ('o-1', 'b-1', 's-1', 'USD', 100, now() + interval '20 days', now() + interval '20 days',
+                 now() - interval '2 days', now() - interval '1 day', 4),
+                ('o-2', 'b-1', 's-1', 'USD', 300, now() + interval '20 days', now() + interval '20 days',
+                 now() - interval '2 days', now() - interval '2 days', 2);
+         INSERT INTO disputes (dispute_id, order_id, buyer_id, seller_id, reason, remedy, description,
+                               evidence_urls, state, outcome, created_at, updated_at)
+         VALUES ('{d1}', 'o-1', 'b-1', 's-1', 'NOT_AS_DESCRIBED', 'FULL_REFUND', 'torn', '{{}}',
+                 'AWAITING_SELLER', NULL, now() - interval '2 days', now() - interval '2 days'),
+                ('{d2}', 'o-2', 'b-1', 's-1', 'ITEM_NOT_RECEIVED', 'FULL_REFUND', 'lost', '{{}}',
+                 'AWAITING_SELLER', NULL, now() - interval '2 days', now() - interval '2 days');
+         UPDATE disputes SET state = 'CANCELLED', outcome = 'CANCELLED_BY_BUYER', updated_at = now() - interval '1 day'
+         WHERE order_id = 'o-1' AND dispute_id = '{d1}';
+         INSERT INTO outbox (event_id, event_type, order_id, order_sequence, dispute_id, dispute_seq,
+                             actor_role, actor_id, occurred_at, payload)
+         VALUES (gen_random_uuid(), 'ORDER_REGISTERED', 'o-1', 1, NULL, NULL, 'SERVICE', 'orders',
+                 now() - interval '2 days', '{{\"seller_id\": \"s-1\"}}'),
+                (gen_random_uuid(), 'DISPUTE_OPENED', 'o-1', 2, '{d1}', 1, 'BUYER', 'b-1',
+                 now() - interval '2 days', '{{\"seller_id\": \"s-1\", \"state\": \"AWAITING_SELLER\"}}'),
+                (gen_random_uuid(), 'DISPUTE_CANCELLED', 'o-1', 3, '{d1}', 2, 'BUYER', 'b-1',
+                 now() - interval '1 day',
+                 '{{\"seller_id\": \"s-1\", \"state\": \"CANCELLED\", \"outcome\": \"CANCELLED_BY_BUYER\"}}'),
+                (gen_random_uuid(), 'INTERNAL_NOTE_ADDED', 'o-1', 4, '{d1}', 3, 'AGENT', 'a-1',
+                 now() - interval '1 day',
+                 '{{\"seller_id\": \"s-1\", \"state\": \"CANCELLED\", \"outcome\": \"CANCELLED_BY_BUYER\"}}');"
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+    all.run(&pool).await.unwrap();
+    let app = spawn_app(pool.clone()).await;
+    relayed(&pool).await;
+    let stats = app
+        .agent()
+        .await
+        .get_seller_dispute_stats(pb::GetSellerDisputeStatsRequest {
+            seller_id: "s-1".into(),
+            window: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let counted = crate::record::answered(&stats);
+    assert_eq!(
+        (counted.orders, counted.by_reason, counted.outcomes, counted.open),
+        (2, [1, 1, 0], [1, 0, 0, 0], 1),
+        "two orders, two disputes opened, one cancelled"
+    );
+    assert_eq!(
+        counted,
+        crate::record::recount_from_the_tables(&pool, "s-1", 90, app.now()).await
+    );
+}
