@@ -315,8 +315,10 @@ pub struct WorkerArgs {
     #[arg(long, env = "DISPUTE_WORKER_BATCH", default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..))]
     pub worker_batch: i64,
     /// Candidate partitions each replica's worker drains at once: at most this many of
-    /// the pool's connections (`DISPUTE_DB_MAX_CONNECTIONS`) go to deadlines.
-    #[arg(long, env = "DISPUTE_WORKER_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=16))]
+    /// the pool's connections (`DISPUTE_DB_MAX_CONNECTIONS`) go to deadlines. Each task
+    /// waits on a round trip most of the time, so two replicas at 8 drain a wave as fast as
+    /// 16 callers register it (RELIABILITY.md, "The release wave").
+    #[arg(long, env = "DISPUTE_WORKER_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=16))]
     pub worker_concurrency: u32,
     /// Seller silent in AWAITING_SELLER, from opening: the buyer's remedy is granted.
     #[arg(long, env = "DISPUTE_DEADLINE_SELLER_RESPONSE", default_value_t = default_deadline(|d| d.of(DeadlineKind::SellerResponse)), value_parser = positive_deadline)]

@@ -311,7 +311,12 @@ mod tests {
             // A note on the ended dispute: its outcome was counted when it ended.
             assert_eq!(counted(&event("INTERNAL_NOTE_ADDED", payload(false))), None);
         }
-        for other in ["FUNDS_SETTLED", "PROTECTION_EXTENDED", "MESSAGE_POSTED", "REMEDY_PROPOSED"] {
+        for other in [
+            "FUNDS_SETTLED",
+            "PROTECTION_EXTENDED",
+            "MESSAGE_POSTED",
+            "REMEDY_PROPOSED",
+        ] {
             let payload = json!({ "seller_id": "s-1", "reason": "QUALITY_ISSUE", "outcome": null });
             assert_eq!(counted(&event(other, payload)), None, "{other}");
         }
@@ -321,12 +326,28 @@ mod tests {
     fn a_payload_that_does_not_say_what_it_counts_counts_nothing() {
         for (event_type, payload) in [
             ("ORDER_REGISTERED", json!({})),
-            ("DISPUTE_OPENED", json!({ "seller_id": "s-1", "ended": false })),
-            ("DISPUTE_OPENED", json!({ "seller_id": "s-1", "reason": "BORED", "ended": false })),
-            ("DISPUTE_CANCELLED", json!({ "seller_id": "s-1", "ended": true })),
-            ("DISPUTE_CANCELLED", json!({ "ended": true, "outcome": "CANCELLED_BY_BUYER" })),
+            (
+                "DISPUTE_OPENED",
+                json!({ "seller_id": "s-1", "ended": false }),
+            ),
+            (
+                "DISPUTE_OPENED",
+                json!({ "seller_id": "s-1", "reason": "BORED", "ended": false }),
+            ),
+            (
+                "DISPUTE_CANCELLED",
+                json!({ "seller_id": "s-1", "ended": true }),
+            ),
+            (
+                "DISPUTE_CANCELLED",
+                json!({ "ended": true, "outcome": "CANCELLED_BY_BUYER" }),
+            ),
         ] {
-            assert_eq!(counted(&event(event_type, payload.clone())), None, "{payload}");
+            assert_eq!(
+                counted(&event(event_type, payload.clone())),
+                None,
+                "{payload}"
+            );
         }
     }
 
@@ -334,9 +355,15 @@ mod tests {
     fn a_dispute_event_written_before_the_record_was_folded_counts_nothing() {
         // Migration 13 counted it from the tables.
         for (event_type, payload) in [
-            ("DISPUTE_OPENED", json!({ "seller_id": "s-1", "state": "AWAITING_SELLER" })),
-            ("DISPUTE_CANCELLED", json!({ "seller_id": "s-1", "state": "CANCELLED",
-                                          "outcome": "CANCELLED_BY_BUYER" })),
+            (
+                "DISPUTE_OPENED",
+                json!({ "seller_id": "s-1", "state": "AWAITING_SELLER" }),
+            ),
+            (
+                "DISPUTE_CANCELLED",
+                json!({ "seller_id": "s-1", "state": "CANCELLED",
+                                          "outcome": "CANCELLED_BY_BUYER" }),
+            ),
         ] {
             assert_eq!(counted(&event(event_type, payload)), None, "{event_type}");
         }

@@ -528,7 +528,12 @@ async fn migrating_with_events_waiting_for_the_relay_counts_each_once(pool: PgPo
         .into_inner();
     let counted = crate::record::answered(&stats);
     assert_eq!(
-        (counted.orders, counted.by_reason, counted.outcomes, counted.open),
+        (
+            counted.orders,
+            counted.by_reason,
+            counted.outcomes,
+            counted.open
+        ),
         (2, [1, 1, 0], [1, 0, 0, 0], 1),
         "two orders, two disputes opened, one cancelled"
     );

@@ -157,7 +157,7 @@ async fn a_release_wave_is_drained_exactly_once_by_one_replica_and_by_two(pool: 
         }
         let started = Instant::now();
         let passes: Vec<_> =
-            futures::future::join_all((0..replicas).map(|_| app.replica_pass(8))).await;
+            futures::future::join_all((0..replicas).map(|_| app.replica_pass(16))).await;
         let elapsed = started.elapsed().as_secs_f64();
         let released: Vec<usize> = passes
             .iter()
