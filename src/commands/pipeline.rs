@@ -215,6 +215,9 @@ impl Commands {
     where
         T: Serialize + DeserializeOwned,
     {
+        // Asked before the transaction takes its connection: the first answer is read
+        // from the database, and a full pool would wait for itself.
+        let distributed = self.store.distributed().await?;
         let mut tx = self.store.begin().await?;
         let (key, wait) = match caller {
             Caller::Request(request) => (Some(request.key()), Wait::Block),
@@ -274,16 +277,28 @@ impl Commands {
         {
             return Ok(Attempt::Again);
         }
+        // A dispute this command opens goes into the directory: on one node in this
+        // transaction; on Citus, where its row lives on another shard, once this one has
+        // committed (README, "Running on Citus"). Should that fail, the first lookup of
+        // the dispute files it.
+        let opened = match &changes {
+            Some(Changes {
+                dispute: Some(Row::New(dispute)),
+                ..
+            }) => Some(dispute),
+            _ => None,
+        };
+        if let Some(dispute) = opened
+            && !distributed
+        {
+            store::file_dispute(&mut *tx, dispute.dispute_id, &dispute.order_id).await?;
+        }
         store::commit(tx).await?;
         if changes.as_ref().is_some_and(|c| !c.events.is_empty()) {
             self.store.events_committed();
         }
-        // A dispute this command opened goes into the directory now (README, "Running on
-        // Citus"). Should this fail, the first lookup of the dispute files it.
-        if let Some(Changes {
-            dispute: Some(Row::New(dispute)),
-            ..
-        }) = &changes
+        if let Some(dispute) = opened
+            && distributed
             && let Err(error) = self
                 .store
                 .file_dispute(dispute.dispute_id, &dispute.order_id)

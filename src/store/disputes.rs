@@ -420,25 +420,36 @@ impl Store {
             .map_err(StoreError::Corrupt)
     }
 
-    /// Files a new dispute in the directory, after the command that opened it committed:
-    /// the directory is keyed by dispute, so on Citus its row lives on another shard than
-    /// the dispute's, and writing it in the command's transaction would commit in two
-    /// phases. Filing twice is filing once.
+    /// Files a dispute in the directory on its own, outside any command: on Citus after
+    /// the command that opened it committed, and for a dispute found missing from it.
     pub async fn file_dispute(
         &self,
         dispute_id: DisputeId,
         order_id: &PartyId,
     ) -> Result<(), StoreError> {
-        sqlx::query!(
-            "INSERT INTO dispute_directory (dispute_id, order_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-            dispute_id.0,
-            order_id.as_str(),
-        )
-        .execute(self.pool())
-        .instrument(statement("INSERT", "dispute_directory"))
-        .await?;
-        Ok(())
+        file_dispute(self.pool(), dispute_id, order_id).await
     }
+}
+
+/// Files a dispute in the directory. On one node a new dispute is filed in the transaction
+/// that opens it; on Citus the directory is keyed by dispute, so its row lives on another
+/// shard than the dispute's, and writing it in the command's transaction would commit in
+/// two phases: it is filed once the command committed ([`Store::file_dispute`]; README,
+/// "Running on Citus"). Filing twice is filing once.
+pub async fn file_dispute<'c>(
+    executor: impl sqlx::PgExecutor<'c>,
+    dispute_id: DisputeId,
+    order_id: &PartyId,
+) -> Result<(), StoreError> {
+    sqlx::query!(
+        "INSERT INTO dispute_directory (dispute_id, order_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        dispute_id.0,
+        order_id.as_str(),
+    )
+    .execute(executor)
+    .instrument(statement("INSERT", "dispute_directory"))
+    .await?;
+    Ok(())
 }
 
 /// The order's active dispute, if it has one (at most one: a unique index says so).

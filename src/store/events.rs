@@ -300,7 +300,8 @@ impl Store {
         batches: &BTreeMap<usize, Vec<Unrelayed>>,
         waiting: &HashMap<String, i64>,
     ) -> Result<Appended, StoreError> {
-        let groups: Vec<Vec<(usize, &[Unrelayed])>> = if self.distributed().await? {
+        let distributed = self.distributed().await?;
+        let groups: Vec<Vec<(usize, &[Unrelayed])>> = if distributed {
             batches
                 .iter()
                 .map(|(p, rows)| vec![(*p, rows.as_slice())])
@@ -315,7 +316,7 @@ impl Store {
         };
         let mut all = Appended::default();
         for group in groups {
-            match self.try_append(&group, waiting).await {
+            match self.try_append(&group, waiting, distributed).await {
                 Ok(appended) => {
                     all.tails.extend(appended.tails);
                     all.appended += appended.appended;
@@ -333,11 +334,13 @@ impl Store {
         Ok(all)
     }
 
-    /// One transaction of [`Store::append`]: `group`'s partitions, on one node.
+    /// One transaction of [`Store::append`]: `group`'s partitions, on one node (on Citus,
+    /// `distributed`, counted for the store's record as they are appended).
     async fn try_append(
         &self,
         group: &[(usize, &[Unrelayed])],
         waiting: &HashMap<String, i64>,
+        distributed: bool,
     ) -> Result<Appended, StoreError> {
         let partitions: Vec<i16> = group.iter().map(|(p, _)| *p as i16).collect();
         let mut tx = self.begin().await?;
@@ -426,7 +429,7 @@ impl Store {
                 .instrument(statement("INSERT", "event_log"))
                 .await
                 .map_err(StoreError::Database)?;
-            if self.distributed().await? {
+            if distributed {
                 for p in &partitions {
                     let appended = new.iter().filter(|(of, ..)| of == p);
                     super::record::fold(&mut tx, *p, appended.map(|(_, event, _)| *event)).await?;

@@ -16,7 +16,7 @@ pub use codec::{
     return_status_str as return_status_name, state_str as state_name,
 };
 pub use deadlines::{Candidate, Due, Setback};
-pub use disputes::{LockedDispute, lock_dispute};
+pub use disputes::{LockedDispute, file_dispute, lock_dispute};
 pub use events::{Appended, Unrelayed};
 pub use idempotency::{IdempotencyKey, KeyState, claimed_before};
 pub use orders::{LockedOrder, lock_order};

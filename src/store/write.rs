@@ -9,8 +9,8 @@
 //! One plain statement per table, each naming the order: on Citus every one of them is a
 //! router query on the order's shard, so a command commits on one node without two-phase
 //! commit (a data-modifying CTE would be planned in several steps there). A new dispute's
-//! directory row, keyed by the dispute and so elsewhere, is written once the command has
-//! committed ([`super::Store::file_dispute`]; README, "Running on Citus").
+//! directory row, keyed by the dispute and so on Citus elsewhere, is written by the pipeline
+//! ([`super::file_dispute`]; README, "Running on Citus").
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, Postgres, QueryBuilder};

@@ -8,6 +8,9 @@ use clap::{Parser, ValueEnum};
 pub enum Scenario {
     /// RegisterOrder then OpenDispute.
     Open,
+    /// OpenDispute alone, each on an order registered before measuring (`--dataset` of
+    /// them: the database floor's write, `scripts/bench-floor`).
+    Dispute,
     /// Open, then cancel, an agent's ruling, or the whole return path.
     Lifecycle,
     /// GetDispute of a random dispute.
@@ -52,7 +55,8 @@ pub struct Args {
     pub issuer: String,
     #[arg(long, default_value = "dispute-service")]
     pub audience: String,
-    /// Disputes created before `read`, `list` and `mixed` start.
+    /// Disputes created before `read`, `list` and `mixed` start; orders registered before
+    /// `dispute` starts (each operation takes one, so more than it will run).
     #[arg(long, default_value_t = 1_000)]
     pub dataset: u32,
     /// Sellers the orders are spread over (1: every order is one store's, the hot-row
@@ -68,6 +72,10 @@ pub struct Args {
     /// The server's process id (default: every process named dispute-service).
     #[arg(long)]
     pub server_pid: Option<u32>,
+    /// The postmaster whose processes' CPU is counted as PostgreSQL's (default: every
+    /// process named postgres on the machine).
+    #[arg(long)]
+    pub postgres_pid: Option<u32>,
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
@@ -115,6 +123,8 @@ mod tests {
             "400",
             "--server-pid",
             "42",
+            "--postgres-pid",
+            "7",
             "--json",
         ])
         .unwrap();
@@ -124,7 +134,7 @@ mod tests {
         assert_eq!(args.warmup, Duration::from_millis(500));
         assert_eq!(args.count, Some(1000));
         assert_eq!((args.dataset, args.watchers), (50, 400));
-        assert_eq!(args.server_pid, Some(42));
+        assert_eq!((args.server_pid, args.postgres_pid), (Some(42), Some(7)));
         assert!(args.json);
     }
 

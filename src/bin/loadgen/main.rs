@@ -82,7 +82,11 @@ struct Shared {
     /// Operations left to measure in `--count` mode.
     remaining: Option<AtomicU64>,
     measured: AtomicU64,
-    dataset: Vec<String>,
+    /// What `read`, `list` and `mixed` read (disputes) and `dispute` disputes (orders):
+    /// each item's number and id.
+    dataset: Vec<(u64, String)>,
+    /// Orders of the data set `dispute` has taken.
+    taken: AtomicU64,
 }
 
 /// One operation of the scenario.
@@ -93,8 +97,23 @@ async fn operation(
     n: u64,
     rec: &mut Recorder,
 ) -> Result<(), tonic::Status> {
-    let pick = |n: u64| shared.dataset[(n % shared.dataset.len() as u64) as usize].clone();
+    let pick = |n: u64| {
+        shared.dataset[(n % shared.dataset.len() as u64) as usize]
+            .1
+            .clone()
+    };
     match args.scenario {
+        Scenario::Dispute => {
+            let taken = shared.taken.fetch_add(1, Ordering::Relaxed) as usize;
+            let Some((n, _)) = shared.dataset.get(taken) else {
+                return Err(tonic::Status::resource_exhausted(
+                    "every order of the data set is disputed: raise --dataset",
+                ));
+            };
+            scenario::open_dispute(actors, &shared.ids, *n, pb::Remedy::FullRefund, rec)
+                .await
+                .map(drop)
+        }
         Scenario::Open | Scenario::Watch => {
             scenario::open(actors, &shared.ids, n, pb::Remedy::FullRefund, rec)
                 .await
@@ -113,8 +132,14 @@ async fn operation(
     }
 }
 
-/// Creates `size` disputes for the read scenarios (not measured).
-async fn dataset(actors: &Actors, ids: &Arc<Ids>, size: u64) -> anyhow::Result<Vec<String>> {
+/// Creates `size` disputes for the read scenarios, or registers `size` orders for
+/// `dispute` (not measured).
+async fn dataset(
+    actors: &Actors,
+    ids: &Arc<Ids>,
+    size: u64,
+    orders_only: bool,
+) -> anyhow::Result<Vec<(u64, String)>> {
     let made = Arc::new(Mutex::new(Vec::new()));
     let left = Arc::new(AtomicU64::new(size));
     let mut tasks = Vec::new();
@@ -127,8 +152,13 @@ async fn dataset(actors: &Actors, ids: &Arc<Ids>, size: u64) -> anyhow::Result<V
                 .is_ok()
             {
                 let n = ids.next();
-                let id = scenario::open(&actors, &ids, n, pb::Remedy::FullRefund, &mut rec).await?;
-                made.lock().unwrap().push(id);
+                let id = if orders_only {
+                    scenario::register(&actors, &ids, n, &mut rec).await?;
+                    ids.order(n)
+                } else {
+                    scenario::open(&actors, &ids, n, pb::Remedy::FullRefund, &mut rec).await?
+                };
+                made.lock().unwrap().push((n, id));
             }
             Ok::<_, tonic::Status>(())
         }));
@@ -168,8 +198,15 @@ async fn run(args: &Args) -> anyhow::Result<Summary> {
         .collect::<Result<_, _>>()?;
     let ids = Arc::new(Ids::new());
     let dataset = match args.scenario {
-        Scenario::Read | Scenario::List | Scenario::Mixed => {
-            dataset(&actors[0], &ids, u64::from(args.dataset.max(1))).await?
+        Scenario::Read | Scenario::List | Scenario::Mixed | Scenario::Dispute => {
+            let orders_only = args.scenario == Scenario::Dispute;
+            dataset(
+                &actors[0],
+                &ids,
+                u64::from(args.dataset.max(1)),
+                orders_only,
+            )
+            .await?
         }
         _ => Vec::new(),
     };
@@ -179,6 +216,7 @@ async fn run(args: &Args) -> anyhow::Result<Summary> {
         remaining: args.count.map(AtomicU64::new),
         measured: AtomicU64::new(0),
         dataset,
+        taken: AtomicU64::new(0),
     });
 
     // Watchers (watch scenario): delivery lag of events that occurred while measuring.
@@ -244,6 +282,12 @@ async fn run(args: &Args) -> anyhow::Result<Summary> {
                 {
                     break;
                 }
+                // `dispute` ends when every order of its data set is disputed.
+                if args.scenario == Scenario::Dispute
+                    && shared.taken.load(Ordering::Relaxed) as usize >= shared.dataset.len()
+                {
+                    break;
+                }
                 rec.recording = phase == MEASURE;
                 let n = shared.ids.next();
                 let started = Instant::now();
@@ -269,7 +313,11 @@ async fn run(args: &Args) -> anyhow::Result<Summary> {
         .iter()
         .filter_map(|pid| Some((*pid, procstat::ticks_of(*pid)?)))
         .collect();
-    let postgres_before = procstat::by_name("postgres");
+    let postgres = || match args.postgres_pid {
+        Some(pid) => procstat::tree(pid),
+        None => procstat::by_name("postgres"),
+    };
+    let postgres_before = postgres();
     *measure_from.lock().unwrap() = chrono::Utc::now();
     let started = Instant::now();
     shared.phase.store(MEASURE, Ordering::Relaxed);
@@ -303,7 +351,7 @@ async fn run(args: &Args) -> anyhow::Result<Summary> {
         .iter()
         .filter_map(|pid| Some((*pid, procstat::ticks_of(*pid)?)))
         .collect();
-    let postgres_after = procstat::by_name("postgres");
+    let postgres_after = postgres();
     shared.phase.store(STOP, Ordering::Relaxed);
     if progress {
         eprintln!();

@@ -29,6 +29,17 @@ pub fn cpu_ticks(stat: &str) -> Option<u64> {
 
 /// Processes whose command name is `name`, with their CPU ticks so far.
 pub fn by_name(name: &str) -> HashMap<u32, u64> {
+    processes(|_, stat| command(stat) == Some(name))
+}
+
+/// `root` and its children (a postmaster and its backends), with their CPU ticks so far:
+/// the postmaster's count includes its reaped backends'.
+pub fn tree(root: u32) -> HashMap<u32, u64> {
+    processes(|pid, stat| pid == root || parent(stat) == Some(root))
+}
+
+/// Every process whose /proc/<pid>/stat line `keep` takes, with its CPU ticks so far.
+fn processes(keep: impl Fn(u32, &str) -> bool) -> HashMap<u32, u64> {
     let mut found = HashMap::new();
     let Ok(entries) = fs::read_dir("/proc") else {
         return found;
@@ -41,15 +52,30 @@ pub fn by_name(name: &str) -> HashMap<u32, u64> {
         else {
             continue;
         };
-        let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        if comm.trim() != name {
+        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
             continue;
-        }
-        if let Some(ticks) = ticks_of(pid) {
+        };
+        if keep(pid, &stat)
+            && let Some(ticks) = cpu_ticks(&stat)
+        {
             found.insert(pid, ticks);
         }
     }
     found
+}
+
+/// The command name in a /proc/<pid>/stat line (field 2, in parentheses; as /proc/<pid>/comm).
+fn command(stat: &str) -> Option<&str> {
+    stat.get(stat.find('(')? + 1..stat.rfind(')')?)
+}
+
+/// The parent's pid in a /proc/<pid>/stat line (field 4).
+fn parent(stat: &str) -> Option<u32> {
+    stat[stat.rfind(')')? + 1..]
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 pub fn ticks_of(pid: u32) -> Option<u64> {
@@ -84,6 +110,15 @@ mod tests {
                     150 37 8 5 20 0 1 0 12345 123456789 2048 18446744073709551615";
         assert_eq!(cpu_ticks(stat), Some(150 + 37 + 8 + 5));
         assert_eq!(cpu_ticks("garbage"), None);
+    }
+
+    #[test]
+    fn the_parent_is_the_field_after_the_state() {
+        let stat = "4242 (postgres: a) b) S 17 4242 4242 0 -1 4194560";
+        assert_eq!(parent(stat), Some(17));
+        assert_eq!(command(stat), Some("postgres: a) b"));
+        let me = std::process::id();
+        assert!(tree(me).contains_key(&me));
     }
 
     #[test]

@@ -233,6 +233,17 @@ pub async fn open(
     remedy: pb::Remedy,
     rec: &mut Recorder,
 ) -> Result<String, Status> {
+    register(actors, ids, n, rec).await?;
+    open_dispute(actors, ids, n, remedy, rec).await
+}
+
+/// RegisterOrder of order `n`.
+pub async fn register(
+    actors: &Actors,
+    ids: &Ids,
+    n: u64,
+    rec: &mut Recorder,
+) -> Result<(), Status> {
     let order_id = ids.order(n);
     let ends = Utc::now() + chrono::Duration::days(30);
     let register = pb::RegisterOrderRequest {
@@ -254,8 +265,19 @@ pub async fn open(
         rpc!(actors.service, register_order, register),
     )
     .await?;
+    Ok(())
+}
+
+/// OpenDispute with `remedy` on order `n` (registered), by its buyer; the new dispute's id.
+pub async fn open_dispute(
+    actors: &Actors,
+    ids: &Ids,
+    n: u64,
+    remedy: pb::Remedy,
+    rec: &mut Recorder,
+) -> Result<String, Status> {
     let open = pb::OpenDisputeRequest {
-        order_id,
+        order_id: ids.order(n),
         reason: pb::DisputeReason::NotAsDescribed as i32,
         remedy: remedy as i32,
         refund_amount: (remedy == pb::Remedy::PartialRefund).then(|| pb::Money {
