@@ -72,10 +72,7 @@ pub(super) struct Locked {
 /// (`None`: the change opened the dispute); a row the change left as it was is not
 /// written.
 pub(super) fn dispute_changes(change: &Change, before: Option<(&Order, &Dispute)>) -> Changes {
-    // The change that gives the dispute its outcome ends it (after that only internal
-    // notes are written to it).
-    let ended = change.dispute.outcome.is_some()
-        && before.is_none_or(|(_, dispute)| dispute.outcome.is_none());
+    let ended = change.ended(before.map(|(_, dispute)| dispute));
     let mut events = vec![events::dispute_changed(change, ended)];
     let dispute_id = change.dispute.dispute_id;
     if let Some(settlement) = &change.settlement {

@@ -404,6 +404,13 @@ pub struct Change {
 }
 
 impl Change {
+    /// Whether this change ended its dispute: it gave the dispute its outcome (`before`:
+    /// the dispute as it was; `None`: this change opened it). After that only internal
+    /// notes are written to a dispute; the store's record counts the ending here.
+    pub fn ended(&self, before: Option<&Dispute>) -> bool {
+        self.dispute.outcome.is_some() && before.is_none_or(|dispute| dispute.outcome.is_none())
+    }
+
     pub(super) fn new(
         order: Order,
         dispute: Dispute,
