@@ -10,8 +10,9 @@
 //! A pass: renew the leases (when a third of the lease has gone by), read up to a batch of
 //! the held partitions' rows, append them (in one transaction on one PostgreSQL; a partition per transaction, on its
 //! shard, on Citus), delete the moved rows from the outbox, note the new tails and notify
-//! the readers once. It runs when a command of this process commits events, every
-//! [`RelayConfig::poll`] otherwise, and at once again after a full batch.
+//! the readers once. It runs when a command of this process commits events (at most once
+//! every [`RelayConfig::gather`]), every [`RelayConfig::poll`] otherwise, and at once again
+//! after a full batch.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -39,6 +40,12 @@ pub struct RelayConfig {
     /// How often the relay looks for rows when no command of this process woke it (rows
     /// written through other replicas).
     pub poll: Duration,
+    /// How long after the start of a pass a commit of this process may wake the next
+    /// one: the commits of that interval are moved together, in one pass's statements, not
+    /// a pass each (under load a pass per commit cost more database time than the
+    /// commands; see BENCHMARKS.md). It bounds how much later than at once an event
+    /// reaches the stream.
+    pub gather: Duration,
     /// Most outbox rows moved per pass.
     pub batch: i64,
 }
@@ -51,6 +58,7 @@ impl RelayConfig {
             holder: format!("{host}/{}", uuid::Uuid::now_v7()),
             lease: Duration::from_secs(5),
             poll: Duration::from_millis(100),
+            gather: GATHER,
             batch: 1000,
         }
     }
@@ -82,6 +90,9 @@ pub struct Relay {
     held: Vec<usize>,
     renew_at: Instant,
 }
+
+/// [`RelayConfig::gather`] by default.
+pub const GATHER: Duration = Duration::from_millis(10);
 
 /// Longest wait after failed passes.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -208,6 +219,7 @@ impl Relay {
         let mut wake = self.store.committed_events();
         let mut wait = self.config.poll;
         loop {
+            let started = Instant::now();
             match self.step().await {
                 Ok(moved) => {
                     wait = self.config.poll;
@@ -224,11 +236,10 @@ impl Relay {
                 }
             }
             tokio::select! {
-                changed = wake.changed() => {
-                    if changed.is_err() {
-                        tokio::time::sleep(wait).await;
-                    }
-                }
+                changed = wake.changed() => match changed {
+                    Ok(()) => tokio::time::sleep_until(started + self.config.gather).await,
+                    Err(_) => tokio::time::sleep(wait).await,
+                },
                 _ = tokio::time::sleep(wait) => {}
                 _ = stopped(&mut stop) => break,
             }

@@ -74,7 +74,7 @@ pub fn pool(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
                 Ok(answers(conn).await)
             })
         })
-        .after_release(|conn, _| Box::pin(async move { Ok(answers(conn).await) }))
+        .after_release(|conn, _| Box::pin(async move { Ok(settled(conn).await) }))
         .connect_lazy_with(options))
 }
 
@@ -82,6 +82,19 @@ pub fn pool(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
 const IDLE_BEFORE_PING: Duration = Duration::from_secs(1);
 /// Longest a ping may take before its connection is given up.
 pub const PING_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Whether a connection given back to the pool has settled within [`PING_TIMEOUT`]: the
+/// rollback a dropped transaction queued is sent and answered, and replies a dropped query
+/// left unread are read. A connection that owes nothing costs no round trip (sqlx's own
+/// ping on every release is patched out for a pool with this hook:
+/// third_party/sqlx-core/README.md); one that fails or is too slow is closed.
+async fn settled(conn: &mut sqlx::PgConnection) -> bool {
+    use sqlx::Connection;
+    matches!(
+        tokio::time::timeout(PING_TIMEOUT, conn.flush()).await,
+        Ok(Ok(()))
+    )
+}
 
 /// Whether the connection answers a ping within [`PING_TIMEOUT`].
 async fn answers(conn: &mut sqlx::PgConnection) -> bool {

@@ -1,18 +1,16 @@
-//! The idempotency of every write (README, "API conventions"), as zero2prod does it: a
-//! command claims its request's key inside its own transaction, once it holds its locks,
-//! and is told what to do next — start, or return the reply saved for the key. The
-//! pipeline ([`Commands::run`]) saves the reply with the claimed key in the same statement
-//! as the change (exactly one row), so a command cannot commit without completing its key.
+//! The idempotency of every write (README, "API conventions"): a command's lock statement
+//! reads its request's key; a key answered before is replayed ([`replay`]); otherwise the
+//! pipeline ([`Commands::run`]) writes the key with its reply as the last statement of the
+//! command's transaction, so a command cannot commit without its key, and a refused one
+//! leaves none (`store::idempotency` says how a concurrent duplicate is caught).
 
-use chrono::{DateTime, Utc};
 use serde::{Serialize, de::DeserializeOwned};
 use sha2::{Digest, Sha256};
-use sqlx::PgConnection;
 
-use super::{Commands, Error, Origin};
+use super::{Error, Origin};
 use crate::{
-    domain::{Actor, PartyId, RequestId, TraceId},
-    store::{self, IdempotencyKey, KeyState, StoreError},
+    domain::{Actor, RequestId, TraceId},
+    store::{IdempotencyKey, KeyState, StoreError},
 };
 
 /// Who sent a write, which RPC, under which request id, with which payload (hashed), in
@@ -24,9 +22,17 @@ pub struct RequestKey {
 }
 
 impl RequestKey {
-    /// The key a command's lock statement claims.
+    /// The key a command's lock statement reads and its write saves.
     pub(super) fn key(&self) -> &IdempotencyKey {
         &self.key
+    }
+
+    /// Who acts, in which trace.
+    pub(super) fn origin(&self) -> Origin {
+        Origin {
+            actor: self.key.actor.clone(),
+            trace_id: self.trace_id.clone(),
+        }
     }
 
     /// `payload` is the request as received (its bytes): the same request id with another
@@ -50,59 +56,13 @@ impl RequestKey {
     }
 }
 
-/// What a command does once it holds its locks.
-pub(super) enum NextAction<T> {
-    /// First time: go on at `now` (read once the locks are held, so a command that waited
-    /// does not decide on a stale time).
-    Start {
-        now: DateTime<Utc>,
-        claimed: Claimed,
-    },
-    /// Done before with the same payload: this is what it answered.
-    Return(T),
-}
-
-/// The key this transaction claimed; the pipeline's write completes it.
-pub(super) struct Claimed {
-    key: IdempotencyKey,
-    origin: Origin,
-}
-
-impl Claimed {
-    pub(super) fn origin(&self) -> &Origin {
-        &self.origin
-    }
-}
-
-impl Commands {
-    /// What to do once the command's lock statement has tried to claim `request`'s key
-    /// (`claimed`: it did). A key claimed before is replayed, or refused when its payload
-    /// differs; a refused command rolls back and leaves no key.
-    pub(super) async fn claim<T: DeserializeOwned>(
-        &self,
-        conn: &mut PgConnection,
-        order_id: &PartyId,
-        request: RequestKey,
-        claimed: bool,
-    ) -> Result<NextAction<T>, Error> {
-        if claimed {
-            return Ok(NextAction::Start {
-                now: self.clock.now(),
-                claimed: Claimed {
-                    origin: Origin {
-                        actor: request.key.actor.clone(),
-                        trace_id: request.trace_id,
-                    },
-                    key: request.key,
-                },
-            });
-        }
-        match store::claimed_before(conn, order_id, &request.key).await? {
-            KeyState::Saved(reply) => serde_json::from_value(reply)
-                .map(NextAction::Return)
-                .map_err(|e| Error::Internal(StoreError::Corrupt(format!("saved reply: {e}")))),
-            KeyState::Reused => Err(Error::RequestIdReused),
-        }
+/// What a key answered before gives back: the reply saved for it, or the refusal of a
+/// request id used again with another payload.
+pub(super) fn replay<T: DeserializeOwned>(saved: KeyState) -> Result<T, Error> {
+    match saved {
+        KeyState::Saved(reply) => serde_json::from_value(reply)
+            .map_err(|e| Error::Internal(StoreError::Corrupt(format!("saved reply: {e}")))),
+        KeyState::Reused => Err(Error::RequestIdReused),
     }
 }
 
@@ -110,11 +70,4 @@ impl Commands {
 pub(super) fn saved_reply<T: Serialize>(reply: &T) -> Result<serde_json::Value, Error> {
     serde_json::to_value(reply)
         .map_err(|e| Error::Internal(StoreError::Corrupt(format!("reply: {e}"))))
-}
-
-impl Claimed {
-    /// The key, for the write that saves the reply with it.
-    pub(super) fn key(&self) -> &IdempotencyKey {
-        &self.key
-    }
 }

@@ -14,11 +14,11 @@ use tracing::Instrument;
 
 use super::{
     Commands, Done, Error, Origin, events,
-    idempotency::{NextAction, RequestKey, saved_reply},
+    idempotency::{RequestKey, replay, saved_reply},
 };
 use crate::{
     domain::{Actor, Change, Dispute, DisputeId, DomainError, Order, PartyId, Resource},
-    store::{self, Changes, NewEvent, Row, Saved, Wait},
+    store::{self, Changes, KeyState, NewEvent, Row, Saved, Wait},
 };
 
 /// What a command locks.
@@ -220,7 +220,7 @@ impl Commands {
             Caller::Request(request) => (Some(request.key()), Wait::Block),
             Caller::System => (None, Wait::Skip),
         };
-        let (locked, claimed) = lock(&mut tx, target, order_id, key, wait, self.now()).await?;
+        let (locked, saved) = lock(&mut tx, target, order_id, key, wait).await?;
         let request = match (caller, locked.found(target)) {
             (Caller::System, Err(_)) => return Ok(Attempt::Done(None)),
             (Caller::System, Ok(())) => None,
@@ -232,28 +232,28 @@ impl Commands {
                 Some(request)
             }
         };
-        let (now, origin, claimed) = match request {
-            None => (self.now(), Origin::system(), None),
-            Some(request) => match self
-                .claim(&mut tx, order_id, request.clone(), claimed)
-                .await?
-            {
-                NextAction::Return(saved) => {
-                    return Ok(Attempt::Done(Some((saved, Done::Replayed))));
-                }
-                NextAction::Start { now, claimed } => {
-                    (now, claimed.origin().clone(), Some(claimed))
-                }
-            },
+        if let Some(saved) = saved {
+            return Ok(Attempt::Done(Some((replay(saved)?, Done::Replayed))));
+        }
+        // The time is read once the locks are held, so a command that waited does not
+        // decide on a stale one.
+        let now = self.now();
+        let origin = request.map_or_else(Origin::system, RequestKey::origin);
+        let decided = match decide(&locked, &origin, now) {
+            Ok(decided) => decided,
+            Err(refused) => {
+                drop(tx);
+                return self.refused(order_id, request, refused).await;
+            }
         };
-        let (changes, reply, done) = match decide(&locked, &origin, now)? {
+        let (changes, reply, done) = match decided {
             Decision::Write(changes, reply, done) => (Some(*changes), reply, done),
             Decision::Unchanged(reply, done) => (None, reply, done),
             Decision::Skip => return Ok(Attempt::Done(None)),
         };
-        // Every claimed key leaves with its reply: the write saves it.
-        let reply_saved = match &claimed {
-            Some(claimed) => Some((claimed.key(), saved_reply(&reply)?)),
+        // Every request's key leaves with its reply: the write saves both.
+        let reply_saved = match request {
+            Some(request) => Some((request.key(), saved_reply(&reply)?)),
             None => None,
         };
         let changes = match (changes, locked.order) {
@@ -269,10 +269,24 @@ impl Commands {
             now,
             reply: reply_saved,
         });
-        if let Some(write) = write
-            && store::save(&mut tx, &write).await? == Saved::OrderExists
-        {
-            return Ok(Attempt::Again);
+        if let Some(write) = write {
+            match store::save(&mut tx, &write).await? {
+                Saved::Written => {}
+                Saved::OrderExists => return Ok(Attempt::Again),
+                Saved::KeyTaken => {
+                    let Some(request) = request else {
+                        unreachable!("only a request has a key to take")
+                    };
+                    drop(tx);
+                    return match self.store.saved_key(order_id, request.key()).await? {
+                        Some(saved) => Ok(Attempt::Done(Some((replay(saved)?, Done::Replayed)))),
+                        // Taken, then forgotten by retention in between: a retry runs afresh.
+                        None => Err(Error::Internal(store::StoreError::Contended(
+                            "the request's idempotency key expired while it was being replayed",
+                        ))),
+                    };
+                }
+            }
         }
         // A dispute this command opens goes into the directory: on one node in this
         // transaction; on Citus, where its row lives on another shard, once this one has
@@ -307,40 +321,62 @@ impl Commands {
     }
 }
 
-/// Takes the target's locks (and claims `key`, when given, once they are held).
+/// Takes the target's locks and reads what `key` (when given) was answered before.
 async fn lock(
     conn: &mut sqlx::PgConnection,
     target: Target<'_>,
     order_id: &PartyId,
     key: Option<&store::IdempotencyKey>,
     wait: Wait,
-    now: DateTime<Utc>,
-) -> Result<(Locked, bool), Error> {
+) -> Result<(Locked, Option<KeyState>), Error> {
     Ok(match target {
         Target::NewOrder(_) | Target::Order(_) => {
-            let locked = store::lock_order(conn, order_id, key, wait, now).await?;
-            let claimed = locked.claimed;
+            let locked = store::lock_order(conn, order_id, key, wait).await?;
+            let saved = locked.key;
             let locked = Locked {
                 order: locked.order,
                 dispute: None,
                 registered_protection_ends_at: locked.registered_protection_ends_at,
                 active_dispute: locked.active_dispute,
             };
-            (locked, claimed)
+            (locked, saved)
         }
         Target::Dispute(dispute_id) => {
-            let locked = store::lock_dispute(conn, order_id, dispute_id, key, wait, now).await?;
-            let claimed = locked.as_ref().is_some_and(|locked| locked.claimed);
-            let (order, dispute) = locked.map(|l| (l.order, l.dispute)).unzip();
+            let locked = store::lock_dispute(conn, order_id, dispute_id, key, wait).await?;
+            let (order, dispute, saved) = match locked {
+                Some(l) => (Some(l.order), Some(l.dispute), l.key),
+                None => (None, None, None),
+            };
             let locked = Locked {
                 order,
                 dispute,
                 registered_protection_ends_at: None,
                 active_dispute: None,
             };
-            (locked, claimed)
+            (locked, saved)
         }
     })
+}
+
+impl Commands {
+    /// A decision that refused: the refusal, unless the request's key was answered
+    /// meanwhile by a duplicate this command waited for (its lock statement's snapshot
+    /// predates that commit), whose reply is then replayed. The command's transaction
+    /// has been rolled back; the key is read afresh.
+    async fn refused<T: DeserializeOwned>(
+        &self,
+        order_id: &PartyId,
+        request: Option<&RequestKey>,
+        refused: Error,
+    ) -> Result<Attempt<T>, Error> {
+        let Some(request) = request else {
+            return Err(refused);
+        };
+        match self.store.saved_key(order_id, request.key()).await? {
+            Some(saved) => Ok(Attempt::Done(Some((replay(saved)?, Done::Replayed)))),
+            None => Err(refused),
+        }
+    }
 }
 
 /// How one attempt ended.

@@ -8,7 +8,9 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::{IdempotencyKey, Store, StoreError, Wait, codec, idempotency::claim, orders::OrderRow};
+use super::{
+    IdempotencyKey, KeyState, Store, StoreError, Wait, codec, idempotency, orders::OrderRow,
+};
 use crate::domain::{
     Dispute, DisputeFilter, DisputeId, ItemReturn, ListOrder, Order, PartyId, Proposal, Replacement,
 };
@@ -51,12 +53,31 @@ struct DisputeRow {
     settled_at: Option<DateTime<Utc>>,
     disputes_closed: bool,
     dispute_count: i32,
+    /// The request's idempotency key, when a command's lock statement reads it (always
+    /// NULL in a read).
+    key_hash: Option<Vec<u8>>,
+    key_reply: Option<serde_json::Value>,
 }
 
 /// A statement over `dispute_rows` aliased `d`, projecting the one column list into a
-/// [`DisputeRow`], then `$after` (its FROM, WHERE, ORDER BY, locking).
+/// [`DisputeRow`], then `$after` (its FROM, WHERE, ORDER BY, locking). `keyed`: the key
+/// columns read the idempotency key of the order `$1` named by `$3`–`$6` (actor role and
+/// id, RPC, request id); otherwise they are NULL.
 macro_rules! dispute_query {
+    (keyed [$($after:tt)+] $(, $arg:expr)* $(,)?) => {
+        dispute_query!(@ [r#", (SELECT k.request_hash FROM idempotency_keys k
+                             WHERE k.order_id = $1 AND k.actor_role = $3 AND k.actor_id = $4
+                               AND k.rpc = $5 AND k.request_id = $6) AS "key_hash?",
+                            (SELECT k.reply FROM idempotency_keys k
+                             WHERE k.order_id = $1 AND k.actor_role = $3 AND k.actor_id = $4
+                               AND k.rpc = $5 AND k.request_id = $6) AS "key_reply?" "#]
+            [$($after)+] $(, $arg)*)
+    };
     ([$($after:tt)+] $(, $arg:expr)* $(,)?) => {
+        dispute_query!(@ [r#", NULL::bytea AS "key_hash?", NULL::jsonb AS "key_reply?" "#]
+            [$($after)+] $(, $arg)*)
+    };
+    (@ [$($keys:tt)+] [$($after:tt)+] $(, $arg:expr)* $(,)?) => {
         sqlx::query_as!(
             DisputeRow,
             r#"SELECT d.dispute_id AS "dispute_id!", d.order_id AS "order_id!", d.buyer_id AS "buyer_id!",
@@ -71,7 +92,7 @@ macro_rules! dispute_query {
               d.updated_at AS "updated_at!", d.protection_ends_at AS "protection_ends_at!",
               d.currency_code AS "currency_code!", d.amount_minor AS "amount_minor!",
               d.refunded_minor, d.settled_at, d.disputes_closed AS "disputes_closed!",
-              d.dispute_count AS "dispute_count!" "# + $($after)+
+              d.dispute_count AS "dispute_count!" "# + $($keys)+ + $($after)+
             $(, $arg)*
         )
     };
@@ -165,16 +186,30 @@ impl Store {
     /// directory's shard, then the order's). A dispute not in the directory (yet) is
     /// looked for and filed by [`Store::order_of`], then read again.
     pub async fn get_dispute(&self, dispute_id: DisputeId) -> Result<Option<Dispute>, StoreError> {
+        // On Citus the order, from the directory, takes the read to the order's shard alone;
+        // on one node the disputes' key (dispute_id, order_id) finds the dispute by its id,
+        // and a probe of the directory would only add work.
+        let distributed = self.distributed().await?;
         let read = || async {
-            dispute_query!(
-                [r#"FROM dispute_rows d
-                   WHERE d.dispute_id = $1
-                     AND d.order_id = (SELECT order_id FROM dispute_directory WHERE dispute_id = $1)"#],
-                dispute_id.0
-            )
-            .fetch_optional(self.pool())
-            .instrument(statement("SELECT", "disputes"))
-            .await
+            if distributed {
+                dispute_query!(
+                    [r#"FROM dispute_rows d
+                       WHERE d.dispute_id = $1
+                         AND d.order_id = (SELECT order_id FROM dispute_directory WHERE dispute_id = $1)"#],
+                    dispute_id.0
+                )
+                .fetch_optional(self.pool())
+                .instrument(statement("SELECT", "disputes"))
+                .await
+            } else {
+                dispute_query!(
+                    ["FROM dispute_rows d WHERE d.dispute_id = $1"],
+                    dispute_id.0
+                )
+                .fetch_optional(self.pool())
+                .instrument(statement("SELECT", "disputes"))
+                .await
+            }
         };
         let row = match read().await? {
             Some(row) => Some(row),
@@ -331,30 +366,34 @@ fn state_names(filter: &DisputeFilter) -> Option<Vec<String>> {
 pub struct LockedDispute {
     pub order: Order,
     pub dispute: Dispute,
-    /// Whether the statement claimed the request's idempotency key; when not, the key was
-    /// claimed by a committed transaction ([`super::claimed_before`] tells what it saved).
-    pub claimed: bool,
+    /// The request's idempotency key as the statement's snapshot saw it: `None`, not
+    /// answered before (as of that snapshot; see [`Store::saved_key`]).
+    pub key: Option<KeyState>,
 }
 
 /// Locks a dispute and its order (`order_id`, found in the directory before the
-/// transaction began) until the transaction ends, reads both, and claims `key` (when there
-/// is one) once the locks are held. `None`: no such dispute on that order, or
-/// (`Wait::Skip`) another transaction holds it.
+/// transaction began) until the transaction ends, reads both and what `key` (when there is
+/// one) was answered before. `None`: no such dispute on that order, or (`Wait::Skip`)
+/// another transaction holds it.
 pub async fn lock_dispute(
     conn: &mut PgConnection,
     order_id: &PartyId,
     dispute_id: DisputeId,
     key: Option<&IdempotencyKey>,
     wait: Wait,
-    now: DateTime<Utc>,
 ) -> Result<Option<LockedDispute>, StoreError> {
     /// The statement, with its locking clause given.
     macro_rules! lock_dispute {
         ($locking:tt) => {
             dispute_query!(
-                ["FROM dispute_rows d WHERE d.order_id = $1 AND d.dispute_id = $2 " + $locking],
+                keyed
+                    ["FROM dispute_rows d WHERE d.order_id = $1 AND d.dispute_id = $2 " + $locking],
                 order_id.as_str(),
                 dispute_id.0,
+                key.map(|k| k.actor.role.as_str()),
+                key.map(|k| k.actor.id.as_str()),
+                key.map(|k| k.rpc),
+                key.map(|k| k.request_id.as_str()),
             )
             .fetch_optional(&mut *conn)
             .await
@@ -370,16 +409,16 @@ pub async fn lock_dispute(
     }
     .instrument(statement("SELECT", "disputes"))
     .await?;
-    let Some(row) = row else { return Ok(None) };
-    let claimed = match key {
-        Some(key) => claim(conn, order_id, key, now).await?,
-        None => false,
+    let Some(mut row) = row else { return Ok(None) };
+    let saved = match key {
+        Some(key) => idempotency::found(key, row.key_hash.take(), row.key_reply.take())?,
+        None => None,
     };
     let (order, dispute) = row.split()?;
     Ok(Some(LockedDispute {
         order,
         dispute,
-        claimed,
+        key: saved,
     }))
 }
 

@@ -3,20 +3,20 @@
 //! domain snapshot (JSON) the edge encodes the same way every time, so a retry gets the
 //! first answer byte for byte.
 //!
-//! The key is inserted in the command's own transaction, after the command has locked its
-//! order. A concurrent duplicate waits on the lock (or on the key's unique index) until
-//! the first transaction ends: if it committed, the duplicate replays its response; if it
-//! rolled back (the command was refused), the duplicate runs as if it were first. So a
-//! duplicate never executes twice and a refused request is never remembered.
+//! A key is written once, with its reply, by the last statement of the command that
+//! answered it ([`super::save`]), so only a committed command leaves a key and a refused
+//! request is never remembered. A command reads its key in its lock statement: a key
+//! found there is replayed. A duplicate running at the same time waits on the order's
+//! lock, and the snapshot its lock statement read may predate the first's commit; what it
+//! then decides does not count: its key insert meets the committed key (or waits for the
+//! first to end), and it rolls back and replays; a refusal looks for the key once more
+//! ([`Store::saved_key`]) before it is returned. So a duplicate never executes twice.
 
 use tracing::Instrument;
 
 use super::statement;
 
-use chrono::{DateTime, Utc};
-use sqlx::PgConnection;
-
-use super::StoreError;
+use super::{Store, StoreError};
 use crate::domain::{Actor, PartyId, RequestId};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,42 +36,43 @@ pub enum KeyState {
     Reused,
 }
 
-/// Claims `key` on `order_id` for this transaction, once the command holds its locks
-/// ([`super::lock_order`], [`super::lock_dispute`]). `false`: another transaction holds it
-/// and has committed (one still in flight makes this wait for its end).
-pub(super) async fn claim(
-    conn: &mut PgConnection,
-    order_id: &PartyId,
+/// What a lock statement found of a request's key: `None` when it found no key, else
+/// the reply saved for the same payload, or [`KeyState::Reused`] for another one.
+pub(super) fn found(
     key: &IdempotencyKey,
-    now: DateTime<Utc>,
-) -> Result<bool, StoreError> {
-    let claimed = sqlx::query_scalar!(
-        r#"INSERT INTO idempotency_keys (order_id, actor_role, actor_id, rpc, request_id, request_hash, created_at)
-           VALUES ($1, $2, $3, $4, $5, $6, $7)
-           ON CONFLICT DO NOTHING
-           RETURNING true AS "claimed!""#,
-        order_id.as_str(),
-        key.actor.role.as_str(),
-        key.actor.id,
-        key.rpc,
-        key.request_id.as_str(),
-        key.request_hash.as_slice(),
-        now,
-    )
-    .fetch_optional(&mut *conn)
-    .instrument(statement("INSERT", "idempotency_keys"))
-    .await?;
-    Ok(claimed.is_some())
+    request_hash: Option<Vec<u8>>,
+    reply: Option<serde_json::Value>,
+) -> Result<Option<KeyState>, StoreError> {
+    match (request_hash, reply) {
+        (None, _) => Ok(None),
+        (Some(hash), _) if hash != key.request_hash => Ok(Some(KeyState::Reused)),
+        (Some(_), Some(reply)) => Ok(Some(KeyState::Saved(reply))),
+        // Every key is written with its reply; one without was written by a version
+        // before replies were saved as snapshots (README, "Decisions").
+        (Some(_), None) => Err(StoreError::Corrupt(
+            "committed idempotency key without a reply".into(),
+        )),
+    }
 }
 
-/// What became of a key the command could not [`claim`]: another transaction holds it,
-/// committed. Read in a statement of its own, so its snapshot sees the key the claim
-/// collided with.
-pub async fn claimed_before(
-    conn: &mut PgConnection,
+impl Store {
+    /// The key as committed now, read in a statement of its own (so after a wait its
+    /// snapshot sees what the command waited for): after a refusal, and after a key insert
+    /// that met a committed key.
+    pub async fn saved_key(
+        &self,
+        order_id: &PartyId,
+        key: &IdempotencyKey,
+    ) -> Result<Option<KeyState>, StoreError> {
+        saved_key(self.pool(), order_id, key).await
+    }
+}
+
+async fn saved_key(
+    conn: impl sqlx::PgExecutor<'_>,
     order_id: &PartyId,
     key: &IdempotencyKey,
-) -> Result<KeyState, StoreError> {
+) -> Result<Option<KeyState>, StoreError> {
     let row = sqlx::query!(
         r#"SELECT request_hash, reply FROM idempotency_keys
            WHERE order_id = $5 AND actor_role = $1 AND actor_id = $2 AND rpc = $3 AND request_id = $4"#,
@@ -81,33 +82,11 @@ pub async fn claimed_before(
         key.request_id.as_str(),
         order_id.as_str(),
     )
-    .fetch_optional(&mut *conn)
+    .fetch_optional(conn)
     .instrument(statement("SELECT", "idempotency_keys"))
     .await?;
     match row {
-        // Purged by retention between the claim and this read: a retry starts afresh.
-        None => Err(StoreError::Contended(
-            "the request's idempotency key expired while it was being replayed",
-        )),
-        Some(row) if row.request_hash != key.request_hash => Ok(KeyState::Reused),
-        Some(row) => match row.reply {
-            Some(reply) => Ok(KeyState::Saved(reply)),
-            // Committed keys always have a reply; one without was written by a version
-            // before replies were saved as snapshots (README, "Decisions").
-            None => Err(StoreError::Corrupt(
-                "committed idempotency key without a reply".into(),
-            )),
-        },
-    }
-}
-
-/// Completing a claimed key touches exactly one row: the key this transaction inserted,
-/// still without a reply. Anything else means the claim was not ours.
-pub(super) fn exactly_one_key(rows: u64) -> Result<(), StoreError> {
-    match rows {
-        1 => Ok(()),
-        n => Err(StoreError::Corrupt(format!(
-            "completing an idempotency key touched {n} rows, not 1"
-        ))),
+        None => Ok(None),
+        Some(row) => found(key, Some(row.request_hash), row.reply),
     }
 }

@@ -18,7 +18,7 @@ pub use codec::{
 pub use deadlines::{Candidate, Due, Setback};
 pub use disputes::{LockedDispute, file_dispute, lock_dispute};
 pub use events::{Appended, Unrelayed};
-pub use idempotency::{IdempotencyKey, KeyState, claimed_before};
+pub use idempotency::{IdempotencyKey, KeyState};
 pub use orders::{LockedOrder, lock_order};
 pub use write::{Changes, NewEvent, Row, Saved, Write, save};
 

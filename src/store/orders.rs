@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
 use super::{
-    IdempotencyKey, Store, StoreError, Wait, disputes::active_dispute_id, idempotency::claim,
+    IdempotencyKey, KeyState, Store, StoreError, Wait, disputes::active_dispute_id, idempotency,
 };
 use crate::domain::{Currency, DisputeId, Money, Order, PartyId, Settlement};
 
@@ -87,6 +87,8 @@ struct LockedOrderRow {
     /// Whether the row locked is the row the statement's snapshot saw.
     as_seen: bool,
     active_dispute: Option<uuid::Uuid>,
+    key_hash: Option<Vec<u8>>,
+    key_reply: Option<serde_json::Value>,
 }
 
 /// An order locked by a command, with what the command's lock statement learned beside it.
@@ -98,13 +100,13 @@ pub struct LockedOrder {
     pub registered_protection_ends_at: Option<DateTime<Utc>>,
     /// The order's active dispute, if any, read after the lock was granted.
     pub active_dispute: Option<DisputeId>,
-    /// Whether the statement claimed the request's idempotency key; when not, the key was
-    /// claimed by a committed transaction ([`super::claimed_before`] tells what it saved).
-    pub claimed: bool,
+    /// The request's idempotency key as the statement's snapshot saw it: `None`, not
+    /// answered before (as of that snapshot; see [`Store::saved_key`]).
+    pub key: Option<KeyState>,
 }
 
-/// Locks the order until the transaction ends, reads it and its active dispute, and
-/// claims `key` (when there is one) once the lock is held; with `Wait::Skip`, an order
+/// Locks the order until the transaction ends, reads it, its active dispute and what `key`
+/// (when there is one) was answered before; with `Wait::Skip`, an order
 /// another transaction holds reads as no order. Every command that changes an order or its
 /// disputes locks the order first, so commands on one order run one at a time and in the
 /// same lock order. Each statement names the order, so on Citus each runs on the order's
@@ -119,7 +121,6 @@ pub async fn lock_order(
     order_id: &PartyId,
     key: Option<&IdempotencyKey>,
     wait: Wait,
-    now: DateTime<Utc>,
 ) -> Result<LockedOrder, StoreError> {
     /// The statement, with its locking clause given (a test build takes none).
     macro_rules! lock_order {
@@ -131,10 +132,20 @@ pub async fn lock_order(
                           l.dispute_count, l.registered_protection_ends_at,
                           (SELECT o.xmin FROM orders o WHERE o.order_id = $1) = l.xmin AS "as_seen!",
                           (SELECT d.dispute_id FROM disputes d
-                           WHERE d.order_id = $1 AND d.state NOT IN ('CANCELLED', 'RESOLVED')) AS "active_dispute?"
+                           WHERE d.order_id = $1 AND d.state NOT IN ('CANCELLED', 'RESOLVED')) AS "active_dispute?",
+                          (SELECT k.request_hash FROM idempotency_keys k
+                           WHERE k.order_id = $1 AND k.actor_role = $2 AND k.actor_id = $3 AND k.rpc = $4
+                             AND k.request_id = $5) AS "key_hash?",
+                          (SELECT k.reply FROM idempotency_keys k
+                           WHERE k.order_id = $1 AND k.actor_role = $2 AND k.actor_id = $3 AND k.rpc = $4
+                             AND k.request_id = $5) AS "key_reply?"
                    FROM orders l WHERE l.order_id = $1 "#
                     + $locking,
                 order_id.as_str(),
+                key.map(|k| k.actor.role.as_str()),
+                key.map(|k| k.actor.id.as_str()),
+                key.map(|k| k.rpc),
+                key.map(|k| k.request_id.as_str()),
             )
         };
     }
@@ -154,17 +165,18 @@ pub async fn lock_order(
     }
     .instrument(statement("SELECT", "orders"))
     .await?;
-    let claimed = match key {
-        Some(key) => claim(conn, order_id, key, now).await?,
-        None => false,
-    };
+    // No order, no key: a key is only ever written with its order's row.
     let Some(row) = row else {
         return Ok(LockedOrder {
             order: None,
             registered_protection_ends_at: None,
             active_dispute: None,
-            claimed,
+            key: None,
         });
+    };
+    let saved = match key {
+        Some(key) => idempotency::found(key, row.key_hash, row.key_reply)?,
+        None => None,
     };
     let order = Order::try_from(OrderRow {
         order_id: row.order_id,
@@ -187,6 +199,6 @@ pub async fn lock_order(
         order: Some(order),
         registered_protection_ends_at: Some(row.registered_protection_ends_at),
         active_dispute,
-        claimed,
+        key: saved,
     })
 }

@@ -3,7 +3,7 @@
 //! events (numbered on in their dispute's history and in their order's stream —
 //! `order_sequence`, from `orders.event_sequence`, bumped by the order's own statement —
 //! and appended to the outbox), and the
-//! reply saved with the request's claimed key. Every command goes through [`save`]
+//! request's idempotency key with its reply. Every command goes through [`save`]
 //! (README, "Architecture").
 //!
 //! One plain statement per table, each naming the order: on Citus every one of them is a
@@ -97,7 +97,7 @@ pub struct Write<'a> {
     /// The trace of the request (or the worker's pass) that caused it.
     pub trace_id: Option<&'a str>,
     pub now: DateTime<Utc>,
-    /// The reply to save with the key the command claimed (the worker claims none).
+    /// The request's key and the reply to save with it (the worker has none).
     pub reply: Option<(&'a IdempotencyKey, serde_json::Value)>,
 }
 
@@ -108,6 +108,9 @@ pub enum Saved {
     /// A new order's id was taken meanwhile (by a concurrent registration, whose
     /// transaction this statement waited for): nothing was written.
     OrderExists,
+    /// The request's key was answered meanwhile (by a duplicate that committed first):
+    /// roll back and replay what it saved.
+    KeyTaken,
 }
 
 /// Writes `write`, one statement per row kind it changes, in the caller's transaction.
@@ -203,22 +206,30 @@ pub async fn save(conn: &mut PgConnection, write: &Write<'_>) -> Result<Saved, S
     if !changes.events.is_empty() {
         save_events(conn, write, sequenced).await?;
     }
+    // The key last, with its reply: a duplicate that ran meanwhile meets the committed key
+    // here (or waits for the first to end) and is replayed instead.
     if let Some((key, reply)) = &write.reply {
-        let completed = sqlx::query!(
-            r#"UPDATE idempotency_keys SET reply = $6
-               WHERE order_id = $1 AND actor_role = $2 AND actor_id = $3 AND rpc = $4
-                 AND request_id = $5 AND reply IS NULL"#,
+        let inserted = sqlx::query_scalar!(
+            r#"INSERT INTO idempotency_keys (order_id, actor_role, actor_id, rpc, request_id, request_hash,
+                                             created_at, reply)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+               ON CONFLICT DO NOTHING
+               RETURNING true AS "inserted!""#,
             order_id,
             key.actor.role.as_str(),
             key.actor.id.as_str(),
             key.rpc,
             key.request_id.as_str(),
+            key.request_hash.as_slice(),
+            write.now,
             reply,
         )
-        .execute(&mut *conn)
-        .instrument(statement("UPDATE", "idempotency_keys"))
+        .fetch_optional(&mut *conn)
+        .instrument(statement("INSERT", "idempotency_keys"))
         .await?;
-        super::idempotency::exactly_one_key(completed.rows_affected())?;
+        if inserted.is_none() {
+            return Ok(Saved::KeyTaken);
+        }
     }
     Ok(Saved::Written)
 }

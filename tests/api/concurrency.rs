@@ -160,6 +160,52 @@ async fn concurrent_duplicates_of_one_request_have_one_effect(pool: PgPool) {
     assert_eq!((disputes, events, count), (1, 1, 1));
 }
 
+/// A duplicate that waited for the first would, deciding afresh, write again: a note adds a
+/// history entry in any state. It must instead meet the first's key when it saves, roll its
+/// write back and replay the first reply.
+#[sqlx::test]
+async fn concurrent_duplicates_of_a_note_add_it_once(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    app.register("order-1").await;
+    let dispute = app.open("order-1", Remedy::FullRefund).await;
+    let request = pb::AddInternalNoteRequest {
+        dispute_id: dispute.dispute_id.clone(),
+        text: "called the carrier".into(),
+        request_id: uuid::Uuid::now_v7().to_string(),
+    };
+    let agent = app.agent().await;
+    let notes = (0..30).map(|_| {
+        let (mut agent, request) = (agent.clone(), request.clone());
+        tokio::spawn(async move {
+            agent
+                .add_internal_note(request)
+                .await
+                .map(|r| r.into_inner())
+        })
+    });
+    let replies: Vec<_> = join_all(notes)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().unwrap())
+        .collect();
+    assert!(
+        replies.windows(2).all(|w| w[0] == w[1]),
+        "every duplicate got the first response"
+    );
+    let kinds: Vec<String> = sqlx::query_scalar("SELECT kind FROM dispute_events ORDER BY seq")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(kinds, ["DISPUTE_OPENED", "INTERNAL_NOTE_ADDED"]);
+    let keys: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM idempotency_keys WHERE request_id = $1")
+            .bind(&request.request_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(keys, 1);
+}
+
 #[sqlx::test]
 async fn the_database_refuses_a_second_active_dispute_and_a_second_settlement(pool: PgPool) {
     // The constraints stand behind the code: write around it and they still hold.

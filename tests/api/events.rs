@@ -299,6 +299,7 @@ async fn a_consumer_racing_eight_writers_and_two_relays_receives_exactly_the_com
                     holder: format!("racing-relay-{r}"),
                     lease: StdDuration::from_millis(1),
                     poll: StdDuration::from_millis(5),
+                    gather: dispute_service::relay::GATHER,
                     batch: 37,
                 },
             );

@@ -348,10 +348,11 @@ async fn a_collector_that_hangs_never_slows_or_fails_a_call(pool: PgPool) {
 
 /// The database round trips of each write, counted from its exported statement spans
 /// (BEGIN, each statement, COMMIT): exactly the statements its rows need, one per table it
-/// writes, each naming the order (README, "Performance"): the lock, the key's claim, the
-/// rows, the events (the history's last number read first when it goes on), the reply;
-/// a dispute's command first finds its order in the directory, and a new dispute is filed
-/// there once committed. A replay reads the saved reply instead.
+/// writes, each naming the order (README, "Performance"): the lock (which reads the
+/// request's key too), the rows, the events (the history's last number read first when it
+/// goes on), the key with its reply; a dispute's command first finds its order in the
+/// directory, and a new dispute is filed there (on Citus once committed). A replay is the
+/// lock statement alone: it found the key and its reply.
 #[sqlx::test]
 async fn every_write_runs_exactly_the_statements_its_rows_need(pool: PgPool) {
     let receiver = Receiver::default();
@@ -414,22 +415,24 @@ async fn every_write_runs_exactly_the_statements_its_rows_need(pool: PgPool) {
             .map(|(_, name)| name)
             .collect::<Vec<_>>()
     };
-    let lock_and_claim = |lock: &'static str| vec!["BEGIN", lock, "INSERT idempotency_keys"];
-    let mut register = lock_and_claim("SELECT orders");
+    // The lock statement reads the request's idempotency key; the write's last statement
+    // inserts it with the reply.
+    let lock_and_read_key = |lock: &'static str| vec!["BEGIN", lock];
+    let mut register = lock_and_read_key("SELECT orders");
     register.extend([
         "INSERT orders",
         "INSERT outbox",
-        "UPDATE idempotency_keys",
+        "INSERT idempotency_keys",
         "COMMIT",
     ]);
     assert_eq!(statements(1, "RegisterOrder"), register);
-    let mut open = lock_and_claim("SELECT orders");
+    let mut open = lock_and_read_key("SELECT orders");
     open.extend([
         "UPDATE orders",
         "INSERT disputes",
         "INSERT dispute_events",
         "INSERT outbox",
-        "UPDATE idempotency_keys",
+        "INSERT idempotency_keys",
     ]);
     // The new dispute's directory row: on one node in the command's transaction, on Citus
     // (another shard) after it.
@@ -439,21 +442,24 @@ async fn every_write_runs_exactly_the_statements_its_rows_need(pool: PgPool) {
         open.extend(["INSERT dispute_directory", "COMMIT"]);
     }
     assert_eq!(statements(2, "OpenDispute"), open);
-    let mut replay = lock_and_claim("SELECT orders");
-    replay.push("SELECT idempotency_keys");
-    assert_eq!(statements(3, "OpenDispute"), replay, "a replay");
-    let mut extend = lock_and_claim("SELECT orders");
+    // A replay: the lock statement found the key and its reply.
+    assert_eq!(
+        statements(3, "OpenDispute"),
+        lock_and_read_key("SELECT orders"),
+        "a replay"
+    );
+    let mut extend = lock_and_read_key("SELECT orders");
     extend.extend([
         "UPDATE orders",
         "SELECT dispute_events",
         "INSERT dispute_events",
         "INSERT outbox",
-        "UPDATE idempotency_keys",
+        "INSERT idempotency_keys",
         "COMMIT",
     ]);
     assert_eq!(statements(4, "ExtendProtection"), extend);
     let mut respond = vec!["SELECT dispute_directory"];
-    respond.extend(lock_and_claim("SELECT disputes"));
+    respond.extend(lock_and_read_key("SELECT disputes"));
     respond.extend([
         "UPDATE orders",
         "UPDATE disputes",
@@ -461,7 +467,7 @@ async fn every_write_runs_exactly_the_statements_its_rows_need(pool: PgPool) {
         "SELECT dispute_events",
         "INSERT dispute_events",
         "INSERT outbox",
-        "UPDATE idempotency_keys",
+        "INSERT idempotency_keys",
         "COMMIT",
     ]);
     assert_eq!(statements(5, "RespondToDispute"), respond);

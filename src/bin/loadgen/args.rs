@@ -76,6 +76,11 @@ pub struct Args {
     /// process named postgres on the machine).
     #[arg(long)]
     pub postgres_pid: Option<u32>,
+    /// A shell command to run while measuring (started when the measurement begins, with
+    /// the window's length in seconds in `LOADGEN_SECONDS`, and waited for at its end),
+    /// e.g. a profiler: `--during 'perf record -a -o run.data -- sleep "$LOADGEN_SECONDS"'`.
+    #[arg(long)]
+    pub during: Option<String>,
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,

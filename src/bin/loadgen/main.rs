@@ -319,6 +319,20 @@ async fn run(args: &Args) -> anyhow::Result<Summary> {
     };
     let postgres_before = postgres();
     *measure_from.lock().unwrap() = chrono::Utc::now();
+    let during = match &args.during {
+        Some(command) => Some(
+            std::process::Command::new("sh")
+                .arg("-c")
+                .arg(command)
+                .env(
+                    "LOADGEN_SECONDS",
+                    args.duration.as_secs().max(1).to_string(),
+                )
+                .spawn()
+                .with_context(|| format!("starting --during {command:?}"))?,
+        ),
+        None => None,
+    };
     let started = Instant::now();
     shared.phase.store(MEASURE, Ordering::Relaxed);
     let progress = std::io::stderr().is_terminal();
@@ -352,6 +366,10 @@ async fn run(args: &Args) -> anyhow::Result<Summary> {
         .filter_map(|pid| Some((*pid, procstat::ticks_of(*pid)?)))
         .collect();
     let postgres_after = postgres();
+    if let Some(mut during) = during {
+        let status = tokio::task::spawn_blocking(move || during.wait()).await??;
+        anyhow::ensure!(status.success(), "--during exited with {status}");
+    }
     shared.phase.store(STOP, Ordering::Relaxed);
     if progress {
         eprintln!();

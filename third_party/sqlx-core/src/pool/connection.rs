@@ -304,6 +304,14 @@ impl<DB: Database> Floating<DB, Live<DB>> {
             }
         }
 
+        // dispute-service patch: a pool with an `after_release` hook has settled the
+        // connection there (its own, bounded, flush of a queued rollback and of replies
+        // left unread); the ping below would cost every release a round trip.
+        if self.guard.pool.options.after_release.is_some() {
+            self.release();
+            return true;
+        }
+
         // test the connection on-release to ensure it is still viable,
         // and flush anything time-sensitive like transaction rollbacks
         // if an Executor future/stream is dropped during an `.await` call, the connection
