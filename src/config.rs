@@ -66,6 +66,20 @@ fn at_least(min: Duration) -> impl Fn(&str) -> Result<Duration, String> + Clone 
     }
 }
 
+/// A duration from `min` to `max`.
+fn between(
+    min: Duration,
+    max: Duration,
+) -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync {
+    move |text| match at_least(min)(text)? {
+        duration if duration <= max => Ok(duration),
+        _ => Err(format!(
+            "must be at most {}",
+            humantime::format_duration(max)
+        )),
+    }
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "dispute-service",
@@ -210,6 +224,13 @@ pub struct ServeConfig {
     /// partition, whichever replica holds it.
     #[arg(long, env = "DISPUTE_RELAY_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
     pub relay_enabled: bool,
+    /// How long after the start of a relay pass the commits of this process may wake the
+    /// next (0: at once): under load, the commits of that interval are moved to the stream
+    /// in one pass instead of a pass each. It is how much later than at once an event may
+    /// reach the stream (README, "Consuming the event stream").
+    #[arg(long, env = "DISPUTE_RELAY_GATHER", default_value = "10ms",
+          value_parser = between(Duration::ZERO, crate::relay::POLL))]
+    pub relay_gather: Duration,
     /// A client connection older than this is asked to go away (HTTP/2 GOAWAY), so clients
     /// reconnect and spread over new replicas.
     #[arg(long, env = "DISPUTE_MAX_CONNECTION_AGE", default_value = "5m", value_parser = positive_duration)]
@@ -424,12 +445,16 @@ mod tests {
             ("--jwt-keys-min-refresh", "0s"),
             ("--jwt-keys-min-refresh", "999ms"),
             ("--health-interval", "0ms"),
+            ("--relay-gather", "101ms"),
         ] {
             let error = serve(&[flag, value]).unwrap_err().to_string();
             assert!(error.contains(flag), "{flag} {value}: {error}");
         }
         assert!(serve(&["--max-in-flight", "1", "--worker-interval", "1s"]).is_ok());
         assert!(serve(&["--worker-interval", "1ms", "--jwt-keys-min-refresh", "1s"]).is_ok());
+        for gather in ["0ms", "100ms"] {
+            assert!(serve(&["--relay-gather", gather]).is_ok(), "{gather}");
+        }
     }
 
     #[test]

@@ -50,6 +50,9 @@ pub struct RelayConfig {
     pub batch: i64,
 }
 
+/// [`RelayConfig::poll`] by default.
+pub const POLL: Duration = Duration::from_millis(100);
+
 impl RelayConfig {
     /// The defaults, for a holder named after this host and process.
     pub fn new() -> Self {
@@ -57,7 +60,7 @@ impl RelayConfig {
         Self {
             holder: format!("{host}/{}", uuid::Uuid::now_v7()),
             lease: Duration::from_secs(5),
-            poll: Duration::from_millis(100),
+            poll: POLL,
             gather: GATHER,
             batch: 1000,
         }

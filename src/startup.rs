@@ -292,7 +292,11 @@ impl Application {
         let feed = EventFeed::new(stop_rx.clone());
         let feed_task = tokio::spawn(feed.clone().run(self.commands.clone(), appended));
         let relay_task = self.config.relay_enabled.then(|| {
-            let relay = Relay::new(self.store.clone(), self.metrics.clone(), RelayConfig::new());
+            let config = RelayConfig {
+                gather: self.config.relay_gather,
+                ..RelayConfig::new()
+            };
+            let relay = Relay::new(self.store.clone(), self.metrics.clone(), config);
             tokio::spawn(relay.run(stop_rx.clone()))
         });
         let limits = &self.config.limits;
