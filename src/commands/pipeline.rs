@@ -270,22 +270,23 @@ impl Commands {
             reply: reply_saved,
         });
         if let Some(write) = write {
-            match store::save(&mut tx, &write).await? {
-                Saved::Written => {}
-                Saved::OrderExists => return Ok(Attempt::Again),
-                Saved::KeyTaken => {
-                    let Some(request) = request else {
-                        unreachable!("only a request has a key to take")
-                    };
+            match store::save(&mut tx, &write).await.map_err(Error::from) {
+                Ok(Saved::Written) => {}
+                Ok(Saved::OrderExists) => return Ok(Attempt::Again),
+                Ok(Saved::KeyTaken) => {
                     drop(tx);
-                    return match self.store.saved_key(order_id, request.key()).await? {
-                        Some(saved) => Ok(Attempt::Done(Some((replay(saved)?, Done::Replayed)))),
-                        // Taken, then forgotten by retention in between: a retry runs afresh.
-                        None => Err(Error::Internal(store::StoreError::Contended(
-                            "the request's idempotency key expired while it was being replayed",
-                        ))),
-                    };
+                    // Taken, then forgotten by retention in between: a retry runs afresh.
+                    let expired = Error::Unavailable(store::StoreError::Contended(
+                        "the request's idempotency key expired while it was being replayed",
+                    ));
+                    return self.refused(order_id, request, expired).await;
                 }
+                // A rule the schema enforces (the same refusals as the domain's).
+                Err(refused @ Error::Domain(_)) => {
+                    drop(tx);
+                    return self.refused(order_id, request, refused).await;
+                }
+                Err(error) => return Err(error),
             }
         }
         // A dispute this command opens goes into the directory: on one node in this
@@ -359,10 +360,11 @@ async fn lock(
 }
 
 impl Commands {
-    /// A decision that refused: the refusal, unless the request's key was answered
+    /// A command that could not go on — refused by the domain or the schema, or its key
+    /// found taken at the write — answers `refused`, unless the request's key was answered
     /// meanwhile by a duplicate this command waited for (its lock statement's snapshot
-    /// predates that commit), whose reply is then replayed. The command's transaction
-    /// has been rolled back; the key is read afresh.
+    /// predates that commit), whose reply is then replayed. The command's transaction has
+    /// been rolled back; the key is read afresh.
     async fn refused<T: DeserializeOwned>(
         &self,
         order_id: &PartyId,

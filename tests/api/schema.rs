@@ -99,6 +99,29 @@ async fn a_settlement_of_another_amount_or_currency_than_its_orders_is_refused(p
     }
 }
 
+/// A dispute or a settlement of an order that does not exist: refused by the composite keys
+/// onto the order's facts (since migration 14 nothing else checks that the order exists).
+#[sqlx::test]
+async fn a_dispute_or_settlement_of_a_missing_order_is_refused(pool: PgPool) {
+    spawn_app(pool.clone()).await;
+    let dispute = sqlx::query(INSERT_DISPUTE)
+        .bind("buyer-1")
+        .bind("seller-1")
+        .bind("FULL_REFUND")
+        .bind(None::<String>)
+        .bind(None::<i64>)
+        .execute(&pool)
+        .await;
+    assert_eq!(refused_by(dispute), "disputes_parties_are_the_orders");
+    let settlement = sqlx::query(INSERT_SETTLEMENT)
+        .bind("USD")
+        .bind(10_000_i64)
+        .bind("AGENT")
+        .execute(&pool)
+        .await;
+    assert_eq!(refused_by(settlement), "settlements_amount_is_the_orders");
+}
+
 #[sqlx::test]
 async fn a_settlement_by_an_unknown_role_is_refused(pool: PgPool) {
     let app = spawn_app(pool.clone()).await;

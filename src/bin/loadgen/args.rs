@@ -76,6 +76,10 @@ pub struct Args {
     /// process named postgres on the machine).
     #[arg(long)]
     pub postgres_pid: Option<u32>,
+    /// A shell command run once the data set is made, before the warm-up, and waited for
+    /// (e.g. a VACUUM, so that cleaning up after the set-up is not measured).
+    #[arg(long)]
+    pub settle: Option<String>,
     /// A shell command to run while measuring (started when the measurement begins, with
     /// the window's length in seconds in `LOADGEN_SECONDS`, and waited for at its end),
     /// e.g. a profiler: `--during 'perf record -a -o run.data -- sleep "$LOADGEN_SECONDS"'`.

@@ -170,6 +170,27 @@ async fn dataset(
     Ok(made)
 }
 
+/// `command` started by `sh -c`, with the measurement window's length in seconds in
+/// `LOADGEN_SECONDS`.
+fn shell(command: &str, args: &Args) -> anyhow::Result<std::process::Child> {
+    std::process::Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .env(
+            "LOADGEN_SECONDS",
+            args.duration.as_secs().max(1).to_string(),
+        )
+        .spawn()
+        .with_context(|| format!("starting {command:?}"))
+}
+
+/// Waits for `child` (the `flag`'s command) to exit, successfully.
+async fn finished(mut child: std::process::Child, flag: &str) -> anyhow::Result<()> {
+    let status = tokio::task::spawn_blocking(move || child.wait()).await??;
+    anyhow::ensure!(status.success(), "{flag} exited with {status}");
+    Ok(())
+}
+
 /// The cursor of the newest event: read the stream until it is quiet for a moment.
 async fn tail_cursor(actors: &Actors) -> anyhow::Result<String> {
     let mut service = actors.service.clone();
@@ -210,6 +231,9 @@ async fn run(args: &Args) -> anyhow::Result<Summary> {
         }
         _ => Vec::new(),
     };
+    if let Some(command) = &args.settle {
+        finished(shell(command, args)?, "--settle").await?;
+    }
     let shared = Arc::new(Shared {
         phase: AtomicU8::new(WARMUP),
         ids,
@@ -320,17 +344,7 @@ async fn run(args: &Args) -> anyhow::Result<Summary> {
     let postgres_before = postgres();
     *measure_from.lock().unwrap() = chrono::Utc::now();
     let during = match &args.during {
-        Some(command) => Some(
-            std::process::Command::new("sh")
-                .arg("-c")
-                .arg(command)
-                .env(
-                    "LOADGEN_SECONDS",
-                    args.duration.as_secs().max(1).to_string(),
-                )
-                .spawn()
-                .with_context(|| format!("starting --during {command:?}"))?,
-        ),
+        Some(command) => Some(shell(command, args)?),
         None => None,
     };
     let started = Instant::now();
@@ -366,9 +380,8 @@ async fn run(args: &Args) -> anyhow::Result<Summary> {
         .filter_map(|pid| Some((*pid, procstat::ticks_of(*pid)?)))
         .collect();
     let postgres_after = postgres();
-    if let Some(mut during) = during {
-        let status = tokio::task::spawn_blocking(move || during.wait()).await??;
-        anyhow::ensure!(status.success(), "--during exited with {status}");
+    if let Some(during) = during {
+        finished(during, "--during").await?;
     }
     shared.phase.store(STOP, Ordering::Relaxed);
     if progress {
