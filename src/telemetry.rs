@@ -9,7 +9,8 @@
 //! or down never slows a request: spans that do not fit are dropped and counted. They are
 //! configured only by the standard `OTEL_*` variables. A tracer provider is installed even
 //! when nothing is exported, so every request still has a real trace id for its logs and
-//! for the history and events it writes. Trace spans have their own filter: `RUST_LOG`
+//! for the history and events it writes (the database's spans are then not traced at all:
+//! see [`trace_filter`]). Trace spans have their own filter: `RUST_LOG`
 //! changes what is logged, never what is traced.
 
 use std::{
@@ -134,7 +135,7 @@ impl Telemetry {
         };
         let traces = tracing_opentelemetry::layer()
             .with_tracer(tracer)
-            .with_filter(trace_filter());
+            .with_filter(trace_filter(export));
         // A second init (tests) keeps the first subscriber.
         let _ = Registry::default().with(fmt).with(traces).try_init();
         Ok(Self { provider })
@@ -150,12 +151,23 @@ impl Telemetry {
 }
 
 /// The service's own spans at `info` and above, whatever `RUST_LOG` says; nothing from
-/// libraries (their spans would carry SQL text and tokens we do not control).
-fn trace_filter() -> Targets {
-    Targets::new()
+/// libraries (their spans would carry SQL text and tokens we do not control). With nothing
+/// exported, not the database's spans either (a transaction's and each statement's,
+/// `store`): a dozen per write, built only to be dropped, they cost about a sixth of the
+/// service's CPU per write (BENCHMARKS.md, "Against the database floor"). The spans that
+/// give a request its trace id (the RPC's, the worker's and the relay's) stay.
+fn trace_filter(export: &TraceExport) -> Targets {
+    let traced = Targets::new()
         .with_target(env!("CARGO_CRATE_NAME"), LevelFilter::INFO)
-        .with_default(LevelFilter::OFF)
+        .with_default(LevelFilter::OFF);
+    match export.endpoint {
+        Some(_) => traced,
+        None => traced.with_target(STORE_SPANS, LevelFilter::OFF),
+    }
 }
+
+/// The target of the database's spans (`store::statement`, `store::transaction_span`).
+const STORE_SPANS: &str = concat!(env!("CARGO_CRATE_NAME"), "::store");
 
 fn tracer_provider(export: &TraceExport) -> anyhow::Result<SdkTracerProvider> {
     let mut resource = Resource::builder().with_attribute(opentelemetry::KeyValue::new(

@@ -76,6 +76,19 @@ for scenario, script in pairs:
             f"{ratio(s['latency']['p99_us'], p['p99'])} | {fmt(server)} + {fmt(pg)} = {fmt(whole)} | "
             f"{fmt(p['cpu'])} | {ratio(whole, p['cpu'])} |"
         )
+# scripts/bench-floor's table, when it ran.
+if os.path.exists(f"{results}/floor.md"):
+    lines += [
+        "",
+        "## Against PostgreSQL's floor",
+        "",
+        "`scripts/bench-floor` at concurrency 16: PostgreSQL's CPU per call against the floor's",
+        "(pgbench sending the fewest plain statements that leave the same durable effects, on a",
+        "plain schema), and the service's own CPU per call; see \"Against the database floor\"",
+        "below for what the floor is and where the difference goes.",
+        "",
+    ]
+    lines += open(f"{results}/floor.md").read().strip().splitlines()
 lines += [
     "",
     "## Every scenario",
