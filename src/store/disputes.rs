@@ -182,13 +182,12 @@ impl DisputeRow {
 }
 
 impl Store {
-    /// The dispute, on the order the directory names: one statement (on Citus, the
-    /// directory's shard, then the order's). A dispute not in the directory (yet) is
-    /// looked for and filed by [`Store::order_of`], then read again.
+    /// The dispute, in one statement. On Citus on the order the directory names (the
+    /// directory's shard, then the order's), so the read goes to the order's shard alone; a
+    /// dispute not in the directory (yet) is looked for and filed by [`Store::order_of`],
+    /// then read again. On one node by the disputes' key (dispute_id, order_id) alone: a
+    /// probe of the directory would only add work.
     pub async fn get_dispute(&self, dispute_id: DisputeId) -> Result<Option<Dispute>, StoreError> {
-        // On Citus the order, from the directory, takes the read to the order's shard alone;
-        // on one node the disputes' key (dispute_id, order_id) finds the dispute by its id,
-        // and a probe of the directory would only add work.
         let distributed = self.distributed().await?;
         let read = || async {
             if distributed {
