@@ -455,6 +455,7 @@ mod tests {
         for gather in ["0ms", "100ms"] {
             assert!(serve(&["--relay-gather", gather]).is_ok(), "{gather}");
         }
+        assert_eq!(serve(&[]).unwrap().relay_gather, crate::relay::GATHER);
     }
 
     #[test]
