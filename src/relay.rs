@@ -52,6 +52,8 @@ pub struct RelayConfig {
 
 /// [`RelayConfig::poll`] by default.
 pub const POLL: Duration = Duration::from_millis(100);
+/// [`RelayConfig::gather`] by default.
+pub const GATHER: Duration = Duration::from_millis(10);
 
 impl RelayConfig {
     /// The defaults, for a holder named after this host and process.
@@ -93,9 +95,6 @@ pub struct Relay {
     held: Vec<usize>,
     renew_at: Instant,
 }
-
-/// [`RelayConfig::gather`] by default.
-pub const GATHER: Duration = Duration::from_millis(10);
 
 /// Longest wait after failed passes.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);

@@ -90,17 +90,19 @@ pub const PING_TIMEOUT: Duration = Duration::from_secs(1);
 /// third_party/sqlx-core/README.md); one that fails or is too slow is closed.
 async fn settled(conn: &mut sqlx::PgConnection) -> bool {
     use sqlx::Connection;
-    matches!(
-        tokio::time::timeout(PING_TIMEOUT, conn.flush()).await,
-        Ok(Ok(()))
-    )
+    in_time(conn.flush()).await
 }
 
 /// Whether the connection answers a ping within [`PING_TIMEOUT`].
 async fn answers(conn: &mut sqlx::PgConnection) -> bool {
     use sqlx::Connection;
+    in_time(conn.ping()).await
+}
+
+/// Whether `exchange` with a connection succeeded within [`PING_TIMEOUT`].
+async fn in_time(exchange: impl Future<Output = Result<(), sqlx::Error>>) -> bool {
     matches!(
-        tokio::time::timeout(PING_TIMEOUT, conn.ping()).await,
+        tokio::time::timeout(PING_TIMEOUT, exchange).await,
         Ok(Ok(()))
     )
 }
