@@ -565,3 +565,168 @@ async fn migrating_with_events_waiting_for_the_relay_counts_each_once(pool: PgPo
         crate::record::recount_from_the_tables(&pool, "s-1", 90, app.now()).await
     );
 }
+
+/// Every rule of an order's and a dispute's shape (checked by one trigger per table since
+/// migration 15, CHECK constraints before it) refuses, by its name, a row written around
+/// the service that breaks it and no rule checked before it. (The rules of a replacement's
+/// shipment and of a known remedy are broken in the test above.) Literal values only: Citus
+/// refuses an UPDATE that calls a STABLE function on a column (`now()`, `+ interval`).
+#[sqlx::test]
+async fn every_rule_of_an_orders_and_a_disputes_shape_refuses_by_name(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    app.register("order-1").await;
+    let d = app.open("order-1", Remedy::FullRefund).await.dispute_id;
+    let insert_order =
+        "INSERT INTO orders (order_id, buyer_id, seller_id, currency_code, amount_minor,
+         protection_ends_at, registered_protection_ends_at, dispute_count, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, now(), now(), $6, now(), now())";
+    for (order, buyer, seller, currency, amount, count, rule) in [
+        ("o-2", "b", "s", "USD", 0, 0, "orders_amount_positive"),
+        ("o-2", "b 1", "s", "USD", 1, 0, "orders_buyer_id_format"),
+        ("o-2", "b", "s", "usd", 1, 0, "orders_currency_format"),
+        ("o/2", "b", "s", "USD", 1, 0, "orders_order_id_format"),
+        ("o-2", "b", "s;", "USD", 1, 0, "orders_seller_id_format"),
+        (
+            "o-2",
+            "b",
+            "s",
+            "USD",
+            1,
+            -1,
+            "orders_dispute_count_non_negative",
+        ),
+    ] {
+        let written = sqlx::query(insert_order)
+            .bind(order)
+            .bind(buyer)
+            .bind(seller)
+            .bind(currency)
+            .bind(amount)
+            .bind(count)
+            .execute(&pool)
+            .await;
+        assert_eq!(refused_by(written), rule);
+    }
+    for (set, rule) in [
+        ("disputes_closed = true", "orders_closed_only_when_settled"),
+        ("event_sequence = -1", "orders_event_sequence_not_negative"),
+        ("funds_state = 'LOST'", "orders_funds_state_known"),
+        ("funds_state = 'SPLIT'", "orders_money_conserved"),
+        (
+            "registered_protection_ends_at = '2999-01-01Z'",
+            "orders_protection_never_shortened",
+        ),
+    ] {
+        let written = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE orders SET {set} WHERE order_id = 'order-1'"
+        )))
+        .execute(&pool)
+        .await;
+        assert_eq!(refused_by(written), rule, "{set}");
+    }
+    let insert_dispute =
+        "INSERT INTO disputes (dispute_id, order_id, buyer_id, seller_id, reason, remedy,
+         return_status, description, evidence_urls, state, outcome, created_at, updated_at)
+         VALUES (gen_random_uuid(), 'order-1', 'buyer-1', 'seller-1', $1, $2, $3, '', '{}',
+                 'CANCELLED', 'CANCELLED_BY_BUYER', now(), now())";
+    for (reason, remedy, return_status, rule) in [
+        ("BORED", "FULL_REFUND", None, "disputes_reason_known"),
+        (
+            "ITEM_NOT_RECEIVED",
+            "RETURN_AND_REFUND",
+            None,
+            "disputes_no_return_of_missing_item",
+        ),
+        (
+            "ITEM_NOT_RECEIVED",
+            "FULL_REFUND",
+            Some("REQUESTED"),
+            "disputes_no_return_without_item",
+        ),
+    ] {
+        let written = sqlx::query(insert_dispute)
+            .bind(reason)
+            .bind(remedy)
+            .bind(return_status)
+            .execute(&pool)
+            .await;
+        assert_eq!(refused_by(written), rule);
+    }
+    // The dispute is awaiting the seller, a full refund of a quality issue, nothing proposed.
+    for (set, rule) in [
+        (
+            "return_status = 'AWAITING_SHIPMENT'",
+            "disputes_agreed_return_is_dated",
+        ),
+        (
+            "description = repeat('x', 2001)",
+            "disputes_description_length",
+        ),
+        (
+            "evidence_urls = array_fill('u'::text, ARRAY[11])",
+            "disputes_evidence_count",
+        ),
+        (
+            "seller_first_response_at = '2000-01-01Z'",
+            "disputes_first_response_after_opening",
+        ),
+        (
+            "outcome = 'RESOLVED_PARTIAL'",
+            "disputes_outcome_iff_terminal",
+        ),
+        (
+            "state = 'RESOLVED', outcome = 'WON'",
+            "disputes_outcome_known",
+        ),
+        (
+            "state = 'RESOLVED', outcome = 'CANCELLED_BY_BUYER'",
+            "disputes_outcome_matches_state",
+        ),
+        (
+            "remedy = 'PARTIAL_REFUND'",
+            "disputes_partial_refund_amount",
+        ),
+        (
+            "proposal_message = repeat('x', 2001)",
+            "disputes_proposal_message_length",
+        ),
+        (
+            "proposal_remedy = 'PARTIAL_REFUND'",
+            "disputes_proposal_refund_amount",
+        ),
+        (
+            "proposal_remedy = 'STORE_CREDIT'",
+            "disputes_proposal_remedy_known",
+        ),
+        ("state = 'NEGOTIATING'", "disputes_proposal_when_negotiated"),
+        (
+            "state = 'AWAITING_REPLACEMENT_SHIPMENT'",
+            "disputes_replacement_agreed",
+        ),
+        (
+            "remedy = 'RETURN_AND_REFUND'",
+            "disputes_return_remedy_has_return",
+        ),
+        ("return_status = 'LOST'", "disputes_return_status_known"),
+        (
+            "return_status = 'IN_TRANSIT'",
+            "disputes_shipped_return_is_tracked",
+        ),
+        ("state = 'LOST'", "disputes_state_known"),
+    ] {
+        let written = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE disputes SET {set} WHERE dispute_id = $1::uuid"
+        )))
+        .bind(&d)
+        .execute(&pool)
+        .await;
+        assert_eq!(refused_by(written), rule, "{set}");
+    }
+    // Nothing was written: the order and its dispute are as the service left them.
+    let dispute = app.dispute(&d).await;
+    assert_eq!(dispute.state, pb::DisputeState::AwaitingSeller as i32);
+    assert_eq!(
+        app.order("order-1").await.funds_state,
+        pb::FundsState::Held as i32
+    );
+}

@@ -54,7 +54,10 @@ async fn main() -> ExitCode {
                 print!("{}", summary.text());
             }
             if summary.unexpected_errors > 0 || summary.operations == 0 {
-                eprintln!("loadgen: unexpected errors or no operation completed");
+                eprintln!(
+                    "loadgen: {} operations, unexpected errors {:?}",
+                    summary.operations, summary.errors
+                );
                 ExitCode::FAILURE
             } else {
                 ExitCode::SUCCESS
