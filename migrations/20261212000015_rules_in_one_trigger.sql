@@ -5,8 +5,8 @@
 -- each statement that writes the table (`stringToNode`, then planning and compiling the
 -- expression) — about 24 kB of node text for the 23 rules of `disputes`, 10 kB for the
 -- 11 of `orders`: some 70 µs of the database's CPU for every insert or update of a
--- dispute, 25 µs for an order, however small the row. A PL/pgSQL function compiles its
--- expressions once per connection and evaluates them per row.
+-- dispute (measured), and in proportion for an order, however small the row. A PL/pgSQL
+-- function compiles its expressions once per connection and evaluates them per row.
 --
 -- Nothing is given up: each rule keeps its name and its refusal. A row that breaks one is
 -- refused with SQLSTATE 23514 (check_violation) naming the rule as its constraint, in the

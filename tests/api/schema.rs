@@ -573,6 +573,15 @@ async fn migrating_with_events_waiting_for_the_relay_counts_each_once(pool: PgPo
 /// refuses an UPDATE that calls a STABLE function on a column (`now()`, `+ interval`).
 #[sqlx::test]
 async fn every_rule_of_an_orders_and_a_disputes_shape_refuses_by_name(pool: PgPool) {
+    // Refused as PostgreSQL refuses a row by a CHECK constraint: check_violation.
+    let refused_by = |result: Result<sqlx::postgres::PgQueryResult, sqlx::Error>| {
+        let code = result
+            .as_ref()
+            .err()
+            .and_then(|e| e.as_database_error()?.code());
+        assert_eq!(code.as_deref(), Some("23514"), "{result:?}");
+        refused_by(result)
+    };
     let app = spawn_app(pool.clone()).await;
     app.register("order-1").await;
     let d = app.open("order-1", Remedy::FullRefund).await.dispute_id;
