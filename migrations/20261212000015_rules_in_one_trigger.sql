@@ -53,7 +53,7 @@ BEGIN
       PERFORM shape_refused('orders', 'orders_seller_id_format');
     END IF;
   ELSE
-    -- Was orders_guard (migrations 2 and 4).
+    -- Was orders_guard (migrations 1, 4 and 10).
     IF (NEW.order_id, NEW.buyer_id, NEW.seller_id, NEW.currency_code, NEW.amount_minor, NEW.created_at)
        IS DISTINCT FROM (OLD.order_id, OLD.buyer_id, OLD.seller_id, OLD.currency_code, OLD.amount_minor, OLD.created_at) THEN
       RAISE EXCEPTION 'registered order facts are immutable (constraint "orders_facts_immutable")'
@@ -105,7 +105,7 @@ BEGIN
       PERFORM shape_refused('disputes', 'disputes_reason_known');
     END IF;
   ELSE
-    -- Was disputes_guard (migration 4).
+    -- Was disputes_guard (migrations 1, 4 and 10).
     IF OLD.state IN ('CANCELLED', 'RESOLVED') THEN
       RAISE EXCEPTION 'a terminal dispute never changes (constraint "disputes_terminal_immutable")'
         USING ERRCODE = 'integrity_constraint_violation', CONSTRAINT = 'disputes_terminal_immutable';
