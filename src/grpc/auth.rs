@@ -10,12 +10,19 @@
 //! minimum refresh and no latency. Keys removed from the file stop verifying at the next
 //! re-read. A file that cannot be read or parsed then keeps the keys already loaded
 //! (logged); at startup it is an error.
+//!
+//! A token verified once is remembered with its actor and expiry for as long as the keys
+//! it was verified with are loaded ([`Verified`]): a caller sends the same token with
+//! every call for its lifetime, and verifying it again (base64, the signature, the claims'
+//! JSON) was a sixth of the server's instructions per GetDispute (BENCHMARKS.md, "Against
+//! the database floor"). Its expiry is checked at every use, as on the first.
 
 use std::{
+    collections::HashMap,
     fs,
     path::{Path, PathBuf},
     sync::{
-        Arc, RwLock,
+        Arc, Mutex, RwLock,
         atomic::{AtomicU64, Ordering},
     },
     time::Duration,
@@ -40,6 +47,9 @@ const MAX_SUBJECT_CHARS: usize = 255;
 /// Most clock skew tolerated on `exp`.
 const LEEWAY_SECS: u64 = 60;
 
+/// Most tokens remembered as verified per generation of keys (a few hundred bytes each).
+const VERIFIED_TOKENS: usize = 4096;
+
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Claims {
     pub sub: String,
@@ -59,6 +69,60 @@ enum Keys {
     One(DecodingKey),
     /// Keys of a JWKS, by `kid`.
     Set(Vec<(Option<String>, DecodingKey)>),
+}
+
+/// The keys loaded by one read of the key file (or the secret), and the tokens verified
+/// with them. A re-read makes a new generation, so a token of a key that left the file is
+/// refused from that read on, remembered or not.
+struct Generation {
+    keys: Keys,
+    verified: Verified,
+}
+
+impl Generation {
+    fn new(keys: Keys) -> Self {
+        Self {
+            keys,
+            verified: Verified::default(),
+        }
+    }
+}
+
+/// Tokens that passed every check of [`Authenticator::authenticate`], with their actor and
+/// `exp`. Every check but the expiry holds for as long as the keys do (the signature, the
+/// issuer and audience, `nbf` and `iat` once passed, the lifetime, the subject); the expiry
+/// is checked again at every use, with the same leeway. Only tokens that passed are kept, so
+/// a bad token costs its verification every time, as before. When [`VERIFIED_TOKENS`] are
+/// kept the map is emptied: a caller with ever new valid tokens costs what verification
+/// costs, no more, and the memory stays bounded.
+#[derive(Default)]
+struct Verified(Mutex<HashMap<Box<str>, (Actor, u64)>>);
+
+impl Verified {
+    /// The actor of `token` when it was verified and has not expired since.
+    fn actor(&self, token: &str, now: u64) -> Option<Actor> {
+        let mut verified = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let (actor, exp) = verified.get(token)?;
+        if expired(*exp, now) {
+            verified.remove(token);
+            return None;
+        }
+        Some(actor.clone())
+    }
+
+    fn remember(&self, token: &str, actor: &Actor, exp: u64) {
+        let mut verified = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if verified.len() >= VERIFIED_TOKENS {
+            verified.clear();
+        }
+        verified.insert(token.into(), (actor.clone(), exp));
+    }
+}
+
+/// Whether a token with this `exp` has expired at `now`, as the token library decides it
+/// (`exp` earlier than `now` less the leeway).
+fn expired(exp: u64, now: u64) -> bool {
+    exp < now.saturating_sub(LEEWAY_SECS)
 }
 
 /// Which key a token asks for, as far as the keys can tell.
@@ -110,7 +174,7 @@ impl KeyFile {
 
 /// Verifies bearer tokens with the configured key and algorithm.
 pub struct Authenticator {
-    keys: RwLock<Arc<Keys>>,
+    keys: RwLock<Arc<Generation>>,
     /// Where the keys come from when they can rotate (a PEM or JWKS file).
     file: Option<KeyFile>,
     validation: Validation,
@@ -173,14 +237,14 @@ impl Authenticator {
             (None, None) => unreachable!("one key source was required above"),
         };
         Ok(Self {
-            keys: RwLock::new(Arc::new(keys)),
+            keys: RwLock::new(Arc::new(Generation::new(keys))),
             file,
             validation,
             max_lifetime: config.jwt_max_lifetime,
         })
     }
 
-    fn keys(&self) -> Arc<Keys> {
+    fn keys(&self) -> Arc<Generation> {
         self.keys.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
@@ -223,7 +287,8 @@ impl Authenticator {
             };
             match loaded {
                 Ok(Ok(keys)) => {
-                    *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
+                    *self.keys.write().unwrap_or_else(|e| e.into_inner()) =
+                        Arc::new(Generation::new(keys));
                 }
                 Ok(Err(error)) => tracing::warn!(
                     error = format!("{error:#}"),
@@ -244,6 +309,13 @@ impl Authenticator {
             })
             .ok_or("missing bearer token")?
             .trim();
+        let keys = self.keys();
+        if let Some(actor) = keys
+            .verified
+            .actor(token, jsonwebtoken::get_current_timestamp())
+        {
+            return Ok(actor);
+        }
         let kid = jsonwebtoken::decode_header(token)
             .map_err(|_| "malformed token")?
             .kid;
@@ -252,8 +324,7 @@ impl Authenticator {
             // be refused; this service understands none.
             return Err("unsupported critical header");
         }
-        let keys = self.keys();
-        let key = match keys.lookup(kid.as_deref()) {
+        let key = match keys.keys.lookup(kid.as_deref()) {
             Lookup::Found(key) => key,
             Lookup::UnknownKid => {
                 // Perhaps a key rolled out since the file was read: ask for a read, and
@@ -285,7 +356,9 @@ impl Authenticator {
         {
             return Err("invalid subject");
         }
-        Ok(Actor::new(role, claims.sub))
+        let actor = Actor::new(role, claims.sub);
+        keys.verified.remember(token, &actor, claims.exp);
+        Ok(actor)
     }
 }
 

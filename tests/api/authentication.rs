@@ -127,6 +127,35 @@ async fn a_token_within_the_leeway_is_accepted(pool: PgPool) {
     );
 }
 
+/// A token is verified once and then remembered with its expiry (src/grpc/auth.rs): the
+/// expiry is still checked at every call, so a token that expires between two calls is
+/// refused at the second, as an unremembered one would be.
+#[sqlx::test]
+async fn a_remembered_token_is_refused_once_it_expires(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let mut expiring = claims("agent");
+    // `exp` may lie up to the leeway (60 s) in the past: valid for about 3 s more.
+    expiring.exp = now() - 60 + 3;
+    let mut client = app
+        .client_with_header(Some(&format!("Bearer {}", hs256(&expiring, SECRET))))
+        .await;
+    let missing = || pb::GetOrderRequest {
+        order_id: "order-1".into(),
+    };
+    // Authenticated (verified, then remembered); the order does not exist.
+    for _ in 0..2 {
+        assert_eq!(
+            client.get_order(missing()).await.unwrap_err().code(),
+            Code::NotFound
+        );
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    assert_eq!(
+        reason(client.get_order(missing()).await),
+        (Code::Unauthenticated, "UNAUTHENTICATED".into())
+    );
+}
+
 #[sqlx::test]
 async fn the_actor_comes_from_the_token_not_from_the_request(pool: PgPool) {
     let app = spawn_app(pool).await;
