@@ -47,8 +47,12 @@ const MAX_SUBJECT_CHARS: usize = 255;
 /// Most clock skew tolerated on `exp`.
 const LEEWAY_SECS: u64 = 60;
 
-/// Most tokens remembered as verified per generation of keys (a few hundred bytes each).
+/// Most tokens remembered as verified per generation of keys.
 const VERIFIED_TOKENS: usize = 4096;
+/// The longest token remembered (a signed JWT of this service's claims takes well under
+/// 1 kB); a longer one is verified at every call. With [`VERIFIED_TOKENS`], what is
+/// remembered stays under 9 MiB whatever the callers send.
+const MAX_REMEMBERED_TOKEN_BYTES: usize = 2048;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Claims {
@@ -111,6 +115,9 @@ impl Verified {
     }
 
     fn remember(&self, token: &str, actor: &Actor, exp: u64) {
+        if token.len() > MAX_REMEMBERED_TOKEN_BYTES {
+            return;
+        }
         let mut verified = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if verified.len() >= VERIFIED_TOKENS {
             verified.clear();
