@@ -7,14 +7,16 @@ free_port() {
 
 # start_server BIN PORT LOG [NAME=VALUE ...]: runs `BIN serve` on 127.0.0.1:PORT with the
 # given environment on top (RUST_LOG=warn unless given), stderr to LOG; sets $server to its
-# pid and returns once it answers SERVING, or fails after 30 s.
+# pid and returns once it answers SERVING, or fails after $server_start_seconds (30).
+# When the array $server_launcher is set, the server runs under it (`valgrind ...`: the
+# launcher must exec the server in its own process, so $server is the server's pid).
 start_server() {
   local bin=$1 port=$2 log=$3
   shift 3
   env RUST_LOG=warn "$@" DISPUTE_LISTEN_ADDR="127.0.0.1:${port}" DISPUTE_METRICS_ADDR=127.0.0.1:0 \
-    "${bin}" serve 2>"${log}" &
+    ${server_launcher[@]+"${server_launcher[@]}"} "${bin}" serve 2>"${log}" &
   server=$!
-  for _ in $(seq 1 150); do
+  for _ in $(seq 1 $((${server_start_seconds:-30} * 5))); do
     "${bin}" healthcheck --addr "127.0.0.1:${port}" >/dev/null 2>&1 && return 0
     sleep 0.2
   done

@@ -573,8 +573,9 @@ async fn migrating_with_events_waiting_for_the_relay_counts_each_once(pool: PgPo
 /// refuses an UPDATE that calls a STABLE function on a column (`now()`, `+ interval`).
 #[sqlx::test]
 async fn every_rule_of_an_orders_and_a_disputes_shape_refuses_by_name(pool: PgPool) {
-    // Refused as PostgreSQL refuses a row by a CHECK constraint: check_violation.
-    let refused_by = |result: Result<sqlx::postgres::PgQueryResult, sqlx::Error>| {
+    // Refused as PostgreSQL refuses a row by a CHECK constraint: check_violation, and the
+    // rule named (`refused_by`).
+    let check_violation = |result: Result<sqlx::postgres::PgQueryResult, sqlx::Error>| {
         let code = result
             .as_ref()
             .err()
@@ -614,7 +615,7 @@ async fn every_rule_of_an_orders_and_a_disputes_shape_refuses_by_name(pool: PgPo
             .bind(count)
             .execute(&pool)
             .await;
-        assert_eq!(refused_by(written), rule);
+        assert_eq!(check_violation(written), rule);
     }
     for (set, rule) in [
         ("disputes_closed = true", "orders_closed_only_when_settled"),
@@ -631,7 +632,7 @@ async fn every_rule_of_an_orders_and_a_disputes_shape_refuses_by_name(pool: PgPo
         )))
         .execute(&pool)
         .await;
-        assert_eq!(refused_by(written), rule, "{set}");
+        assert_eq!(check_violation(written), rule, "{set}");
     }
     let insert_dispute =
         "INSERT INTO disputes (dispute_id, order_id, buyer_id, seller_id, reason, remedy,
@@ -659,7 +660,7 @@ async fn every_rule_of_an_orders_and_a_disputes_shape_refuses_by_name(pool: PgPo
             .bind(return_status)
             .execute(&pool)
             .await;
-        assert_eq!(refused_by(written), rule);
+        assert_eq!(check_violation(written), rule);
     }
     // The dispute is awaiting the seller, a full refund of a quality issue, nothing proposed.
     for (set, rule) in [
@@ -729,7 +730,7 @@ async fn every_rule_of_an_orders_and_a_disputes_shape_refuses_by_name(pool: PgPo
         .bind(&d)
         .execute(&pool)
         .await;
-        assert_eq!(refused_by(written), rule, "{set}");
+        assert_eq!(check_violation(written), rule, "{set}");
     }
     // Nothing was written: the order and its dispute are as the service left them.
     let dispute = app.dispute(&d).await;
