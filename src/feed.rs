@@ -1,6 +1,6 @@
 //! The event stream's protocol (README, "Consuming the event stream"). One feed per server
-//! reads the event log once per relay notification and broadcasts each batch of new events
-//! to every live stream; a stream reads the log itself only to catch up (from its cursor,
+//! reads the event log once per relay notification while a stream is open, and broadcasts
+//! each batch of new events to every live stream; a stream reads the log itself only to catch up (from its cursor,
 //! or after it fell behind the broadcast). So a relay pass costs one query per server, not
 //! one per open stream, and a consumer that does not read holds at most its own buffer and
 //! the shared batches, never the writers.
@@ -10,7 +10,9 @@
 //! before it, and batch k holds, per partition, every event after batch k−1's last. A
 //! stream at cursor `c` applies a batch that starts at or before `c` in every partition
 //! (events it has not taken only); a batch that starts past `c` in some partition means it
-//! missed one, and it catches up from the log.
+//! missed one, and it catches up from the log. When the feed starts reading again after a
+//! time with no stream open, its first batch is an empty one at the log's tail, so a
+//! stream that opened before it catches up at once.
 //!
 //! Everything here speaks the domain's events and the commands' errors, and reads the
 //! log only through the commands. What an event becomes on the wire, how many may wait
@@ -104,17 +106,31 @@ impl EventFeed {
     }
 
     /// Reads new events whenever `appended` changes (or every [`FEED_POLL`]) and
-    /// broadcasts them, from the log's tail at start, until the server stops.
+    /// broadcasts them, from the log's tail when a stream is open, until the server stops.
+    /// While no stream is open it reads nothing.
     pub async fn run(self, commands: Commands, mut appended: watch::Receiver<u64>) {
         let mut stop = self.stop.clone();
         let mut frontier = Cursor::START;
         let mut started = false;
         loop {
-            if !started {
+            if self.batches.receiver_count() == 0 {
+                // No stream is open, so no one would take a batch: the feed reads nothing
+                // (a stream reads the log itself from its cursor when it opens), and starts
+                // again from the tail once one is open.
+                started = false;
+            } else if !started {
                 match commands.stream_tail().await {
                     Ok(tail) => {
                         frontier = tail;
                         started = true;
+                        // A stream that opened before this read of the tail read the log up
+                        // to a point at or before it. An empty batch at the tail sends one
+                        // that is behind it back to the log now: the events in between
+                        // would otherwise wait for its next batch or its safety poll.
+                        let _ = self.batches.send(Arc::new(Batch {
+                            after: tail,
+                            events: Vec::new(),
+                        }));
                     }
                     Err(error) => tracing::warn!(%error, "event feed: reading the tail failed"),
                 }

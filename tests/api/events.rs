@@ -217,6 +217,52 @@ async fn a_consumer_that_disconnects_and_resumes_sees_every_event_once(pool: PgP
     assert_eq!(violated_fields(bad), ["after_cursor"]);
 }
 
+/// Waits until the relay has moved the events of `order_id` into the log.
+async fn relayed(pool: &PgPool, order_id: &str) {
+    for _ in 0..300 {
+        let moved: i64 = sqlx::query_scalar("SELECT count(*) FROM event_log WHERE order_id = $1")
+            .bind(order_id)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        if moved > 0 {
+            return;
+        }
+        tokio::time::sleep(StdDuration::from_millis(50)).await;
+    }
+    panic!("the relay never moved the events of {order_id}");
+}
+
+#[sqlx::test]
+async fn a_stream_opened_while_none_was_gets_the_next_commit_without_waiting_for_its_safety_poll(
+    pool: PgPool,
+) {
+    // With no stream open the feed reads nothing; when one opens, the feed starts again
+    // from the log's tail, which may already hold a commit the stream's first read missed.
+    // Well under the stream's 5 s safety poll: the feed sends the stream back to the log.
+    let prompt = StdDuration::from_secs(3);
+    let app = spawn_app(pool.clone()).await;
+    app.register("before").await;
+    relayed(&pool, "before").await;
+    let mut stream = watch(&app, "").await;
+    let first = take(&mut stream, 1, PATIENCE).await;
+    assert_eq!(first[0].order_id, "before");
+    app.register("after").await;
+    let next = take(&mut stream, 1, prompt).await;
+    assert_eq!(next.first().map(|e| e.order_id.as_str()), Some("after"));
+
+    // Again after the only stream left and the feed went idle.
+    drop(stream);
+    app.register("unwatched").await;
+    relayed(&pool, "unwatched").await;
+    let mut resumed = watch(&app, &next[0].cursor).await;
+    let first = take(&mut resumed, 1, PATIENCE).await;
+    assert_eq!(first[0].order_id, "unwatched");
+    app.register("again").await;
+    let next = take(&mut resumed, 1, prompt).await;
+    assert_eq!(next.first().map(|e| e.order_id.as_str()), Some("again"));
+}
+
 #[sqlx::test]
 async fn a_transaction_that_commits_late_is_never_skipped_and_delays_no_one(pool: PgPool) {
     let app = spawn_app(pool.clone()).await;
