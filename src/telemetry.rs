@@ -9,7 +9,7 @@
 //! or down never slows a request: spans that do not fit are dropped and counted. They are
 //! configured only by the standard `OTEL_*` variables. A tracer provider is installed even
 //! when nothing is exported, so every request still has a real trace id for its logs and
-//! for the history and events it writes (the database's spans are then not traced at all:
+//! for the history and events it writes (the database's spans are then not made at all:
 //! see [`trace_filter`]). Trace spans have their own filter: `RUST_LOG`
 //! changes what is logged, never what is traced.
 
@@ -42,7 +42,7 @@ use tracing_subscriber::{
     util::SubscriberInitExt,
 };
 
-use crate::domain::TraceId;
+use crate::{domain::TraceId, store};
 
 /// How log lines are written (`DISPUTE_LOG_FORMAT`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -133,11 +133,24 @@ impl Telemetry {
                 .with_filter(logs)
                 .boxed(),
         };
+        // Nothing here reads OpenTelemetry's current context (a span's trace id is read
+        // from the span), so entering a span does not make it current; nor are its busy and
+        // idle times kept. Both cost a lock, and the first a context on a thread-local
+        // stack, at every poll of every traced future.
         let traces = tracing_opentelemetry::layer()
             .with_tracer(tracer)
-            .with_filter(trace_filter(export));
-        // A second init (tests) keeps the first subscriber.
-        let _ = Registry::default().with(fmt).with(traces).try_init();
+            .with_context_activation(false)
+            .with_tracked_inactivity(false)
+            .with_filter(trace_filter());
+        // A second init (tests) keeps the first subscriber, and what it makes.
+        if Registry::default()
+            .with(fmt)
+            .with(traces)
+            .try_init()
+            .is_ok()
+        {
+            store::make_database_spans(export.endpoint.is_some());
+        }
         Ok(Self { provider })
     }
 
@@ -151,23 +164,16 @@ impl Telemetry {
 }
 
 /// The service's own spans at `info` and above, whatever `RUST_LOG` says; nothing from
-/// libraries (their spans would carry SQL text and tokens we do not control). With nothing
-/// exported, not the database's spans either (a transaction's and each statement's,
-/// `store`): a dozen per write, built only to be dropped, they cost about a sixth of the
-/// service's CPU per write (BENCHMARKS.md, "Against the database floor"). The spans that
-/// give a request its trace id (the RPC's, the worker's and the relay's) stay.
-fn trace_filter(export: &TraceExport) -> Targets {
-    let traced = Targets::new()
+/// libraries (their spans would carry SQL text and tokens we do not control). The
+/// database's spans (a transaction's and each statement's, `store`) are made only when
+/// they are exported ([`store::make_database_spans`]): made for the logs alone they cost
+/// about a sixth of the service's CPU per write. The spans that give a request its trace
+/// id (the RPC's, the worker's and the relay's) are always made.
+fn trace_filter() -> Targets {
+    Targets::new()
         .with_target(env!("CARGO_CRATE_NAME"), LevelFilter::INFO)
-        .with_default(LevelFilter::OFF);
-    match export.endpoint {
-        Some(_) => traced,
-        None => traced.with_target(STORE_SPANS, LevelFilter::OFF),
-    }
+        .with_default(LevelFilter::OFF)
 }
-
-/// The target of the database's spans (`store::statement`, `store::transaction_span`).
-const STORE_SPANS: &str = concat!(env!("CARGO_CRATE_NAME"), "::store");
 
 fn tracer_provider(export: &TraceExport) -> anyhow::Result<SdkTracerProvider> {
     let mut resource = Resource::builder().with_attribute(opentelemetry::KeyValue::new(

@@ -24,7 +24,7 @@ pub use write::{Changes, NewEvent, Row, Saved, Write, save};
 
 use std::sync::{
     Arc,
-    atomic::{AtomicUsize, Ordering},
+    atomic::{AtomicBool, AtomicUsize, Ordering},
 };
 
 use sqlx::{PgPool, Postgres, Transaction, migrate::Migrator};
@@ -115,27 +115,51 @@ pub(crate) fn statement(operation: &'static str, table: &'static str) -> tracing
     span
 }
 
+/// Whether the database's spans (a transaction's, a statement's) are made.
+static DATABASE_SPANS: AtomicBool = AtomicBool::new(true);
+
+/// Makes the database's spans, or (`false`) makes none: the telemetry makes them only when
+/// traces are exported (README, "Observability"). A dozen per write, built only to be
+/// dropped, they cost about a sixth of the service's CPU per write (BENCHMARKS.md,
+/// "Against the database floor").
+pub fn make_database_spans(on: bool) {
+    DATABASE_SPANS.store(on, Ordering::Relaxed);
+}
+
+/// `span`, or no span when the database's spans are not made.
+fn database_span(span: impl FnOnce() -> tracing::Span) -> tracing::Span {
+    if DATABASE_SPANS.load(Ordering::Relaxed) {
+        span()
+    } else {
+        tracing::Span::none()
+    }
+}
+
 /// The span of a statement on no table (BEGIN, COMMIT).
 fn control(operation: &'static str) -> tracing::Span {
-    tracing::info_span!(
-        "db.statement",
-        otel.name = operation,
-        otel.kind = "client",
-        db.system = "postgresql",
-        db.operation = operation,
-        db.sql.table = tracing::field::Empty,
-    )
+    database_span(|| {
+        tracing::info_span!(
+            "db.statement",
+            otel.name = operation,
+            otel.kind = "client",
+            db.system = "postgresql",
+            db.operation = operation,
+            db.sql.table = tracing::field::Empty,
+        )
+    })
 }
 
 /// The span of one transaction, BEGIN to COMMIT (or rollback); its statements are its
 /// children.
 pub fn transaction_span() -> tracing::Span {
-    tracing::info_span!(
-        "db.transaction",
-        otel.name = "transaction",
-        otel.kind = "internal",
-        db.system = "postgresql",
-    )
+    database_span(|| {
+        tracing::info_span!(
+            "db.transaction",
+            otel.name = "transaction",
+            otel.kind = "internal",
+            db.system = "postgresql",
+        )
+    })
 }
 
 /// Commits `tx`.
