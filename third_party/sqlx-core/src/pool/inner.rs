@@ -289,7 +289,11 @@ impl<DB: Database> PoolInner<DB> {
                     };
 
                     // Attempt to connect...
-                    return self.connect(deadline, guard).await;
+                    // dispute-service patch: boxed, so that the connect future (the
+                    // handshake, TLS included: kilobytes) is not inline in every acquire
+                    // future, and so in every query's and transaction's future, which are
+                    // moved into their boxes on every call.
+                    return Box::pin(self.connect(deadline, guard)).await;
                 }
             }
         )
