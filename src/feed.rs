@@ -1,9 +1,10 @@
 //! The event stream's protocol (README, "Consuming the event stream"). One feed per server
 //! reads the event log once per relay notification while a stream is open, and broadcasts
-//! each batch of new events to every live stream; a stream reads the log itself only to catch up (from its cursor,
-//! or after it fell behind the broadcast). So a relay pass costs one query per server, not
-//! one per open stream, and a consumer that does not read holds at most its own buffer and
-//! the shared batches, never the writers.
+//! each batch of new events to every live stream; a stream reads the log itself only to
+//! catch up (from its cursor, or after it fell behind the broadcast). So a relay pass
+//! costs one query per server, not one per open stream, and none with no stream open; a
+//! consumer that does not read holds at most its own buffer and the shared batches, never
+//! the writers.
 //!
 //! Positions are per partition ([`Cursor`]). Batches are contiguous in every partition: the
 //! log is append-only with no gaps, so once a position is read nothing can later appear

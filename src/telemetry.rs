@@ -166,9 +166,9 @@ impl Telemetry {
 /// The service's own spans at `info` and above, whatever `RUST_LOG` says; nothing from
 /// libraries (their spans would carry SQL text and tokens we do not control). The
 /// database's spans (a transaction's and each statement's, `store`) are made only when
-/// they are exported ([`store::make_database_spans`]): made for the logs alone they cost
-/// about a sixth of the service's CPU per write. The spans that give a request its trace
-/// id (the RPC's, the worker's and the relay's) are always made.
+/// they are exported ([`store::make_database_spans`]): a dozen per write, they are not
+/// made for the logs alone. The spans that give a request its trace id (the RPC's, the
+/// worker's and the relay's) are always made.
 fn trace_filter() -> Targets {
     Targets::new()
         .with_target(env!("CARGO_CRATE_NAME"), LevelFilter::INFO)
