@@ -1,4 +1,6 @@
-#![forbid(unsafe_code)]
+// No unsafe code but one reviewed exception: `telemetry::Unentered` passes a layer's
+// `downcast_raw` (an unsafe trait method of tracing-subscriber) on unchanged.
+#![deny(unsafe_code)]
 //! dispute-service: buyer disputes on marketplace orders and where the escrowed money goes.
 
 // The commands without row locks exist only to prove the schema alone stops every double

@@ -29,6 +29,7 @@ use opentelemetry_sdk::{
     propagation::TraceContextPropagator,
     trace::{SdkTracerProvider, SpanData, SpanExporter},
 };
+use tracing::span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::{
     EnvFilter, Layer, Registry,
@@ -37,7 +38,7 @@ use tracing_subscriber::{
         FmtContext, FormatEvent, FormatFields, FormattedFields,
         format::{Format, Full, Json, Writer},
     },
-    layer::SubscriberExt,
+    layer::{Context, SubscriberExt},
     registry::LookupSpan,
     util::SubscriberInitExt,
 };
@@ -133,15 +134,23 @@ impl Telemetry {
                 .with_filter(logs)
                 .boxed(),
         };
+        // A `RUST_LOG` directive scoped to a span (`target[span{field=value}]=level`) needs
+        // the filter to follow which span is entered; without one nothing in the log layer
+        // reads entries, and it is not told of them ([`Unentered`]).
+        let scoped = std::env::var("RUST_LOG").is_ok_and(|directives| directives.contains('['));
+        let fmt = if scoped { fmt } else { Unentered(fmt).boxed() };
         // Nothing here reads OpenTelemetry's current context (a span's trace id is read
         // from the span), so entering a span does not make it current; nor are its busy and
         // idle times kept. Both cost a lock, and the first a context on a thread-local
-        // stack, at every poll of every traced future.
-        let traces = tracing_opentelemetry::layer()
-            .with_tracer(tracer)
-            .with_context_activation(false)
-            .with_tracked_inactivity(false)
-            .with_filter(trace_filter());
+        // stack, at every poll of every traced future. Nor is the layer told of entries and
+        // exits at all ([`Unentered`]).
+        let traces = Unentered(
+            tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_context_activation(false)
+                .with_tracked_inactivity(false)
+                .with_filter(trace_filter()),
+        );
         // A second init (tests) keeps the first subscriber, and what it makes.
         if Registry::default()
             .with(fmt)
@@ -160,6 +169,78 @@ impl Telemetry {
         let flush = tokio::task::spawn_blocking(move || provider.shutdown_with_timeout(within));
         // The exporter's own timeout is a hint to it; the budget is kept here.
         let _ = tokio::time::timeout(within, flush).await;
+    }
+}
+
+/// A layer that is not told when a span is entered or left, and is told everything else.
+///
+/// A future's span is entered and left at every poll of the future: a dozen times and more
+/// per call (every reply from PostgreSQL wakes the call's task). The OpenTelemetry layer,
+/// told of each exit, looked the span up, locked it twice and read the clock to note the
+/// span's end, and each layer's per-layer filter looked the span up again at every entry
+/// and exit: an entry and an exit cost about 1,400 instructions, of which this saves about
+/// 1,150 (BENCHMARKS.md, "Against the database floor"). Untold, a span ends when it
+/// closes, which for an instrumented future is when the future is dropped, right after its
+/// last poll. Nothing else either layer does reads the entries: no span is made
+/// OpenTelemetry's current context, and no busy or idle time is kept
+/// ([`Telemetry::init`]); a `RUST_LOG` directive scoped to a span does, and then the log
+/// layer is told.
+struct Unentered<L>(L);
+
+impl<S: tracing::Subscriber, L: Layer<S>> Layer<S> for Unentered<L> {
+    fn on_register_dispatch(&self, subscriber: &tracing::Dispatch) {
+        self.0.on_register_dispatch(subscriber);
+    }
+    fn on_layer(&mut self, subscriber: &mut S) {
+        self.0.on_layer(subscriber);
+    }
+    fn register_callsite(
+        &self,
+        metadata: &'static tracing::Metadata<'static>,
+    ) -> tracing::subscriber::Interest {
+        self.0.register_callsite(metadata)
+    }
+    fn enabled(&self, metadata: &tracing::Metadata<'_>, ctx: Context<'_, S>) -> bool {
+        self.0.enabled(metadata, ctx)
+    }
+    fn on_new_span(&self, attrs: &span::Attributes<'_>, id: &span::Id, ctx: Context<'_, S>) {
+        self.0.on_new_span(attrs, id, ctx);
+    }
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        self.0.max_level_hint()
+    }
+    fn on_record(&self, span: &span::Id, values: &span::Record<'_>, ctx: Context<'_, S>) {
+        self.0.on_record(span, values, ctx);
+    }
+    fn on_follows_from(&self, span: &span::Id, follows: &span::Id, ctx: Context<'_, S>) {
+        self.0.on_follows_from(span, follows, ctx);
+    }
+    fn event_enabled(&self, event: &tracing::Event<'_>, ctx: Context<'_, S>) -> bool {
+        self.0.event_enabled(event, ctx)
+    }
+    fn on_event(&self, event: &tracing::Event<'_>, ctx: Context<'_, S>) {
+        self.0.on_event(event, ctx);
+    }
+    fn on_enter(&self, _: &span::Id, _: Context<'_, S>) {}
+    fn on_exit(&self, _: &span::Id, _: Context<'_, S>) {}
+    fn on_close(&self, id: span::Id, ctx: Context<'_, S>) {
+        self.0.on_close(id, ctx);
+    }
+    fn on_id_change(&self, old: &span::Id, new: &span::Id, ctx: Context<'_, S>) {
+        self.0.on_id_change(old, new, ctx);
+    }
+    /// The layer within answers for itself: the registry finds its per-layer filter
+    /// through this, and `OpenTelemetrySpanExt` its tracer (a remote parent, a span's
+    /// trace id).
+    #[allow(unsafe_code)]
+    unsafe fn downcast_raw(&self, id: std::any::TypeId) -> Option<*const ()> {
+        if id == std::any::TypeId::of::<Self>() {
+            Some(std::ptr::from_ref(self).cast())
+        } else {
+            // SAFETY: the pointer the layer within returns for `id`, unchanged: that layer
+            // upholds the method's contract for it.
+            unsafe { self.0.downcast_raw(id) }
+        }
     }
 }
 

@@ -230,6 +230,22 @@ async fn a_call_with_a_traceparent_is_exported_as_a_child_server_span_with_its_s
     );
     assert!(sql.iter().any(|s| s.name == "INSERT disputes"));
     assert!(sql.iter().any(|s| s.name == "COMMIT"));
+    // Each span of the call lies within the call's: it starts after the call's span starts
+    // and ends before it ends (the service's span layer ends a span when it closes).
+    assert!(open.end_time_unix_nano > open.start_time_unix_nano);
+    for s in &sql {
+        assert!(
+            open.start_time_unix_nano <= s.start_time_unix_nano
+                && s.start_time_unix_nano <= s.end_time_unix_nano
+                && s.end_time_unix_nano <= open.end_time_unix_nano,
+            "{} [{}, {}] outside OpenDispute [{}, {}]",
+            s.name,
+            s.start_time_unix_nano,
+            s.end_time_unix_nano,
+            open.start_time_unix_nano,
+            open.end_time_unix_nano
+        );
+    }
     assert!(
         spans
             .iter()
@@ -285,6 +301,36 @@ async fn blackhole() -> String {
         }
     });
     endpoint
+}
+
+/// A `RUST_LOG` directive scoped to a span logs what runs inside that span and nothing
+/// else: here sqlx's statement lines (`sqlx::query`, debug) inside an RPC's span. The
+/// service tells the log layer's filter which span is entered only when `RUST_LOG` scopes
+/// a directive to a span (`telemetry::Unentered`); this proves it does then.
+#[sqlx::test]
+async fn a_log_directive_scoped_to_the_rpc_span_logs_the_calls_statements_only(pool: PgPool) {
+    let binary = Binary::serve(&pool, &[("RUST_LOG", "info,[rpc]=debug")]);
+    let statements = |binary: &Binary| -> Vec<serde_json::Value> {
+        let log = binary.log().into_iter();
+        log.filter(|line| line["target"] == "sqlx::query").collect()
+    };
+    // Serving: its startup statements (the migrations' check among them) ran, in no RPC.
+    assert_eq!(statements(&binary), Vec::<serde_json::Value>::new());
+    let mut service = client_at(binary.addr, Role::Service, "order-service").await;
+    let protection = chrono::Utc::now() + chrono::Duration::days(30);
+    service
+        .register_order(register_request("order-1", protection))
+        .await
+        .unwrap();
+    let inside = statements(&binary);
+    assert!(
+        !inside.is_empty(),
+        "RegisterOrder's statements were not logged"
+    );
+    for line in inside {
+        assert_eq!(line["span"]["name"], "rpc", "{line}");
+    }
+    assert!(binary.terminate(Duration::from_secs(20)).await.success());
 }
 
 /// Latencies of `calls` GetOrder calls on `order_id` against `binary`, sorted.
