@@ -122,6 +122,11 @@ impl Telemetry {
         let provider = tracer_provider(export)?;
         let tracer = provider.tracer(DEFAULT_SERVICE_NAME);
         let logs = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+        // A directive scoped to a span (`target[span{field=value}]=level`, written with its
+        // `[` as the filter parsed it) needs the filter to follow which span is entered;
+        // without one nothing in the log layer reads entries, and it is not told of them
+        // ([`Unentered`]).
+        let scoped = logs.to_string().contains('[');
         let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
         let fmt = match format {
             LogFormat::Json => fmt
@@ -134,10 +139,6 @@ impl Telemetry {
                 .with_filter(logs)
                 .boxed(),
         };
-        // A `RUST_LOG` directive scoped to a span (`target[span{field=value}]=level`) needs
-        // the filter to follow which span is entered; without one nothing in the log layer
-        // reads entries, and it is not told of them ([`Unentered`]).
-        let scoped = std::env::var("RUST_LOG").is_ok_and(|directives| directives.contains('['));
         let fmt = if scoped { fmt } else { Unentered(fmt).boxed() };
         // Nothing here reads OpenTelemetry's current context (a span's trace id is read
         // from the span), so entering a span does not make it current; nor are its busy and
