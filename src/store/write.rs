@@ -125,12 +125,17 @@ pub async fn save(conn: &mut PgConnection, write: &Write<'_>) -> Result<Saved, S
     let written = changes.events.len() as i64;
     let mut sequenced = 0;
     if changes.order.is_new() {
+        // `ON CONFLICT` without a target: every unique key of `orders` starts with its
+        // `order_id` (README, "Invariants twice"), so any conflict is the id taken. With
+        // `(order_id)` as the only arbiter, two registrations of one id that passed the
+        // arbiter's check together could meet on another of those keys instead, which
+        // refuses rather than skips: one of them failed with INVARIANT_VIOLATED.
         let inserted = sqlx::query_scalar!(
             r#"INSERT INTO orders (order_id, buyer_id, seller_id, currency_code, amount_minor,
                                    protection_ends_at, registered_protection_ends_at, created_at,
                                    updated_at, event_sequence)
                VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $7, $8)
-               ON CONFLICT (order_id) DO NOTHING
+               ON CONFLICT DO NOTHING
                RETURNING true AS "inserted!""#,
             order_id,
             order.buyer_id.as_str(),

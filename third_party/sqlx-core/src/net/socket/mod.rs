@@ -21,6 +21,23 @@ pub trait Socket: Send + Sync + Unpin + 'static {
 
     fn poll_write_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
 
+    /// dispute-service patch (README.md): one read into `buf`, waiting until the socket is
+    /// readable. By default a `try_read` first, and on `WouldBlock` a wait for readiness:
+    /// right after a query is sent that first read almost always finds nothing, a system
+    /// call for nothing on every round trip. The tokio sockets override it with tokio's own
+    /// read, which waits for readiness first and, after a read that did not fill the
+    /// buffer, knows the socket drained and waits for the next readiness event instead.
+    fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut dyn ReadBuf) -> Poll<io::Result<usize>> {
+        loop {
+            match self.try_read(&mut *buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    ready!(self.poll_read_ready(cx))?;
+                }
+                ready => return Poll::Ready(ready),
+            }
+        }
+    }
+
     fn poll_flush(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         // `flush()` is a no-op for TCP/UDS
         Poll::Ready(Ok(()))
@@ -72,13 +89,9 @@ where
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
 
-        while this.buf.has_remaining_mut() {
-            match this.socket.try_read(&mut *this.buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    ready!(this.socket.poll_read_ready(cx))?;
-                }
-                ready => return Poll::Ready(ready),
-            }
+        // dispute-service patch (README.md): through `Socket::poll_read`.
+        if this.buf.has_remaining_mut() {
+            return this.socket.poll_read(cx, &mut *this.buf);
         }
 
         Poll::Ready(Ok(0))
@@ -166,6 +179,11 @@ impl<S: Socket + ?Sized> Socket for Box<S> {
 
     fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         (**self).poll_read_ready(cx)
+    }
+
+    // dispute-service patch (README.md): the boxed socket's own read, not the default.
+    fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut dyn ReadBuf) -> Poll<io::Result<usize>> {
+        (**self).poll_read(cx, buf)
     }
 
     fn poll_write_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -22,6 +22,13 @@ impl Socket for TcpStream {
         (*self).poll_read_ready(cx)
     }
 
+    // dispute-service patch (README.md): tokio's read (`AsyncRead`), which clears the
+    // socket's readiness after a read that did not fill the buffer, so the next read waits
+    // for the next readiness event instead of trying a read that finds nothing first.
+    fn poll_read(&mut self, cx: &mut Context<'_>, mut buf: &mut dyn ReadBuf) -> Poll<io::Result<usize>> {
+        tokio_util::io::poll_read_buf(Pin::new(self), cx, &mut buf)
+    }
+
     fn poll_write_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         (*self).poll_write_ready(cx)
     }
@@ -43,6 +50,13 @@ impl Socket for tokio::net::UnixStream {
 
     fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         (*self).poll_read_ready(cx)
+    }
+
+    // dispute-service patch (README.md): tokio's read (`AsyncRead`), which clears the
+    // socket's readiness after a read that did not fill the buffer, so the next read waits
+    // for the next readiness event instead of trying a read that finds nothing first.
+    fn poll_read(&mut self, cx: &mut Context<'_>, mut buf: &mut dyn ReadBuf) -> Poll<io::Result<usize>> {
+        tokio_util::io::poll_read_buf(Pin::new(self), cx, &mut buf)
     }
 
     fn poll_write_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
