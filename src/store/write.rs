@@ -126,10 +126,12 @@ pub async fn save(conn: &mut PgConnection, write: &Write<'_>) -> Result<Saved, S
     let mut sequenced = 0;
     if changes.order.is_new() {
         // `ON CONFLICT` without a target: every unique key of `orders` starts with its
-        // `order_id` (README, "Invariants twice"), so any conflict is the id taken. With
-        // `(order_id)` as the only arbiter, two registrations of one id that passed the
-        // arbiter's check together could meet on another of those keys instead, which
-        // refuses rather than skips: one of them failed with INVARIANT_VIOLATED.
+        // `order_id` (the id, and the keys the composite foreign keys onto the order's
+        // facts refer to; `schema::every_unique_key_of_orders_starts_with_the_orders_id`
+        // keeps it so), so any conflict is the id taken. With `(order_id)` as the only
+        // arbiter, two registrations of one id that passed the arbiter's check together
+        // could meet on another of those keys instead, which refuses rather than skips:
+        // one of them failed with INVARIANT_VIOLATED.
         let inserted = sqlx::query_scalar!(
             r#"INSERT INTO orders (order_id, buyer_id, seller_id, currency_code, amount_minor,
                                    protection_ends_at, registered_protection_ends_at, created_at,

@@ -122,6 +122,33 @@ async fn a_dispute_or_settlement_of_a_missing_order_is_refused(pool: PgPool) {
     assert_eq!(refused_by(settlement), "settlements_amount_is_the_orders");
 }
 
+/// RegisterOrder's insert skips a conflict on any unique key of `orders` (its `ON CONFLICT`
+/// has no target: `store::write::save`), which is right only while every such key starts
+/// with the order's id, so that a conflict can only be the id taken. A unique key on
+/// anything else would be skipped as silently: this test stops it being added unseen.
+#[sqlx::test]
+async fn every_unique_key_of_orders_starts_with_the_orders_id(pool: PgPool) {
+    spawn_app(pool.clone()).await;
+    let keys: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT c.relname::text, a.attname::text
+         FROM pg_index i
+         JOIN pg_class c ON c.oid = i.indexrelid
+         LEFT JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+         WHERE i.indrelid = 'orders'::regclass AND i.indisunique
+         ORDER BY 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(
+        keys.iter().any(|(name, _)| name == "orders_pkey"),
+        "{keys:?}"
+    );
+    for (name, first) in &keys {
+        assert_eq!(first.as_deref(), Some("order_id"), "{name}");
+    }
+}
+
 #[sqlx::test]
 async fn a_settlement_by_an_unknown_role_is_refused(pool: PgPool) {
     let app = spawn_app(pool.clone()).await;
